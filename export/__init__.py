@@ -1,0 +1,1 @@
+"""bioserc.export (installed from the repository's export/ folder)."""

@@ -1,0 +1,1 @@
+"""bioserc.pipelines (installed from the repository's pipelines/ folder)."""

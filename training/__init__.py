@@ -1,0 +1,1 @@
+"""bioserc.training (installed from the repository's training/ folder)."""
