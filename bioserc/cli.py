@@ -3,6 +3,7 @@
     bioserc models pull                      # make the embedded default models available offline
     bioserc convert INPUT... -o out.jsonl    # any supported transcript/corpus format -> canonical JSONL
     bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
+    bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
 """
 
 from __future__ import annotations
@@ -109,6 +110,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bios(argv: list[str]) -> int:
+    from bioserc.pipelines import bios_pipeline
+    from bioserc.pipelines.io import counters, output_path
+
+    args, _ = bios_pipeline.make_parser().parse_known_args(argv)
+    total = 0
+    if all("://" not in s for s in args.inputs):  # local input: count the work so the progress bar has a total
+        from bioserc.readers import read_items
+        from bioserc.schema import Conversation
+
+        try:
+            total = sum(len(c.speakers) for c in read_items(args.inputs, args.format, dataset=args.dataset)
+                        if isinstance(c, Conversation))
+        except FileNotFoundError as err:
+            raise SystemExit(f"error: {err}") from None
+    result = bios_pipeline.run(argv, progress_total=total)
+    summary = counters(result)
+    print(json.dumps(summary, indent=2, sort_keys=True), file=sys.stderr)
+    print(f"bios: {output_path(args.output, 'bios.jsonl')}  dead letters: "
+          f"{output_path(args.output, 'dead_letter.jsonl')}", file=sys.stderr)
+    return 0
+
+
+PASSTHROUGH = {"bios": cmd_bios}  # subcommands that own their parser (Beam pipelines: unknown flags go to Beam)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bioserc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,10 +159,15 @@ def make_parser() -> argparse.ArgumentParser:
     _add_input_args(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_stats)
+
+    sub.add_parser("bios", add_help=False, help="write a biography per (conversation, speaker) with an LLM (Beam)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return PASSTHROUGH[argv[0]](argv[1:])
     args = make_parser().parse_args(argv)
     return args.func(args)
 

@@ -1,6 +1,14 @@
 """Input readers: one module per format, registered by name for `--format` (or found by `--format auto`)."""
 
-from bioserc.readers import bioserc_json, corpus_csv  # noqa: F401  (registers the readers)
+from bioserc.readers import (  # noqa: F401  (registers the readers)
+    aws_tca,
+    azure_stt,
+    bioserc_json,
+    contact_lens,
+    corpus_csv,
+    google_ccai,
+    jsonl,
+)
 from bioserc.readers.base import BaseReader, get_reader_class, reader_names, register_reader
 from bioserc.readers.sources import ReadReport, read_conversations, read_items, reader_for, resolve_inputs
 

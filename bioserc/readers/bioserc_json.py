@@ -25,7 +25,7 @@ class BiosercJsonReader(BaseReader):
 
     @classmethod
     def detect(cls, path: str, head: str) -> bool:
-        if not head.lstrip().startswith("{"):
+        if not head.lstrip().startswith("{") or strip_gz(path).endswith(".jsonl"):
             return False
         named = os.path.basename(strip_gz(path)).lower().startswith(tuple(LABEL_SETS))
         return named or ('"sentences"' in head and '"labels"' in head)

@@ -59,7 +59,8 @@ class CorpusCsvReader(BaseReader):
         for row in reader:
             line = reader.line_num
             if None in row or any(v is None for v in row.values()):
-                yield BadRecord(path, f"line {line}", None, "wrong number of columns", raw=str(row)[:2000], utterances=1)
+                yield BadRecord(path, f"line {line}", None, "wrong number of columns", raw=str(row)[:2000],
+                                utterances=1)
                 continue
             groups.setdefault(self.conversation_key(row), []).append((line, row))
         for conv_id, rows in groups.items():

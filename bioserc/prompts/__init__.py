@@ -1,0 +1,1 @@
+"""Prompt builders, one module per task, each with its own version string (part of every cache key)."""
