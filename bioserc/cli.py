@@ -104,7 +104,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             return 0
         for row in embedded.list_models():
             print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
-    except (ImportError, RuntimeError) as err:
+    except (ImportError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

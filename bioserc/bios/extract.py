@@ -84,7 +84,7 @@ class BioExtractor:
         todo: dict[str, str] = {}
         for speaker in conv.speakers:
             key = self.key(conv, speaker)
-            hit = self.cache.get(key) if self.cache else None
+            hit = self.cache.get(key) if self.cache is not None else None
             if hit:
                 done.append(self.result(conv, speaker, bio=hit["bio"], truncated=hit.get("truncated", False),
                                         cached=True))
@@ -134,7 +134,7 @@ class BioExtractor:
         reason = degenerate_reason(bio)
         if reason:
             return self.result(req.conversation, speaker, bio=bio, error=reason, **stats)
-        if self.cache:
+        if self.cache is not None:
             self.cache.put(req.keys[speaker], {"conversation_id": req.conversation.id, "speaker": speaker,
                                                "bio": bio, "truncated": stats["truncated"]})
         return self.result(req.conversation, speaker, bio=bio, **stats)

