@@ -295,7 +295,8 @@ def test_ort_greedy_matches_pytorch(tmp_path):
         ids = tokenizer(render_chat(tokenizer, messages), return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=GREEDY.max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, repetition_penalty=GREEDY.repetition_penalty,
+                                 no_repeat_ngram_size=GREEDY.no_repeat_ngram_size)
         new = out[0, ids["input_ids"].shape[1]:].tolist()
         n = next((k for k, t in enumerate(new) if t in (tokenizer.eos_token_id, tokenizer.pad_token_id)), len(new))
         expected.append((tokenizer.decode(new[:n], skip_special_tokens=True), ids["input_ids"].shape[1], n))

@@ -109,6 +109,8 @@ class OpenAICompatibleBackend(LLMBackend):
             "top_p": config.top_p if config.do_sample else 1.0,
             "seed": config.seed,
         }
+        if config.repetition_penalty != 1.0:  # vLLM/trtllm-serve extension; plain OpenAI rejects it
+            body["repetition_penalty"] = config.repetition_penalty
         if self.endpoint == "completions":
             body["prompt"] = render_chat(self.tokenizer, messages)
             body["add_special_tokens"] = False  # the chat template already wrote any BOS

@@ -79,9 +79,11 @@ class TrtLlmBackend(LLMBackend):
         """One call for the whole batch: the runtime's in-flight batching orders and pads requests itself."""
         if config.do_sample:
             params = self._sampling_params(max_tokens=config.max_new_tokens, temperature=config.temperature,
-                                           top_p=config.top_p, seed=config.seed)
+                                           top_p=config.top_p, seed=config.seed,
+                                           repetition_penalty=config.repetition_penalty)
         else:
-            params = self._sampling_params(max_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
+            params = self._sampling_params(max_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed,
+                                           repetition_penalty=config.repetition_penalty)
         outputs = self.llm.generate([self._encode(m) for m in batch], params)
         gens = []
         for out in outputs:

@@ -1,0 +1,169 @@
+"""Conversations + speaker bios -> the tensors `BiosercBert.forward` takes, and length-sorted batching.
+
+Every utterance becomes one encoder sequence: its ±window neighbours as " SPEAKER: text" pieces (past and future),
+with the target wrapped in the tokenizer's separator token before and after it, as the paper does. Each piece is
+tokenised once per conversation and windows are assembled from token ids, so truncation trims the far context first
+and never cuts a target marker (string-level truncation, as in the reference code, can drop the second `</s>`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bioserc.jsonio import read_jsonl
+from bioserc.schema import Conversation
+
+
+logger = logging.getLogger(__name__)
+
+BioKey = tuple[str, str]  # (conversation_id, speaker)
+IGNORE = -100  # label of padding and unlabelled utterances; cross-entropy skips it
+
+
+def load_bios(paths: str | Iterable[str]) -> dict[BioKey, str]:
+    """`bios.jsonl` rows written by `bioserc bios` (plain or .gz) -> {(conversation_id, speaker): bio}."""
+    bios: dict[BioKey, str] = {}
+    for path in [paths] if isinstance(paths, str) else paths:
+        for row in read_jsonl(path):
+            if row.get("error") or not row.get("bio"):  # failed bios belong to the dead-letter output
+                continue
+            bios[(str(row["conversation_id"]), str(row["speaker"]))] = str(row["bio"])
+    return bios
+
+
+def missing_bios(conversations: Iterable[Conversation], bios: Mapping[BioKey, str] | None) -> list[BioKey]:
+    """The (conversation, speaker) pairs without a bio: they are encoded as an empty bio, which users should know."""
+    bios = bios or {}
+    return [(c.id, s) for c in conversations for s in c.speakers if (c.id, s) not in bios]
+
+
+def length_sorted_batches(conversations: Sequence[Conversation], batch_size: int,
+                          shuffle_seed: int | None = None) -> list[list[int]]:
+    """Index batches of conversations with similar utterance counts, so little padding gets encoded.
+
+    With a seed, ties are broken at random and the batch order is shuffled; the same seed gives the same batches, which
+    is what lets a resumed run rebuild an epoch and skip the batches it already trained on.
+    """
+    order = list(range(len(conversations)))
+    rng = random.Random(shuffle_seed)
+    if shuffle_seed is not None:
+        rng.shuffle(order)
+    order.sort(key=lambda i: len(conversations[i].utterances))  # stable: shuffled ties stay shuffled
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle_seed is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class Batch:
+    """One batch of B conversations padded to L utterances (N real ones) and S speakers."""
+
+    conversation_ids: list[str]
+    utterance_indices: list[list[int]]  # Utterance.index of each real position, per conversation
+    inputs: dict[str, torch.Tensor]  # keyword arguments of BiosercBert.forward
+    labels: torch.Tensor  # (B, L) label ids, IGNORE for padding and unlabelled utterances
+    bio_missing: list[BioKey]  # speakers of this batch encoded with an empty bio
+
+    def to(self, device: torch.device | str) -> Batch:
+        inputs = {k: v.to(device) for k, v in self.inputs.items()}
+        return Batch(self.conversation_ids, self.utterance_indices, inputs, self.labels.to(device), self.bio_missing)
+
+
+class Collator:
+    """Builds `Batch`es for one tokenizer and model config (window, lengths, bio mode, label order)."""
+
+    def __init__(self, tokenizer, config) -> None:
+        self.tokenizer, self.window = tokenizer, config.window
+        self.max_length, self.bio_max_length = config.max_length, config.bio_max_length
+        self.use_bios = config.bio_mode != "none"
+        self.label_ids = {name: i for i, name in enumerate(config.labels)}
+        self.sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        if self.sep is None:
+            raise ValueError(f"{type(tokenizer).__name__} has neither a sep nor an eos token to mark the target")
+        # Where the tokenizer's own special tokens go ([CLS] x [SEP], <s> x </s>, ...), read off one real encoding.
+        bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = tokenizer("x")["input_ids"]
+        start = next(i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare)
+        self.prefix, self.suffix = full[:start], full[start + len(bare):]
+        self.budget = self.max_length - len(self.prefix) - len(self.suffix) - 2  # 2 target markers
+        if self.budget < 1:
+            raise ValueError(f"max_length {self.max_length} leaves no room for the target utterance")
+
+    def window_ids(self, pieces: list[list[int]], i: int) -> tuple[list[int], int, int]:
+        """Token ids of utterance i's window and the [start, end) span of its marked target (markers included)."""
+        target = pieces[i][:self.budget]
+        left = [t for p in pieces[max(0, i - self.window):i] for t in p]
+        right = [t for p in pieces[i + 1:i + 1 + self.window] for t in p]
+        room = self.budget - len(target)
+        # Keep the context nearest the target: split the room evenly and hand what one side cannot use to the other.
+        n_left = min(len(left), max(room // 2, room - len(right)))
+        n_right = min(len(right), room - n_left)
+        left, right = left[len(left) - n_left:], right[:n_right]
+        ids = self.prefix + left + [self.sep] + target + [self.sep] + right + self.suffix
+        start = len(self.prefix) + len(left)
+        return ids, start, start + len(target) + 2
+
+    def __call__(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None) -> Batch:
+        assert conversations and all(c.utterances for c in conversations), "every conversation needs an utterance"
+        n_conv, n_utt = len(conversations), max(len(c.utterances) for c in conversations)
+        windows: list[tuple[list[int], int, int]] = []
+        positions: list[int] = []
+        utt_mask = torch.zeros(n_conv, n_utt, dtype=torch.bool)
+        utt_speaker = torch.zeros(n_conv, n_utt, dtype=torch.long)
+        labels = torch.full((n_conv, n_utt), IGNORE, dtype=torch.long)
+        for b, conv in enumerate(conversations):
+            slot = {s: k for k, s in enumerate(conv.speakers)}
+            texts = [f" {u.speaker}: {u.text}" for u in conv.utterances]  # leading space: BPE pieces as in the paper
+            pieces = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            for i, utt in enumerate(conv.utterances):
+                windows.append(self.window_ids(pieces, i))
+                positions.append(b * n_utt + i)
+                utt_speaker[b, i] = slot[utt.speaker]
+                if utt.label is not None:
+                    if utt.label not in self.label_ids:
+                        raise ValueError(f"conversation {conv.id} utterance {utt.index}: label {utt.label!r} is not "
+                                         f"one of the model's labels {list(self.label_ids)}")
+                    labels[b, i] = self.label_ids[utt.label]
+            utt_mask[b, :len(conv.utterances)] = True
+
+        width = max(len(ids) for ids, _, _ in windows)
+        input_ids = torch.full((len(windows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        attention_mask = torch.zeros(len(windows), width, dtype=torch.long)
+        target_mask = torch.zeros(len(windows), width)
+        for n, (ids, start, end) in enumerate(windows):
+            input_ids[n, :len(ids)] = torch.tensor(ids)
+            attention_mask[n, :len(ids)] = 1
+            target_mask[n, start:end] = 1.0
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "target_mask": target_mask,
+                  "utt_position": torch.tensor(positions), "utt_mask": utt_mask, "utt_speaker": utt_speaker}
+        missing: list[BioKey] = []
+        if self.use_bios:
+            inputs.update(self.bio_inputs(conversations, bios or {}, missing))
+        return Batch([c.id for c in conversations], [[u.index for u in c.utterances] for c in conversations],
+                     inputs, labels, missing)
+
+    def bio_inputs(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str],
+                   missing: list[BioKey]) -> dict[str, torch.Tensor]:
+        """Each distinct bio text of the batch is tokenised (and later encoded) once; speakers index into them."""
+        unique: dict[str, int] = {}
+        n_spk = max(len(c.speakers) for c in conversations)
+        speaker_bio = torch.zeros(len(conversations), n_spk, dtype=torch.long)
+        speaker_mask = torch.zeros(len(conversations), n_spk, dtype=torch.bool)
+        for b, conv in enumerate(conversations):
+            for k, speaker in enumerate(conv.speakers):
+                text = bios.get((conv.id, speaker))
+                if text is None:
+                    missing.append((conv.id, speaker))
+                    text = ""
+                speaker_bio[b, k] = unique.setdefault(text, len(unique))
+                speaker_mask[b, k] = True
+        enc = self.tokenizer(list(unique), padding=True, truncation=True, max_length=self.bio_max_length,
+                             return_tensors="pt")
+        return {"bio_input_ids": enc["input_ids"], "bio_attention_mask": enc["attention_mask"],
+                "speaker_bio": speaker_bio, "speaker_mask": speaker_mask}
