@@ -133,7 +133,22 @@ def cmd_bios(argv: list[str]) -> int:
     return 0
 
 
-PASSTHROUGH = {"bios": cmd_bios}  # subcommands that own their parser (Beam pipelines: unknown flags go to Beam)
+def cmd_train(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("bert",):
+        raise SystemExit("usage: bioserc train bert --config FILE [overrides...] [--dry-run]  (see --help)")
+    from bioserc.training import train_bert
+
+    return train_bert.main(argv[1:])
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    from bioserc.training import evaluate
+
+    return evaluate.main(argv)
+
+
+# subcommands that own their parser (Beam pipelines pass unknown flags to Beam; training uses HfArgumentParser)
+PASSTHROUGH = {"bios": cmd_bios, "train": cmd_train, "evaluate": cmd_evaluate}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -161,6 +176,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     sub.add_parser("bios", add_help=False, help="write a biography per (conversation, speaker) with an LLM (Beam)")
+    sub.add_parser("train", add_help=False, help="train a classifier: `bioserc train bert --config FILE`")
+    sub.add_parser("evaluate", add_help=False, help="weighted-F1 report: `bioserc evaluate --model DIR --data FILE`")
     return parser
 
 

@@ -91,6 +91,8 @@ class Collator:
         full = tokenizer("x")["input_ids"]
         start = next(i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare)
         self.prefix, self.suffix = full[:start], full[start + len(bare):]
+        if max(self.max_length, self.bio_max_length) > tokenizer.model_max_length:
+            raise ValueError(f"max_length/bio_max_length exceed the encoder's limit of {tokenizer.model_max_length}")
         self.budget = self.max_length - len(self.prefix) - len(self.suffix) - 2  # 2 target markers
         if self.budget < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room for the target utterance")

@@ -1,0 +1,80 @@
+"""Training checkpoints: best/ (a plain model folder + its dev report) and last/ (model + optimiser state to resume).
+
+Weights are always safetensors (`BiosercBert.save_pretrained`). Only the optimiser, scheduler and RNG state, which
+are tensors and plain numbers, go through `torch.save`, and they are read back with `weights_only=True`.
+Folders are written beside their target and renamed into place, so a killed run leaves the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+STATE_TENSORS, STATE_JSON, DEV_REPORT = "trainer_state.pt", "trainer_state.json", "dev_report.json"
+
+
+@dataclass
+class TrainState:
+    """Counters saved in last/trainer_state.json; `batch_in_epoch` lets a resumed run skip what it trained on."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_f1: float = -1.0
+    best_step: int = 0
+    bad_evals: int = 0
+
+
+def replace_dir(tmp: str, target: str) -> None:
+    old = f"{target}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(target):
+        os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+
+
+def save_best(directory: str, model, report: dict, step: int) -> None:
+    tmp = f"{directory}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    _write_json(os.path.join(tmp, DEV_REPORT), {**report, "step": step})
+    replace_dir(tmp, directory)
+
+
+def load_dev_report(directory: str) -> dict:
+    with open(os.path.join(directory, DEV_REPORT), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def save_last(directory: str, model, optimizer, scheduler, state: TrainState) -> None:
+    tmp = f"{directory}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+               os.path.join(tmp, STATE_TENSORS))
+    _write_json(os.path.join(tmp, STATE_JSON), asdict(state))
+    replace_dir(tmp, directory)
+
+
+def load_last(directory: str, optimizer, scheduler) -> TrainState:
+    """Restore the optimiser, scheduler and RNG state in place and return the counters (the model loads separately)."""
+    saved = torch.load(os.path.join(directory, STATE_TENSORS), weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    with open(os.path.join(directory, STATE_JSON), encoding="utf-8") as fh:
+        return TrainState(**json.load(fh))

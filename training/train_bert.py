@@ -1,0 +1,293 @@
+"""Fine-tune the BERT-based BiosERC classifier on labelled conversations and their speaker bios.
+
+    python -m bioserc.training.train_bert --config training/configs/meld_minilm.yaml
+    python -m bioserc.training.train_bert --config training/configs/meld_minilm.yaml --epochs 1 --output_dir runs/try
+    python -m bioserc.training.train_bert --config training/configs/meld_minilm.yaml --resume
+    python -m bioserc.training.train_bert --config training/configs/meld_roberta_large_paper.yaml --dry-run
+
+Bios come from `bioserc bios DATA -o DIR` (DIR/bios.jsonl). Outputs in output_dir: metrics.jsonl (one row per dev
+evaluation), best/ (the best dev weighted-F1 model, `BiosercBert.from_pretrained`-loadable, with dev_report.json),
+last/ (the resumable checkpoint), train_config.json, training_curve.png and confusion_dev.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from bioserc.models import (
+    BiosercBert,
+    BiosercBertConfig,
+    Collator,
+    length_sorted_batches,
+    load_bios,
+    missing_bios,
+    predict,
+)
+from bioserc.models.collate import IGNORE, BioKey
+from bioserc.readers import read_conversations
+from bioserc.schema import Conversation
+from bioserc.training.checkpoint import TrainState, load_dev_report, load_last, save_best, save_last
+from bioserc.training.evaluate import score
+from bioserc.training.plots import plot_confusion, plot_training_curve
+
+
+logger = logging.getLogger(__name__)
+
+LIST_FIELDS = ("train_data", "dev_data", "train_bios", "dev_bios")
+
+
+@dataclass
+class TrainBertConfig:
+    # data
+    train_data: list[str] = field(default_factory=list, metadata={"help": "training conversations (any format)"})
+    dev_data: list[str] = field(default_factory=list, metadata={"help": "dev conversations: model selection"})
+    train_bios: list[str] = field(default_factory=list, metadata={"help": "bios.jsonl(.gz) for the training data"})
+    dev_bios: list[str] = field(default_factory=list, metadata={"help": "bios.jsonl(.gz) for the dev data"})
+    label_set: str = field(default="meld", metadata={"help": "meld | emorynlp | iemocap"})
+    # model
+    encoder: str = field(default="minilm", metadata={"help": "embedded model name or local HF folder (no Hub)"})
+    window: int = field(default=2, metadata={"help": "± utterances of context around the target"})
+    bio_mode: str = field(default="mlp", metadata={"help": "mlp | attn | none"})
+    max_length: int = field(default=256, metadata={"help": "tokens per utterance window"})
+    bio_max_length: int = field(default=128, metadata={"help": "tokens per bio"})
+    freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers"})
+    dropout: float = 0.2
+    # optimisation (AdamW betas 0.9/0.98, eps 1e-6 as in the paper)
+    epochs: int = 3
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (0: epochs decide)"})
+    batch_size: int = field(default=4, metadata={"help": "conversations per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    lr_encoder: float = 3e-5
+    lr_head: float = field(default=1e-3, metadata={"help": "learning rate of everything above the encoder"})
+    weight_decay: float = 0.001
+    warmup_ratio: float = 0.06
+    label_smoothing: float = 0.1
+    class_weights: bool = field(default=True, metadata={"help": "weigh class c by ln(N / N_c) of the train labels"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    # evaluation, checkpoints
+    eval_every: int = field(default=0, metadata={"help": "evaluate on dev every N optimiser steps (0: per epoch)"})
+    patience: int = field(default=3, metadata={"help": "stop after N evaluations without a better dev F1 (0: off)"})
+    output_dir: str = "runs/bioserc-bert"
+    resume: bool = field(default=False, metadata={"help": "continue from output_dir/last"})
+    seed: int = 42
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in LIST_FIELDS and isinstance(value, str):  # a YAML scalar or one CLI path
+                setattr(self, f.name, [value])
+            elif f.type == "float":  # YAML reads 3e-5 (no dot) as a string
+                setattr(self, f.name, float(value))
+
+    def model_config(self) -> BiosercBertConfig:
+        return BiosercBertConfig(encoder=self.encoder, label_set=self.label_set, window=self.window,
+                                 bio_mode=self.bio_mode, dropout=self.dropout, max_length=self.max_length,
+                                 bio_max_length=self.bio_max_length, freeze_layers=self.freeze_layers)
+
+
+def load_config(path: str | None = None, **overrides: Any) -> TrainBertConfig:
+    """A YAML (.yaml/.yml) or TOML (.toml) file as defaults, then keyword overrides; unknown keys are an error."""
+    values: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as fh:
+            values = tomllib.load(fh) if path.endswith(".toml") else (yaml.safe_load(fh) or {})
+    values.update(overrides)
+    unknown = sorted(set(values) - {f.name for f in fields(TrainBertConfig)})
+    if unknown:
+        raise ValueError(f"unknown training config key(s) {unknown} in {path or 'overrides'}; see --help")
+    return TrainBertConfig(**values)
+
+
+def class_weights(conversations: Sequence[Conversation], labels: Sequence[str]) -> torch.Tensor:
+    """w_c = ln(N / N_c) over the train labels (paper-notes 4.5); 0 for a class absent from training."""
+    counts = Counter(u.label for c in conversations for u in c.utterances if u.label is not None)
+    total = sum(counts.values())
+    return torch.tensor([math.log(total / counts[y]) if counts[y] else 0.0 for y in labels])
+
+
+def _load_split(config: TrainBertConfig, name: str) -> tuple[list[Conversation], dict[BioKey, str]]:
+    data, bios_paths = getattr(config, f"{name}_data"), getattr(config, f"{name}_bios")
+    if not data:
+        raise ValueError(f"no {name} data: set {name}_data in the config or pass --{name}_data PATH")
+    conversations = read_conversations(data)
+    if config.bio_mode == "none":
+        return conversations, {}
+    if not bios_paths:
+        raise ValueError(f"bio_mode={config.bio_mode} needs {name}_bios (bios.jsonl from `bioserc bios`); "
+                         "or set bio_mode: none")
+    bios = load_bios(bios_paths)
+    missing = missing_bios(conversations, bios)
+    if missing:
+        logger.warning("%s: %d speaker(s) have no bio and get an empty one, e.g. %s", name, len(missing), missing[:3])
+    return conversations, bios
+
+
+def make_optimizer(model: BiosercBert, config: TrainBertConfig, total_steps: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # every trainable one, heads included
+    groups = [{"params": [p for n, p in params if n.startswith("encoder.")], "lr": config.lr_encoder},
+              {"params": [p for n, p in params if not n.startswith("encoder.")], "lr": config.lr_head}]
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
+
+
+def _write_history(path: str, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
+    """Train, evaluating on dev as configured; returns the best step, its dev weighted F1 and the metric history.
+
+    With `dry_run`, builds the data, model, optimiser and one forward pass + loss, and trains nothing.
+    """
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.device == "auto" else config.device)
+    train_convs, train_bios = _load_split(config, "train")
+    train_convs = [c for c in train_convs if any(u.label is not None for u in c.utterances)]
+    if not train_convs or config.epochs < 1 and not config.max_steps:
+        raise ValueError("nothing to train: the train data has no labelled conversation, or epochs < 1")
+    dev_convs, dev_bios = _load_split(config, "dev")
+    if not any(u.label is not None for c in dev_convs for u in c.utterances):
+        raise ValueError("the dev data has no gold labels to select the best checkpoint with")
+    out = config.output_dir
+    last, best = os.path.join(out, "last"), os.path.join(out, "best")
+    resuming = config.resume and os.path.isdir(last)
+    if os.path.isdir(last) and not config.resume and not dry_run:
+        raise ValueError(f"{out} already holds a checkpoint: pass --resume to continue it, or another output_dir")
+    model = BiosercBert.from_pretrained(last, device) if resuming else \
+        BiosercBert.from_encoder(config.model_config()).to(device)
+    if resuming and model.config.to_dict() | {"encoder": ""} != config.model_config().to_dict() | {"encoder": ""}:
+        logger.warning("resuming with the checkpoint's model settings %s; the config's differ", model.config)
+    labels = model.config.labels
+    collator = Collator(model.tokenizer, model.config)
+    weights = class_weights(train_convs, labels).to(device) if config.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE, label_smoothing=config.label_smoothing)
+    n_batches = math.ceil(len(train_convs) / config.batch_size)
+    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
+    total = config.max_steps or steps_per_epoch * config.epochs
+    optimizer, scheduler = make_optimizer(model, config, total)
+
+    if dry_run:
+        batch = collator(train_convs[:config.batch_size], train_bios).to(device)
+        loss = loss_fn(model(**batch.inputs).flatten(0, 1), batch.labels.flatten())
+        return {"dry_run": True, "train_conversations": len(train_convs), "dev_conversations": len(dev_convs),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "steps": total, "loss": loss.item(), "device": str(device)}
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "train_config.json"), "w", encoding="utf-8") as fh:
+        json.dump(asdict(config), fh, indent=2)
+    logger.info("training config: %s", json.dumps(asdict(config)))
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    state, history = TrainState(), []
+    if resuming:
+        state = load_last(last, optimizer, scheduler)
+        with open(metrics_path, encoding="utf-8") as fh:  # drop rows logged after the checkpoint was written
+            history = [row for row in map(json.loads, fh) if row["step"] <= state.step]
+        logger.info("resuming %s at step %d (epoch %d, batch %d)", out, state.step, state.epoch, state.batch_in_epoch)
+    _write_history(metrics_path, history)
+
+    start, running = time.monotonic(), []
+    done = state.step >= total or bool(config.patience and state.bad_evals >= config.patience)
+    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", file=sys.stderr, disable=None)
+    model.train()
+    while not done:
+        batches = length_sorted_batches(train_convs, config.batch_size, shuffle_seed=config.seed + state.epoch)
+        for i in range(state.batch_in_epoch, len(batches)):
+            group_start = i - i % config.grad_accum
+            group_size = min(config.grad_accum, len(batches) - group_start)
+            batch = collator([train_convs[j] for j in batches[i]], train_bios).to(device)
+            loss = loss_fn(model(**batch.inputs).flatten(0, 1), batch.labels.flatten())
+            (loss / group_size).backward()
+            running.append(loss.item())
+            if i + 1 < group_start + group_size:
+                continue
+            if config.max_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step, state.batch_in_epoch = state.step + 1, i + 1
+            bar.update()
+            bar.set_postfix(loss=f"{running[-1]:.3f}")
+            end_of_epoch = i + 1 == len(batches)
+            if end_of_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            done = state.step >= total
+            if done or (config.eval_every and state.step % config.eval_every == 0) or \
+                    (not config.eval_every and end_of_epoch):
+                report = score(dev_convs, predict(model, dev_convs, dev_bios, config.batch_size), labels)
+                row = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
+                       "train_loss": sum(running) / len(running), "lr": scheduler.get_last_lr()[0],
+                       "dev_weighted_f1": report["weighted_f1"], "dev_accuracy": report["accuracy"],
+                       "dev_macro_f1": report["macro_f1"], "elapsed_s": round(time.monotonic() - start, 1)}
+                running = []
+                if report["weighted_f1"] > state.best_f1:
+                    state.best_f1, state.best_step, state.bad_evals = report["weighted_f1"], state.step, 0
+                    save_best(best, model, report, state.step)
+                else:
+                    state.bad_evals += 1
+                    done = done or bool(config.patience and state.bad_evals >= config.patience)
+                save_last(last, model, optimizer, scheduler, state)
+                history.append(row)
+                _write_history(metrics_path, history)
+                bar.write(f"step {state.step}: train loss {row['train_loss']:.4f}, "
+                          f"dev W-F1 {row['dev_weighted_f1']:.2f} (best {state.best_f1:.2f} @ {state.best_step})")
+            if done:
+                break
+    bar.close()
+
+    plot_training_curve(history, os.path.join(out, "training_curve.png"))
+    plot_confusion(load_dev_report(best), os.path.join(out, "confusion_dev.png"))
+    return {"output_dir": out, "best_dir": best, "best_step": state.best_step, "best_dev_weighted_f1": state.best_f1,
+            "steps": state.step, "stopped_early": state.step < total, "history": history}
+
+
+def make_parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainBertConfig, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML or TOML file whose keys set the defaults; flags override them")
+    parser.add_argument("--dry-run", action="store_true", help="build data, model and one forward pass; no training")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = make_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**asdict(load_config(known.config)))
+    config, extra = parser.parse_args_into_dataclasses(args=argv)
+    result = train(config, dry_run=extra.dry_run)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
