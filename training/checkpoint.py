@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from bioserc.artifacts import write_manifest
+
 
 STATE_TENSORS, STATE_JSON, DEV_REPORT = "trainer_state.pt", "trainer_state.json", "dev_report.json"
 
@@ -49,6 +51,10 @@ def save_best(directory: str, model, report: dict, step: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     _write_json(os.path.join(tmp, DEV_REPORT), {**report, "step": step})
+    cfg = model.config
+    write_manifest(tmp, "pytorch-classifier", model_family="bioserc-bert", label_set=cfg.label_set,
+                   labels=list(cfg.labels), window=cfg.window, bio_mode=cfg.bio_mode, step=step,
+                   metrics={"dev_weighted_f1": report.get("weighted_f1")})
     replace_dir(tmp, directory)
 
 

@@ -1,0 +1,48 @@
+"""Load any exported utterance classifier by its manifest and label conversations with it.
+
+Pipelines and evaluation call `load_classifier(dir)`: the manifest's kind picks the runtime (PyTorch or ONNX
+Runtime), and its checksums are verified before any weights are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from bioserc.artifacts import manifest_hash, verify_artifact
+from bioserc.models.collate import BioKey
+from bioserc.models.predict import Prediction
+from bioserc.schema import Conversation
+
+
+class UtteranceClassifier(Protocol):
+    labels: list[str]
+    model_id: str  # manifest hash: which exact artifact produced a prediction
+    bio_mode: str
+
+    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
+                batch_size: int = 8) -> list[Prediction]: ...
+
+
+class TorchClassifier:
+    """A `BiosercBert` folder written by training (kind pytorch-classifier)."""
+
+    def __init__(self, directory: str, device: str = "cpu"):
+        from bioserc.models.bioserc_bert import BiosercBert
+
+        self.model = BiosercBert.from_pretrained(directory, device=device)
+        self.labels = list(self.model.config.labels)
+        self.bio_mode = self.model.config.bio_mode
+        self.model_id = manifest_hash(directory)
+
+    def predict(self, conversations, bios=None, batch_size=8) -> list[Prediction]:
+        from bioserc.models.predict import predict
+
+        return predict(self.model, conversations, bios, batch_size)
+
+
+def load_classifier(directory: str, device: str = "cpu") -> UtteranceClassifier:
+    manifest = verify_artifact(directory, ("pytorch-classifier", "onnx-classifier"))
+    if manifest["kind"] == "pytorch-classifier":
+        return TorchClassifier(directory, device)
+    raise NotImplementedError("ONNX classifier artifacts are loaded by bioserc.models.onnx_classifier (export issue)")
