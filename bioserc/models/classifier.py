@@ -42,7 +42,18 @@ class TorchClassifier:
 
 
 def load_classifier(directory: str, device: str = "cpu") -> UtteranceClassifier:
+    """The classifier in `directory`, verified against its manifest before anything is loaded.
+
+    `device` is a torch device for PyTorch artifacts ("auto" = CUDA when available) and picks the ONNX Runtime
+    execution provider for ONNX ones: "cpu", "cuda" (or "cuda:N"), "tensorrt" or "auto".
+    """
     manifest = verify_artifact(directory, ("pytorch-classifier", "onnx-classifier"))
     if manifest["kind"] == "pytorch-classifier":
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         return TorchClassifier(directory, device)
-    raise NotImplementedError("ONNX classifier artifacts are loaded by bioserc.models.onnx_classifier (export issue)")
+    from bioserc.models.onnx_classifier import OnnxClassifier
+
+    return OnnxClassifier(directory, provider=device.split(":", 1)[0], manifest=manifest)

@@ -1,0 +1,215 @@
+"""Utterance emotion labels from a fine-tuned causal LM: label scoring (default) or free generation (the paper's).
+
+Label scoring: the log-likelihood of every label's answer (label tokens + end-of-turn token) after the prompt. Each
+prompt is encoded once; all answers then run in *one* extra forward pass over its KV cache, packed side by side in
+a single row with a 4D attention mask, so each answer token sees the prompt and the earlier tokens of its own answer
+only (no copy of the cache per label). The argmax is always a valid label, and `probs` is the softmax over the label
+log-likelihoods: the sums of token log-probs, *not* length-normalised unless `length_normalize=True`.
+
+Generation: greedy decoding, 10 new tokens, the text before the end-of-turn marker stripped and matched exactly
+against the labels (paper-notes 5.5). Anything else is an invalid output: `INVALID` with all-zero probs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from tqdm import tqdm
+
+from bioserc.models.collate import BioKey, missing_bios
+from bioserc.models.llm_encoding import ChatEncoder, utterance_bio
+from bioserc.models.predict import Prediction
+from bioserc.prompts.erc_llm import ErcPromptConfig
+from bioserc.schema import Conversation
+
+
+logger = logging.getLogger(__name__)
+
+INVALID = "<invalid>"  # label of a generated answer that is not exactly one of the labels
+MODES = ("score", "generate")
+LLM_KINDS = ("lora-adapter", "hf-llm")
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[b, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def label_loglik(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
+                 length_normalize: bool = False) -> torch.Tensor:
+    """(B, K) log-likelihoods of K answers after each of B prompts (token ids; prompts left-padded here).
+
+    Forward 1 runs the prompts and keeps their KV cache. Forward 2 feeds the T = sum(len(answer)) answer tokens of
+    every label as one block per row: mask[t, s] lets block token t see the prompt and block tokens s of its own
+    answer with s <= t; its position is prompt length + offset within the answer.
+    """
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): the distribution of every answer's first token
+
+    owner = torch.tensor([k for k, a in enumerate(answers) for _ in a], device=device)
+    offset = torch.tensor([j for a in answers for j in range(len(a))], device=device)
+    block = torch.tensor([t for a in answers for t in a], device=device)
+    n_prompt, n_block, batch = ids.shape[1], len(block), len(prompts)
+    own = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # (T, T)
+    allowed = torch.cat([mask.bool()[:, None, :].expand(batch, n_block, n_prompt),
+                         own.expand(batch, n_block, n_block)], dim=-1)  # (B, T, P + T)
+    dtype = model.get_input_embeddings().weight.dtype  # the dtype attention runs in (LoRA weights may be fp32)
+    mask4d = torch.zeros(batch, 1, n_block, n_prompt + n_block, dtype=dtype, device=device)
+    mask4d.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    block_positions = mask.sum(-1, keepdim=True) + offset[None, :]  # (B, T)
+    out2 = model(input_ids=block.expand(batch, n_block), attention_mask=mask4d, position_ids=block_positions,
+                 past_key_values=out.past_key_values, use_cache=True)
+    later = out2.logits.float().log_softmax(-1)  # (B, T, V): block token t predicts token t + 1 of its answer
+
+    token_lp = first[:, block]  # (B, T); right for offset 0
+    prev = (torch.arange(n_block, device=device) - 1).clamp(min=0)
+    inner = later[:, prev, :].gather(-1, block.expand(batch, n_block)[..., None]).squeeze(-1)
+    token_lp = torch.where(offset[None, :] == 0, token_lp, inner)
+    scores = torch.zeros(batch, len(answers), device=device).index_add_(1, owner, token_lp)
+    if length_normalize:
+        scores = scores / torch.tensor([len(a) for a in answers], device=device)
+    return scores.cpu()
+
+
+@torch.inference_mode()
+def generate_texts(model: Any, encoder: ChatEncoder, prompts: Sequence[Sequence[int]],
+                   max_new_tokens: int = 10) -> list[str]:
+    """Greedy answers, cut at the end-of-turn marker (or EOS) and stripped."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(prompts, encoder.pad_id, device)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=encoder.stop_ids or None,
+                              pad_token_id=encoder.pad_id)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    texts = []
+    stops = [s for s in (encoder.end_of_turn, encoder.tokenizer.eos_token) if s]
+    for row in out[:, ids.shape[1]:].tolist():
+        text = encoder.tokenizer.decode(row, skip_special_tokens=False)
+        for stop in stops:
+            text = text.split(stop, 1)[0]
+        texts.append(text.strip())
+    return texts
+
+
+class GeneratedLabel(NamedTuple):
+    prediction: Prediction
+    text: str  # the raw answer after stripping
+    valid: bool
+
+
+class LlmClassifier:
+    """A fine-tuned causal LM as an `UtteranceClassifier` (labels, model_id, bio_mode, predict).
+
+    Args:
+        model: a causal LM (plain, merged or a peft model), already on its device.
+        encoder: the `ChatEncoder` the model was trained with.
+        model_id: the artifact's manifest hash ("in-memory" during training).
+        mode: "score" (label scoring; always a valid label) or "generate" (free generation, may be `INVALID`).
+        length_normalize: score answers by mean instead of summed token log-prob.
+        max_new_tokens: generation budget.
+    """
+
+    def __init__(self, model: Any, encoder: ChatEncoder, model_id: str = "in-memory", mode: str = "score",
+                 length_normalize: bool = False, max_new_tokens: int = 10):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        self.model, self.encoder, self.model_id, self.mode = model, encoder, model_id, mode
+        self.labels = list(encoder.labels)
+        self.bio_mode = encoder.prompt.bio_mode
+        self.length_normalize, self.max_new_tokens = length_normalize, max_new_tokens
+
+    @classmethod
+    def from_pretrained(cls, directory: str, device: str = "auto", base_model: str | None = None,
+                        dtype: str = "auto", **kwargs: Any) -> LlmClassifier:
+        """Load a `bioserc train llm` adapter (kind lora-adapter, on its base model) or a merged folder (hf-llm)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from bioserc.artifacts import manifest_hash, verify_artifact
+        from bioserc.embedded import resolve_model
+
+        manifest = verify_artifact(directory, LLM_KINDS)
+        if "prompt" not in manifest or "labels" not in manifest:
+            raise ValueError(f"{directory!r} is a {manifest['kind']} artifact without an ERC prompt and labels: "
+                             "not an emotion classifier written by `bioserc train llm` / `bioserc merge`")
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        options = {"dtype": getattr(torch, dtype), "attn_implementation": "sdpa" if device.startswith("cuda")
+                   else "eager", "use_safetensors": True}
+        if manifest["kind"] == "hf-llm":
+            model = AutoModelForCausalLM.from_pretrained(directory, **options)
+        else:
+            from peft import PeftModel
+
+            base = resolve_model(base_model or manifest["base_model"])
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, **options), directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        encoder = ChatEncoder(tokenizer, manifest["labels"], ErcPromptConfig.from_dict(manifest["prompt"]))
+        return cls(model.to(device).eval(), encoder, manifest_hash(directory), **kwargs)
+
+    def _prompts(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None):
+        if self.bio_mode != "none":
+            n_missing = len(missing_bios(conversations, bios))
+            if n_missing:
+                logger.warning("%d speaker(s) had no bio and were classified with an empty one", n_missing)
+        keys, prompts = [], []
+        for conv in conversations:
+            for i, utt in enumerate(conv.utterances):
+                keys.append((conv.id, utt.index))
+                prompts.append(self.encoder.prompt_ids(conv, i, utterance_bio(bios, conv, i)))
+        return keys, prompts
+
+    def _batches(self, prompts: list[list[int]], batch_size: int, progress: bool, desc: str):
+        order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]))  # little padding per batch
+        chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        return tqdm(chunks, desc=desc, unit="batch", disable=not progress)
+
+    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
+                batch_size: int = 8, progress: bool = False) -> list[Prediction]:
+        """One `Prediction` per utterance, in input order (in generate mode, invalid answers get label INVALID)."""
+        if self.mode == "generate":
+            return [g.prediction for g in self.generate(conversations, bios, batch_size, progress)]
+        keys, prompts = self._prompts(conversations, bios)
+        was_training = self.model.training
+        self.model.eval()
+        out: list[Prediction | None] = [None] * len(keys)
+        try:
+            for chunk in self._batches(prompts, batch_size, progress, "scoring labels"):
+                scores = label_loglik(self.model, [prompts[n] for n in chunk], self.encoder.answers,
+                                      self.encoder.pad_id, self.length_normalize)
+                for n, row in zip(chunk, scores.softmax(-1), strict=True):
+                    out[n] = Prediction(*keys[n], self.labels[int(row.argmax())], row.tolist())
+        finally:
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def generate(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
+                 batch_size: int = 8, progress: bool = False) -> list[GeneratedLabel]:
+        """Free generation (paper-notes 5.5): exact match after stripping, else INVALID with all-zero probs."""
+        keys, prompts = self._prompts(conversations, bios)
+        was_training = self.model.training
+        self.model.eval()
+        out: list[GeneratedLabel | None] = [None] * len(keys)
+        try:
+            for chunk in self._batches(prompts, batch_size, progress, "generating labels"):
+                texts = generate_texts(self.model, self.encoder, [prompts[n] for n in chunk], self.max_new_tokens)
+                for n, text in zip(chunk, texts, strict=True):
+                    valid = text in self.labels
+                    probs = [float(label == text) for label in self.labels]
+                    out[n] = GeneratedLabel(Prediction(*keys[n], text if valid else INVALID, probs), text, valid)
+        finally:
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]

@@ -1,0 +1,276 @@
+"""Export a trained `BiosercBert` folder to ONNX: two graphs, optionally int8, with a checksummed manifest.
+
+    bioserc export onnx --model runs/meld-minilm/best -o serving_artifacts/meld-minilm-onnx [--quantize] [--optimize]
+
+The export boundary (why two graphs, and where the cut is):
+
+    encoder.onnx   input_ids [N, T] int64, attention_mask [N, T] int64, pool_mask [N, T] float32
+                   -> pooled [N, H]: the HF encoder and the masked mean over `pool_mask` (`BiosercBert.encode`)
+    head.onnx      utterances [B, L, H] (pooled windows scattered per conversation, zeros for padding),
+                   utterance_mask [B, L] bool, utterance_speaker [B, L] int64,
+                   speaker_bios [B, S, H] + speaker_mask [B, S] bool (only when bio_mode != "none")
+                   -> logits [B, L, C]: utterance MLP (Linear+tanh), positions, the context Transformer,
+                   intra/inter-speaker attention, every head and the bio head
+
+  * One encoder graph serves both inputs the model encodes: utterance windows (pool_mask = the marked target span)
+    and bios (pool_mask = the attention mask, i.e. every real token, exactly as `BiosercBert.forward` pools bios).
+    The utterance MLP applies to windows only, so it lives in the head, not after the pooling: bios then cost no
+    wasted projection and the encoder graph stays a plain "BERT + mean pool" that every execution provider
+    (TensorRT EP included) handles well.
+  * The conversation-level part gets its own graph because its inputs are ragged per batch (the N windows are
+    scattered into B x L slots, each distinct bio is encoded once and indexed per speaker). Doing that bookkeeping
+    in numpy between two graphs keeps both graphs free of data-dependent scatter/gather over Python-built index
+    lists, lets the encoder batch be padded or bucketed independently of the conversation batch, and lets
+    `--quantize` quantize only the encoder, which holds nearly all the weights and FLOPs; the small head stays fp32
+    (its attention masks and sums gain nothing from int8).
+  * Dynamic axes: N and T for the encoder; B, L and S for the head. H and C are fixed by the checkpoint.
+
+The head graph re-states `BiosercBert.forward` after the encoder call (the same submodules and helpers; the scatter
+of utterance vectors moved into the runtime, and the speaker-attention identity mask is built without a boolean
+`torch.eye`, which exports to an EyeLike that onnxruntime cannot run). `export_classifier` measures both graphs against
+PyTorch on two different shapes and records the max abs differences in the manifest, and tests/test_export.py
+compares end-to-end logits, so a change to the model's forward that this file does not follow fails loudly.
+
+Export uses `torch.onnx.export(dynamo=False)` (the TorchScript exporter, as optimum-onnx does) with PyTorch's MHA /
+Transformer fast paths switched off, since their fused kernels have no ONNX form. `--optimize` runs onnxruntime's
+transformer optimizer (fused attention/LayerNorm/GELU) on the encoder; `--quantize` runs
+`onnxruntime.quantization.quantize_dynamic` (int8 weights, per-tensor, MatMul/Attention only) on it and writes it in
+place of the fp32 graph (manifest `precision: "int8"`). On the measured 2-vCPU AVX2 machine neither made ONNX
+Runtime faster than PyTorch (shared/docs/dependencies.md section 6); bench/export_bench.py measures it for a trained
+model, including int8's label agreement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
+from bioserc.export._staging import check_target, replace_dir, staging_dir
+from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, sinusoid
+
+
+logger = logging.getLogger(__name__)
+
+ENCODER_FILE, HEAD_FILE = "encoder.onnx", "head.onnx"
+ENCODER_INPUTS = ("input_ids", "attention_mask", "pool_mask")
+HEAD_INPUTS = ("utterances", "utterance_mask", "utterance_speaker", "speaker_bios", "speaker_mask")
+EXTRA_FILES = ("dev_report.json",)  # copied beside the graphs when the source has them
+
+
+class EncoderGraph(nn.Module):
+    """encoder + masked mean: (input_ids, attention_mask, pool_mask) -> pooled (N, H)."""
+
+    def __init__(self, model: BiosercBert):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(input_ids, attention_mask, pool_mask)
+
+
+class HeadGraph(nn.Module):
+    """`BiosercBert.forward` after the encoder, on utterance vectors already laid out as (B, L, H)."""
+
+    def __init__(self, model: BiosercBert):
+        super().__init__()
+        self.model = model
+
+    def forward(self, utterances: torch.Tensor, utterance_mask: torch.Tensor, utterance_speaker: torch.Tensor,
+                speaker_bios: torch.Tensor | None = None, speaker_mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = self.model
+        n_utt = utterance_mask.shape[1]
+        # PyTorch scatters projected vectors into zeros; here padding rows are projected too, then zeroed.
+        utt = torch.tanh(m.utt_proj(utterances)) * utterance_mask.unsqueeze(-1).to(utterances.dtype)
+        hidden = utt.shape[-1]
+        ctx = m.context(utt + sinusoid(n_utt, hidden, utt.device, utt.dtype), src_key_padding_mask=~utterance_mask)
+        same = utterance_speaker.unsqueeze(2) == utterance_speaker.unsqueeze(1)
+        intra = self.speaker_attention(m.intra, m.intra_proj(ctx), same, utterance_mask)
+        inter = self.speaker_attention(m.inter, m.inter_proj(ctx), ~same, utterance_mask)
+        logits = m.head_ctx(ctx) + m.head_utt(utt) + m.head_intra(intra) + m.head_inter(inter)
+        if m.config.bio_mode == "none":
+            return logits
+        own = speaker_bios.gather(1, utterance_speaker.unsqueeze(-1).expand(-1, -1, hidden))
+        if m.config.bio_mode == "mlp":
+            return logits + m.head_bio(own)
+        attended = m.bio_attn(utt + own, speaker_bios, speaker_bios, key_padding_mask=~speaker_mask,
+                              need_weights=False)[0]
+        return logits + m.head_bio(attended)
+
+
+    @staticmethod
+    def speaker_attention(attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor,
+                          utt_mask: torch.Tensor) -> torch.Tensor:
+        """`BiosercBert.speaker_attention` with the identity built by comparing aranges: torch.eye(dtype=bool)
+        exports as a boolean EyeLike, which onnxruntime does not implement."""
+        allowed = allowed & utt_mask.unsqueeze(1) & utt_mask.unsqueeze(2)
+        steps = torch.arange(allowed.shape[-1], device=allowed.device)
+        eye = steps.unsqueeze(1) == steps.unsqueeze(0)
+        allowed = allowed | (eye & ~allowed.any(-1, keepdim=True))
+        mask = (~allowed).repeat_interleave(attn.num_heads, dim=0)
+        return attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+@contextlib.contextmanager
+def _exportable() -> Iterator[None]:
+    """No fused MHA/Transformer fast path (no ONNX form) and no exporter chatter while tracing."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _encoder_sample(model: BiosercBert, n: int, t: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.encoder.config.vocab_size
+    input_ids = torch.randint(1, vocab, (n, t), generator=gen)
+    attention_mask = torch.ones(n, t, dtype=torch.long)
+    attention_mask[0, t - 2:] = 0  # some padding
+    pool_mask = torch.zeros(n, t)
+    pool_mask[:, 1:3] = 1.0
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pool_mask": pool_mask}
+
+
+def _head_sample(model: BiosercBert, b: int, length: int, speakers: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    hidden = model.encoder.config.hidden_size
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[0, length - 1:] = False  # a shorter conversation
+    sample = {"utterances": torch.randn(b, length, hidden, generator=gen) * mask.unsqueeze(-1),
+              "utterance_mask": mask,
+              "utterance_speaker": torch.randint(0, speakers, (b, length), generator=gen) * mask}
+    if model.config.bio_mode != "none":
+        sample["speaker_bios"] = torch.randn(b, speakers, hidden, generator=gen)
+        sample["speaker_mask"] = torch.ones(b, speakers, dtype=torch.bool)
+    return sample
+
+
+def _export(module: nn.Module, sample: dict[str, torch.Tensor], path: str, dynamic: dict[str, dict[int, str]],
+            output: str, output_axes: dict[int, str], opset: int) -> None:
+    with _exportable(), torch.no_grad():
+        torch.onnx.export(module, tuple(sample.values()), path, input_names=list(sample), output_names=[output],
+                          dynamic_axes={**{k: v for k, v in dynamic.items() if k in sample}, output: output_axes},
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+
+
+def _ort_run(path: str, feeds: dict[str, torch.Tensor]) -> Any:
+    from bioserc.runtime import make_session
+
+    session = make_session(path, ["CPUExecutionProvider"], threads=1)
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v.numpy() for k, v in feeds.items() if k in names})[0]
+
+
+def _max_diff(module: nn.Module, path: str, samples: list[dict[str, torch.Tensor]]) -> float:
+    worst = 0.0
+    for sample in samples:
+        with torch.no_grad():
+            expected = module(*sample.values()).numpy()
+        got = _ort_run(path, sample)
+        if got.shape != expected.shape:
+            raise RuntimeError(f"{os.path.basename(path)}: ONNX output shape {got.shape} != PyTorch {expected.shape}")
+        worst = max(worst, float(abs(got - expected).max()))
+    return worst
+
+
+def _optimize_encoder(path: str, encoder_config) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # "bert" covers BERT-style encoders (BERT, RoBERTa, MiniLM); unmatched patterns are simply left unfused.
+    optimized = optimize_model(path, model_type="bert", num_heads=encoder_config.num_attention_heads,
+                               hidden_size=encoder_config.hidden_size, opt_level=1, use_gpu=False)
+    optimized.save_model_to_file(path)
+
+
+def _quantize(path: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = path + ".fp32"
+    os.replace(path, fp32)
+    try:
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=False,
+                         op_types_to_quantize=["MatMul", "Attention"])
+    finally:
+        os.remove(fp32)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import transformers
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "transformers": transformers.__version__}
+
+
+def export_classifier(model_dir: str, out_dir: str, quantize: bool = False, optimize: bool = False,
+                      opset: int = 17) -> dict[str, Any]:
+    """Export `model_dir` (a verified pytorch-classifier artifact) into `out_dir`; return the new manifest.
+
+    `out_dir` is written beside itself and renamed into place, so a failed export never leaves a half folder.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ImportError("ONNX export checks the graphs with onnxruntime: pip install 'bioserc[cpu]'") from err
+    check_target(out_dir)
+    source = verify_artifact(model_dir, "pytorch-classifier")
+    model = BiosercBert.from_pretrained(model_dir).eval()
+    config = model.config
+    tmp = staging_dir(out_dir)
+    try:
+        encoder, head = EncoderGraph(model).eval(), HeadGraph(model).eval()
+        enc_path, head_path = os.path.join(tmp, ENCODER_FILE), os.path.join(tmp, HEAD_FILE)
+        enc_samples = [_encoder_sample(model, 2, 9, 0), _encoder_sample(model, 3, 17, 1)]
+        head_samples = [_head_sample(model, 2, 5, 3, 2), _head_sample(model, 3, 7, 4, 3)]
+        _export(encoder, enc_samples[0], enc_path, {"input_ids": {0: "windows", 1: "tokens"},
+                                                    "attention_mask": {0: "windows", 1: "tokens"},
+                                                    "pool_mask": {0: "windows", 1: "tokens"}},
+                "pooled", {0: "windows"}, opset)
+        _export(head, head_samples[0], head_path, {"utterances": {0: "conversations", 1: "utterances"},
+                                                   "utterance_mask": {0: "conversations", 1: "utterances"},
+                                                   "utterance_speaker": {0: "conversations", 1: "utterances"},
+                                                   "speaker_bios": {0: "conversations", 1: "speakers"},
+                                                   "speaker_mask": {0: "conversations", 1: "speakers"}},
+                "logits", {0: "conversations", 1: "utterances"}, opset)
+        parity = {"fp32_encoder_max_abs_diff": _max_diff(encoder, enc_path, enc_samples),
+                  "fp32_head_max_abs_diff": _max_diff(head, head_path, head_samples)}
+        if optimize:
+            _optimize_encoder(enc_path, model.encoder.config)
+            parity["optimized_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
+        if quantize:
+            _quantize(enc_path)
+            parity["int8_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
+
+        model.tokenizer.save_pretrained(tmp)
+        for name in (CONFIG_FILE, LABELS_FILE, *EXTRA_FILES):
+            if os.path.isfile(os.path.join(model_dir, name)):
+                shutil.copy2(os.path.join(model_dir, name), os.path.join(tmp, name))
+        manifest = write_manifest(
+            tmp, "onnx-classifier", model_family=source.get("model_family", "bioserc-bert"),
+            label_set=config.label_set, labels=list(config.labels), window=config.window, bio_mode=config.bio_mode,
+            max_length=config.max_length, bio_max_length=config.bio_max_length,
+            graphs={"encoder": ENCODER_FILE, "head": HEAD_FILE}, opset=opset,
+            precision="int8" if quantize else "fp32", quantized=[ENCODER_FILE] if quantize else [],
+            optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
+            source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),
+            metrics=source.get("metrics", {}))
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported %s -> %s (%s)", model_dir, out_dir, json.dumps(parity))
+    return manifest

@@ -1,0 +1,265 @@
+"""The labeling pipeline's model step: `ClassifierModelHandler` for RunInference, and rows/summaries of its results.
+
+The handler loads `load_classifier(model_dir)` once per worker process and labels a batch of conversations (each with
+its speakers' bios) in one `predict` call. A batch that fails is retried one conversation at a time, so a conversation
+the model cannot label costs only itself: `LabelOutcome.error` is set and all its utterances go to the dead letter.
+The artifact is verified on the driver when the handler is built (a missing or tampered model fails before any work)
+and again by `load_classifier` on every worker. `--model gs://...` folders are copied to local disk on the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.metrics import Metrics
+
+from bioserc.artifacts import MANIFEST, ArtifactError, read_manifest, verify_artifact
+from bioserc.errors import RAW_LIMIT
+from bioserc.models.classifier import UtteranceClassifier, load_classifier
+from bioserc.models.predict import Prediction
+from bioserc.pipelines.io import DEAD_LETTER, NAMESPACE
+from bioserc.schema import Conversation
+
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIER_KINDS = ("pytorch-classifier", "onnx-classifier")
+SUMMARY = "summary"
+NEUTRAL = {"neutral"}  # compared case-insensitively (EmoryNLP says "Neutral")
+
+# utterances.parquet; probs is a map so rows of models with different label sets can share one file
+PARQUET_SCHEMA = pa.schema([
+    ("conversation_id", pa.string()), ("index", pa.int64()), ("speaker", pa.string()), ("role", pa.string()),
+    ("text", pa.string()), ("start_ms", pa.int64()), ("end_ms", pa.int64()), ("gold_label", pa.string()),
+    ("label", pa.string()), ("probs", pa.map_(pa.string(), pa.float64())), ("bio", pa.string()),
+    ("model_id", pa.string()),
+])
+
+
+def missing_model_help(path: str) -> str:
+    return (f"no model artifact at {path!r}. Train one with `bioserc train bert --config FILE` and pass its best/ "
+            "folder (it holds manifest.json) as --model DIR, or copy such a folder to serving_artifacts/default")
+
+
+def check_model(path: str) -> dict[str, Any]:
+    """Verify the classifier artifact on the driver, before the pipeline starts; return its manifest.
+
+    A local folder gets the full check (every file's size and sha256). A remote one (gs://) gets its manifest read
+    and every listed file's size matched; the workers hash the files when they load them.
+    """
+    if "://" not in path:
+        if not os.path.isdir(path):
+            raise ArtifactError(missing_model_help(path))
+        return verify_artifact(path, CLASSIFIER_KINDS)
+    manifest_path = FileSystems.join(path, MANIFEST)
+    if not FileSystems.exists(manifest_path):
+        raise ArtifactError(f"{missing_model_help(path)} (no {MANIFEST} found there)")
+    with FileSystems.open(manifest_path) as fh:
+        manifest = json.loads(fh.read().decode("utf-8"))
+    if manifest.get("kind") not in CLASSIFIER_KINDS:
+        raise ArtifactError(f"{path!r} holds a {manifest.get('kind')!r} artifact, expected one of {CLASSIFIER_KINDS}")
+    for rel, meta in manifest.get("files", {}).items():
+        found = FileSystems.match([FileSystems.join(path, rel)])[0].metadata_list
+        if not found or found[0].size_in_bytes != meta["bytes"]:
+            raise ArtifactError(f"{path!r}: file {rel!r} listed in the manifest is missing or has the wrong size")
+    return manifest
+
+
+def fetch_artifact(path: str, cache_root: str | None = None) -> str:
+    """Copy a remote artifact folder (the files its manifest lists) to local disk once per machine; return the copy."""
+    with FileSystems.open(FileSystems.join(path, MANIFEST)) as fh:
+        raw = fh.read()
+    import hashlib
+
+    target = os.path.join(cache_root or os.path.join(tempfile.gettempdir(), "bioserc-models"),
+                          hashlib.sha256(raw).hexdigest()[:16])
+    if os.path.isfile(os.path.join(target, MANIFEST)):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(target))
+    for rel in json.loads(raw)["files"]:
+        os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+        with FileSystems.open(FileSystems.join(path, rel)) as src, open(os.path.join(tmp, rel), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    with open(os.path.join(tmp, MANIFEST), "wb") as fh:  # written last: its presence marks a complete copy
+        fh.write(raw)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another worker process finished the same copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@dataclass(slots=True)
+class LabelRequest:
+    conversation: Conversation
+    bios: dict[str, str] = field(default_factory=dict)  # speaker -> bio; speakers without one are encoded empty
+
+
+@dataclass(slots=True)
+class LabelOutcome:
+    request: LabelRequest
+    model_id: str
+    labels: list[str]
+    predictions: list[Prediction] | None = None  # one per utterance, in utterance order
+    error: str | None = None
+
+
+def _utterances_of(element: Any) -> int:
+    """Batch weight for BatchElements, which sees the keyed (conversation_id, LabelRequest) elements."""
+    request = element[1] if isinstance(element, tuple) else element
+    return max(1, len(request.conversation.utterances))
+
+
+def _unlabelled(conv: Conversation) -> Conversation:
+    """Gold labels are not the model's business here (a label outside its label set would fail the batch)."""
+    return replace(conv, utterances=[replace(u, label=None) for u in conv.utterances])
+
+
+class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceClassifier]):
+    """Args:
+        model_dir: an exported classifier folder with manifest.json (local, or gs:// on Dataflow).
+        device: "cpu", "cuda" or "auto" (cuda where the worker has a GPU).
+        batch_size: conversations per forward pass inside `predict`.
+        max_batch_size / max_batch_utterances: how Beam batches conversations per `run_inference` call.
+        progress_total: utterances to expect, for a progress bar (0: none; in-process runners only).
+    """
+
+    def __init__(self, model_dir: str, device: str = "auto", batch_size: int = 8, max_batch_size: int = 16,
+                 max_batch_utterances: int = 512, progress_total: int = 0):
+        super().__init__(min_batch_size=1, max_batch_size=max_batch_size, max_batch_weight=max_batch_utterances,
+                         element_size_fn=_utterances_of)
+        self.manifest = check_model(model_dir)
+        self.model_dir, self.device, self.batch_size, self.progress_total = model_dir, device, batch_size, progress_total
+        self._bar = None
+
+    def load_model(self) -> UtteranceClassifier:
+        local = fetch_artifact(self.model_dir) if "://" in self.model_dir else self.model_dir
+        device = self.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_classifier(local, device)
+        logger.info("loaded classifier %s (%s, labels %s) on %s", local, model.model_id, model.labels, device)
+        if self.progress_total:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.progress_total, desc="labeling", unit="utt")
+        return model
+
+    def _predict(self, requests: Sequence[LabelRequest], model: UtteranceClassifier) -> list[LabelOutcome]:
+        convs = [_unlabelled(r.conversation) for r in requests]
+        bios = {(r.conversation.id, s): b for r in requests for s, b in r.bios.items()}
+        by_conv: dict[str, list[Prediction]] = {c.id: [] for c in convs}
+        for p in model.predict(convs, bios, self.batch_size):
+            by_conv[p.conversation_id].append(p)
+        out = []
+        for r in requests:
+            preds, n = by_conv[r.conversation.id], len(r.conversation.utterances)
+            error = None if len(preds) == n else f"classifier returned {len(preds)} predictions for {n} utterances"
+            out.append(LabelOutcome(r, model.model_id, list(model.labels), None if error else preds, error))
+        return out
+
+    def run_inference(self, batch: Sequence[LabelRequest], model: UtteranceClassifier,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[LabelOutcome]:
+        try:
+            outcomes = self._predict(batch, model)
+        except Exception as err:  # noqa: BLE001 - the dead-letter boundary: isolate the conversation that fails
+            if len(batch) == 1:
+                logger.warning("classifier failed on conversation %s: %s", batch[0].conversation.id, err)
+                outcomes = [LabelOutcome(batch[0], model.model_id, list(model.labels),
+                                         error=f"{type(err).__name__}: {err}")]
+            else:
+                logger.warning("classifier failed on a batch of %d; retrying one conversation at a time", len(batch))
+                outcomes = [o for r in batch for o in self.run_inference([r], model)]
+                return outcomes
+        if self._bar is not None:
+            self._bar.update(sum(len(o.request.conversation.utterances) for o in outcomes))
+        return outcomes
+
+    def get_metrics_namespace(self) -> str:
+        return "bioserc_classifier"
+
+
+def utterance_rows(outcome: LabelOutcome) -> list[dict[str, Any]]:
+    conv, bios = outcome.request.conversation, outcome.request.bios
+    assert outcome.predictions is not None, f"conversation {conv.id} has no predictions"
+    return [{"conversation_id": conv.id, "index": u.index, "speaker": u.speaker, "role": u.role, "text": u.text,
+             "start_ms": u.start_ms, "end_ms": u.end_ms, "gold_label": u.label, "label": p.label,
+             "probs": {name: round(float(x), 6) for name, x in zip(outcome.labels, p.probs, strict=True)},
+             "bio": bios.get(u.speaker), "model_id": outcome.model_id}
+            for u, p in zip(conv.utterances, outcome.predictions, strict=True)]
+
+
+def _dominant(labels: list[str]) -> str | None:
+    """The most frequent label; ties go to the one that occurred first."""
+    if not labels:
+        return None
+    counts = Counter(labels)
+    return max(dict.fromkeys(labels), key=lambda name: counts[name])
+
+
+def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One conversation's utterance rows -> emotion counts, each speaker's trajectory and dominant emotion."""
+    rows = sorted(rows, key=lambda r: r["index"])
+    speakers: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        s = speakers.setdefault(r["speaker"], {"role": r.get("role"), "bio": r.get("bio"), "trajectory": []})
+        s["trajectory"].append([r["index"], r["label"]])
+    for s in speakers.values():
+        labels = [label for _, label in s["trajectory"]]
+        s["utterances"], s["emotion_counts"] = len(labels), dict(Counter(labels).most_common())
+        s["dominant_emotion"] = _dominant(labels)
+        s["dominant_non_neutral"] = _dominant([x for x in labels if x.lower() not in NEUTRAL])
+    labels = [r["label"] for r in rows]
+    return {"conversation_id": rows[0]["conversation_id"], "model_id": rows[0].get("model_id"),
+            "utterances": len(rows), "emotion_counts": dict(Counter(labels).most_common()),
+            "dominant_emotion": _dominant(labels), "speakers": speakers}
+
+
+def parquet_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row.get(name) for name in PARQUET_SCHEMA.names}
+
+
+class EmitResults(beam.DoFn):
+    """Labelled conversations -> utterance rows + a summary; failed ones -> one dead letter per utterance."""
+
+    def __init__(self):
+        self.counters = {k: Metrics.counter(NAMESPACE, k) for k in (
+            "conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_dead_lettered")}
+
+    def process(self, keyed: tuple[str, LabelOutcome]):
+        outcome = keyed[1]
+        conv = outcome.request.conversation
+        if outcome.error is None:
+            rows = utterance_rows(outcome)
+            self.counters["conversations_labeled"].inc()
+            self.counters["utterances_labeled"].inc(len(rows))
+            yield from rows
+            yield beam.pvalue.TaggedOutput(SUMMARY, summarise(rows))
+            return
+        self.counters["conversations_failed"].inc()
+        self.counters["utterances_dead_lettered"].inc(len(conv.utterances))
+        for u in conv.utterances:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {
+                "stage": "classify", "path": conv.metadata.get("source_path"), "record": f"{conv.id} utterance "
+                f"{u.index}", "conversation_id": conv.id, "index": u.index, "field": None, "reason": outcome.error,
+                "utterances": 1, "model_id": outcome.model_id,
+                "raw": json.dumps(u.to_dict(), ensure_ascii=False)[:RAW_LIMIT]})
+
+
+__all__ = ["ClassifierModelHandler", "EmitResults", "LabelOutcome", "LabelRequest", "PARQUET_SCHEMA", "check_model",
+           "fetch_artifact", "parquet_row", "read_manifest", "summarise", "utterance_rows"]
