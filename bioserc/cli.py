@@ -4,6 +4,7 @@
     bioserc convert INPUT... -o out.jsonl    # any supported transcript/corpus format -> canonical JSONL
     bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
     bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
+    bioserc label INPUT... -o DIR            # an emotion per utterance + report.html (Beam; `bioserc label --help`)
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ def cmd_train(argv: list[str]) -> int:
     return train_bert.main(argv[1:])
 
 
+def cmd_label(argv: list[str]) -> int:
+    from bioserc.pipelines import label_pipeline
+
+    return label_pipeline.main(argv)
+
+
 def cmd_evaluate(argv: list[str]) -> int:
     from bioserc.training import evaluate
 
@@ -148,7 +155,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 
 # subcommands that own their parser (Beam pipelines pass unknown flags to Beam; training uses HfArgumentParser)
-PASSTHROUGH = {"bios": cmd_bios, "train": cmd_train, "evaluate": cmd_evaluate}
+PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "train": cmd_train, "evaluate": cmd_evaluate}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -176,6 +183,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     sub.add_parser("bios", add_help=False, help="write a biography per (conversation, speaker) with an LLM (Beam)")
+    sub.add_parser("label", add_help=False, help="label every utterance with an emotion: bios + classifier (Beam)")
     sub.add_parser("train", add_help=False, help="train a classifier: `bioserc train bert --config FILE`")
     sub.add_parser("evaluate", add_help=False, help="weighted-F1 report: `bioserc evaluate --model DIR --data FILE`")
     return parser

@@ -9,6 +9,7 @@ and again by `load_classifier` on every worker. `--model gs://...` folders are c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,10 +23,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler
 
-from bioserc.artifacts import MANIFEST, ArtifactError, read_manifest, verify_artifact
+from bioserc.artifacts import MANIFEST, ArtifactError, verify_artifact
 from bioserc.errors import RAW_LIMIT
 from bioserc.models.classifier import UtteranceClassifier, load_classifier
 from bioserc.models.predict import Prediction
@@ -81,8 +82,6 @@ def fetch_artifact(path: str, cache_root: str | None = None) -> str:
     """Copy a remote artifact folder (the files its manifest lists) to local disk once per machine; return the copy."""
     with FileSystems.open(FileSystems.join(path, MANIFEST)) as fh:
         raw = fh.read()
-    import hashlib
-
     target = os.path.join(cache_root or os.path.join(tempfile.gettempdir(), "bioserc-models"),
                           hashlib.sha256(raw).hexdigest()[:16])
     if os.path.isfile(os.path.join(target, MANIFEST)):
@@ -117,12 +116,6 @@ class LabelOutcome:
     error: str | None = None
 
 
-def _utterances_of(element: Any) -> int:
-    """Batch weight for BatchElements, which sees the keyed (conversation_id, LabelRequest) elements."""
-    request = element[1] if isinstance(element, tuple) else element
-    return max(1, len(request.conversation.utterances))
-
-
 def _unlabelled(conv: Conversation) -> Conversation:
     """Gold labels are not the model's business here (a label outside its label set would fail the batch)."""
     return replace(conv, utterances=[replace(u, label=None) for u in conv.utterances])
@@ -131,33 +124,33 @@ def _unlabelled(conv: Conversation) -> Conversation:
 class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceClassifier]):
     """Args:
         model_dir: an exported classifier folder with manifest.json (local, or gs:// on Dataflow).
-        device: "cpu", "cuda" or "auto" (cuda where the worker has a GPU).
-        batch_size: conversations per forward pass inside `predict`.
-        max_batch_size / max_batch_utterances: how Beam batches conversations per `run_inference` call.
-        progress_total: utterances to expect, for a progress bar (0: none; in-process runners only).
+        device: as `load_classifier`: "auto" (CUDA where the worker has a GPU), "cpu", "cuda[:N]"; "tensorrt" for
+            ONNX artifacts.
+        batch_size: conversations per forward pass inside `predict` (what bounds memory: `predict` sorts them by
+            length and pads per forward pass).
+        max_batch_size: conversations Beam hands to one `run_inference` call. Batching by utterance count is not
+            used: in Beam 2.77 `max_batch_weight` never reaches `BatchElements`, and an `element_size_fn` makes it
+            emit empty batches, which `KeyedModelHandler` cannot take.
+        progress_total: utterances to expect, for a progress bar (None: no bar, 0: unknown total; shown by
+            in-process runners only).
     """
 
     def __init__(self, model_dir: str, device: str = "auto", batch_size: int = 8, max_batch_size: int = 16,
-                 max_batch_utterances: int = 512, progress_total: int = 0):
-        super().__init__(min_batch_size=1, max_batch_size=max_batch_size, max_batch_weight=max_batch_utterances,
-                         element_size_fn=_utterances_of)
+                 progress_total: int | None = None):
+        super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.manifest = check_model(model_dir)
-        self.model_dir, self.device, self.batch_size, self.progress_total = model_dir, device, batch_size, progress_total
+        self.model_dir, self.device, self.batch_size = model_dir, device, batch_size
+        self.progress_total = progress_total
         self._bar = None
 
     def load_model(self) -> UtteranceClassifier:
         local = fetch_artifact(self.model_dir) if "://" in self.model_dir else self.model_dir
-        device = self.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_classifier(local, device)
-        logger.info("loaded classifier %s (%s, labels %s) on %s", local, model.model_id, model.labels, device)
-        if self.progress_total:
+        model = load_classifier(local, self.device)
+        logger.info("loaded classifier %s (%s, labels %s) on %s", local, model.model_id, model.labels, self.device)
+        if self.progress_total is not None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.progress_total, desc="labeling", unit="utt")
+            self._bar = tqdm(total=self.progress_total or None, desc="labeling", unit="utt")
         return model
 
     def _predict(self, requests: Sequence[LabelRequest], model: UtteranceClassifier) -> list[LabelOutcome]:
@@ -177,15 +170,14 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
                       inference_args: dict[str, Any] | None = None) -> Iterable[LabelOutcome]:
         try:
             outcomes = self._predict(batch, model)
-        except Exception as err:  # noqa: BLE001 - the dead-letter boundary: isolate the conversation that fails
-            if len(batch) == 1:
-                logger.warning("classifier failed on conversation %s: %s", batch[0].conversation.id, err)
-                outcomes = [LabelOutcome(batch[0], model.model_id, list(model.labels),
-                                         error=f"{type(err).__name__}: {err}")]
-            else:
-                logger.warning("classifier failed on a batch of %d; retrying one conversation at a time", len(batch))
-                outcomes = [o for r in batch for o in self.run_inference([r], model)]
-                return outcomes
+        except Exception as err:  # the dead-letter boundary: find the conversation that fails and keep the rest
+            if len(batch) > 1:
+                logger.warning("classifier failed on a batch of %d (%s); retrying one conversation at a time",
+                               len(batch), err)
+                return [o for r in batch for o in self.run_inference([r], model)]
+            logger.warning("classifier failed on conversation %s: %s", batch[0].conversation.id, err)
+            outcomes = [LabelOutcome(batch[0], model.model_id, list(model.labels),
+                                     error=f"{type(err).__name__}: {err}")]
         if self._bar is not None:
             self._bar.update(sum(len(o.request.conversation.utterances) for o in outcomes))
         return outcomes
@@ -213,11 +205,15 @@ def _dominant(labels: list[str]) -> str | None:
 
 
 def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """One conversation's utterance rows -> emotion counts, each speaker's trajectory and dominant emotion."""
+    """One conversation's utterance rows -> emotion counts, each speaker's trajectory and dominant emotion.
+
+    `speakers` is a list in order of first appearance (JSONL keys are written sorted; a list keeps the order).
+    """
     rows = sorted(rows, key=lambda r: r["index"])
-    speakers: dict[str, dict[str, Any]] = {}
+    speakers: dict[str, dict[str, Any]] = {}  # in order of first appearance
     for r in rows:
-        s = speakers.setdefault(r["speaker"], {"role": r.get("role"), "bio": r.get("bio"), "trajectory": []})
+        s = speakers.setdefault(r["speaker"], {"speaker": r["speaker"], "role": r.get("role"), "bio": r.get("bio"),
+                                               "trajectory": []})
         s["trajectory"].append([r["index"], r["label"]])
     for s in speakers.values():
         labels = [label for _, label in s["trajectory"]]
@@ -227,7 +223,7 @@ def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     labels = [r["label"] for r in rows]
     return {"conversation_id": rows[0]["conversation_id"], "model_id": rows[0].get("model_id"),
             "utterances": len(rows), "emotion_counts": dict(Counter(labels).most_common()),
-            "dominant_emotion": _dominant(labels), "speakers": speakers}
+            "dominant_emotion": _dominant(labels), "speakers": list(speakers.values())}
 
 
 def parquet_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -262,4 +258,4 @@ class EmitResults(beam.DoFn):
 
 
 __all__ = ["ClassifierModelHandler", "EmitResults", "LabelOutcome", "LabelRequest", "PARQUET_SCHEMA", "check_model",
-           "fetch_artifact", "parquet_row", "read_manifest", "summarise", "utterance_rows"]
+           "fetch_artifact", "parquet_row", "summarise", "utterance_rows"]

@@ -12,7 +12,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from bioserc.errors import BadRecord
@@ -86,7 +85,9 @@ class WriteJsonl(beam.PTransform):
 
 
 def output_path(directory: str, name: str) -> str:
-    return FileSystems.join(directory, name) if "://" in directory else os.path.join(directory, name)
+    """`directory/name`; remote URLs are joined as strings (what FileSystems.join does for gs://), so a pipeline can
+    be built on a machine without that filesystem's client library (it is only needed where the job runs)."""
+    return f"{directory.rstrip('/')}/{name}" if "://" in directory else os.path.join(directory, name)
 
 
 def counters(result) -> dict[str, int]:

@@ -30,7 +30,8 @@ MELD = LABEL_SETS["meld"].labels
 CUE = dict(zip(MELD, ["okay", "wow", "scared", "sad", "happy", "gross", "angry"], strict=True))  # learnable signal
 FILLER = ["the", "you", "we", "what", "really", "fine", "why", "yes", "no", "sure", "hello", "well"]
 BIO_WORDS = ["is", "calm", "loud", "kind", "tired", "and", "friendly", "nervous"]
-CONFIGS = sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")
+                 if "lora" not in p.stem)  # the *_lora configs are train_llm's (tests/test_llm_variant.py)
 
 
 def make_corpus(n: int = 20, seed: int = 0) -> list[Conversation]:

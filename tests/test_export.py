@@ -8,6 +8,7 @@ instructions. Tiny random models built here; nothing is downloaded.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -23,6 +24,9 @@ from bioserc.schema import Conversation, Utterance
 
 
 pytest.importorskip("onnxruntime")
+pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:Exporting aten..index:UserWarning")]
 
 MELD = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 WORDS = ["okay", "wow", "scared", "sad", "happy", "gross", "angry", "the", "you", "we", "what", "really", "fine",
@@ -52,14 +56,15 @@ def make_encoder(directory: Path) -> str:
     return str(directory)
 
 
-def conversations() -> list[Conversation]:
+def conversations(seed: int = 0) -> list[Conversation]:
     """Two conversations of different lengths and speaker counts, plus a one-speaker one."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
+    tag = "" if seed == 0 else str(seed)
 
     def conv(cid: str, n: int, speakers: int) -> Conversation:
         utts = [Utterance(i, f"SPEAKER_{i % speakers}", " ".join(rng.choice(WORDS[:16], rng.integers(2, 7))),
                           label=MELD[(i * 3) % 7]) for i in range(n)]
-        return Conversation(cid, utts, {"label_set": "meld"})
+        return Conversation(cid + tag, utts, {"label_set": "meld"})
 
     return [conv("a", 7, 3), conv("b", 3, 2), conv("c", 2, 1)]
 
@@ -104,20 +109,329 @@ def torch_logits(model: BiosercBert, convs, bios) -> tuple[torch.Tensor, torch.T
         return model(**batch.inputs), batch.inputs["utt_mask"]
 
 
-@pytest.mark.parametrize("bio_mode", ["mlp", "attn", "none"])
-def test_fp32_export_matches_pytorch_logits(encoder, tmp_path, bio_mode):
-    from bioserc.export.onnx_classifier import export_classifier
+def check_parity(source: str, onnx_dir: str, convs, bios) -> None:
     from bioserc.models.onnx_classifier import OnnxClassifier
 
-    source = save_checkpoint(encoder, tmp_path / "torch", bio_mode)
-    manifest = export_classifier(source, str(tmp_path / "onnx"))
     model = BiosercBert.from_pretrained(source).eval()
-    clf = OnnxClassifier(str(tmp_path / "onnx"), provider="cpu", threads=1)
-    convs, bios = conversations()[:2], bios_for(conversations())
-    expected, mask = torch_logits(model, convs, bios)
     batch = Collator(model.tokenizer, model.config)(convs, bios)
-    got = torch.from_numpy(clf.logits(batch.inputs))
-    assert got.shape == expected.shape == (2, 7, 7)
+    with torch.no_grad():
+        expected = model(**batch.inputs)
+    got = torch.from_numpy(OnnxClassifier(onnx_dir, provider="cpu", threads=1).logits(batch.inputs))
+    mask = batch.inputs["utt_mask"]
+    assert got.shape == expected.shape == (len(convs), max(len(c.utterances) for c in convs), 7)
     assert float((got - expected)[mask].abs().max()) <= 1e-4
-    assert manifest["parity"]["fp32_encoder_max_abs_diff"] <= 1e-4
-    assert manifest["parity"]["fp32_head_max_abs_diff"] <= 1e-4
+
+
+def test_fp32_export_matches_pytorch_and_writes_a_manifest(exported):
+    convs = conversations()
+    check_parity(exported["source"], exported["fp32"], convs[:2], bios_for(convs))  # 7 and 3 utterances, bios
+    check_parity(exported["source"], exported["fp32"], convs[1:], bios_for(convs))  # other shapes, one speaker
+    manifest = verify_artifact(exported["fp32"], "onnx-classifier")
+    assert {"encoder.onnx", "head.onnx", "config.json", "labels.txt", "vocab.txt", "tokenizer.json"} <= set(
+        manifest["files"])
+    assert manifest["precision"] == "fp32" and manifest["opset"] == 17 and manifest["labels"] == MELD
+    assert manifest["bio_mode"] == "mlp" and manifest["window"] == 2 and manifest["label_set"] == "meld"
+    assert manifest["source_checkpoint"] == manifest_hash(exported["source"])
+    assert manifest["metrics"] == {"dev_weighted_f1": 0.5}
+    assert set(manifest["versions"]) >= {"torch", "onnxruntime", "onnx", "transformers"}
+    assert max(manifest["parity"].values()) <= 1e-4
+
+
+@pytest.mark.parametrize("bio_mode", ["attn", "none"])
+def test_other_bio_modes_export_exactly(encoder, tmp_path, bio_mode):
+    from bioserc.export.onnx_classifier import export_classifier
+
+    source = save_checkpoint(encoder, tmp_path / "torch", bio_mode)
+    export_classifier(source, str(tmp_path / "onnx"))
+    convs = conversations()
+    check_parity(source, str(tmp_path / "onnx"), convs, bios_for(convs))
+
+
+def test_onnx_predictions_equal_pytorch_predictions(exported):
+    convs, bios = conversations(), bios_for(conversations())
+    expected = predict(BiosercBert.from_pretrained(exported["source"]), convs, bios, batch_size=2)
+    clf = load_classifier(exported["fp32"])
+    got = clf.predict(convs, bios, batch_size=2)
+    assert [(p.conversation_id, p.index, p.label) for p in got] == [
+        (p.conversation_id, p.index, p.label) for p in expected]
+    assert np.allclose([p.probs for p in got], [p.probs for p in expected], atol=1e-5)
+    assert type(clf).__name__ == "OnnxClassifier" and clf.providers == ["CPUExecutionProvider"]
+    assert clf.labels == MELD and clf.bio_mode == "mlp" and clf.model_id == manifest_hash(exported["fp32"])
+    fixed = type(clf)(exported["fp32"], provider="cpu", threads=1, pad_to_max=True).predict(convs, bios, 2)
+    assert np.allclose([p.probs for p in fixed], [p.probs for p in expected], atol=1e-5)
+
+
+def test_int8_export_agrees_with_fp32(exported):
+    from bioserc.models.onnx_classifier import OnnxClassifier
+
+    manifest = verify_artifact(exported["int8"], "onnx-classifier")
+    assert manifest["precision"] == "int8" and manifest["quantized"] == ["encoder.onnx"]
+    assert sorted(p.name for p in Path(exported["int8"]).glob("*.onnx")) == ["encoder.onnx", "head.onnx"]
+    fp32_size = (Path(exported["fp32"]) / "encoder.onnx").stat().st_size
+    assert (Path(exported["int8"]) / "encoder.onnx").stat().st_size < fp32_size
+    convs = [c for seed in range(6) for c in conversations(seed)]  # 18 conversations, 72 utterances
+    bios = {(c.id, u.speaker): f"{u.speaker} is {WORDS[17 + k % 7]}" for k, c in enumerate(convs)
+            for u in c.utterances}
+    fp32 = OnnxClassifier(exported["fp32"], provider="cpu", threads=1).predict(convs, bios)
+    int8 = OnnxClassifier(exported["int8"], provider="cpu", threads=1).predict(convs, bios)
+    agree = np.mean([a.label == b.label for a, b in zip(fp32, int8, strict=True)])
+    assert agree >= 0.9, agree  # the >= 99% bar on MELD needs the trained model: bench/export_bench.py
+
+
+def test_optimized_export_stays_exact(exported, tmp_path):
+    pytest.importorskip("onnxruntime.transformers.optimizer")
+    from bioserc.export.onnx_classifier import export_classifier
+
+    manifest = export_classifier(exported["source"], str(tmp_path / "opt"), optimize=True)
+    assert manifest["optimized"] == ["encoder.onnx"] and manifest["parity"]["optimized_encoder_max_abs_diff"] <= 1e-4
+    convs = conversations()
+    check_parity(exported["source"], str(tmp_path / "opt"), convs, bios_for(convs))
+
+
+def test_tampered_onnx_is_rejected_before_any_session(exported, tmp_path, monkeypatch):
+    import bioserc.runtime
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported["fp32"], copy)
+    data = bytearray((copy / "head.onnx").read_bytes())
+    data[-1] ^= 1
+    (copy / "head.onnx").write_bytes(bytes(data))
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("a session was created for a tampered artifact")
+
+    monkeypatch.setattr(bioserc.runtime, "make_session", no_session)
+    monkeypatch.setattr("bioserc.models.onnx_classifier.make_session", no_session)
+    with pytest.raises(ArtifactError, match="head.onnx.*does not match its sha256"):
+        load_classifier(str(copy))
+
+
+def test_export_refuses_unverified_sources_and_foreign_folders(exported, tmp_path):
+    from bioserc.export.cli import main
+    from bioserc.export.onnx_classifier import export_classifier
+
+    with pytest.raises(ArtifactError, match="onnx-classifier"):
+        export_classifier(exported["fp32"], str(tmp_path / "x"))  # not a pytorch-classifier
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a bioserc artifact"):
+        export_classifier(exported["source"], str(foreign))
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert main(["onnx", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "y")]) == 1
+
+
+# ----------------------------------------------------------------------------------------------- execution providers
+
+def test_provider_selection():
+    from bioserc.runtime import CPU, CUDA, TENSORRT, ort_providers
+
+    assert ort_providers("cpu") == [CPU]
+    assert ort_providers("auto", available=["AzureExecutionProvider", CPU]) == [CPU]
+    gpu = [TENSORRT, CUDA, CPU]
+    assert ort_providers("auto", available=gpu) == gpu
+    assert ort_providers("cuda", available=gpu) == [CUDA, CPU]
+    assert ort_providers("TensorrtExecutionProvider", available=gpu) == gpu
+    with pytest.raises(ValueError, match="unknown execution provider"):
+        ort_providers("rocm", available=gpu)
+    import onnxruntime
+
+    if CUDA in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(RuntimeError, match=r"CUDAExecutionProvider is not available.*bioserc\[gpu\]"):
+        ort_providers("cuda")
+
+
+def test_forcing_cuda_without_a_gpu_build_fails_clearly(exported):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider is not available"):
+        load_classifier(exported["fp32"], device="cuda:0")
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch):
+    from bioserc.runtime import ort_providers
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"bioserc\[cpu\]"):
+        ort_providers("auto")
+
+
+# ------------------------------------------------------------------------------------------------------- ONNX LLM
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEXTS = ["Ann is cheerful and talks fast.", "Bob sounds tired, answers briefly.", "They argue about the rent.",
+         "Describe the speaker's mood and way of speaking.", "Conversation transcript: hello there, how are you?"]
+
+
+def tiny_llama(directory: Path) -> None:
+    """A random 2-layer Llama with a byte-level BPE trained here (as tests/test_bio_backends.py builds it)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(TEXTS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="<pad>",
+                                        model_input_names=["input_ids", "attention_mask"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.2, tie_word_embeddings=False, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory) -> str:
+    """A tiny "merged" model with the hf-llm manifest merge_llm writes."""
+    directory = tmp_path_factory.mktemp("llm") / "merged"
+    directory.mkdir()
+    tiny_llama(directory)
+    write_manifest(str(directory), "hf-llm", model_family="bioserc-llm", label_set="meld", labels=MELD,
+                   prompt_version="erc-llm-v1", base_model="tiny", dtype="float32")
+    return str(directory)
+
+
+def test_onnx_llm_export_generates_like_pytorch(merged, tmp_path):
+    pytest.importorskip("optimum.onnxruntime")
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bioserc.export.onnx_llm import export_llm
+
+    out = tmp_path / "onnx"
+    manifest = export_llm(merged, str(out))
+    assert verify_artifact(str(out), "onnx-llm") == manifest
+    assert manifest["prompt_version"] == "erc-llm-v1" and manifest["labels"] == MELD
+    assert manifest["source_checkpoint"] == manifest_hash(merged) and manifest["max_context"] == 256
+    assert "model.onnx" in manifest["files"] and isinstance(manifest["opset"], int)
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    reference = AutoModelForCausalLM.from_pretrained(merged).eval()
+    ort_model = ORTModelForCausalLM.from_pretrained(out, use_cache=True, provider="CPUExecutionProvider")
+    for prompt in ["<|user|>Describe Ann.</s><|assistant|>Ann is", "<|user|>Bob sounds tired.</s><|assistant|>"]:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        settings = {"max_new_tokens": 10, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+        with torch.inference_mode():
+            expected = reference.generate(**ids, **settings)
+        assert ort_model.generate(**ids, **settings).tolist() == expected.tolist()
+
+
+def test_onnx_llm_export_refuses_an_adapter(tmp_path):
+    from bioserc.export.onnx_llm import export_llm
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="merge it into its base first"):
+        export_llm(str(tmp_path / "adapter"), str(tmp_path / "out"))
+
+
+# ---------------------------------------------------------------------------------------------------- TensorRT-LLM
+
+def test_engine_build_without_tensorrt_llm_explains_where_it_runs(merged, tmp_path, monkeypatch):
+    from bioserc.export.trtllm import build_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # not importable, whatever this machine has
+    with pytest.raises(ImportError, match=r"no Python 3\.11 wheel.*Dockerfile\.trtllm.*--serve-only"):
+        build_engine(merged, str(tmp_path / "engine"), 8, 512, 640)
+    assert not (tmp_path / "engine").exists()
+
+
+def test_engine_build_without_a_gpu_says_so(merged, tmp_path, monkeypatch):
+    from bioserc.export.trtllm import require_trtllm
+
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", types.ModuleType("tensorrt_llm"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        require_trtllm()
+
+
+def test_engine_build_passes_the_sizes_to_tensorrt_llm(merged, tmp_path, monkeypatch):
+    """Our wiring only, against a stand-in that records its calls: no engine is built or claimed here."""
+    from bioserc.export import trtllm
+
+    calls = {}
+
+    class BuildConfig:
+        def __init__(self, **kw):
+            calls["build_config"] = kw
+
+    class LLM:
+        def __init__(self, **kw):
+            calls["llm"] = kw
+
+        def save(self, path):
+            Path(path, "rank0.engine").write_bytes(b"stand-in")
+            Path(path, "config.json").write_text("{}")
+
+        def shutdown(self):
+            calls["shutdown"] = True
+
+    top, engine = types.ModuleType("tensorrt_llm"), types.ModuleType("tensorrt_llm._tensorrt_engine")
+    top.BuildConfig, top.__version__, engine.LLM = BuildConfig, "stand-in", LLM
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", top)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm._tensorrt_engine", engine)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "stand-in GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
+    manifest = trtllm.build_engine(merged, str(tmp_path / "engine"), 8, 512, 640, dtype="float16")
+    assert calls["build_config"] == {"max_batch_size": 8, "max_input_len": 512, "max_seq_len": 640,
+                                     "max_num_tokens": 4096}
+    assert calls["llm"]["model"] == merged and calls["llm"]["dtype"] == "float16" and calls["shutdown"]
+    assert verify_artifact(str(tmp_path / "engine"), "trtllm-engine")["limits"]["max_seq_len"] == 640
+    assert {"rank0.engine", "tokenizer.json", "README-serve.md"} <= set(manifest["files"])
+    assert manifest["prompt_version"] == "erc-llm-v1" and manifest["gpu"] == "stand-in GPU"
+    readme = (tmp_path / "engine" / "README-serve.md").read_text()
+    assert f"trtllm-serve {tmp_path / 'engine'} --backend tensorrt --tokenizer {merged}" in readme
+
+
+def test_size_for_workload():
+    from bioserc.export.trtllm import EngineSize, size_for_workload
+
+    assert size_for_workload(900, 96, 1100, 8, max_batch_size=32) == EngineSize(32, 1152, 1152, 8192)
+    assert size_for_workload(300, 96) == EngineSize(64, 320, 448, 8192)
+    assert size_for_workload(300, 96, max_batch_size=4) == EngineSize(4, 320, 448, 1280)  # all prompts at once
+    assert size_for_workload(2000, 100, max_batch_size=1, multiple=1) == EngineSize(1, 2000, 2100, 2000)
+    assert size_for_workload(8000, 150, max_batch_size=256) == EngineSize(256, 8000, 8192, 8256)  # prompt + decodes
+    assert size_for_workload(2000, 48, context_limit=2048).max_seq_len == 2048  # rounding capped at the context
+    with pytest.raises(ValueError, match="does not fit the model's context"):
+        size_for_workload(2000, 100, context_limit=2048)
+    with pytest.raises(ValueError):
+        size_for_workload(0, 10)
+
+
+def test_serve_only_writes_instructions_and_a_manifest(merged, tmp_path, capsys):
+    from bioserc.export.cli import main
+
+    out = tmp_path / "serve"
+    assert main(["trtllm", "--model", merged, "-o", str(out), "--serve-only", "--max-batch-size", "16",
+                 "--bio-prompt-tokens", "150", "--adapter", str(tmp_path / "adapter")]) == 0
+    manifest = verify_artifact(str(out), "hf-llm")
+    assert manifest["serve_only"] and manifest["model_path"] == merged and manifest["prompt_version"] == "erc-llm-v1"
+    assert manifest["limits"] == {"max_batch_size": 16, "max_input_len": 192, "max_seq_len": 256,
+                                  "max_num_tokens": 3072}
+    readme = (out / "README-serve.md").read_text()
+    assert f"trtllm-serve {merged} --host 0.0.0.0 --port 8000 --max_batch_size 16" in readme
+    assert "--extra_llm_api_options extra_llm_api_options.lora.yaml" in readme and "lora_request" in readme
+    assert "lora_dir:" in (out / "extra_llm_api_options.lora.yaml").read_text()
+    assert "hf-llm artifact written to" in capsys.readouterr().out
+
+
+def test_cli_exports_onnx_with_a_summary(exported, tmp_path, capsys):
+    from bioserc.export.cli import main
+
+    assert main(["onnx", "--model", exported["source"], "-o", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "onnx-classifier artifact written to" in out and "encoder.onnx" in out
+    assert "fp32_head_max_abs_diff" in out
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["precision"] == "fp32"

@@ -1,17 +1,26 @@
 """Score a trained BiosERC classifier on labelled conversations: weighted F1 (the paper's metric), per class and
 confusion matrix.
 
-    python -m bioserc.training.evaluate runs/meld-minilm/best ../shared/data/raw/meld/meld.valid.json \
+    python -m bioserc.training.evaluate --model runs/meld-minilm/best --data ../shared/data/raw/meld/meld.valid.json \
         --bios out/meld-valid-bios/bios.jsonl --output runs/meld-minilm/valid_report.json
+    python -m bioserc.training.evaluate --model runs/meld-smollm2-lora/adapter --data meld.valid.json --mode generate
+
+The folder's manifest picks the model: a BERT classifier (`best/`), or an LLM, either a LoRA adapter from
+`train_llm` (loaded on the base model its manifest names, or --base-model) or a merged folder from `merge_llm`.
+LLMs are scored by label likelihood (--mode score, always a valid label) or by free generation as in the paper
+(--mode generate): answers that are not exactly a label count as wrong, as their own "<invalid>" class, and the
+report adds their count and rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from bioserc.artifacts import MANIFEST, read_manifest
 from bioserc.metrics import classification_report
 from bioserc.models import BiosercBert, Prediction, load_bios, missing_bios, predict
 from bioserc.models.collate import BioKey
@@ -29,27 +38,65 @@ def score(conversations: Sequence[Conversation], predictions: Sequence[Predictio
     return classification_report(y_true, y_pred, labels)
 
 
+def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None,
+               batch_size: int = 8, progress: bool = False) -> dict:
+    """The report of a `bioserc.models.llm_scoring.LlmClassifier` in its mode; generate mode adds `invalid` (count
+    of labelled utterances whose answer was no label) and `invalid_rate`, and "<invalid>" joins the label list."""
+    from bioserc.models.llm_scoring import INVALID
+
+    if classifier.mode == "score":
+        return score(conversations, classifier.predict(conversations, bios, batch_size, progress), classifier.labels)
+    generated = classifier.generate(conversations, bios, batch_size, progress)
+    report = score(conversations, [g.prediction for g in generated], [*classifier.labels, INVALID])
+    gold = {(c.id, u.index) for c in conversations for u in c.utterances if u.label is not None}
+    invalid = sum(not g.valid for g in generated if (g.prediction.conversation_id, g.prediction.index) in gold)
+    return {**report, "invalid": invalid, "invalid_rate": invalid / report["n"]}
+
+
+def model_kind(model_dir: str) -> str | None:
+    """The manifest's artifact kind, or None for a folder without a manifest (an old BERT `save_pretrained`)."""
+    return read_manifest(model_dir).get("kind") if os.path.isfile(os.path.join(model_dir, MANIFEST)) else None
+
+
 def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
              bios: str | Sequence[str] | Mapping[BioKey, str] | None = None, batch_size: int = 8,
-             device: str = "cpu", progress: bool = False) -> dict:
+             device: str = "cpu", progress: bool = False, mode: str = "score", base_model: str | None = None) -> dict:
     """Load `model_dir` (a `save_pretrained` folder), predict `data` and return the report.
 
     Args:
-        model_dir: trained model folder, e.g. `<output_dir>/best`.
+        model_dir: trained model folder, e.g. `<output_dir>/best`, an LLM adapter or a merged LLM folder.
         data: input files/directories/globs (any supported format) or already-read conversations.
         bios: bios.jsonl path(s) or a {(conversation_id, speaker): bio} mapping; None when the model uses no bios.
+        mode: LLMs only: "score" (label likelihoods) or "generate" (free generation, exact match).
+        base_model: LLM adapters only: the base model folder, if not the one its manifest names.
     Returns:
-        `bioserc.metrics.classification_report` plus `model_dir` and `bios_missing` (speakers scored with no bio).
+        `bioserc.metrics.classification_report` plus `model_dir`, `mode` and `bios_missing` (speakers scored with no
+        bio); generate mode adds `invalid` and `invalid_rate`.
     """
-    model = BiosercBert.from_pretrained(model_dir, device=device)
+    from bioserc.models.llm_scoring import LLM_KINDS, MODES
+
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    llm = model_kind(model_dir) in LLM_KINDS
+    if not llm and (mode != "score" or base_model):
+        raise ValueError("--mode generate and --base-model apply to LLM artifacts only; "
+                         f"{model_dir!r} holds a BERT classifier")
     if isinstance(data, str) or (data and isinstance(data[0], str)):
         data = read_conversations(data)
     if isinstance(bios, str) or (isinstance(bios, Sequence) and not isinstance(bios, Mapping)):
         bios = load_bios(bios)
-    predictions = predict(model, data, bios, batch_size=batch_size, progress=progress)
-    report = score(data, predictions, model.config.labels)
-    uses_bios = model.config.bio_mode != "none"
-    return {**report, "model_dir": model_dir, "bios_missing": len(missing_bios(data, bios)) if uses_bios else 0}
+    if llm:
+        from bioserc.models.llm_scoring import LlmClassifier
+
+        classifier = LlmClassifier.from_pretrained(model_dir, device=device, base_model=base_model, mode=mode)
+        report, bio_mode = llm_report(classifier, data, bios, batch_size, progress), classifier.bio_mode
+    else:
+        model = BiosercBert.from_pretrained(model_dir, device=device)
+        predictions = predict(model, data, bios, batch_size=batch_size, progress=progress)
+        report, bio_mode = score(data, predictions, model.config.labels), model.config.bio_mode
+    uses_bios = bio_mode != "none"
+    return {**report, "model_dir": model_dir, "mode": mode,
+            "bios_missing": len(missing_bios(data, bios)) if uses_bios else 0}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -57,20 +104,26 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, dest="model_dir", help="trained model folder (<output_dir>/best)")
     parser.add_argument("--data", required=True, nargs="+", help="labelled conversations: files, directories, globs")
     parser.add_argument("--bios", nargs="*", default=None, help="bios.jsonl file(s) from `bioserc bios`")
-    parser.add_argument("--batch-size", type=int, default=8, help="conversations per batch")
+    parser.add_argument("--batch-size", type=int, default=8, help="conversations (BERT) or prompts (LLM) per batch")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--mode", choices=["score", "generate"], default="score",
+                        help="LLMs: label scoring (always a valid label) or free generation as in the paper")
+    parser.add_argument("--base-model", help="LLM adapters: base model folder, if not the one in the manifest")
     parser.add_argument("--output", help="also write the report to this JSON file")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    report = evaluate(args.model_dir, args.data, args.bios, args.batch_size, args.device, progress=True)
+    report = evaluate(args.model_dir, args.data, args.bios, args.batch_size, args.device, progress=True,
+                      mode=args.mode, base_model=args.base_model)
     text = json.dumps(report, indent=2)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
-    print(f"weighted F1 {report['weighted_f1']:.2f} over {report['n']} utterances", file=sys.stderr)
+    invalid = f", {report['invalid']} invalid outputs ({100 * report['invalid_rate']:.1f}%)" if "invalid" in report \
+        else ""
+    print(f"weighted F1 {report['weighted_f1']:.2f} over {report['n']} utterances{invalid}", file=sys.stderr)
     print(text)
     return 0
 

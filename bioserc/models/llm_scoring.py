@@ -94,14 +94,16 @@ def generate_texts(model: Any, encoder: ChatEncoder, prompts: Sequence[Sequence[
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=encoder.stop_ids or None,
                               pad_token_id=encoder.pad_id)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    texts = []
-    stops = [s for s in (encoder.end_of_turn, encoder.tokenizer.eos_token) if s]
-    for row in out[:, ids.shape[1]:].tolist():
-        text = encoder.tokenizer.decode(row, skip_special_tokens=False)
-        for stop in stops:
-            text = text.split(stop, 1)[0]
-        texts.append(text.strip())
-    return texts
+    stops = [s for s in (encoder.end_of_turn, encoder.tokenizer.eos_token, encoder.tokenizer.pad_token) if s]
+    return [parse_answer(encoder.tokenizer.decode(row, skip_special_tokens=False), stops)
+            for row in out[:, ids.shape[1]:].tolist()]
+
+
+def parse_answer(text: str, stops: Sequence[str]) -> str:
+    """The paper's parsing: the text before the first stop marker, stripped; no normalisation or fuzzy match."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text.strip()
 
 
 class GeneratedLabel(NamedTuple):

@@ -1,0 +1,151 @@
+"""`bioserc export`: trained models -> serving artifacts (each with a checksummed manifest.json).
+
+    bioserc export onnx     --model runs/meld-minilm/best -o serving_artifacts/meld-minilm-onnx [--quantize]
+    bioserc export onnx-llm --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-onnx
+    bioserc export trtllm   --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-trt [--serve-only]
+
+`onnx` exports the BERT-based classifier (encoder + conversation head graphs; --quantize = dynamic int8 encoder),
+`onnx-llm` the merged LLM with a KV cache for `bioserc bios --backend onnx`, and `trtllm` builds a TensorRT-LLM
+engine (Python 3.12 NVIDIA container with a GPU only) or, with --serve-only, writes the `trtllm-serve`
+instructions for TensorRT-LLM's engine-free PyTorch backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from bioserc.artifacts import ArtifactError
+
+
+def _files(directory: str) -> list[tuple[str, int]]:
+    out = []
+    for root, _dirs, names in os.walk(directory):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            out.append((os.path.relpath(path, directory), os.path.getsize(path)))
+    return sorted(out)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def summarize(out_dir: str, manifest: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    lines = [f"{manifest['kind']} artifact written to {out_dir}"]
+    for rel, size in _files(out_dir):
+        lines.append(f"  {rel:<40} {_human(size):>10}")
+    for key in ("precision", "opset", "bio_mode", "labels", "prompt_version", "limits", "model_path"):
+        if manifest.get(key) is not None:
+            lines.append(f"  {key}: {json.dumps(manifest[key])}")
+    for key, value in {**(manifest.get("parity") or {}), **(extra or {})}.items():
+        lines.append(f"  {key}: {value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def cmd_onnx(args: argparse.Namespace) -> int:
+    from bioserc.export.onnx_classifier import export_classifier
+
+    if args.per_channel and not args.quantize:
+        raise ValueError("--per-channel only applies with --quantize")
+    manifest = export_classifier(args.model, args.output, quantize=args.quantize, optimize=args.optimize,
+                                 opset=args.opset, per_channel=args.per_channel)
+    print(summarize(args.output, manifest))
+    return 0
+
+
+def cmd_onnx_llm(args: argparse.Namespace) -> int:
+    from bioserc.export.onnx_llm import export_llm
+
+    manifest = export_llm(args.model, args.output, opset=args.opset, validate=args.validate)
+    print(summarize(args.output, manifest))
+    return 0
+
+
+def cmd_trtllm(args: argparse.Namespace) -> int:
+    from bioserc.export import trtllm
+
+    context = None
+    if args.context_limit is None and os.path.isfile(os.path.join(args.model, "config.json")):
+        with open(os.path.join(args.model, "config.json"), encoding="utf-8") as fh:
+            context = json.load(fh).get("max_position_embeddings")
+    size = trtllm.size_for_workload(args.bio_prompt_tokens, args.bio_new_tokens, args.label_prompt_tokens,
+                                    args.label_tokens, max_batch_size=args.max_batch_size,
+                                    context_limit=args.context_limit or context)
+    size = trtllm.EngineSize(size.max_batch_size, args.max_input_len or size.max_input_len,
+                             args.max_seq_len or size.max_seq_len, args.max_num_tokens or size.max_num_tokens)
+    if args.serve_only:
+        manifest = trtllm.write_serve_only(args.model, args.output, adapter_dir=args.adapter, base_dir=args.base,
+                                           size=size, host=args.host, port=args.port)
+    else:
+        manifest = trtllm.build_engine(args.model, args.output, size.max_batch_size, size.max_input_len,
+                                       size.max_seq_len, dtype=args.dtype, max_num_tokens=size.max_num_tokens,
+                                       host=args.host, port=args.port)
+    print(summarize(args.output, manifest))
+    print(f"serve it: see {os.path.join(args.output, trtllm.SERVE_README)}")
+    return 0
+
+
+def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="target", required=True)
+
+    p = sub.add_parser("onnx", help="the BERT-based classifier -> ONNX (encoder + head graphs), optionally int8")
+    p.add_argument("--model", required=True, help="trained classifier folder (e.g. runs/NAME/best)")
+    p.add_argument("-o", "--output", required=True, help="artifact folder to write (replaced if it is one)")
+    p.add_argument("--quantize", action="store_true", help="dynamic int8 encoder (CPU; check the label agreement)")
+    p.add_argument("--per-channel", action="store_true", help="with --quantize: int8 scales per output channel")
+    p.add_argument("--optimize", action="store_true", help="fuse attention/LayerNorm/GELU in the encoder graph")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_onnx)
+
+    p = sub.add_parser("onnx-llm", help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx")
+    p.add_argument("--model", required=True, help="merged HF model folder (python -m bioserc.training.merge_llm)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--opset", type=int, default=None, help="default: optimum's choice for the architecture")
+    p.add_argument("--validate", action="store_true", help="let optimum compare ORT and PyTorch outputs (slow)")
+    p.set_defaults(func=cmd_onnx_llm)
+
+    p = sub.add_parser("trtllm", help="a merged LLM -> TensorRT-LLM engine (GPU + NVIDIA container), or serve notes")
+    p.add_argument("--model", required=True, help="merged HF model folder")
+    p.add_argument("-o", "--output", required=True, help="engine folder (or instructions folder with --serve-only)")
+    p.add_argument("--serve-only", action="store_true",
+                   help="no engine: write trtllm-serve instructions (PyTorch backend) and a manifest; no GPU needed")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--bio-prompt-tokens", type=int, default=1024, help="longest bio prompt (tokens) to size for")
+    p.add_argument("--bio-new-tokens", type=int, default=96, help="bio generation limit (bios --max-new-tokens)")
+    p.add_argument("--label-prompt-tokens", type=int, default=0, help="longest label prompt (LLM classifier)")
+    p.add_argument("--label-tokens", type=int, default=0, help="tokens generated per label")
+    p.add_argument("--max-input-len", type=int, help="override the sized longest prompt")
+    p.add_argument("--max-seq-len", type=int, help="override the sized prompt + generation length")
+    p.add_argument("--max-num-tokens", type=int, help="override the sized tokens per forward step")
+    p.add_argument("--context-limit", type=int, help="model context (default: config.json max_position_embeddings)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+    p.add_argument("--adapter", help="with --serve-only: a LoRA adapter to serve unmerged (writes the YAML)")
+    p.add_argument("--base", help="with --adapter: the base model folder the adapter applies to")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_trtllm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ArtifactError, FileNotFoundError, FileExistsError, ValueError, ImportError, RuntimeError) as err:
+        print(f"bioserc export {args.target}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""`report.html`: one self-contained page (PNG charts embedded as base64) for a person to look at a labeling run.
+
+Written on the driver after the pipeline, from `conversations.jsonl` (streamed: memory stays bounded by the number of
+calls plotted). It shows the run's counters, the emotion distribution over all calls, and, for the first calls by id
+(20 by default), a table of each speaker's dominant emotion, a chart of each speaker's emotion per turn and the turns
+themselves with their labels (read from utterances.jsonl, skipped when that file is over 256 MB).
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import html
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+
+
+TURNS_MAX_BYTES = 256 << 20
+
+
+def read_summaries(path: str) -> Iterator[dict[str, Any]]:
+    with FileSystems.open(path) as fh:
+        for line in io.TextIOWrapper(fh, encoding="utf-8"):
+            if line.strip():
+                yield json.loads(line)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def distribution_chart(counts: Counter, labels: list[str]) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 2.6))
+    ax = fig.add_subplot()
+    ax.bar(labels, [counts.get(name, 0) for name in labels], color="#4c72b0")
+    ax.set_ylabel("utterances")
+    ax.tick_params(axis="x", labelrotation=30)
+    return _png(fig)
+
+
+def trajectory_chart(summary: dict[str, Any], labels: list[str]) -> str:
+    """Each speaker's label per turn: x = utterance index, y = emotion (in the model's label order)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 2.8))
+    ax = fig.add_subplot()
+    row = {name: i for i, name in enumerate(labels)}
+    for info in summary["speakers"]:
+        xs = [i for i, _ in info["trajectory"]]
+        ys = [row[label] for _, label in info["trajectory"]]
+        ax.plot(xs, ys, marker="o", linewidth=1.2, label=f"{info['speaker']} ({info.get('role') or '?'})")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(-0.5, len(labels) - 0.5)
+    ax.set_xlabel("utterance")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title(summary["conversation_id"], fontsize=10)
+    return _png(fig)
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def turns_of(utterances_path: str, ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """The utterance rows of a few calls, streamed from utterances.jsonl (empty when the file is too big to scan)."""
+    if not utterances_path or not FileSystems.exists(utterances_path):
+        return {}
+    if FileSystems.match([utterances_path])[0].metadata_list[0].size_in_bytes > TURNS_MAX_BYTES:
+        return {}
+    turns: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    for row in read_summaries(utterances_path):
+        if row["conversation_id"] in turns:
+            turns[row["conversation_id"]].append(row)
+    return {i: sorted(rows, key=lambda r: r["index"]) for i, rows in turns.items()}
+
+
+def write_report(conversations_path: str, out_path: str, labels: list[str], counters: dict[str, int],
+                 title: str = "bioserc labeling run", max_calls: int = 20, utterances_path: str | None = None) -> int:
+    """Write the report; return how many calls were plotted.
+
+    Args:
+        conversations_path: the run's conversations.jsonl (local or gs://).
+        labels: the model's labels, which fix the y axis order; labels found only in the data are appended.
+        counters: the pipeline's counters, shown as a table.
+        utterances_path: the run's utterances.jsonl, for the turns of the plotted calls.
+    """
+    totals: Counter = Counter()
+    n_calls = 0
+    first = []
+    for summary in read_summaries(conversations_path):
+        n_calls += 1
+        totals.update(summary["emotion_counts"])
+        first.append(summary)
+        if len(first) > max_calls:  # keep the max_calls smallest ids without holding every summary
+            first = heapq.nsmallest(max_calls, first, key=lambda s: s["conversation_id"])
+    first = sorted(first, key=lambda s: s["conversation_id"])[:max_calls]
+    axis = list(labels) + sorted(set(totals) - set(labels))
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             _table(sorted([k, v] for k, v in counters.items()), ["counter", "value"]),
+             f"<h2>Emotions over {n_calls} calls</h2>"]
+    if totals:
+        chart = distribution_chart(totals, axis)
+        parts.append(f'<img alt="emotion distribution" src="data:image/png;base64,{chart}">')
+    rows = [[s["conversation_id"], s["utterances"], s["dominant_emotion"],
+             "; ".join(f"{info['speaker']}: {info['dominant_emotion']}" + (
+                 f" (else {info['dominant_non_neutral']})"
+                 if info.get("dominant_non_neutral") not in (None, info["dominant_emotion"]) else "")
+                 for info in s["speakers"])] for s in first]
+    parts += [f"<h2>Calls ({len(first)} of {n_calls}, by id)</h2>",
+              _table(rows, ["call", "utterances", "dominant emotion", "per speaker (dominant, else non-neutral)"])]
+    turns = turns_of(utterances_path, {s["conversation_id"] for s in first}) if utterances_path else {}
+    for s in first:
+        parts.append(f'<h3>{html.escape(s["conversation_id"])}</h3><img alt="emotion trajectory" '
+                     f'src="data:image/png;base64,{trajectory_chart(s, axis)}">')
+        if turns.get(s["conversation_id"]):
+            table = _table([[r["index"], r["speaker"], r["label"], f"{r['probs'].get(r['label'], 0):.2f}", r["text"]]
+                            for r in turns[s["conversation_id"]]], ["#", "speaker", "label", "p", "text"])
+            parts.append(f"<details><summary>turns</summary>{table}</details>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:90%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    with FileSystems.create(out_path, mime_type="text/html") as fh:
+        fh.write(page.encode("utf-8"))
+    return len(first)

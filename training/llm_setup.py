@@ -1,0 +1,149 @@
+"""Model, data and artifact helpers of `train_llm.py`: base model (+ 4-bit), LoRA, samples, collator, adapter saving.
+
+Kept apart so the training script stays a short `main`; `merge_llm.py` and the bench reuse the loaders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from bioserc.artifacts import write_manifest
+from bioserc.embedded import MODELS, resolve_model
+from bioserc.models.collate import IGNORE, BioKey
+from bioserc.models.llm_encoding import ChatEncoder, utterance_bio
+from bioserc.prompts.erc_llm import ERC_PROMPT_VERSION
+from bioserc.schema import Conversation
+from bioserc.training.checkpoint import DEV_REPORT, replace_dir
+
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: use auto, cpu or cuda (pick the GPU with CUDA_VISIBLE_DEVICES)")
+    return device
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """auto: bf16 on a GPU that has it, else fp16 on CUDA; fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def base_model_ref(name_or_path: str) -> str:
+    """What the manifest records: an embedded model's name, else the absolute folder (or the id as given)."""
+    if name_or_path in MODELS:
+        return name_or_path
+    resolved = resolve_model(name_or_path)
+    return os.path.abspath(resolved) if os.path.isdir(resolved) else resolved
+
+
+def load_base_model(name_or_path: str, device: str, precision: str, attn_implementation: str = "auto",
+                    load_in_4bit: bool = False):
+    """A causal LM for LoRA training: eager attention on CPU (sdpa is much slower there, offline-models.md 2.3).
+
+    QLoRA (`load_in_4bit`) is the paper's NF4 + double quantisation with bf16 compute; it needs CUDA and bitsandbytes.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if load_in_4bit:
+        if device != "cuda":
+            raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit layers do not train on "
+                             f"{device}; set load_in_4bit: false to train plain LoRA instead")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError("load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+    attn = attn_implementation if attn_implementation != "auto" else ("sdpa" if device == "cuda" else "eager")
+    kwargs: dict[str, Any] = {"dtype": DTYPES[precision], "attn_implementation": attn, "use_safetensors": True}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=DTYPES[precision] if precision != "fp32" else torch.float32)
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), **kwargs)
+    return model if load_in_4bit else model.to(device)
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules: Sequence[str], quantized: bool,
+             gradient_checkpointing: bool):
+    """Wrap `model` in a peft LoRA model; only the adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def build_features(conversations: Sequence[Conversation], bios: Mapping[BioKey, str], encoder: ChatEncoder,
+                   max_samples: int = 0, seed: int = 42) -> tuple[list[dict[str, list[int]]], int]:
+    """One training sample per labelled utterance (a seeded random subset of `max_samples` if set); returns the
+    samples and how many were dropped for not fitting max_length."""
+    targets = [(c, i) for c in conversations for i, u in enumerate(c.utterances) if u.label is not None]
+    if max_samples and max_samples < len(targets):
+        keep = sorted(random.Random(seed).sample(range(len(targets)), max_samples))
+        targets = [targets[k] for k in keep]
+    features = [encoder.train_features(c, i, utterance_bio(bios, c, i)) for c, i in targets]
+    kept = [f for f in features if f is not None]
+    return kept, len(features) - len(kept)
+
+
+class PadCollator:
+    """Right-pads a batch (pad id, attention 0, labels -100) and counts the real tokens it has served."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id, self.tokens = pad_id, 0
+
+    def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {"input_ids": torch.full((len(features), width), self.pad_id, dtype=torch.long),
+                 "attention_mask": torch.zeros(len(features), width, dtype=torch.long),
+                 "labels": torch.full((len(features), width), IGNORE, dtype=torch.long)}
+        for b, f in enumerate(features):
+            n = len(f["input_ids"])
+            for key in batch:
+                batch[key][b, :n] = torch.tensor(f[key], dtype=torch.long)
+            self.tokens += n
+        return batch
+
+
+def save_adapter(model, encoder: ChatEncoder, directory: str, base_model: str, label_set: str, lora: dict,
+                 report: dict | None = None, **fields: Any) -> None:
+    """The adapter (safetensors) + tokenizer (with its chat template) + dev report + a lora-adapter manifest."""
+    tmp = f"{directory}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(tmp)
+    metrics = {}
+    if report is not None:
+        with open(os.path.join(tmp, DEV_REPORT), "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+        metrics = {"dev_weighted_f1": report.get("weighted_f1")}
+    write_manifest(tmp, "lora-adapter", model_family="bioserc-llm", base_model=base_model, label_set=label_set,
+                   labels=list(encoder.labels), prompt_version=ERC_PROMPT_VERSION, prompt=encoder.prompt.to_dict(),
+                   lora=lora, metrics=metrics, **fields)
+    replace_dir(tmp, directory)

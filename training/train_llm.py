@@ -1,0 +1,290 @@
+"""Fine-tune a causal LM with LoRA (or QLoRA) to name the emotion of each utterance: the LLM-based BiosERC.
+
+    python -m bioserc.training.train_llm --config training/configs/meld_smollm2_lora.yaml
+    python -m bioserc.training.train_llm --config training/configs/meld_smollm2_lora.yaml --max_train_samples 64 \
+        --lora_r 8 --output_dir runs/try
+    python -m bioserc.training.train_llm --config training/configs/meld_smollm2_lora.yaml --resume
+    python -m bioserc.training.train_llm --config training/configs/meld_llama2_13b_qlora_paper.yaml --dry-run
+
+One chat sample per labelled utterance (bioserc.prompts.erc_llm); the loss covers the answer tokens only (the label
+word and the end-of-turn token), unlike the paper's loss on every token. Training runs on `transformers.Trainer`,
+whose checkpoint-N folders make a run resumable. Outputs in output_dir: adapter/ (the LoRA adapter in safetensors,
+its tokenizer and a lora-adapter manifest naming the base model, prompt version and labels; with eval_steps it is the
+best dev checkpoint, else the final one), adapter/dev_report.json, dev_metrics.jsonl, train_config.json.
+Then: `bioserc evaluate --model OUT/adapter --data DEV [--mode generate]`, `bioserc merge --adapter OUT/adapter -o M`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from bioserc.embedded import resolve_model
+from bioserc.labels import get_label_set
+from bioserc.models.collate import load_bios, missing_bios
+from bioserc.models.llm_encoding import ChatEncoder, apply_template_choice, pack
+from bioserc.models.llm_scoring import LlmClassifier
+from bioserc.prompts.erc_llm import ErcPromptConfig
+from bioserc.readers import read_conversations
+from bioserc.training import llm_setup as setup
+from bioserc.training.evaluate import llm_report
+
+
+logger = logging.getLogger(__name__)
+
+LIST_FIELDS = ("train_data", "dev_data", "train_bios", "dev_bios", "lora_target_modules")
+
+
+@dataclass
+class TrainLlmConfig:
+    # data
+    train_data: list[str] = field(default_factory=list, metadata={"help": "training conversations (any format)"})
+    dev_data: list[str] = field(default_factory=list, metadata={"help": "dev conversations (evaluation, selection)"})
+    train_bios: list[str] = field(default_factory=list, metadata={"help": "bios.jsonl(.gz) for the training data"})
+    dev_bios: list[str] = field(default_factory=list, metadata={"help": "bios.jsonl(.gz) for the dev data"})
+    label_set: str = field(default="meld", metadata={"help": "meld | emorynlp | iemocap"})
+    max_train_samples: int = field(default=0, metadata={"help": "train on a seeded random subset (0: all)"})
+    max_eval_samples: int = field(default=0, metadata={"help": "dev utterances to evaluate, whole conversations "
+                                                               "(0: all)"})
+    # prompt
+    window: int = field(default=5, metadata={"help": "± utterances of context (past and future)"})
+    bio_mode: str = field(default="prompt", metadata={"help": "prompt (target speaker's bio) | none (ablation)"})
+    list_labels: bool = field(default=True, metadata={"help": "list the label set in the prompt (paper: no)"})
+    chat_template: str = field(default="auto", metadata={"help": "auto (the tokenizer's) | chatml (plain text)"})
+    max_seq_length: int = field(default=1024, metadata={"help": "tokens per sample (long prompts lose context)"})
+    packing: bool = field(default=False, metadata={"help": "concatenate whole samples into max_seq_length rows"})
+    # model
+    model: str = field(default="smollm2", metadata={"help": "embedded model name or local HF folder (no Hub)"})
+    attn_implementation: str = field(default="auto", metadata={"help": "auto: eager on CPU, sdpa on CUDA"})
+    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: fp32 on CPU)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: NF4 base weights (CUDA + bitsandbytes)"})
+    gradient_checkpointing: bool = False
+    # LoRA (paper: r 32, alpha 128, dropout 0.05, all linear layers but lm_head)
+    lora_r: int = 32
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # optimisation (Trainer names)
+    num_train_epochs: float = 3.0
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (0: epochs decide)"})
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 3e-4
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3
+    optim: str = "adamw_torch"
+    neftune_noise_alpha: float = field(default=0.0, metadata={"help": "NEFTune noise (paper: 5; 0: off)"})
+    group_by_length: bool = False
+    # evaluation, checkpoints
+    eval_mode: str = field(default="score", metadata={"help": "dev evaluation: score | generate | none"})
+    eval_steps: int = field(default=0, metadata={"help": "dev W-F1 every N steps, keep the best (0: at the end)"})
+    eval_batch_size: int = 8
+    logging_steps: int = 10
+    save_steps: int = 50
+    save_total_limit: int = 1
+    output_dir: str = "runs/bioserc-llm"
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint-N in output_dir"})
+    seed: int = 42
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in LIST_FIELDS and isinstance(value, str):  # a YAML scalar or one CLI path
+                setattr(self, f.name, [value])
+            elif f.type == "float":  # YAML reads 3e-4 (no dot) as a string
+                setattr(self, f.name, float(value))
+        if self.eval_mode not in ("score", "generate", "none"):
+            raise ValueError(f"eval_mode {self.eval_mode!r}: use score, generate or none")
+        if self.eval_steps and (self.eval_mode == "none" or not self.dev_data):
+            raise ValueError("eval_steps needs dev_data and an eval_mode (score or generate)")
+
+    def prompt(self) -> ErcPromptConfig:
+        return ErcPromptConfig(window=self.window, bio_mode=self.bio_mode, list_labels=self.list_labels)
+
+    def lora(self) -> dict[str, Any]:
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "target_modules": self.lora_target_modules, "qlora": self.load_in_4bit}
+
+
+def load_config(path: str | None = None, **overrides: Any) -> TrainLlmConfig:
+    """A YAML (.yaml/.yml) or TOML (.toml) file as defaults, then keyword overrides; unknown keys are an error."""
+    values: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as fh:
+            values = tomllib.load(fh) if path.endswith(".toml") else (yaml.safe_load(fh) or {})
+    values.update(overrides)
+    unknown = sorted(set(values) - {f.name for f in fields(TrainLlmConfig)})
+    if unknown:
+        raise ValueError(f"unknown training config key(s) {unknown} in {path or 'overrides'}; see --help")
+    return TrainLlmConfig(**values)
+
+
+def first_utterances(conversations, n: int):
+    """Whole conversations from the start until they hold >= n utterances (context stays intact); all if n is 0."""
+    out, total = [], 0
+    for conv in conversations:
+        if n and total >= n:
+            break
+        out.append(conv)
+        total += len(conv.utterances)
+    return out
+
+
+def _split(config: TrainLlmConfig, name: str):
+    data, bios_paths = getattr(config, f"{name}_data"), getattr(config, f"{name}_bios")
+    if not data:
+        return [], {}
+    conversations = read_conversations(data)
+    if config.bio_mode == "none":
+        return conversations, {}
+    if not bios_paths:
+        raise ValueError(f"bio_mode=prompt needs {name}_bios (bios.jsonl from `bioserc bios`); or set bio_mode: none")
+    bios = load_bios(bios_paths)
+    missing = missing_bios(conversations, bios)
+    if missing:
+        logger.warning("%s: %d speaker(s) have no bio and get an empty one, e.g. %s", name, len(missing), missing[:3])
+    return conversations, bios
+
+
+def training_arguments(config: TrainLlmConfig, device: str, precision: str):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=config.output_dir, num_train_epochs=config.num_train_epochs, max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type, warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim=config.optim,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        neftune_noise_alpha=config.neftune_noise_alpha or None, group_by_length=config.group_by_length,
+        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, eval_strategy="no", report_to="none", seed=config.seed,
+        remove_unused_columns=False, dataloader_num_workers=0)
+
+
+def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
+    """Train; returns steps, loss, tokens/s and the adapter's dev report. `dry_run` builds the model, the samples and
+    one forward pass + loss, and writes nothing."""
+    from transformers import AutoTokenizer, Trainer, TrainerCallback, set_seed
+
+    set_seed(config.seed)
+    device = setup.pick_device(config.device)
+    precision = setup.pick_precision(config.precision, device)
+    labels = get_label_set(config.label_set).labels
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
+    apply_template_choice(tokenizer, config.chat_template)
+    encoder = ChatEncoder(tokenizer, labels, config.prompt(), config.max_seq_length)
+    train_convs, train_bios = _split(config, "train")
+    features, dropped = setup.build_features(train_convs, train_bios, encoder, config.max_train_samples, config.seed)
+    if not features:
+        raise ValueError("nothing to train: no labelled utterance in train_data fits max_seq_length")
+    if dropped:
+        logger.warning("%d sample(s) longer than max_seq_length %d were dropped", dropped, config.max_seq_length)
+    rows = pack(features, config.max_seq_length) if config.packing else features
+    dev_convs, dev_bios = _split(config, "dev")
+    dev_convs = first_utterances(dev_convs, config.max_eval_samples)
+    args = training_arguments(config, device, precision)
+    model = setup.load_base_model(config.model, device, precision, config.attn_implementation, config.load_in_4bit)
+    model = setup.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
+                           config.load_in_4bit, config.gradient_checkpointing)
+    collator = setup.PadCollator(encoder.pad_id)
+    summary = {"samples": len(features), "dropped": dropped, "rows": len(rows), "device": device,
+               "precision": precision, "trainable_parameters": sum(p.numel() for p in model.parameters()
+                                                                    if p.requires_grad)}
+    if dry_run:
+        batch = {k: v.to(device) for k, v in collator(rows[:config.per_device_train_batch_size]).items()}
+        loss = model(**batch).loss
+        return {"dry_run": True, **summary, "dev_conversations": len(dev_convs), "loss": loss.item(),
+                "answer_tokens": int((batch["labels"] != -100).sum())}
+
+    out, adapter_dir = config.output_dir, os.path.join(config.output_dir, "adapter")
+    checkpoints = glob.glob(os.path.join(out, "checkpoint-*"))
+    if checkpoints and not config.resume:
+        raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or another output_dir")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "train_config.json"), "w", encoding="utf-8") as fh:
+        json.dump(asdict(config), fh, indent=2)
+    history_path = os.path.join(out, "dev_metrics.jsonl")
+    history = []
+    if config.resume and os.path.isfile(history_path):
+        with open(history_path, encoding="utf-8") as fh:
+            history = [json.loads(line) for line in fh]
+    save = {"base_model": setup.base_model_ref(config.model), "label_set": config.label_set, "lora": config.lora(),
+            "chat_template": config.chat_template}
+
+    def dev_eval(step: int) -> dict:
+        classifier = LlmClassifier(model, encoder, mode=config.eval_mode)
+        report = llm_report(classifier, dev_convs, dev_bios, config.eval_batch_size)
+        history.append({"step": step, "dev_weighted_f1": report["weighted_f1"], "dev_accuracy": report["accuracy"],
+                        **({"dev_invalid_rate": report["invalid_rate"]} if "invalid_rate" in report else {})})
+        with open(history_path, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(row) + "\n" for row in history)
+        logger.info("step %d: dev weighted F1 %.2f", step, report["weighted_f1"])
+        return {**report, "step": step}
+
+    class DevEval(TrainerCallback):
+        """Every eval_steps (and at the last step): dev W-F1; a better one replaces adapter/."""
+
+        def on_step_end(self, targs, state, control, **kwargs):
+            if state.global_step % config.eval_steps and state.global_step != state.max_steps:
+                return
+            best = max((row["dev_weighted_f1"] for row in history), default=-1.0)
+            report = dev_eval(state.global_step)
+            if report["weighted_f1"] > best:
+                setup.save_adapter(model, encoder, adapter_dir, report=report, step=state.global_step, **save)
+
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, processing_class=tokenizer,
+                      callbacks=[DevEval()] if config.eval_steps else [])
+    start = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=bool(checkpoints) and config.resume)
+    elapsed = time.monotonic() - start
+    report = None
+    if not config.eval_steps:
+        report = dev_eval(trainer.state.global_step) if dev_convs and config.eval_mode != "none" else None
+        setup.save_adapter(model, encoder, adapter_dir, report=report, step=trainer.state.global_step, **save)
+    best = max(history, key=lambda row: row["dev_weighted_f1"], default={})
+    return {**summary, "output_dir": out, "adapter_dir": adapter_dir, "steps": trainer.state.global_step,
+            "train_loss": result.training_loss, "train_seconds": round(elapsed, 1), "train_tokens": collator.tokens,
+            "train_tokens_per_second": round(collator.tokens / elapsed, 1) if elapsed else None,
+            "dev_weighted_f1": best.get("dev_weighted_f1"), "best_step": best.get("step"),
+            "loss_history": [row["loss"] for row in trainer.state.log_history if "loss" in row]}
+
+
+def make_parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainLlmConfig, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML or TOML file whose keys set the defaults; flags override them")
+    parser.add_argument("--dry-run", action="store_true", help="build model, data and one forward pass; no training")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = make_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**asdict(load_config(known.config)))
+    config, extra = parser.parse_args_into_dataclasses(args=argv)
+    result = train(config, dry_run=extra.dry_run)
+    print(json.dumps({k: v for k, v in result.items() if k != "loss_history"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
