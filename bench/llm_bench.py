@@ -20,7 +20,8 @@ import torch
 
 from bioserc.readers import read_conversations
 from bioserc.training.evaluate import evaluate
-from bioserc.training.train_llm import first_utterances, load_config, train
+from bioserc.training.llm_setup import first_utterances
+from bioserc.training.train_llm import load_config, train
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

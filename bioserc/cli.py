@@ -135,11 +135,21 @@ def cmd_bios(argv: list[str]) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("bert",):
-        raise SystemExit("usage: bioserc train bert --config FILE [overrides...] [--dry-run]  (see --help)")
+    if not argv or argv[0] not in ("bert", "llm"):
+        raise SystemExit("usage: bioserc train {bert,llm} --config FILE [overrides...] [--dry-run]  (see --help)")
+    if argv[0] == "llm":
+        from bioserc.training import train_llm
+
+        return train_llm.main(argv[1:])
     from bioserc.training import train_bert
 
     return train_bert.main(argv[1:])
+
+
+def cmd_merge(argv: list[str]) -> int:
+    from bioserc.training import merge_llm
+
+    return merge_llm.main(argv)
 
 
 def cmd_label(argv: list[str]) -> int:
@@ -155,7 +165,8 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 
 # subcommands that own their parser (Beam pipelines pass unknown flags to Beam; training uses HfArgumentParser)
-PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "train": cmd_train, "evaluate": cmd_evaluate}
+PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "train": cmd_train, "evaluate": cmd_evaluate,
+               "merge": cmd_merge}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -184,8 +195,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bios", add_help=False, help="write a biography per (conversation, speaker) with an LLM (Beam)")
     sub.add_parser("label", add_help=False, help="label every utterance with an emotion: bios + classifier (Beam)")
-    sub.add_parser("train", add_help=False, help="train a classifier: `bioserc train bert --config FILE`")
-    sub.add_parser("evaluate", add_help=False, help="weighted-F1 report: `bioserc evaluate --model DIR --data FILE`")
+    sub.add_parser("train", add_help=False, help="train a classifier: `bioserc train {bert,llm} --config FILE`")
+    sub.add_parser("merge", add_help=False, help="fold a LoRA adapter into its base model (`bioserc merge --help`)")
+    sub.add_parser("evaluate", add_help=False,
+                   help="weighted-F1 report: `bioserc evaluate --model DIR --data FILE [--bios F]`")
     return parser
 
 

@@ -7,9 +7,9 @@ Provider order for "auto": TensorRT EP, then CUDA EP, then CPU, each only when t
 ORT assigns every node to the first provider in the list that supports it, so later providers are fallbacks for
 unsupported nodes (dynamic int8 ops, for instance, are CPU-only), and ORT itself retries with CUDA/CPU when the
 TensorRT EP cannot initialise (TensorRT libraries missing). The TensorRT EP builds an engine per input shape range
-on first use, which takes minutes for a large encoder: it is cached under `trt_cache_dir` (pass one to reuse it
-across runs) and fixed-shape input (`OnnxClassifier(..., pad_to_max=True)`) avoids rebuilds. The GPU providers are
-unverified here (no GPU in the development environment).
+on first use, which takes minutes for a large encoder: engines are cached under `$BIOSERC_CACHE/trt/` (or
+`trt_cache_dir`), and fixed-shape input (`OnnxClassifier(..., pad_to_max=True)`) avoids rebuilds. The GPU providers,
+the TensorRT EP options and ORT's fallback behaviour are unverified here (no GPU in the development environment).
 """
 
 from __future__ import annotations

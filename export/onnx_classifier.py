@@ -61,13 +61,12 @@ from torch import nn
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.export._staging import check_target, replace_dir, staging_dir
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, sinusoid
+from bioserc.schema import Conversation, Utterance
 
 
 logger = logging.getLogger(__name__)
 
 ENCODER_FILE, HEAD_FILE = "encoder.onnx", "head.onnx"
-ENCODER_INPUTS = ("input_ids", "attention_mask", "pool_mask")
-HEAD_INPUTS = ("utterances", "utterance_mask", "utterance_speaker", "speaker_bios", "speaker_mask")
 EXTRA_FILES = ("dev_report.json",)  # copied beside the graphs when the source has them
 
 
@@ -83,7 +82,8 @@ class EncoderGraph(nn.Module):
 
 
 class HeadGraph(nn.Module):
-    """`BiosercBert.forward` after the encoder, on utterance vectors already laid out as (B, L, H)."""
+    """`BiosercBert.forward` after the encoder, on utterance vectors already laid out as (B, L, H); eval mode, so
+    the model's dropouts (identities) are left out."""
 
     def __init__(self, model: BiosercBert):
         super().__init__()
@@ -109,7 +109,6 @@ class HeadGraph(nn.Module):
         attended = m.bio_attn(utt + own, speaker_bios, speaker_bios, key_padding_mask=~speaker_mask,
                               need_weights=False)[0]
         return logits + m.head_bio(attended)
-
 
     @staticmethod
     def speaker_attention(attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor,
@@ -203,6 +202,39 @@ def _max_diff(module: nn.Module, path: str, samples: list[dict[str, torch.Tensor
     return worst
 
 
+PARITY_TOLERANCE = 1e-3  # max abs logit difference an fp32 export may show against PyTorch
+
+
+def _synthetic_batch() -> tuple[list[Conversation], dict[tuple[str, str], str]]:
+    """Two conversations of different lengths (one with a single speaker) and bios, one speaker without one."""
+    words = "okay wow really fine why yes no sure hello well what the you we".split()
+
+    def conv(cid: str, n: int, speakers: int) -> Conversation:
+        return Conversation(cid, [Utterance(i, f"S{i % speakers}", " ".join(words[(i * 3 + k) % len(words)]
+                                                                             for k in range(2 + i % 4)))
+                                  for i in range(n)])
+
+    convs = [conv("a", 6, 3), conv("b", 2, 1)]
+    bios = {("a", "S0"): "S0 is calm and kind", ("a", "S1"): "S1 is loud", ("b", "S0"): "S0 is tired"}
+    return convs, bios
+
+
+def _end_to_end_diff(model: BiosercBert, directory: str, fields: dict[str, Any]) -> float:
+    """Max abs logit difference between `BiosercBert.forward` and the exported graphs run as `OnnxClassifier` runs
+    them, on a synthetic batch: checks the head graph's re-statement of the forward, not only the tracing."""
+    from bioserc.models.collate import Collator
+    from bioserc.models.onnx_classifier import OnnxClassifier
+
+    convs, bios = _synthetic_batch()
+    batch = Collator(model.tokenizer, model.config)(convs, bios)
+    with torch.no_grad():
+        expected = model(**batch.inputs)
+    write_manifest(directory, "onnx-classifier", **fields)  # provisional: OnnxClassifier reads a verified folder
+    runtime = OnnxClassifier(directory, provider="cpu", threads=1)
+    got = torch.from_numpy(runtime.logits(batch.inputs))
+    return float((got - expected)[batch.inputs["utt_mask"]].abs().max())
+
+
 def _optimize_encoder(path: str, encoder_config) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -285,24 +317,30 @@ def export_classifier(model_dir: str, out_dir: str, quantize: bool = False, opti
                                                    "speaker_bios": {0: "conversations", 1: "speakers"},
                                                    "speaker_mask": {0: "conversations", 1: "speakers"}},
                 "logits", {0: "conversations", 1: "utterances"}, opset)
-        parity = {"fp32_encoder_max_abs_diff": _max_diff(encoder, enc_path, enc_samples),
-                  "fp32_head_max_abs_diff": _max_diff(head, head_path, head_samples)}
-        if optimize:
-            _optimize_encoder(enc_path, model.encoder.config)
-            parity["optimized_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
-        if quantize:
-            _quantize(enc_path, per_channel)
-            parity["int8_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
-
         model.tokenizer.save_pretrained(tmp)
         for name in (CONFIG_FILE, LABELS_FILE, *EXTRA_FILES):
             if os.path.isfile(os.path.join(model_dir, name)):
                 shutil.copy2(os.path.join(model_dir, name), os.path.join(tmp, name))
+        fields = dict(model_family=source.get("model_family", "bioserc-bert"), label_set=config.label_set,
+                      labels=list(config.labels), window=config.window, bio_mode=config.bio_mode,
+                      max_length=config.max_length, bio_max_length=config.bio_max_length,
+                      graphs={"encoder": ENCODER_FILE, "head": HEAD_FILE}, opset=opset)
+        parity = {"fp32_encoder_max_abs_diff": _max_diff(encoder, enc_path, enc_samples),
+                  "fp32_head_max_abs_diff": _max_diff(head, head_path, head_samples),
+                  "fp32_logits_max_abs_diff": _end_to_end_diff(model, tmp, fields)}
+        if (worst := parity["fp32_logits_max_abs_diff"]) > PARITY_TOLERANCE:
+            raise RuntimeError(f"the exported logits differ from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}) "
+                               "on a synthetic batch; the artifact is not written")
+        if optimize:
+            _optimize_encoder(enc_path, model.encoder.config)
+            parity["optimized_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
+            parity["optimized_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
+        if quantize:
+            _quantize(enc_path, per_channel)
+            parity["int8_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
+            parity["int8_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
         manifest = write_manifest(
-            tmp, "onnx-classifier", model_family=source.get("model_family", "bioserc-bert"),
-            label_set=config.label_set, labels=list(config.labels), window=config.window, bio_mode=config.bio_mode,
-            max_length=config.max_length, bio_max_length=config.bio_max_length,
-            graphs={"encoder": ENCODER_FILE, "head": HEAD_FILE}, opset=opset,
+            tmp, "onnx-classifier", **fields,
             precision="int8" if quantize else "fp32", quantized=[ENCODER_FILE] if quantize else [],
             quantization={"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel,
                           "op_types": QUANT_OPS} if quantize else None,

@@ -6,7 +6,7 @@
 Two ways to run the merged model on TensorRT-LLM (shared/docs/dependencies.md section 5):
 
 * PyTorch backend, no engine (the default since tensorrt-llm 1.0 and the only path on its main branch):
-  `trtllm-serve MERGED --host 0.0.0.0 --port 8000`, then `bioserc bios ... --backend openai --base-url ...`.
+  `trtllm-serve MERGED --host 0.0.0.0 --port 8000`, then bioserc's OpenAI-compatible client (completions endpoint).
   `--serve-only` writes exactly these instructions (README-serve.md, plus a LoRA `--extra_llm_api_options` YAML for
   serving an unmerged adapter) and an hf-llm manifest pointing at the model; it needs no tensorrt_llm and no GPU.
 * Legacy TensorRT engine (tensorrt-llm <= 1.2.x; deprecated there, removed on main): `build_engine` runs
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
-from bioserc.artifacts import manifest_hash, write_manifest
+from bioserc.artifacts import MANIFEST, manifest_hash, read_manifest, write_manifest
 from bioserc.export._staging import check_target, replace_dir, staging_dir
 from bioserc.export.onnx_llm import CARRIED, source_llm_manifest
 
@@ -122,7 +122,8 @@ def size_for_workload(bio_prompt_tokens: int, bio_new_tokens: int, label_prompt_
 
 
 def lora_options_yaml(adapter_dir: str, max_lora_rank: int = 64, max_loras: int = 1) -> str:
-    """`--extra_llm_api_options` YAML that serves an unmerged peft adapter on the base (PyTorch backend)."""
+    """`--extra_llm_api_options` YAML that serves an unmerged peft adapter (`adapter_dir`, written as given) on the
+    base model (PyTorch backend)."""
     return (f"# trtllm-serve BASE_MODEL --extra_llm_api_options {LORA_YAML}\n"
             "lora_config:\n"
             f"  lora_dir:\n    - {os.path.abspath(adapter_dir)}\n"
@@ -156,7 +157,7 @@ def serve_instructions(merged_dir: str, engine_dir: str | None = None, adapter_d
                   f"trtllm-serve {os.path.abspath(engine_dir)} --backend tensorrt --tokenizer {merged} "
                   f"--host {host} --port {port}",
                   "```"]
-    lora_base = os.path.abspath(base_dir) if base_dir else "BASE_MODEL_DIR"
+    lora_base = (os.path.abspath(base_dir) if os.path.isdir(base_dir) else base_dir) if base_dir else "BASE_MODEL_DIR"
     adapter = os.path.abspath(adapter_dir) if adapter_dir else "ADAPTER_DIR"
     lines += ["", "## LoRA adapter without merging (PyTorch backend)", "",
               f"Write `{LORA_YAML}`" + (" (written beside this file):" if adapter_dir else ":"), "",
@@ -168,11 +169,13 @@ def serve_instructions(merged_dir: str, engine_dir: str | None = None, adapter_d
               f"\"lora_int_id\": 1, \"lora_path\": \"{adapter}\"}}}}`.",
               "",
               "## Calling it from bioserc", "",
-              "```bash",
-              f"bioserc bios INPUT -o OUT --backend openai --base-url http://HOST:{port} --model {merged}",
-              "```", "",
-              "trtllm-serve has no chat-prefill extension, so bioserc renders the chat template itself and uses the "
-              "completions endpoint with the model folder's tokenizer.", ""]
+              "trtllm-serve has no chat-prefill extension, and bioserc's bio prompts pre-fill the answer "
+              "(`<SPEAKER> is`), so use the completions endpoint with the chat template rendered locally:", "",
+              "```python",
+              "from bioserc.bios.http_backend import OpenAICompatibleBackend",
+              f"backend = OpenAICompatibleBackend(\"http://HOST:{port}\", model=\"{merged}\", "
+              f"endpoint=\"completions\", tokenizer_path=\"{merged}\")",
+              "```", ""]
     return "\n".join(lines)
 
 
@@ -198,13 +201,15 @@ def write_serve_only(merged_dir: str, out_dir: str, adapter_dir: str | None = No
     """
     check_target(out_dir)
     source = source_llm_manifest(merged_dir)
+    if adapter_dir and not base_dir and os.path.isfile(os.path.join(adapter_dir, MANIFEST)):
+        base_dir = read_manifest(adapter_dir).get("base_model")  # as the adapter's manifest names it
     tmp = staging_dir(out_dir)
     try:
         with open(os.path.join(tmp, SERVE_README), "w", encoding="utf-8") as fh:
             fh.write(serve_instructions(merged_dir, None, adapter_dir, base_dir, size, host, port))
         if adapter_dir:
             with open(os.path.join(tmp, LORA_YAML), "w", encoding="utf-8") as fh:
-                fh.write(lora_options_yaml(adapter_dir))
+                fh.write(lora_options_yaml(os.path.abspath(adapter_dir)))
         manifest = write_manifest(
             tmp, "hf-llm", **_carried(source), serve_only=True, runtime="trtllm-serve (PyTorch backend)",
             model_path=os.path.abspath(merged_dir), adapter_path=os.path.abspath(adapter_dir) if adapter_dir else None,
@@ -226,9 +231,9 @@ def build_engine(merged_dir: str, engine_dir: str, max_batch_size: int, max_inpu
     """
     if not 0 < max_input_len <= max_seq_len:
         raise ValueError(f"need 0 < max_input_len ({max_input_len}) <= max_seq_len ({max_seq_len})")
-    trt = require_trtllm()
     check_target(engine_dir)
     source = source_llm_manifest(merged_dir)
+    trt = require_trtllm()
     from tensorrt_llm import BuildConfig
     from tensorrt_llm._tensorrt_engine import LLM
 

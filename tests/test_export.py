@@ -166,6 +166,7 @@ def test_int8_export_agrees_with_fp32(exported):
 
     manifest = verify_artifact(exported["int8"], "onnx-classifier")
     assert manifest["precision"] == "int8" and manifest["quantized"] == ["encoder.onnx"]
+    assert manifest["quantization"]["per_channel"] is False and "int8_logits_max_abs_diff" in manifest["parity"]
     assert sorted(p.name for p in Path(exported["int8"]).glob("*.onnx")) == ["encoder.onnx", "head.onnx"]
     fp32_size = (Path(exported["fp32"]) / "encoder.onnx").stat().st_size
     assert (Path(exported["int8"]) / "encoder.onnx").stat().st_size < fp32_size
@@ -176,6 +177,16 @@ def test_int8_export_agrees_with_fp32(exported):
     int8 = OnnxClassifier(exported["int8"], provider="cpu", threads=1).predict(convs, bios)
     agree = np.mean([a.label == b.label for a, b in zip(fp32, int8, strict=True)])
     assert agree >= 0.9, agree  # the >= 99% bar on MELD needs the trained model: bench/export_bench.py
+
+
+def test_an_export_that_drifts_from_pytorch_is_not_written(exported, tmp_path, monkeypatch):
+    from bioserc.export import onnx_classifier
+
+    forward = onnx_classifier.HeadGraph.forward
+    monkeypatch.setattr(onnx_classifier.HeadGraph, "forward", lambda self, *a: forward(self, *a) + 0.01)
+    with pytest.raises(RuntimeError, match="differ from PyTorch"):
+        onnx_classifier.export_classifier(exported["source"], str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == []
 
 
 def test_optimized_export_stays_exact(exported, tmp_path):

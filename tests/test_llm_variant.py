@@ -24,6 +24,7 @@ from bioserc.prompts.erc_llm import ERC_PROMPT_VERSION, ErcPromptConfig, erc_mes
 from bioserc.schema import Conversation, Utterance
 from bioserc.training import llm_setup
 from bioserc.training.evaluate import evaluate
+from bioserc.training.evaluate import main as evaluate_main
 from bioserc.training.merge_llm import merge
 from bioserc.training.train_llm import load_config, main, train
 
@@ -241,7 +242,7 @@ def test_label_scoring_is_valid_normalised_and_equals_full_sequences(corpus):
     torch.testing.assert_close(normalised[0], fast[0] / lengths, atol=1e-5, rtol=0)
 
 
-def test_evaluate_scores_an_adapter_and_counts_invalid_generations(corpus, trained):
+def test_evaluate_scores_an_adapter_and_counts_invalid_generations(corpus, trained, capsys):
     report = evaluate(trained["adapter_dir"], corpus["dev"], corpus["bios_file"], batch_size=4)
     n = sum(len(c.utterances) for c in corpus["convs"][6:])
     assert report["n"] == n and report["mode"] == "score" and "invalid" not in report
@@ -251,6 +252,9 @@ def test_evaluate_scores_an_adapter_and_counts_invalid_generations(corpus, train
     assert generated["invalid_rate"] == generated["invalid"] / n
     assert generated["per_class"][INVALID]["support"] == 0
     assert sum(row[-1] for row in generated["confusion"]) == generated["invalid"]  # the "<invalid>" column
+    assert evaluate_main(["--model", trained["adapter_dir"], "--data", corpus["dev"], "--bios", corpus["bios_file"],
+                          "--mode", "generate"]) == 0
+    assert json.loads(capsys.readouterr().out)["invalid"] == generated["invalid"]
 
 
 def test_generate_mode_parses_exact_matches_only(corpus, monkeypatch):

@@ -18,9 +18,10 @@ import torch
 
 from bioserc.artifacts import write_manifest
 from bioserc.embedded import MODELS, resolve_model
-from bioserc.models.collate import IGNORE, BioKey
+from bioserc.models.collate import IGNORE, BioKey, load_bios, missing_bios
 from bioserc.models.llm_encoding import ChatEncoder, utterance_bio
 from bioserc.prompts.erc_llm import ERC_PROMPT_VERSION
+from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training.checkpoint import DEV_REPORT, replace_dir
 
@@ -110,6 +111,34 @@ def build_features(conversations: Sequence[Conversation], bios: Mapping[BioKey, 
     features = [encoder.train_features(c, i, utterance_bio(bios, c, i)) for c, i in targets]
     kept = [f for f in features if f is not None]
     return kept, len(features) - len(kept)
+
+
+def first_utterances(conversations, n: int):
+    """Whole conversations from the start until they hold >= n utterances (context stays intact); all if n is 0."""
+    out, total = [], 0
+    for conv in conversations:
+        if n and total >= n:
+            break
+        out.append(conv)
+        total += len(conv.utterances)
+    return out
+
+
+def load_split(config, name: str) -> tuple[list[Conversation], dict[BioKey, str]]:
+    """`{name}_data` read, with its bios (none for bio_mode none); no data gives ([], {})."""
+    data, bios_paths = getattr(config, f"{name}_data"), getattr(config, f"{name}_bios")
+    if not data:
+        return [], {}
+    conversations = read_conversations(data)
+    if config.bio_mode == "none":
+        return conversations, {}
+    if not bios_paths:
+        raise ValueError(f"bio_mode=prompt needs {name}_bios (bios.jsonl from `bioserc bios`); or set bio_mode: none")
+    bios = load_bios(bios_paths)
+    missing = missing_bios(conversations, bios)
+    if missing:
+        logger.warning("%s: %d speaker(s) have no bio and get an empty one, e.g. %s", name, len(missing), missing[:3])
+    return conversations, bios
 
 
 class PadCollator:

@@ -31,11 +31,9 @@ import yaml
 
 from bioserc.embedded import resolve_model
 from bioserc.labels import get_label_set
-from bioserc.models.collate import load_bios, missing_bios
 from bioserc.models.llm_encoding import ChatEncoder, apply_template_choice, pack
 from bioserc.models.llm_scoring import LlmClassifier
 from bioserc.prompts.erc_llm import ErcPromptConfig
-from bioserc.readers import read_conversations
 from bioserc.training import llm_setup as setup
 from bioserc.training.evaluate import llm_report
 
@@ -132,33 +130,6 @@ def load_config(path: str | None = None, **overrides: Any) -> TrainLlmConfig:
     return TrainLlmConfig(**values)
 
 
-def first_utterances(conversations, n: int):
-    """Whole conversations from the start until they hold >= n utterances (context stays intact); all if n is 0."""
-    out, total = [], 0
-    for conv in conversations:
-        if n and total >= n:
-            break
-        out.append(conv)
-        total += len(conv.utterances)
-    return out
-
-
-def _split(config: TrainLlmConfig, name: str):
-    data, bios_paths = getattr(config, f"{name}_data"), getattr(config, f"{name}_bios")
-    if not data:
-        return [], {}
-    conversations = read_conversations(data)
-    if config.bio_mode == "none":
-        return conversations, {}
-    if not bios_paths:
-        raise ValueError(f"bio_mode=prompt needs {name}_bios (bios.jsonl from `bioserc bios`); or set bio_mode: none")
-    bios = load_bios(bios_paths)
-    missing = missing_bios(conversations, bios)
-    if missing:
-        logger.warning("%s: %d speaker(s) have no bio and get an empty one, e.g. %s", name, len(missing), missing[:3])
-    return conversations, bios
-
-
 def training_arguments(config: TrainLlmConfig, device: str, precision: str):
     from transformers import TrainingArguments
 
@@ -188,15 +159,15 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
     apply_template_choice(tokenizer, config.chat_template)
     encoder = ChatEncoder(tokenizer, labels, config.prompt(), config.max_seq_length)
-    train_convs, train_bios = _split(config, "train")
+    train_convs, train_bios = setup.load_split(config, "train")
     features, dropped = setup.build_features(train_convs, train_bios, encoder, config.max_train_samples, config.seed)
     if not features:
         raise ValueError("nothing to train: no labelled utterance in train_data fits max_seq_length")
     if dropped:
         logger.warning("%d sample(s) longer than max_seq_length %d were dropped", dropped, config.max_seq_length)
     rows = pack(features, config.max_seq_length) if config.packing else features
-    dev_convs, dev_bios = _split(config, "dev")
-    dev_convs = first_utterances(dev_convs, config.max_eval_samples)
+    dev_convs, dev_bios = setup.load_split(config, "dev")
+    dev_convs = setup.first_utterances(dev_convs, config.max_eval_samples)
     args = training_arguments(config, device, precision)
     model = setup.load_base_model(config.model, device, precision, config.attn_implementation, config.load_in_4bit)
     model = setup.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,

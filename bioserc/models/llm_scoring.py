@@ -92,7 +92,7 @@ def generate_texts(model: Any, encoder: ChatEncoder, prompts: Sequence[Sequence[
     device = next(model.parameters()).device
     ids, mask = _left_pad(prompts, encoder.pad_id, device)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=encoder.stop_ids or None,
-                              pad_token_id=encoder.pad_id)
+                              pad_token_id=encoder.pad_id, bos_token_id=model.generation_config.bos_token_id)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     stops = [s for s in (encoder.end_of_turn, encoder.tokenizer.eos_token, encoder.tokenizer.pad_token) if s]
     return [parse_answer(encoder.tokenizer.decode(row, skip_special_tokens=False), stops)
