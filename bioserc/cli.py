@@ -5,6 +5,9 @@
     bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
     bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
     bioserc label INPUT... -o DIR            # an emotion per utterance + report.html (Beam; `bioserc label --help`)
+    bioserc train {bert,llm} --config FILE   # train the BERT-based or the LoRA LLM classifier
+    bioserc evaluate --model DIR --data FILE # weighted-F1 report
+    bioserc export onnx --model DIR -o OUT   # serving artifacts (also onnx-llm, trtllm)
 """
 
 from __future__ import annotations
@@ -158,6 +161,12 @@ def cmd_label(argv: list[str]) -> int:
     return label_pipeline.main(argv)
 
 
+def cmd_export(argv: list[str]) -> int:
+    from bioserc.export import cli as export_cli
+
+    return export_cli.main(argv)
+
+
 def cmd_evaluate(argv: list[str]) -> int:
     from bioserc.training import evaluate
 
@@ -166,7 +175,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 # subcommands that own their parser (Beam pipelines pass unknown flags to Beam; training uses HfArgumentParser)
 PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "train": cmd_train, "evaluate": cmd_evaluate,
-               "merge": cmd_merge}
+               "merge": cmd_merge, "export": cmd_export}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -197,6 +206,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("label", add_help=False, help="label every utterance with an emotion: bios + classifier (Beam)")
     sub.add_parser("train", add_help=False, help="train a classifier: `bioserc train {bert,llm} --config FILE`")
     sub.add_parser("merge", add_help=False, help="fold a LoRA adapter into its base model (`bioserc merge --help`)")
+    sub.add_parser("export", add_help=False, help="serving artifacts: onnx | onnx-llm | trtllm (`bioserc export -h`)")
     sub.add_parser("evaluate", add_help=False,
                    help="weighted-F1 report: `bioserc evaluate --model DIR --data FILE [--bios F]`")
     return parser

@@ -257,6 +257,7 @@ class _DropMessage(logging.Filter):
 
 
 def _quantize(path: str, per_channel: bool) -> None:
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = path + ".fp32"
@@ -264,8 +265,9 @@ def _quantize(path: str, per_channel: bool) -> None:
     advice = _DropMessage("pre-processing before quantization")  # logged on every call; the graph is exported fresh
     logging.getLogger().addFilter(advice)
     try:
+        # DefaultTensorType: shape inference cannot type the outputs of the optimizer's fused com.microsoft ops
         quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=QUANT_OPS)
+                         op_types_to_quantize=QUANT_OPS, extra_options={"DefaultTensorType": TensorProto.FLOAT})
     finally:
         logging.getLogger().removeFilter(advice)
         os.remove(fp32)

@@ -189,14 +189,21 @@ def test_an_export_that_drifts_from_pytorch_is_not_written(exported, tmp_path, m
     assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == []
 
 
-def test_optimized_export_stays_exact(exported, tmp_path):
+def test_optimized_export_stays_exact_and_quantizes(exported, tmp_path):
     pytest.importorskip("onnxruntime.transformers.optimizer")
+    import onnx
+
     from bioserc.export.onnx_classifier import export_classifier
 
-    manifest = export_classifier(exported["source"], str(tmp_path / "opt"), optimize=True)
-    assert manifest["optimized"] == ["encoder.onnx"] and manifest["parity"]["optimized_encoder_max_abs_diff"] <= 1e-4
+    manifest = export_classifier(exported["source"], str(tmp_path / "opt"), optimize=True, quantize=True,
+                                 per_channel=True)
+    assert manifest["optimized"] == ["encoder.onnx"] and manifest["quantization"]["per_channel"] is True
+    assert manifest["parity"]["optimized_logits_max_abs_diff"] <= 1e-4  # measured before quantizing
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / "encoder.onnx")).graph.node}
+    assert "SkipLayerNormalization" in ops and "MatMulInteger" in ops  # fused, then int8
     convs = conversations()
-    check_parity(exported["source"], str(tmp_path / "opt"), convs, bios_for(convs))
+    got = load_classifier(str(tmp_path / "opt")).predict(convs, bios_for(convs))
+    assert len(got) == sum(len(c.utterances) for c in convs)
 
 
 def test_tampered_onnx_is_rejected_before_any_session(exported, tmp_path, monkeypatch):

@@ -47,7 +47,11 @@ def load_classifier(directory: str, device: str = "cpu") -> UtteranceClassifier:
     `device` is a torch device for PyTorch artifacts ("auto" = CUDA when available) and picks the ONNX Runtime
     execution provider for ONNX ones: "cpu", "cuda" (or "cuda:N"), "tensorrt" or "auto".
     """
-    manifest = verify_artifact(directory, ("pytorch-classifier", "onnx-classifier"))
+    manifest = verify_artifact(directory, ("pytorch-classifier", "onnx-classifier", "lora-adapter", "hf-llm"))
+    if manifest["kind"] in ("lora-adapter", "hf-llm"):
+        from bioserc.models.llm_scoring import LlmClassifier
+
+        return LlmClassifier.from_pretrained(directory, device=device)
     if manifest["kind"] == "pytorch-classifier":
         if device == "auto":
             import torch
