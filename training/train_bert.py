@@ -213,7 +213,7 @@ def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
 
     start, running = time.monotonic(), []
     done = state.step >= total or bool(config.patience and state.bad_evals >= config.patience)
-    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", file=sys.stderr, disable=None)
+    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", file=sys.stderr, mininterval=10)
     model.train()
     while not done:
         batches = length_sorted_batches(train_convs, config.batch_size, shuffle_seed=config.seed + state.epoch)
