@@ -36,11 +36,14 @@ change to the model's forward that this file does not follow fails loudly.
 
 Export uses `torch.onnx.export(dynamo=False)` (the TorchScript exporter, as optimum-onnx does) with PyTorch's MHA /
 Transformer fast paths switched off, since their fused kernels have no ONNX form. `--optimize` runs onnxruntime's
-transformer optimizer (fused attention/LayerNorm/GELU) on the encoder; `--quantize` runs
-`onnxruntime.quantization.quantize_dynamic` on it (int8 weights, per-tensor unless `per_channel`, MatMul/Attention
-only) and writes it in place of the fp32 graph (manifest `precision: "int8"`). On the measured 2-vCPU AVX2 machine
-neither made ONNX Runtime faster than PyTorch (shared/docs/dependencies.md section 6); bench/export_bench.py measures
-speed and int8's label agreement for a trained model.
+transformer optimizer (fused attention/LayerNorm/GELU) on the encoder. `--quantize weights` (the release format)
+stores the encoder's MatMul weights and embedding tables in int8 with fp32 activations (int8_weights.py);
+`--quantize dynamic` runs `onnxruntime.quantization.quantize_dynamic` (activations quantized per call too,
+per-tensor unless `per_channel`, MatMul/Attention only). Either is written in place of the fp32 graph (manifest
+`precision: "int8"`). On the measured 2-vCPU AVX2 machine neither optimisation nor dynamic int8 made ONNX Runtime
+faster than PyTorch (shared/docs/dependencies.md section 6); bench/export_bench.py measures speed and int8's label
+agreement for a trained model and docs/BENCHMARKS.md records them: dynamic int8 misses the 99% agreement bar, hence
+weight-only int8 for the default artifact.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from torch import nn
 
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.export._staging import check_target, replace_dir, staging_dir
+from bioserc.export.int8_weights import quantize_weights
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, sinusoid
 from bioserc.schema import Conversation, Utterance
 
@@ -245,6 +249,7 @@ def _optimize_encoder(path: str, encoder_config) -> None:
 
 
 QUANT_OPS = ["MatMul", "Attention"]
+QUANT_MODES = ("weights", "dynamic")
 
 
 class _DropMessage(logging.Filter):
@@ -282,16 +287,16 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__}
 
 
-def export_classifier(model_dir: str, out_dir: str, quantize: bool = False, optimize: bool = False,
+def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None, optimize: bool = False,
                       opset: int = 17, per_channel: bool = False) -> dict[str, Any]:
     """Export `model_dir` (a verified pytorch-classifier artifact) into `out_dir`; return the new manifest.
 
     Args:
-        quantize: dynamic int8 encoder (weights int8, activations quantized per call) in place of the fp32 one.
+        quantize: an int8 encoder in place of the fp32 one: "weights" (int8 weights, fp32 activations;
+            int8_weights.py says why this is the release format) or "dynamic" (onnxruntime's quantize_dynamic:
+            activations quantized per call too, MatMul/Attention only).
         optimize: fuse attention/LayerNorm/GELU in the encoder first (onnxruntime.transformers.optimizer).
-        per_channel: int8 scales per output channel instead of per tensor. On MiniLM-L6 this cut the pooled
-            states' mean error 2.6x (0.046 -> 0.018, on values of mean magnitude 0.13); whether per-tensor
-            already keeps >= 99% of labels is what bench/export_bench.py answers for a trained model.
+        per_channel: with "dynamic", int8 scales per output channel instead of per tensor ("weights" always is).
 
     `out_dir` is written beside itself and renamed into place, so a failed export never leaves a half folder.
     """
@@ -299,6 +304,10 @@ def export_classifier(model_dir: str, out_dir: str, quantize: bool = False, opti
         import onnxruntime  # noqa: F401
     except ImportError as err:
         raise ImportError("ONNX export checks the graphs with onnxruntime: pip install 'bioserc[cpu]'") from err
+    if quantize not in (None, *QUANT_MODES):
+        raise ValueError(f"quantize={quantize!r}: choose one of {QUANT_MODES}")
+    if per_channel and quantize != "dynamic":
+        raise ValueError("per_channel only applies to quantize='dynamic' (weight-only int8 is always per channel)")
     check_target(out_dir)
     source = verify_artifact(model_dir, "pytorch-classifier")
     model = BiosercBert.from_pretrained(model_dir).eval()
@@ -337,15 +346,21 @@ def export_classifier(model_dir: str, out_dir: str, quantize: bool = False, opti
             _optimize_encoder(enc_path, model.encoder.config)
             parity["optimized_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
             parity["optimized_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
-        if quantize:
+        quantization = None
+        if quantize == "weights":
+            quantization = {"method": "weights", "weight_type": "int8", "per_channel": True,
+                            "tensors": len(quantize_weights(enc_path))}
+        elif quantize == "dynamic":
             _quantize(enc_path, per_channel)
+            quantization = {"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel,
+                            "op_types": QUANT_OPS}
+        if quantize:
             parity["int8_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
             parity["int8_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
         manifest = write_manifest(
             tmp, "onnx-classifier", **fields,
             precision="int8" if quantize else "fp32", quantized=[ENCODER_FILE] if quantize else [],
-            quantization={"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel,
-                          "op_types": QUANT_OPS} if quantize else None,
+            quantization=quantization,
             optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
             source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),
             metrics=source.get("metrics", {}))

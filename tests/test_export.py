@@ -99,7 +99,7 @@ def exported(encoder, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("onnx")
     source = save_checkpoint(encoder, root / "torch", "mlp")
     fp32 = export_classifier(source, str(root / "fp32"))
-    int8 = export_classifier(source, str(root / "int8"), quantize=True)
+    int8 = export_classifier(source, str(root / "int8"), quantize="weights")
     return {"source": source, "fp32": str(root / "fp32"), "int8": str(root / "int8"), "fp32_manifest": fp32,
             "int8_manifest": int8}
 
@@ -167,10 +167,11 @@ def test_int8_export_agrees_with_fp32(exported):
 
     manifest = verify_artifact(exported["int8"], "onnx-classifier")
     assert manifest["precision"] == "int8" and manifest["quantized"] == ["encoder.onnx"]
-    assert manifest["quantization"]["per_channel"] is False and "int8_logits_max_abs_diff" in manifest["parity"]
+    assert manifest["quantization"]["method"] == "weights" and "int8_logits_max_abs_diff" in manifest["parity"]
     assert sorted(p.name for p in Path(exported["int8"]).glob("*.onnx")) == ["encoder.onnx", "head.onnx"]
     fp32_size = (Path(exported["fp32"]) / "encoder.onnx").stat().st_size
     assert (Path(exported["int8"]) / "encoder.onnx").stat().st_size < fp32_size
+    assert manifest["quantization"]["tensors"] > 0
     convs = [c for seed in range(6) for c in conversations(seed)]  # 18 conversations, 72 utterances
     bios = {(c.id, u.speaker): f"{u.speaker} is {WORDS[17 + k % 7]}" for k, c in enumerate(convs)
             for u in c.utterances}
@@ -196,7 +197,7 @@ def test_optimized_export_stays_exact_and_quantizes(exported, tmp_path):
 
     from bioserc.export.onnx_classifier import export_classifier
 
-    manifest = export_classifier(exported["source"], str(tmp_path / "opt"), optimize=True, quantize=True,
+    manifest = export_classifier(exported["source"], str(tmp_path / "opt"), optimize=True, quantize="dynamic",
                                  per_channel=True)
     assert manifest["optimized"] == ["encoder.onnx"] and manifest["quantization"]["per_channel"] is True
     assert manifest["parity"]["optimized_logits_max_abs_diff"] <= 1e-4  # measured before quantizing

@@ -1,0 +1,72 @@
+"""Weight-only int8: the rewritten graph computes what the fp32 one does, within the int8 rounding error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from bioserc.export.int8_weights import quantize_weights  # noqa: E402
+
+
+def embed_and_project(path: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """ids -> Gather(table) -> MatMul(w) + bias: an encoder's first and last steps in miniature."""
+    weights = {"table": rng.normal(size=(200, 48)).astype(np.float32),
+               "w": rng.normal(size=(48, 64)).astype(np.float32),
+               "bias": rng.normal(size=(64,)).astype(np.float32)}
+    weights["w"][:, 5] = 0.0  # an all-zero output channel must stay zero
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("MatMul", ["emb", "w"], ["proj"]),
+             helper.make_node("Add", ["proj", "bias"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 64])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return weights
+
+
+def run(path: str, ids: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+
+
+def test_weights_become_int8_and_outputs_stay_close(tmp_path):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "g.onnx")
+    weights = embed_and_project(path, rng)
+    ids = rng.integers(0, 200, 30)
+    before, size = run(path, ids), (tmp_path / "g.onnx").stat().st_size
+
+    assert sorted(quantize_weights(path)) == ["table", "w"]  # the 1-D bias stays fp32
+    model = onnx.load(path)
+    stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert stored["table_int8"].dtype == np.int8 and stored["w_int8"].dtype == np.int8
+    assert stored["table_scale"].shape == (200,) and stored["w_scale"].shape == (64,)  # per row / per column
+    assert (tmp_path / "g.onnx").stat().st_size < size / 3
+    assert not stored["w_int8"][:, 5].any()
+    # each weight is off by at most half a step of its channel's scale
+    assert np.all(np.abs(stored["w_int8"] * stored["w_scale"] - weights["w"]) <= stored["w_scale"] / 2 + 1e-6)
+    after = run(path, ids)
+    assert np.abs(after - before).max() < 0.02 * np.abs(before).max()
+    # ORT's fused kernel quantizes activations in blocks by default: a zero channel is zero up to that rounding
+    assert np.allclose(after[:, 5], weights["bias"][5], atol=1e-3)
+
+
+def test_shared_or_non_weight_initializers_are_left_alone(tmp_path):
+    path = str(tmp_path / "g.onnx")
+    table = np.ones((64, 32), np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("Add", ["emb", "table_row"], ["out"]),
+             helper.make_node("MatMul", ["table", "table_t"], ["unused"])]  # table as a left operand: not a weight
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 32]),
+                               helper.make_tensor_value_info("unused", TensorProto.FLOAT, [64, 64])],
+                              [numpy_helper.from_array(table, "table"),
+                               numpy_helper.from_array(np.ones(32, np.float32), "table_row"),
+                               numpy_helper.from_array(np.ones((32, 64), np.float32), "table_t")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert quantize_weights(path) == ["table_t"]
