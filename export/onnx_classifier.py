@@ -64,6 +64,7 @@ from torch import nn
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.export._staging import check_target, replace_dir, staging_dir
 from bioserc.export.int8_weights import quantize_weights
+from bioserc.export.model_card import write_model_card
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, sinusoid
 from bioserc.schema import Conversation, Utterance
 
@@ -357,9 +358,11 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
         if quantize:
             parity["int8_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
             parity["int8_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
+        precision = "int8" if quantize else "fp32"
+        write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir)
         manifest = write_manifest(
             tmp, "onnx-classifier", **fields,
-            precision="int8" if quantize else "fp32", quantized=[ENCODER_FILE] if quantize else [],
+            precision=precision, quantized=[ENCODER_FILE] if quantize else [],
             quantization=quantization,
             optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
             source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),

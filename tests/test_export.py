@@ -172,6 +172,8 @@ def test_int8_export_agrees_with_fp32(exported):
     fp32_size = (Path(exported["fp32"]) / "encoder.onnx").stat().st_size
     assert (Path(exported["int8"]) / "encoder.onnx").stat().st_size < fp32_size
     assert manifest["quantization"]["tensors"] > 0
+    card = (Path(exported["int8"]) / "README.md").read_text()  # the model card, covered by the checksums
+    assert "README.md" in manifest["files"] and "bio mode: mlp" in card and "| class |" not in card
     convs = [c for seed in range(6) for c in conversations(seed)]  # 18 conversations, 72 utterances
     bios = {(c.id, u.speaker): f"{u.speaker} is {WORDS[17 + k % 7]}" for k, c in enumerate(convs)
             for u in c.utterances}
