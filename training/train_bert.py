@@ -12,7 +12,6 @@ last/ (the resumable checkpoint), train_config.json, training_curve.png and conf
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -20,14 +19,12 @@ import os
 import random
 import sys
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -43,6 +40,7 @@ from bioserc.models import (
 from bioserc.models.collate import IGNORE, BioKey
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
+from bioserc.training import config_files
 from bioserc.training.checkpoint import TrainState, load_dev_report, load_last, save_best, save_last
 from bioserc.training.evaluate import score
 from bioserc.training.plots import plot_confusion, plot_training_curve
@@ -104,16 +102,8 @@ class TrainBertConfig:
 
 
 def load_config(path: str | None = None, **overrides: Any) -> TrainBertConfig:
-    """A YAML (.yaml/.yml) or TOML (.toml) file as defaults, then keyword overrides; unknown keys are an error."""
-    values: dict[str, Any] = {}
-    if path:
-        with open(path, "rb") as fh:
-            values = tomllib.load(fh) if path.endswith(".toml") else (yaml.safe_load(fh) or {})
-    values.update(overrides)
-    unknown = sorted(set(values) - {f.name for f in fields(TrainBertConfig)})
-    if unknown:
-        raise ValueError(f"unknown training config key(s) {unknown} in {path or 'overrides'}; see --help")
-    return TrainBertConfig(**values)
+    """The config in `path` (YAML or TOML) with keyword overrides; unknown keys are an error."""
+    return config_files.load_config(TrainBertConfig, path, **overrides)
 
 
 def class_weights(conversations: Sequence[Conversation], labels: Sequence[str]) -> torch.Tensor:
@@ -267,24 +257,10 @@ def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
             "steps": state.step, "stopped_early": state.step < total, "history": history}
 
 
-def make_parser():
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(TrainBertConfig, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML or TOML file whose keys set the defaults; flags override them")
-    parser.add_argument("--dry-run", action="store_true", help="build data, model and one forward pass; no training")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = make_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**asdict(load_config(known.config)))
-    config, extra = parser.parse_args_into_dataclasses(args=argv)
-    result = train(config, dry_run=extra.dry_run)
+    config, dry_run = config_files.parse_config(TrainBertConfig, __doc__, argv)
+    result = train(config, dry_run=dry_run)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
 

@@ -16,24 +16,21 @@ Then: `bioserc evaluate --model OUT/adapter --data DEV [--mode generate]`, `bios
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import logging
 import os
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-
-import yaml
 
 from bioserc.embedded import resolve_model
 from bioserc.labels import get_label_set
 from bioserc.models.llm_encoding import ChatEncoder, apply_template_choice, pack
 from bioserc.models.llm_scoring import LlmClassifier
 from bioserc.prompts.erc_llm import ErcPromptConfig
+from bioserc.training import config_files
 from bioserc.training import llm_setup as setup
 from bioserc.training.evaluate import llm_report
 
@@ -118,16 +115,8 @@ class TrainLlmConfig:
 
 
 def load_config(path: str | None = None, **overrides: Any) -> TrainLlmConfig:
-    """A YAML (.yaml/.yml) or TOML (.toml) file as defaults, then keyword overrides; unknown keys are an error."""
-    values: dict[str, Any] = {}
-    if path:
-        with open(path, "rb") as fh:
-            values = tomllib.load(fh) if path.endswith(".toml") else (yaml.safe_load(fh) or {})
-    values.update(overrides)
-    unknown = sorted(set(values) - {f.name for f in fields(TrainLlmConfig)})
-    if unknown:
-        raise ValueError(f"unknown training config key(s) {unknown} in {path or 'overrides'}; see --help")
-    return TrainLlmConfig(**values)
+    """The config in `path` (YAML or TOML) with keyword overrides; unknown keys are an error."""
+    return config_files.load_config(TrainLlmConfig, path, **overrides)
 
 
 def training_arguments(config: TrainLlmConfig, device: str, precision: str):
@@ -235,24 +224,10 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
             "loss_history": [row["loss"] for row in trainer.state.log_history if "loss" in row]}
 
 
-def make_parser():
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(TrainLlmConfig, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML or TOML file whose keys set the defaults; flags override them")
-    parser.add_argument("--dry-run", action="store_true", help="build model, data and one forward pass; no training")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = make_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**asdict(load_config(known.config)))
-    config, extra = parser.parse_args_into_dataclasses(args=argv)
-    result = train(config, dry_run=extra.dry_run)
+    config, dry_run = config_files.parse_config(TrainLlmConfig, __doc__, argv)
+    result = train(config, dry_run=dry_run)
     print(json.dumps({k: v for k, v in result.items() if k != "loss_history"}, indent=2))
     return 0
 
