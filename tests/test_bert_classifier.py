@@ -26,6 +26,9 @@ from bioserc.training.evaluate import evaluate
 from bioserc.training.train_bert import load_config, main, make_optimizer, train
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 MELD = LABEL_SETS["meld"].labels
 CUE = dict(zip(MELD, ["okay", "wow", "scared", "sad", "happy", "gross", "angry"], strict=True))  # learnable signal
 FILLER = ["the", "you", "we", "what", "really", "fine", "why", "yes", "no", "sure", "hello", "well"]
@@ -73,15 +76,6 @@ def make_encoder(directory: Path, layers: int) -> str:
                         intermediate_size=64, max_position_embeddings=512)
     BertModel(config).save_pretrained(directory)
     return str(directory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small only pay for thread synchronisation (70x slower with 2 threads on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,22 +25,14 @@ from bioserc.schema import Conversation, Utterance
 
 
 pytest.importorskip("onnxruntime")
-pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:Exporting aten..index:UserWarning")]
 
 MELD = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 WORDS = ["okay", "wow", "scared", "sad", "happy", "gross", "angry", "the", "you", "we", "what", "really", "fine",
          "why", "yes", "no", "is", "calm", "loud", "kind", "tired", "and", "friendly", "nervous"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small only pay for thread synchronisation on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_encoder(directory: Path) -> str:

@@ -26,19 +26,13 @@ from bioserc.readers import read_items
 from bioserc.schema import Conversation
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "transcripts"
 MELD = list(LABEL_SETS["meld"].labels)
 FAULTY = "tca-cancellation-4410"  # the conversation the wrapped classifier fails on
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small only pay for thread synchronisation on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_artifact(root: Path) -> str:

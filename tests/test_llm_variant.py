@@ -29,20 +29,15 @@ from bioserc.training.merge_llm import merge
 from bioserc.training.train_llm import load_config, main, train
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 MELD = LABEL_SETS["meld"].labels
 CUE = dict(zip(MELD, ["okay", "wow", "scared", "sad", "happy", "gross", "angry"], strict=True))
 FILLER = ["the", "you", "we", "what", "really", "fine", "why", "yes", "no", "sure", "hello", "well"]
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "training" / "configs").glob("*.yaml") if "lora" in p.stem)
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_corpus(n: int = 8, seed: int = 0) -> list[Conversation]:
