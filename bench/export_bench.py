@@ -14,7 +14,9 @@ variant on the same conversations in interleaved rounds after a warm-up, so mach
     ort fp32 pad-to-max      batches in file order, every window padded to max_length (a fixed-shape engine's cost)
 
 and reports utterances/s (median over rounds), int8-vs-fp32 and fp32-vs-PyTorch label agreement, max probability
-difference, and the weighted F1 of each against the gold labels. The release bar for int8 is >= 99% label agreement
+difference, the weighted F1 of each against the gold labels, and `fraction_of_sgemm`: the encoder FLOPs the real
+(unpadded) tokens need, per second of the whole predict call, over a 2048^3 fp32 torch.mm's rate on this machine.
+The release bar for int8 is >= 99% label agreement
 with fp32 on MELD valid and weighted F1 within 0.5 (`int8_ok`, `int8_dynamic_ok`). Check that nothing else is running
 (`loadavg` is recorded before and after); shared/docs/dependencies.md section 6 explains why.
 """
@@ -46,6 +48,34 @@ def in_file_order(classifier, batch_size: int) -> Callable:
         return [p for i in range(0, len(convs), batch_size)
                 for p in classifier.predict(convs[i:i + batch_size], bios, batch_size=batch_size)]
     return run
+
+
+def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate (PyTorch, `threads` threads): the peak the encoder is compared with."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def useful_encoder_gflop(model, convs, bios, batch_size: int) -> float:
+    """FLOPs the encoder must spend on the real (unpadded) tokens of every window and bio: 2 x weights x tokens
+    for the dense layers plus 4 x T^2 x H per sequence for attention. Padding is work the runtime adds on top."""
+    from bioserc.models.collate import Collator
+
+    cfg = model.encoder.config
+    layers, hidden, inter = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
+    per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * inter)
+    collator, total = Collator(model.tokenizer, model.config), 0.0
+    for i in range(0, len(convs), batch_size):
+        inputs = collator(convs[i:i + batch_size], bios).inputs
+        for mask in (inputs["attention_mask"], inputs.get("bio_attention_mask")):
+            if mask is not None:
+                lengths = mask.sum(dim=1).double()
+                total += float(per_token * lengths.sum() + 4 * layers * hidden * (lengths**2).sum())
+    return total / 1e9
 
 
 def timed(fn: Callable, convs, bios) -> tuple[float, list]:
@@ -132,12 +162,16 @@ def main() -> None:
                 walls[name].append(wall)
                 preds.setdefault(name, out)
     report["loadavg_after"] = os.getloadavg()
+    report["sgemm_gflops"] = round(sgemm_gflops(threads), 1)
+    report["encoder_useful_gflop"] = round(useful_encoder_gflop(torch_clf.model, convs, bios, args.batch_size), 1)
 
     base = statistics.median(walls["pytorch eager"])
     report["rows"] = [{"variant": name, "median_s": round(statistics.median(w), 3),
                        "walls_s": [round(x, 3) for x in w],
                        "utterances_per_s": round(n_utt / statistics.median(w), 2),
-                       "speedup_vs_pytorch": round(base / statistics.median(w), 3)} for name, w in walls.items()]
+                       "speedup_vs_pytorch": round(base / statistics.median(w), 3),
+                       "fraction_of_sgemm": round(report["encoder_useful_gflop"] / statistics.median(w)
+                                                  / report["sgemm_gflops"], 3)} for name, w in walls.items()]
     gold = {(c.id, u.index): u.label for c in convs for u in c.utterances if u.label is not None}
     labels = torch_clf.labels
     f1 = {}

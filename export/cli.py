@@ -55,7 +55,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     from bioserc.export.onnx_classifier import export_classifier
 
     if args.per_channel and args.quantize != "dynamic":
-        raise ValueError("--per-channel only applies with --quantize dynamic (--quantize weights always is)")
+        raise ValueError("--per-channel only applies with --quantize dynamic (--quantize weights has finer scales)")
     manifest = export_classifier(args.model, args.output, quantize=args.quantize, optimize=args.optimize,
                                  opset=args.opset, per_channel=args.per_channel)
     print(summarize(args.output, manifest))

@@ -1,27 +1,31 @@
-"""Weight-only int8 for an ONNX graph: int8 weights with per-channel scales, activations left to the runtime.
+"""Weight-only int8 for an ONNX graph: int8 weights with fine-grained scales, activations left to the runtime.
 
-Dynamic int8 (`quantize_dynamic`) also quantizes every MatMul's activations per call; on a trained MiniLM
-BiosERC model that flipped 3.6% of MELD valid labels (per-channel; 9.7% per-tensor), wherever in the encoder the
-quantized MatMuls were, so it cannot meet the 99% label-agreement bar. Storing only the weights in int8 — one
-symmetric scale per output channel of each MatMul weight and per row of each embedding table — shrinks MiniLM's
-encoder 4x (87 -> 22 MB; the 30522x384 word embedding alone is 47 MB in fp32) and flipped 0.45% of labels.
+Dynamic int8 (`quantize_dynamic`) also quantizes every MatMul's activations with one scale per tensor per call; on
+the default MELD model that changed 4.7% of valid labels (per-channel weights), wherever in the encoder the
+quantized MatMuls were, so it cannot meet the 99% label-agreement bar. Here only the weights are stored in int8:
+MatMul weights with one symmetric scale per block of `block_size` input rows per output column (the layout of ONNX
+Runtime's `MatMulNBits`), embedding tables with one scale per row. MiniLM's encoder shrinks 4x (87 -> 23 MB; the
+30522x384 word embedding alone is 47 MB in fp32). On the default model 0.63% of MELD valid labels changed with
+blocks of 32, 1.26% with one scale per output column (docs/BENCHMARKS.md).
 
-The graph keeps the standard ONNX form `DequantizeLinear(int8, scale, axis) -> MatMul | Gather`, which every
-runtime reads. ONNX Runtime's CPU provider fuses the MatMul case into its `MatMulNBits` kernel at session start;
-by default (session config `session.qdq_matmulnbits_accuracy_level` = 4) that kernel quantizes activations in
-small blocks, far finer than quantize_dynamic's one scale per tensor: the 0.45% above is with that default.
-onnxruntime.quantization has no weight-only int8 pass for both MatMul and Gather (its MatMulNBits quantizer covers
-MatMul only and needs the extra onnx_ir package), hence these few lines.
+The graph keeps the standard ONNX form `DequantizeLinear(int8, scale, axis, block_size) -> MatMul | Gather` (blocked
+scales need opset 21, so the graph is converted to it first). ONNX Runtime's CPU provider fuses the MatMul case into
+`MatMulNBits` at session start; by default (session config `session.qdq_matmulnbits_accuracy_level` = 4) that
+kernel also quantizes activations in small blocks, far finer than quantize_dynamic's one scale per tensor; the
+agreement above is with that default. onnxruntime.quantization has no weight-only int8 pass covering both MatMul and
+Gather (its MatMulNBits quantizer handles MatMul only and needs the extra onnx_ir package), hence these few lines.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 
 
 MIN_ELEMENTS = 1024  # smaller 2-D tensors (token-type embeddings) are not worth a node each; 1-D ones never are
+BLOCK_SIZE = 32
+OPSET = 21  # DequantizeLinear's block_size
 
 
 def _weight_axis(uses: list[tuple[onnx.NodeProto, int]]) -> int | None:
@@ -33,9 +37,22 @@ def _weight_axis(uses: list[tuple[onnx.NodeProto, int]]) -> int | None:
     return None
 
 
-def quantize_weights(path: str, min_elements: int = MIN_ELEMENTS) -> list[str]:
+def _symmetric(weight: np.ndarray, blocks: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 values and scales for `weight` [K, N] with one scale per `block_size` rows (a partial last block too)."""
+    k, n = weight.shape
+    padded = np.zeros((blocks * block_size, n), np.float32)
+    padded[:k] = weight
+    scale = np.abs(padded.reshape(blocks, block_size, n)).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0  # an all-zero block stays zero with any scale
+    q = np.clip(np.rint(padded / np.repeat(scale, block_size, axis=0)), -127, 127).astype(np.int8)[:k]
+    return q, scale.astype(np.float32)
+
+
+def quantize_weights(path: str, block_size: int = BLOCK_SIZE, min_elements: int = MIN_ELEMENTS) -> list[str]:
     """Rewrite the ONNX file at `path` in place with int8 weights; return the names of the quantized tensors."""
     model = onnx.load(path)
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < OPSET:
+        model = version_converter.convert_version(model, OPSET)
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
@@ -49,14 +66,17 @@ def quantize_weights(path: str, min_elements: int = MIN_ELEMENTS) -> list[str]:
         axis = _weight_axis(users)
         if axis is None or weight.dtype != np.float32 or weight.ndim != 2 or weight.size < min_elements:
             continue
-        scale = np.abs(weight).max(axis=1 - axis) / 127.0
-        scale[scale == 0] = 1.0  # an all-zero channel stays zero with any scale
-        q = np.clip(np.rint(weight / np.expand_dims(scale, 1 - axis)), -127, 127).astype(np.int8)
+        if axis == 1:  # MatMul [K, N]: blocks along K, per column
+            q, scale = _symmetric(weight, -(-weight.shape[0] // block_size), block_size)
+            attrs = {"axis": 0, "block_size": block_size}
+        else:  # Gather table [rows, dim]: a scale per row
+            q, scale = _symmetric(weight.T, 1, weight.shape[1])
+            q, scale, attrs = q.T, scale[0], {"axis": 0}
         graph.initializer.remove(initializers[name])
-        graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
-                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
+        graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q), f"{name}_int8"),
+                                  numpy_helper.from_array(scale, f"{name}_scale")])
         dequantize.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name],
-                                           name=f"{name}_dequantize", axis=axis))
+                                           name=f"{name}_dequantize", **attrs))
         done.append(name)
     for node in reversed(dequantize):  # producers first keeps the graph topologically sorted
         graph.node.insert(0, node)

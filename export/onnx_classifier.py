@@ -37,7 +37,7 @@ change to the model's forward that this file does not follow fails loudly.
 Export uses `torch.onnx.export(dynamo=False)` (the TorchScript exporter, as optimum-onnx does) with PyTorch's MHA /
 Transformer fast paths switched off, since their fused kernels have no ONNX form. `--optimize` runs onnxruntime's
 transformer optimizer (fused attention/LayerNorm/GELU) on the encoder. `--quantize weights` (the release format)
-stores the encoder's MatMul weights and embedding tables in int8 with fp32 activations (int8_weights.py);
+stores the encoder's MatMul weights (per block of 32) and embedding tables (per row) in int8 (int8_weights.py);
 `--quantize dynamic` runs `onnxruntime.quantization.quantize_dynamic` (activations quantized per call too,
 per-tensor unless `per_channel`, MatMul/Attention only). Either is written in place of the fp32 graph (manifest
 `precision: "int8"`). On the measured 2-vCPU AVX2 machine neither optimisation nor dynamic int8 made ONNX Runtime
@@ -63,7 +63,7 @@ from torch import nn
 
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.export._staging import check_target, replace_dir, staging_dir
-from bioserc.export.int8_weights import quantize_weights
+from bioserc.export.int8_weights import BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.export.model_card import write_model_card
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, sinusoid
 from bioserc.schema import Conversation, Utterance
@@ -293,11 +293,11 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
     """Export `model_dir` (a verified pytorch-classifier artifact) into `out_dir`; return the new manifest.
 
     Args:
-        quantize: an int8 encoder in place of the fp32 one: "weights" (int8 weights, fp32 activations;
-            int8_weights.py says why this is the release format) or "dynamic" (onnxruntime's quantize_dynamic:
+        quantize: an int8 encoder in place of the fp32 one: "weights" (int8 weights with per-block / per-row
+            scales; int8_weights.py says why this is the release format) or "dynamic" (onnxruntime's quantize_dynamic:
             activations quantized per call too, MatMul/Attention only).
         optimize: fuse attention/LayerNorm/GELU in the encoder first (onnxruntime.transformers.optimizer).
-        per_channel: with "dynamic", int8 scales per output channel instead of per tensor ("weights" always is).
+        per_channel: with "dynamic", int8 scales per output channel instead of per tensor.
 
     `out_dir` is written beside itself and renamed into place, so a failed export never leaves a half folder.
     """
@@ -308,7 +308,7 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
     if quantize not in (None, *QUANT_MODES):
         raise ValueError(f"quantize={quantize!r}: choose one of {QUANT_MODES}")
     if per_channel and quantize != "dynamic":
-        raise ValueError("per_channel only applies to quantize='dynamic' (weight-only int8 is always per channel)")
+        raise ValueError("per_channel only applies to quantize='dynamic' (weight-only int8 has finer scales)")
     check_target(out_dir)
     source = verify_artifact(model_dir, "pytorch-classifier")
     model = BiosercBert.from_pretrained(model_dir).eval()
@@ -349,8 +349,8 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
             parity["optimized_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
         quantization = None
         if quantize == "weights":
-            quantization = {"method": "weights", "weight_type": "int8", "per_channel": True,
-                            "tensors": len(quantize_weights(enc_path))}
+            quantization = {"method": "weights", "weight_type": "int8", "block_size": BLOCK_SIZE,
+                            "encoder_opset": OPSET, "tensors": len(quantize_weights(enc_path))}
         elif quantize == "dynamic":
             _quantize(enc_path, per_channel)
             quantization = {"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel,

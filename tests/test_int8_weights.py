@@ -45,11 +45,15 @@ def test_weights_become_int8_and_outputs_stay_close(tmp_path):
     model = onnx.load(path)
     stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert stored["table_int8"].dtype == np.int8 and stored["w_int8"].dtype == np.int8
-    assert stored["table_scale"].shape == (200,) and stored["w_scale"].shape == (64,)  # per row / per column
+    # a scale per table row; per column of each block of 32 input rows of w (48 rows: one full block, one partial)
+    assert stored["table_scale"].shape == (200,) and stored["w_scale"].shape == (2, 64)
     assert (tmp_path / "g.onnx").stat().st_size < size / 3
     assert not stored["w_int8"][:, 5].any()
-    # each weight is off by at most half a step of its channel's scale
-    assert np.all(np.abs(stored["w_int8"] * stored["w_scale"] - weights["w"]) <= stored["w_scale"] / 2 + 1e-6)
+    # each weight is off by at most half a step of its block's scale
+    step = np.repeat(stored["w_scale"], 32, axis=0)[:48]
+    assert np.all(np.abs(stored["w_int8"] * step - weights["w"]) <= step / 2 + 1e-6)
+    assert np.all(np.abs(stored["table_int8"] * stored["table_scale"][:, None] - weights["table"])
+                  <= stored["table_scale"][:, None] / 2 + 1e-6)
     after = run(path, ids)
     assert np.abs(after - before).max() < 0.02 * np.abs(before).max()
     # ORT's fused kernel quantizes activations in blocks by default: a zero channel is zero up to that rounding
