@@ -420,3 +420,14 @@ def test_cli_exports_onnx_with_a_summary(exported, tmp_path, capsys):
     assert "onnx-classifier artifact written to" in out and "encoder.onnx" in out
     assert "fp32_head_max_abs_diff" in out
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["precision"] == "fp32"
+
+
+def test_evaluate_scores_an_onnx_artifact_like_its_source(exported):
+    from bioserc.training.evaluate import evaluate
+
+    convs = [c for seed in range(3) for c in conversations(seed)]
+    bios = bios_for(convs)
+    source, onnx = evaluate(exported["source"], convs, bios), evaluate(exported["fp32"], convs, bios)
+    assert onnx["n"] == source["n"] == sum(len(c.utterances) for c in convs)
+    assert onnx["weighted_f1"] == pytest.approx(source["weighted_f1"], abs=1e-9)
+    assert onnx["confusion"] == source["confusion"] and onnx["bios_missing"] == source["bios_missing"] == 1

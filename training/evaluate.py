@@ -5,8 +5,9 @@ confusion matrix.
         --bios out/meld-valid-bios/bios.jsonl --output runs/meld-minilm/valid_report.json
     python -m bioserc.training.evaluate --model runs/meld-smollm2-lora/adapter --data meld.valid.json --mode generate
 
-The folder's manifest picks the model: a BERT classifier (`best/`), or an LLM, either a LoRA adapter from
-`train_llm` (loaded on the base model its manifest names, or --base-model) or a merged folder from `merge_llm`.
+The folder's manifest picks the model: a BERT classifier (`best/` or its ONNX export), or an LLM, either a LoRA
+adapter from `train_llm` (loaded on the base model its manifest names, or --base-model) or a merged folder from
+`merge_llm`.
 LLMs are scored by label likelihood (--mode score, always a valid label) or by free generation as in the paper
 (--mode generate): answers that are not exactly a label count as wrong, as their own "<invalid>" class, and the
 report adds their count and rate.
@@ -23,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from bioserc.artifacts import MANIFEST, read_manifest
 from bioserc.metrics import classification_report
 from bioserc.models import BiosercBert, Prediction, load_bios, missing_bios, predict
+from bioserc.models.classifier import load_classifier
 from bioserc.models.collate import BioKey
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
@@ -64,7 +66,7 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
     """Load `model_dir` (a `save_pretrained` folder), predict `data` and return the report.
 
     Args:
-        model_dir: trained model folder, e.g. `<output_dir>/best`, an LLM adapter or a merged LLM folder.
+        model_dir: trained model folder, e.g. `<output_dir>/best`, an ONNX export, an LLM adapter or a merged LLM.
         data: input files/directories/globs (any supported format) or already-read conversations.
         bios: bios.jsonl path(s) or a {(conversation_id, speaker): bio} mapping; None when the model uses no bios.
         mode: LLMs only: "score" (label likelihoods) or "generate" (free generation, exact match).
@@ -90,6 +92,10 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
 
         classifier = LlmClassifier.from_pretrained(model_dir, device=device, base_model=base_model, mode=mode)
         report, bio_mode = llm_report(classifier, data, bios, batch_size, progress), classifier.bio_mode
+    elif model_kind(model_dir) == "onnx-classifier":
+        classifier = load_classifier(model_dir, device=device)
+        predictions = classifier.predict(data, bios, batch_size)
+        report, bio_mode = score(data, predictions, classifier.labels), classifier.bio_mode
     else:
         model = BiosercBert.from_pretrained(model_dir, device=device)
         predictions = predict(model, data, bios, batch_size=batch_size, progress=progress)
