@@ -9,11 +9,13 @@ come from a scripted LLM backend. The pipeline runs on Beam's in-process runner.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -216,7 +218,12 @@ def test_conversation_summaries_follow_the_rows(first_run):
 
 def test_report_and_run_record(first_run):
     page = (first_run["out"] / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 1 + len(first_run["convs"])  # distribution + one per call
+    charts = re.findall(r"<svg.*?</svg>", page, flags=re.S)
+    assert len(charts) == 1 + len(first_run["convs"])  # distribution + one per call
+    for chart in charts:
+        ElementTree.fromstring(chart)  # well-formed: transcript text inside is escaped
+    # one point per labelled utterance of the plotted calls
+    assert sum(c.count("<circle") for c in charts) == first_run["counters"]["utterances_labeled"]
     assert "tca-billing-overcharge-2211" in page and "utterances_labeled" in page
     info = json.loads((first_run["out"] / "run.json").read_text())
     assert info["counters"] == first_run["counters"] and info["labels"] == MELD and info["bios"] == "file"
