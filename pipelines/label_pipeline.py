@@ -171,9 +171,10 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     """Add the labeling steps to `pipeline`; `progress` shows a bar (its total counted here for local inputs)."""
     # The model is checked first: a missing or tampered artifact fails here, before any input is read.
     handler = ClassifierModelHandler(args.model, args.device, args.batch_size, args.conversations_per_batch)
+    bio_total = 0
     if progress:
         local = all("://" not in s for s in args.inputs) and not args.skip_existing
-        handler.progress_total = _count_utterances(args) if local else 0
+        handler.progress_total, bio_total = _count_work(args) if local else (0, 0)
     plan = Plan(args.output, args.output, handler.manifest, _model_id(args.model), _bio_source(args, handler.manifest))
     hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
     existing = output_path(args.output, UTTERANCES)
@@ -209,7 +210,8 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
         backend = backend_options(argparse.Namespace(backend=args.bio_backend, base_url=args.bio_base_url,
                                                      batch_size=args.bio_batch_size))
         bio_handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_mode,
-                                      args.bio_words, cache, max_batch_size=args.conversations_per_batch)
+                                      args.bio_words, cache, max_batch_size=args.conversations_per_batch,
+                                      progress_total=bio_total)
         extracted = convs | "Conversations" >> beam.Values() | "Bios" >> ExtractBios(bio_handler).with_resource_hints(
             **hints)
         bios = extracted.bios | "KeyBios" >> beam.Map(lambda r: (r.conversation_id, (r.speaker, r.bio)))
@@ -284,15 +286,16 @@ def run(argv: Sequence[str] | None = None, progress: bool = False) -> beam.runne
     return result
 
 
-def _count_utterances(args: argparse.Namespace) -> int:
+def _count_work(args: argparse.Namespace) -> tuple[int, int]:
+    """(utterances, speakers over all conversations) in local inputs: the totals of the progress bars."""
     from bioserc.readers import read_items
 
     try:
-        return sum(len(c.utterances) for c in read_items(args.inputs, args.format, dataset=args.dataset,
-                                                         role_map=parse_role_map(args.role_map))
-                   if isinstance(c, Conversation))
+        convs = [c for c in read_items(args.inputs, args.format, dataset=args.dataset,
+                                       role_map=parse_role_map(args.role_map)) if isinstance(c, Conversation)]
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
+    return sum(len(c.utterances) for c in convs), sum(len(c.speakers) for c in convs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
