@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
 
 import torch
+from report_io import emit
 
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import make_backend
@@ -66,7 +66,7 @@ def main() -> None:
     rows = report["rows"]
     batched = make_backend("transformers", "smollm2", batch_size=args.batch_size)
     if args.only_onnx:
-        return finish(interleaved_onnx_vs_pytorch(args, config, convs, batched, report), args.out)
+        return emit(interleaved_onnx_vs_pytorch(args, config, convs, batched, report), args.out)
     rows.append(measure(f"pytorch batched (batch {args.batch_size})", BioExtractor(batched, config), convs))
     single = make_backend("transformers", "smollm2", batch_size=1)
     small = convs[: args.single]
@@ -88,7 +88,7 @@ def main() -> None:
         "per_conversation_vs_per_speaker_wall": round(by["pytorch batched per-conversation"]["wall_s"]
                                                       / rows[0]["wall_s"], 2),
     })
-    finish(report, args.out)
+    emit(report, args.out)
 
 
 def export_cached_onnx() -> str:
@@ -130,13 +130,6 @@ def interleaved_onnx_vs_pytorch(args, config: GenerationConfig, convs, torch_bac
     report["ratios"] = {"onnx_vs_pytorch_bios_per_s": round(wall["pytorch"] / wall["onnxruntime"], 2)}
     return report
 
-
-def finish(report: dict, out: str | None) -> None:
-    print(json.dumps(report, indent=2))
-    if out:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as fh:
-            json.dump(report, fh, indent=2)
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,6 @@ with fp32 on MELD valid and weighted F1 within 0.5 (`int8_ok`, `int8_dynamic_ok`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from report_io import emit
 
 from bioserc.metrics import weighted_f1
 from bioserc.models import load_bios
@@ -198,12 +198,7 @@ def main() -> None:
         "int8_ok": int8_agree >= 0.99 and within("ort int8"),
         "int8_dynamic_ok": dyn_agree >= 0.99 and within("ort int8 dynamic"),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

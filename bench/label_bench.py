@@ -25,6 +25,8 @@ import statistics
 import tempfile
 import time
 
+from report_io import emit
+
 from bioserc.models import load_bios
 from bioserc.models.classifier import load_classifier
 from bioserc.pipelines.label_pipeline import main as label_main
@@ -79,12 +81,7 @@ def main() -> None:
                         "utterances_per_s": round(n / median[k], 1)} for k, v in walls.items()],
               "efficiency": round(median["bare loop"] / median["pipeline"], 3),
               "same_labels": labels["bare loop"] == labels["pipeline"]}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
