@@ -28,12 +28,12 @@ BLOCK_SIZE = 32
 OPSET = 21  # DequantizeLinear's block_size
 
 
-def _weight_axis(uses: list[tuple[onnx.NodeProto, int]]) -> int | None:
-    """The channel axis of a weight used only as MatMul's right operand (1) or a Gather table (0); else None."""
+def _weight_kind(uses: list[tuple[onnx.NodeProto, int]]) -> str | None:
+    """"matmul" for a weight used only as MatMul's right operand, "table" for a Gather table only; else None."""
     if all(node.op_type == "MatMul" and slot == 1 for node, slot in uses):
-        return 1
+        return "matmul"
     if all(node.op_type == "Gather" and slot == 0 for node, slot in uses):
-        return 0
+        return "table"
     return None
 
 
@@ -63,13 +63,13 @@ def quantize_weights(path: str, block_size: int = BLOCK_SIZE, min_elements: int 
     dequantize, done = [], []
     for name, users in uses.items():
         weight = numpy_helper.to_array(initializers[name])
-        axis = _weight_axis(users)
-        if axis is None or weight.dtype != np.float32 or weight.ndim != 2 or weight.size < min_elements:
+        kind = _weight_kind(users)
+        if kind is None or weight.dtype != np.float32 or weight.ndim != 2 or weight.size < min_elements:
             continue
-        if axis == 1:  # MatMul [K, N]: blocks along K, per column
+        if kind == "matmul":  # [K, N]: blocks along K, per column
             q, scale = _symmetric(weight, -(-weight.shape[0] // block_size), block_size)
             attrs = {"axis": 0, "block_size": block_size}
-        else:  # Gather table [rows, dim]: a scale per row
+        else:  # table [rows, dim]: a scale per row
             q, scale = _symmetric(weight.T, 1, weight.shape[1])
             q, scale, attrs = q.T, scale[0], {"axis": 0}
         graph.initializer.remove(initializers[name])
