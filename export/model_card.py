@@ -27,8 +27,11 @@ def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dic
 
     `final_dir` is where the artifact will live (`directory` may be a staging folder), for the usage lines.
     """
+    report: dict[str, Any] = {}
     report_path = os.path.join(directory, "dev_report.json")
-    report = json.load(open(report_path, encoding="utf-8")) if os.path.isfile(report_path) else {}
+    if os.path.isfile(report_path):
+        with open(report_path, encoding="utf-8") as fh:
+            report = json.load(fh)
     bio = {"none": "none (the no-bio ablation: utterances and conversation context only)",
            "mlp": "mlp (the paper's head: the speaker's bio vector joins the utterance vector)",
            "attn": "attn (utterances attend over their speaker's bio)"}.get(fields["bio_mode"], fields["bio_mode"])

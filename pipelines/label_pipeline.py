@@ -290,12 +290,14 @@ def _count_work(args: argparse.Namespace) -> tuple[int, int]:
     """(utterances, speakers over all conversations) in local inputs: the totals of the progress bars."""
     from bioserc.readers import read_items
 
+    utterances = speakers = 0
     try:
-        convs = [c for c in read_items(args.inputs, args.format, dataset=args.dataset,
-                                       role_map=parse_role_map(args.role_map)) if isinstance(c, Conversation)]
+        for item in read_items(args.inputs, args.format, dataset=args.dataset, role_map=parse_role_map(args.role_map)):
+            if isinstance(item, Conversation):  # streamed: an archive is never held in memory just to count it
+                utterances, speakers = utterances + len(item.utterances), speakers + len(item.speakers)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
-    return sum(len(c.utterances) for c in convs), sum(len(c.speakers) for c in convs)
+    return utterances, speakers
 
 
 def main(argv: Sequence[str] | None = None) -> int:

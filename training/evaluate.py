@@ -79,7 +79,8 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
-    llm = model_kind(model_dir) in LLM_KINDS
+    kind = model_kind(model_dir)
+    llm = kind in LLM_KINDS
     if not llm and (mode != "score" or base_model):
         raise ValueError("--mode generate and --base-model apply to LLM artifacts only; "
                          f"{model_dir!r} holds a BERT classifier")
@@ -92,7 +93,7 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
 
         classifier = LlmClassifier.from_pretrained(model_dir, device=device, base_model=base_model, mode=mode)
         report, bio_mode = llm_report(classifier, data, bios, batch_size, progress), classifier.bio_mode
-    elif model_kind(model_dir) == "onnx-classifier":
+    elif kind == "onnx-classifier":
         classifier = load_classifier(model_dir, device=device)
         predictions = classifier.predict(data, bios, batch_size)
         report, bio_mode = score(data, predictions, classifier.labels), classifier.bio_mode
