@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 
 RAW_LIMIT = 2000  # characters of the raw record kept in a dead-letter entry
+
+# What can go wrong with one input file as a whole; each becomes one dead letter, never a traceback that ends the run.
+FILE_ERRORS = (OSError, EOFError, zlib.error, MemoryError, RecursionError, ValueError)
 
 
 class RecordError(ValueError):
@@ -53,3 +58,22 @@ class BadRecord:
             "utterances": self.utterances,
             "raw": self.raw,
         }
+
+
+def file_failure(path: str, err: BaseException) -> BadRecord:
+    """One dead letter for a file that could not be opened, read or parsed at all (one of FILE_ERRORS)."""
+    if isinstance(err, RecordError):
+        return BadRecord.from_error(err)
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        reason = f"symlink loop: cannot open the file ({err.strerror})"
+    elif isinstance(err, OSError):
+        reason = f"cannot open or read the file: {err.strerror or err}"
+    elif isinstance(err, EOFError | zlib.error):
+        reason = f"corrupt gzip data: {err}"
+    elif isinstance(err, MemoryError):
+        reason = "out of memory while reading the file (lower --max-file-mb or split the file)"
+    elif isinstance(err, RecursionError):
+        reason = f"nesting too deep: {err}"
+    else:
+        reason = str(err)
+    return BadRecord(path, "file", None, reason)

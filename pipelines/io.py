@@ -12,10 +12,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from bioserc.errors import BadRecord
-from bioserc.readers import reader_for, resolve_inputs
+from bioserc.readers import resolve_inputs
+from bioserc.readers.base import MAX_FILE_BYTES
+from bioserc.readers.sources import read_path
 
 
 DEAD_LETTER = "dead_letter"
@@ -28,22 +32,24 @@ def expand_inputs(specs: list[str]) -> list[str]:
     return (resolve_inputs(local) if local else []) + [s for s in specs if "://" in s]
 
 
-class _ParseFile(beam.DoFn):
-    def __init__(self, fmt: str, options: dict[str, Any]):
-        self.fmt, self.options = fmt, options
-        self.read = Metrics.counter(NAMESPACE, "conversations_read")
-        self.bad = Metrics.counter(NAMESPACE, "input_records_dead_lettered")
+def open_raw(path: str):
+    """Open through Beam's filesystems without transparent decompression: `read_limited` inflates gzip itself, to the
+    end of the stream (Beam's decompressing file returns only its first 16 MiB buffer from a bare `read()`)."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
-    def process(self, readable: fileio.ReadableFile):
-        path = readable.metadata.path
-        try:
-            data = readable.read()
-            reader = reader_for(path, data, self.fmt, **self.options)
-        except (OSError, ValueError) as err:
-            self.bad.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, BadRecord(path, "file", None, str(err)).to_dict())
-            return
-        for item in reader.read_bytes(path, data):
+
+class _ParseFile(beam.DoFn):
+    """One file path -> its conversations, and its bad records on the dead-letter output (one for a whole-file
+    failure such as a symlink loop, corrupt gzip or a file over `max_bytes`)."""
+
+    def __init__(self, fmt: str, options: dict[str, Any], max_bytes: int = MAX_FILE_BYTES, counted: bool = True):
+        self.fmt, self.options, self.max_bytes = fmt, options, max_bytes
+        space = NAMESPACE if counted else f"{NAMESPACE}_reread"  # a second read of the same files counts apart
+        self.read = Metrics.counter(space, "conversations_read")
+        self.bad = Metrics.counter(space, "input_records_dead_lettered")
+
+    def process(self, path: str):
+        for item in read_path(path, self.fmt, self.max_bytes, opener=open_raw, **self.options):
             if isinstance(item, BadRecord):
                 self.bad.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"stage": "read", **item.to_dict()})
@@ -53,19 +59,33 @@ class _ParseFile(beam.DoFn):
 
 
 class ReadConversations(beam.PTransform):
-    """Files/globs -> Conversation elements, plus a `dead_letter` output of unreadable records."""
+    """Files/globs -> Conversation elements, plus a `dead_letter` output of unreadable records.
 
-    def __init__(self, inputs: list[str], fmt: str = "auto", reader_options: dict[str, Any] | None = None):
+    Local inputs are expanded here (on the machine that builds the job), remote patterns are matched by the workers;
+    a reshuffle then spreads the file paths over workers, and each worker opens and reads its files itself.
+    """
+
+    def __init__(self, inputs: list[str], fmt: str = "auto", reader_options: dict[str, Any] | None = None,
+                 max_bytes: int = MAX_FILE_BYTES, counted: bool = True):
         super().__init__()
-        self.inputs, self.fmt, self.reader_options = inputs, fmt, reader_options or {}
+        self.inputs, self.fmt, self.reader_options, self.max_bytes = inputs, fmt, reader_options or {}, max_bytes
+        self.counted = counted
 
     def expand(self, pbegin):
+        specs = expand_inputs(self.inputs)
+        paths = pbegin | "Files" >> beam.Create([s for s in specs if "://" not in s])
+        remote = [s for s in specs if "://" in s]
+        if remote:
+            matched = (pbegin
+                       | "Patterns" >> beam.Create(remote)
+                       | "Match" >> fileio.MatchAll()
+                       | "Paths" >> beam.Map(lambda metadata: metadata.path))
+            paths = (paths, matched) | "AllFiles" >> beam.Flatten()
         return (
-            pbegin
-            | "Patterns" >> beam.Create(expand_inputs(self.inputs))
-            | "Match" >> fileio.MatchAll()
-            | "Open" >> fileio.ReadMatches()
-            | "Parse" >> beam.ParDo(_ParseFile(self.fmt, self.reader_options)).with_outputs(DEAD_LETTER, main="main")
+            paths
+            | "Spread" >> beam.Reshuffle()
+            | "Parse" >> beam.ParDo(_ParseFile(self.fmt, self.reader_options, self.max_bytes, self.counted))
+            .with_outputs(DEAD_LETTER, main="main")
         )
 
 

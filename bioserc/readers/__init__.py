@@ -2,11 +2,14 @@
 
 from bioserc.readers import (  # noqa: F401  (registers the readers)
     aws_tca,
+    aws_transcribe,
     azure_stt,
     bioserc_json,
+    calls_csv,
     contact_lens,
     corpus_csv,
     google_ccai,
+    google_ccai_api,
     jsonl,
 )
 from bioserc.readers.base import BaseReader, get_reader_class, reader_names, register_reader

@@ -14,17 +14,10 @@ from typing import Any
 from bioserc.errors import RecordError
 from bioserc.readers.aws_tca import ROLE_NAMES, TRANSCRIPT_KEY, AwsTcaReader, SpeakerResolver, dig
 from bioserc.readers.base import conversation_id_from_path, register_reader
+from bioserc.readers.roles import numbered_speaker
 
 
 PARTICIPANT_ID_KEY = re.compile(r'"ParticipantId"\s*:')
-
-
-def numbered_speaker(names: dict[tuple[str, str], str], role: str, key: str) -> str:
-    """AGENT for the first agent id seen, AGENT_2 for the second: distinct people in one role stay distinct."""
-    if (role, key) not in names:
-        n = 1 + sum(r == role for r, _ in names)
-        names[(role, key)] = role.upper() if n == 1 else f"{role.upper()}_{n}"
-    return names[(role, key)]
 
 
 @register_reader

@@ -4,7 +4,7 @@ Fields follow https://cloud.google.com/contact-center/insights/docs/conversation
 and a numeric `user_id`; two users in one role (a transfer) become AGENT and AGENT_2. Timestamps are microseconds
 since the epoch, so `start_ms` counts from the earliest entry (the start of the call) and the absolute value is kept
 as `start_timestamp_usec`. The file has no call id: the file name is the id. The API's Conversation resource
-(`transcript.transcriptSegments`) is a different shape and is not read here.
+(`transcript.transcriptSegments`) is a different shape, read by `google-ccai-api`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bioserc.readers.base import (
     load_json,
     register_reader,
 )
-from bioserc.readers.contact_lens import numbered_speaker
+from bioserc.readers.roles import numbered_speaker
 from bioserc.schema import Conversation
 
 
@@ -52,8 +52,10 @@ class GoogleCcaiReader(BaseReader):
 
     @classmethod
     def detect(cls, path: str, head: str) -> bool:
-        return (head.lstrip().startswith("{") and ENTRIES_KEY.search(head) is not None
-                and any(f'"{key}"' in head for key in ("start_timestamp_usec", "user_id", "conversation_info")))
+        if not head.lstrip().startswith("{") or ENTRIES_KEY.search(head) is None:
+            return False
+        entry_keys = '"role"' in head and ('"user_id"' in head or '"start_timestamp_usec"' in head)
+        return '"conversation_info"' in head or entry_keys  # not any JSON with "entries" and an id
 
     def parse(self, path: str, data: bytes) -> Iterator[ReadItem]:
         doc = load_json(path, decode_utf8(path, data))

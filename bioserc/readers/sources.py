@@ -1,7 +1,7 @@
 """Turn what a user typed (a file, a directory, a glob, a list of those) into input files, and read them.
 
-Local paths only: the Beam pipelines expand `gs://` and other remote paths with Beam's own filesystems and hand the
-bytes to `BaseReader.read_bytes`.
+Local paths by default: the Beam pipelines open `gs://` and other remote paths with Beam's own filesystems and hand
+the file object to `read_path`. Everything that can go wrong with one file ends as a dead letter for that file.
 """
 
 from __future__ import annotations
@@ -9,18 +9,22 @@ from __future__ import annotations
 import glob
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
-from bioserc.errors import BadRecord
+from bioserc.errors import FILE_ERRORS, BadRecord, RecordError, file_failure
 from bioserc.readers.base import (
+    GZIP_MAGIC,
+    MAX_FILE_BYTES,
     BaseReader,
     ReadItem,
     decode_utf8,
     detect_reader_class,
     get_reader_class,
-    maybe_gunzip,
+    inflate,
+    read_limited,
+    reader_names,
 )
 from bioserc.schema import Conversation
 
@@ -30,7 +34,10 @@ HEAD_BYTES = 65536
 
 
 def resolve_inputs(specs: str | Iterable[str]) -> list[str]:
-    """Expand files, directories (recursively, known suffixes only) and globs into a sorted, de-duplicated list."""
+    """Expand files, directories (recursively, known suffixes only) and globs into a sorted, de-duplicated list.
+
+    A broken or looping symlink stays in the list, so that reading it gives a dead letter that says why.
+    """
     if isinstance(specs, str):
         specs = [specs]
     found: list[str] = []
@@ -38,10 +45,10 @@ def resolve_inputs(specs: str | Iterable[str]) -> list[str]:
         if os.path.isdir(spec):
             for root, _dirs, files in os.walk(spec):
                 found += [os.path.join(root, f) for f in files if f.endswith(INPUT_SUFFIXES)]
-        elif os.path.isfile(spec):
+        elif os.path.isfile(spec) or os.path.islink(spec):
             found.append(spec)
         elif glob.has_magic(spec):
-            found += [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+            found += [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p) or _dangling(p)]
         else:
             raise FileNotFoundError(f"input {spec!r} is not a file, a directory or a glob that matches anything")
     files = sorted(dict.fromkeys(found))
@@ -50,8 +57,24 @@ def resolve_inputs(specs: str | Iterable[str]) -> list[str]:
     return files
 
 
+def _dangling(path: str) -> bool:
+    """A symlink whose target cannot be reached (broken, or a loop)."""
+    return os.path.islink(path) and not os.path.exists(path)
+
+
 def sniff_head(data: bytes) -> str:
-    return maybe_gunzip(data)[:HEAD_BYTES].decode("utf-8-sig", errors="replace")
+    """The first HEAD_BYTES of the content as text, inflating no more than that when `data` is still gzipped."""
+    head = data[:HEAD_BYTES]
+    if head.startswith(GZIP_MAGIC):
+        head = b""
+        try:
+            for piece in inflate("", [data], HEAD_BYTES):
+                head += piece
+                if len(head) >= HEAD_BYTES:
+                    break
+        except RecordError:
+            pass  # corrupt gzip: detection sees what came out; reading the file reports the error
+    return head[:HEAD_BYTES].decode("utf-8-sig", errors="replace")
 
 
 def reader_for(path: str, data: bytes, fmt: str = "auto", **options: Any) -> BaseReader:
@@ -60,21 +83,36 @@ def reader_for(path: str, data: bytes, fmt: str = "auto", **options: Any) -> Bas
         return get_reader_class(fmt)(**options)
     cls = detect_reader_class(path, sniff_head(data))
     if cls is None:
-        raise ValueError(f"{path}: cannot detect the input format; pass --format (see `bioserc convert --help`)")
+        raise RecordError(path, "file", None, "unsupported format: no reader recognises this file; supported formats: "
+                          f"{', '.join(reader_names())} (pass --format NAME to force one)")
     return cls(**options)
 
 
-def read_items(specs: str | Iterable[str], fmt: str = "auto", **options: Any) -> Iterator[ReadItem]:
+def read_path(path: str, fmt: str = "auto", max_bytes: int = MAX_FILE_BYTES,
+              opener: Callable[[str], BinaryIO] | None = None, **options: Any) -> Iterator[ReadItem]:
+    """Yield one file's conversations and bad records; a file that cannot be opened, read or parsed is one BadRecord.
+
+    `opener` returns a raw (not decompressing) binary file object; the default is the local `open`. The content is
+    read whole but streamed through `read_limited`, so gzip is inflated in pieces and stops at `max_bytes`.
+    """
+    try:
+        with (opener or _open_local)(path) as fh:
+            data = read_limited(fh, path, max_bytes)
+        reader = reader_for(path, data, fmt, **options)
+        yield from reader.read_data(path, data)
+    except FILE_ERRORS as err:
+        yield file_failure(path, err)
+
+
+def _open_local(path: str) -> BinaryIO:
+    return open(path, "rb")
+
+
+def read_items(specs: str | Iterable[str], fmt: str = "auto", max_bytes: int = MAX_FILE_BYTES,
+               **options: Any) -> Iterator[ReadItem]:
     """Yield every conversation and bad record from all inputs, file by file."""
     for path in resolve_inputs(specs):
-        with open(path, "rb") as fh:
-            data = fh.read()
-        try:
-            reader = reader_for(path, data, fmt, **options)
-        except ValueError as err:
-            yield BadRecord(path, "file", None, str(err))
-            continue
-        yield from reader.read_bytes(path, data)
+        yield from read_path(path, fmt, max_bytes, **options)
 
 
 def read_conversations(specs: str | Iterable[str], fmt: str = "auto", **options: Any) -> list[Conversation]:
@@ -111,4 +149,5 @@ class ReadReport:
         return "\n".join(lines)
 
 
-__all__ = ["ReadReport", "decode_utf8", "read_conversations", "read_items", "reader_for", "resolve_inputs"]
+__all__ = ["ReadReport", "decode_utf8", "read_conversations", "read_items", "read_path", "reader_for",
+           "resolve_inputs"]
