@@ -1,8 +1,11 @@
 """Serving-artifact manifests: what a model folder is, and proof that its files are the ones that were exported.
 
 Every export (training's best model, ONNX, TensorRT-LLM) writes `manifest.json` beside its files. Loaders call
-`verify_artifact` before touching any weights: a missing, extra-large or tampered file fails with a clear error before
-a pipeline starts work. Training, export and pipelines never import each other; they meet here.
+`verify_artifact` before touching any weights: every file in the folder must be listed, every listed file must match
+its size and sha256, every path the manifest names must stay inside the folder, and a classifier's label order and
+bio mode must agree with its config, so a bad artifact fails with a one-line error before a pipeline reads any input.
+Loaders turn a path the manifest names into a file with `artifact_file`. Training, export and pipelines never import
+each other; they meet here.
 """
 
 from __future__ import annotations
@@ -10,13 +13,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 KINDS = ("pytorch-classifier", "onnx-classifier", "onnx-llm", "hf-llm", "lora-adapter", "trtllm-engine")
+CLASSIFIER_KINDS = ("pytorch-classifier", "onnx-classifier")
+CONFIG_FILE, LABELS_FILE = "config.json", "labels.txt"  # a classifier's own statement of its labels and bio mode
+# Manifest fields that name files of the artifact itself (model_path, source_path, base_model... name other places).
+PATH_FIELDS = ("graphs", "quantized", "optimized", "tokenizer_files_copied")
+DEFAULT_MODEL_ENV = "BIOSERC_DEFAULT_MODEL"
+DEFAULT_PACKAGE = "bioserc.serving_artifacts"  # the repository's serving_artifacts/ folder, installed with bioserc
 
 
 class ArtifactError(RuntimeError):
@@ -31,6 +43,21 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def default_model_dir() -> str:
+    """The classifier `--model` defaults to: `$BIOSERC_DEFAULT_MODEL`, else the one installed with the package.
+
+    Resolved through the installed package (a wheel or an editable install), never the working directory, so
+    `bioserc label` works from any directory.
+    """
+    if override := os.environ.get(DEFAULT_MODEL_ENV):
+        return override
+    try:
+        return str(resources.files(DEFAULT_PACKAGE) / "default")
+    except ModuleNotFoundError:
+        raise ArtifactError(f"{DEFAULT_PACKAGE} is not installed, so there is no default model; reinstall bioserc "
+                            "(`bash scripts/install.sh`) or pass --model DIR") from None
+
+
 def write_manifest(directory: str, kind: str, **fields: Any) -> dict[str, Any]:
     """Hash every file in `directory` (recursively, except the manifest) and write manifest.json.
 
@@ -39,12 +66,9 @@ def write_manifest(directory: str, kind: str, **fields: Any) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}; choose one of {KINDS}")
     files = {}
-    for root, _dirs, names in os.walk(directory):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, directory)
-            if rel != MANIFEST:
-                files[rel] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+    for rel in _present_files(directory):
+        path = os.path.join(directory, rel)
+        files[rel] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
     manifest = {"manifest_version": MANIFEST_VERSION, "kind": kind,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"), **fields,
                 "files": dict(sorted(files.items()))}
@@ -61,32 +85,176 @@ def read_manifest(directory: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ArtifactError(f"{directory!r} has no {MANIFEST}; export it with `bioserc export ...` (or pass a "
                             "folder written by bioserc)")
+    with open(path, "rb") as fh:
+        return parse_manifest(path, fh.read())
+
+
+def parse_manifest(path: str, raw: bytes) -> dict[str, Any]:
+    """The manifest read from `path` (local or remote), as a dict, or an `ArtifactError` naming it."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
+        manifest = json.loads(raw)
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{path}: malformed manifest ({err.msg} at line {err.lineno})") from None
-    if manifest.get("manifest_version", 0) > MANIFEST_VERSION:
-        raise ArtifactError(f"{path}: manifest_version {manifest['manifest_version']} is newer than this bioserc")
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{path}: malformed manifest (not UTF-8: {err.reason})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: malformed manifest (a JSON object expected)")
+    version = manifest.get("manifest_version", 0)
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
+        raise ArtifactError(f"{path}: manifest_version {version!r} is not one this bioserc reads (up to "
+                            f"{MANIFEST_VERSION})")
     return manifest
 
 
+def check_manifest(where: str, manifest: dict[str, Any]) -> None:
+    """The manifest's own shape, without touching any file (so remote folders get it too).
+
+    It lists at least one file, each with its sha256 and size; every path it names is relative, normalised and
+    inside the folder, and the paths of `PATH_FIELDS` are among the listed files.
+    """
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{where!r}: {MANIFEST} lists no files, so nothing can be verified; re-export the "
+                            "artifact")
+    for rel, meta in files.items():
+        _check_rel(where, "files", rel)
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and isinstance(meta.get("bytes"), int)):
+            raise ArtifactError(f"{where!r}: {MANIFEST} entry for file {rel!r} needs a sha256 and a size in bytes")
+    for field, rel in _named_paths(manifest):
+        _check_rel(where, field, rel)
+        if rel not in files:
+            raise ArtifactError(f"{where!r}: {MANIFEST} {field} names {rel!r}, which its files do not list; "
+                                "re-export the artifact")
+
+
 def verify_artifact(directory: str, kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Check the manifest's kind and every file's size and sha256; return the manifest."""
+    """Check the manifest's kind, paths and every file's size and sha256, then a classifier's consistency.
+
+    Every file in the folder (recursively) must be listed: a loader may open any of them (a tokenizer reads what it
+    finds), so an unlisted file would be an unverified one. Returns the manifest.
+    """
     manifest = read_manifest(directory)
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and manifest.get("kind") not in kinds:
         raise ArtifactError(f"{directory!r} holds a {manifest.get('kind')!r} artifact, expected one of {kinds}")
-    for rel, meta in manifest.get("files", {}).items():
-        path = os.path.join(directory, rel)
+    check_manifest(directory, manifest)
+    files = manifest["files"]
+    unlisted = sorted(set(_present_files(directory)) - set(files))
+    if unlisted:
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        raise ArtifactError(f"{directory!r}: file {unlisted[0]!r}{more} is not listed in {MANIFEST}; re-export the "
+                            "artifact")
+    for rel, meta in files.items():
+        path = _inside(directory, rel)
         if not os.path.isfile(path):
             raise ArtifactError(f"{directory!r}: file {rel!r} listed in the manifest is missing")
         if os.path.getsize(path) != meta["bytes"] or sha256_file(path) != meta["sha256"]:
             raise ArtifactError(f"{directory!r}: file {rel!r} does not match its sha256 in {MANIFEST} "
                                 "(modified or corrupted); re-export the artifact")
+    if manifest.get("kind") in CLASSIFIER_KINDS:
+        check_classifier(directory, manifest, lambda rel: _read_local(directory, manifest, rel))
     return manifest
+
+
+def artifact_file(directory: str, manifest: dict[str, Any], rel: str) -> str:
+    """The local path of a file the (verified) manifest lists; anything it does not list is refused.
+
+    Loaders open every path a manifest names through this, so a manifest cannot point them at other files.
+    """
+    _check_rel(directory, "path", rel)
+    if rel not in manifest.get("files", {}):
+        raise ArtifactError(f"{directory!r}: file {rel!r} is not listed in {MANIFEST}; re-export the artifact")
+    return _inside(directory, rel)
+
+
+def check_classifier(where: str, manifest: dict[str, Any], read: Callable[[str], bytes]) -> None:
+    """A classifier's label order and bio mode: the manifest (what pipelines plan with) must agree with config.json
+    (what the model computes with) and labels.txt; else every prediction would carry the wrong name.
+
+    `read(rel)` returns a listed file's bytes; they are checked against the manifest here.
+    """
+    files = manifest["files"]
+    if CONFIG_FILE not in files:
+        raise ArtifactError(f"{where!r}: a {manifest.get('kind')} artifact needs {CONFIG_FILE}, which {MANIFEST} "
+                            "does not list; re-export the artifact")
+    try:
+        config = json.loads(_checked(where, files, CONFIG_FILE, read(CONFIG_FILE)))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{where!r}: file {CONFIG_FILE!r} is not valid JSON ({err})") from None
+    labels = manifest.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise ArtifactError(f"{where!r}: {MANIFEST} has no labels list; re-export the artifact")
+    if not isinstance(config, dict) or config.get("labels") != labels:
+        theirs = config.get("labels") if isinstance(config, dict) else None
+        raise ArtifactError(f"{where!r}: {MANIFEST} labels {labels} differ from {CONFIG_FILE}'s {theirs} (order "
+                            "matters); re-export the artifact")
+    if LABELS_FILE in files:
+        text = _checked(where, files, LABELS_FILE, read(LABELS_FILE)).decode("utf-8", errors="replace")
+        listed = [line.strip() for line in text.splitlines() if line.strip()]
+        if listed != labels:
+            raise ArtifactError(f"{where!r}: {MANIFEST} labels {labels} differ from {LABELS_FILE}'s {listed} (order "
+                                "matters); re-export the artifact")
+    if manifest.get("bio_mode") != config.get("bio_mode"):
+        raise ArtifactError(f"{where!r}: {MANIFEST} bio_mode {manifest.get('bio_mode')!r} differs from "
+                            f"{CONFIG_FILE}'s {config.get('bio_mode')!r}; re-export the artifact")
 
 
 def manifest_hash(directory: str) -> str:
     """A short id for outputs: which exact artifact produced a prediction."""
     return sha256_file(os.path.join(directory, MANIFEST))[:16]
+
+
+def _check_rel(where: str, field: str, rel: Any) -> None:
+    """A path inside the folder, spelt one way: relative, '/'-separated, normalised, no '..', not the manifest."""
+    ok = (isinstance(rel, str) and rel not in ("", ".", MANIFEST) and "\\" not in rel and "\0" not in rel
+          and not posixpath.isabs(rel) and posixpath.normpath(rel) == rel and ".." not in rel.split("/"))
+    if not ok:
+        raise ArtifactError(f"{where!r}: {MANIFEST} {field} names {rel!r}, which is not a normalised relative path "
+                            "inside the folder (absolute, '..' and '\\' are refused); re-export the artifact")
+
+
+def _inside(directory: str, rel: str) -> str:
+    """`directory/rel`, refused when a symlink on the way resolves outside the folder."""
+    root = os.path.realpath(directory)
+    path = os.path.join(directory, rel)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ArtifactError(f"{directory!r}: file {rel!r} resolves outside the artifact folder (a symlink); copy the "
+                            "file into the folder and re-export the artifact")
+    return path
+
+
+def _present_files(directory: str) -> Iterator[str]:
+    """Every file under `directory` but the manifest, as '/'-separated relative paths; symlinks must stay inside."""
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        for name in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            _inside(directory, os.path.relpath(os.path.join(root, name), directory))
+        for name in sorted(names):
+            rel = os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
+            if rel != MANIFEST:
+                _inside(directory, rel)
+                yield rel
+
+
+def _named_paths(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for field in PATH_FIELDS:
+        value = manifest.get(field)
+        if isinstance(value, dict):
+            yield from ((f"{field}.{key}", rel) for key, rel in value.items())
+        elif isinstance(value, list):
+            yield from ((f"{field}[{i}]", rel) for i, rel in enumerate(value))
+        elif value is not None:
+            yield field, value
+
+
+def _read_local(directory: str, manifest: dict[str, Any], rel: str) -> bytes:
+    with open(artifact_file(directory, manifest, rel), "rb") as fh:
+        return fh.read()
+
+
+def _checked(where: str, files: dict[str, Any], rel: str, data: bytes) -> bytes:
+    meta = files[rel]
+    if len(data) != meta["bytes"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise ArtifactError(f"{where!r}: file {rel!r} does not match its sha256 in {MANIFEST} "
+                            "(modified or corrupted); re-export the artifact")
+    return data

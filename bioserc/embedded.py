@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bioserc import artifacts
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -191,9 +193,30 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
+def default_classifier() -> dict:
+    """The default classifier (installed with bioserc, or `$BIOSERC_DEFAULT_MODEL`): where it is, whether its files
+    still match their checksums (verified / MODIFIED / missing) and its dev weighted-F1 from the manifest."""
+    path = Path(artifacts.default_model_dir())
+    manifest: dict = {}
+    try:
+        manifest = artifacts.read_manifest(str(path))
+        artifacts.verify_artifact(str(path))
+        status, problem = "verified", None
+    except artifacts.ArtifactError as err:
+        status, problem = ("MODIFIED" if (path / artifacts.MANIFEST).is_file() else "missing"), str(err)
+    f1 = (manifest.get("metrics") or {}).get("dev_weighted_f1")
+    env = artifacts.DEFAULT_MODEL_ENV
+    source = f"${env}" if os.environ.get(env) else f"bioserc=={importlib.metadata.version('bioserc')}"
+    row = {"name": "default", "kind": manifest.get("kind", "classifier"), "package": source,
+           "installed": path.is_dir(), "converted": None, "path": str(path), "size_mb": round(_size(path) / 2**20, 1),
+           "label_set": manifest.get("label_set"), "weighted_f1": round(f1, 2) if isinstance(f1, float) else f1,
+           "status": status}
+    return {**row, "problem": problem} if problem else row
+
+
 def list_models() -> list[dict]:
-    """One row per embedded model; fast (no torch/transformers import, no conversion)."""
-    rows = []
+    """The default classifier, then one row per embedded model; fast (no torch/transformers import, no conversion)."""
+    rows = [default_classifier()]
     for spec in MODELS.values():
         installed = _installed(spec)
         if spec.gguf:

@@ -1,13 +1,16 @@
-"""The committed default model: intact, small enough for the repository, and labelling the demo archive."""
+"""The committed default model: intact, small enough for the repository, found from any directory, shown by
+`bioserc models list` with its checksum status, and labelling the demo archive."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from bioserc.artifacts import verify_artifact
+from bioserc.artifacts import DEFAULT_MODEL_ENV, default_model_dir, verify_artifact
 from bioserc.readers import read_conversations
 
 
@@ -36,3 +39,42 @@ def test_default_model_verifies_and_labels_the_demo_calls():
     assert len(preds) == sum(len(c.utterances) for c in convs)
     assert all(p.label in manifest["labels"] and abs(sum(p.probs) - 1) < 1e-4 for p in preds)
     assert len({p.label for p in preds}) > 1  # a real model, not a constant
+
+
+def test_the_default_model_is_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    found = default_model_dir()
+    assert Path(found).is_absolute() and Path(found).resolve() == DEFAULT.resolve()
+    assert verify_artifact(found, "onnx-classifier")["label_set"] == "meld"
+
+
+def models_list(capsys) -> dict:
+    from bioserc.cli import main
+
+    assert main(["models", "list", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows][:1] == ["default"] and {"minilm", "smollm2"} <= {r["name"] for r in rows}
+    return rows[0]
+
+
+def test_models_list_shows_the_default_with_its_checksum_status(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    row = models_list(capsys)
+    f1 = round(json.loads((DEFAULT / "manifest.json").read_text())["metrics"]["dev_weighted_f1"], 2)
+    assert row["status"] == "verified" and row["kind"] == "onnx-classifier" and row["installed"]
+    assert row["weighted_f1"] == f1 > 50 and row["label_set"] == "meld" and "problem" not in row
+
+    copy = tmp_path / "copy"  # never the real artifact
+    shutil.copytree(DEFAULT, copy)
+    labels = copy / "labels.txt"
+    labels.write_text(labels.read_text().replace("joy", "JOY"))
+    monkeypatch.setenv(DEFAULT_MODEL_ENV, str(copy))
+    row = models_list(capsys)
+    assert row["status"] == "MODIFIED" and row["path"] == str(copy) and row["package"] == f"${DEFAULT_MODEL_ENV}"
+    assert "'labels.txt' does not match its sha256" in row["problem"] and row["weighted_f1"] == f1
+
+    monkeypatch.setenv(DEFAULT_MODEL_ENV, str(tmp_path / "gone"))
+    row = models_list(capsys)
+    assert row["status"] == "missing" and not row["installed"]

@@ -1,7 +1,11 @@
-"""The distribution ships every package: pyproject lists packages explicitly (the root folders are remapped)."""
+"""The distribution ships every package (pyproject lists them explicitly: the root folders are remapped) and the
+default model, which an installed wheel finds from any directory."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -44,3 +48,37 @@ def test_training_export_pipelines_never_import_each_other():
         if path.name != "cli.py":
             assert not re.search(r"^\s*(from|import)\s+(apache_beam|bioserc\.(training|export|pipelines))\b",
                                  path.read_text(), re.M), f"{path}: the core must not import Beam or the three"
+
+
+def test_the_wheel_carries_the_default_model_and_finds_it_from_anywhere(tmp_path):
+    """Built from a copy of the sources (no build/ left in the clone), unpacked, imported from another directory."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for folder in set(tool["package-dir"].values()):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w",
+                    str(tmp_path / "dist")], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("bioserc-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    manifest = (ROOT / "serving_artifacts" / "default" / "manifest.json").read_text()
+    default = "bioserc/serving_artifacts/default/"
+    assert {default + "manifest.json", *(default + rel for rel in json.loads(manifest)["files"])} <= names
+
+    code = ("import bioserc, bioserc.artifacts as a; from bioserc.models.classifier import load_classifier; "
+            "d = a.default_model_dir(); print(bioserc.__file__); print(d); print(load_classifier(d).model_id)")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("BIOSERC_DEFAULT_MODEL", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env=env).stdout.split()
+    assert out == [str(tmp_path / "site" / "bioserc" / "__init__.py"), str(tmp_path / "site" / default.rstrip("/")),
+                   hashlib.sha256(manifest.encode()).hexdigest()[:16]]  # loaded (and verified) from the wheel

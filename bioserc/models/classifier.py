@@ -1,15 +1,15 @@
 """Load any exported utterance classifier by its manifest and label conversations with it.
 
 Pipelines and evaluation call `load_classifier(dir)`: the manifest's kind picks the runtime (PyTorch or ONNX
-Runtime), and its checksums are verified before any weights are read.
+Runtime), and its checksums, paths and label order are verified (`verify_artifact`) before any weights are read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from bioserc.artifacts import manifest_hash, verify_artifact
+from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
 from bioserc.models.collate import BioKey
 from bioserc.models.predict import Prediction
 from bioserc.schema import Conversation
@@ -21,24 +21,28 @@ class UtteranceClassifier(Protocol):
     bio_mode: str
 
     def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
-                batch_size: int = 8) -> list[Prediction]: ...
+                batch_size: int = 8, progress: bool = False,
+                max_utterances: int | None = None) -> list[Prediction]: ...
 
 
 class TorchClassifier:
     """A `BiosercBert` folder written by training (kind pytorch-classifier)."""
 
-    def __init__(self, directory: str, device: str = "cpu"):
-        from bioserc.models.bioserc_bert import BiosercBert
+    def __init__(self, directory: str, device: str = "cpu", manifest: dict[str, Any] | None = None):
+        from bioserc.models.bioserc_bert import CONFIG_FILE, WEIGHTS_FILE, BiosercBert
 
+        manifest = manifest or verify_artifact(directory, "pytorch-classifier")  # given = verified by the caller
+        for name in (CONFIG_FILE, WEIGHTS_FILE):  # what from_pretrained opens: a clear error unless listed (=verified)
+            artifact_file(directory, manifest, name)
         self.model = BiosercBert.from_pretrained(directory, device=device)
         self.labels = list(self.model.config.labels)
         self.bio_mode = self.model.config.bio_mode
         self.model_id = manifest_hash(directory)
 
-    def predict(self, conversations, bios=None, batch_size=8) -> list[Prediction]:
+    def predict(self, conversations, bios=None, batch_size=8, progress=False, max_utterances=None) -> list[Prediction]:
         from bioserc.models.predict import predict
 
-        return predict(self.model, conversations, bios, batch_size)
+        return predict(self.model, conversations, bios, batch_size, progress, max_utterances)
 
 
 def load_classifier(directory: str, device: str = "cpu") -> UtteranceClassifier:
@@ -57,7 +61,7 @@ def load_classifier(directory: str, device: str = "cpu") -> UtteranceClassifier:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return TorchClassifier(directory, device)
+        return TorchClassifier(directory, device, manifest)
     from bioserc.models.onnx_classifier import OnnxClassifier
 
     return OnnxClassifier(directory, provider=device.split(":", 1)[0], manifest=manifest)

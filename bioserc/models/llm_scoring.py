@@ -137,15 +137,19 @@ class LlmClassifier:
     def from_pretrained(cls, directory: str, device: str = "auto", base_model: str | None = None,
                         dtype: str = "auto", **kwargs: Any) -> LlmClassifier:
         """Load a `bioserc train llm` adapter (kind lora-adapter, on its base model) or a merged folder (hf-llm)."""
+        from peft.utils import CONFIG_NAME as ADAPTER_CONFIG
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import CONFIG_NAME
 
-        from bioserc.artifacts import manifest_hash, verify_artifact
+        from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
         from bioserc.embedded import resolve_model
 
-        manifest = verify_artifact(directory, LLM_KINDS)
+        manifest = verify_artifact(directory, LLM_KINDS)  # every file in the folder is listed, so all are verified
         if "prompt" not in manifest or "labels" not in manifest:
             raise ValueError(f"{directory!r} is a {manifest['kind']} artifact without an ERC prompt and labels: "
                              "not an emotion classifier written by `bioserc train llm` / `bioserc merge`")
+        # the file from_pretrained starts from must be in the folder (a serve-only hf-llm folder holds no weights)
+        artifact_file(directory, manifest, CONFIG_NAME if manifest["kind"] == "hf-llm" else ADAPTER_CONFIG)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
