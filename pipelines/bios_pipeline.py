@@ -1,8 +1,11 @@
 """Beam pipeline: transcript archive -> one biography per (conversation, speaker).
 
-    bioserc bios ../shared/data/raw/meld/meld.valid.json -o out/bios
-    bioserc bios 'gs://bucket/calls/*.json' -o gs://bucket/bios --runner DataflowRunner --project P \
-        --region europe-west1 --temp_location gs://bucket/tmp --setup_file ./setup.py
+    bioserc bios examples/transcripts -o out/bios
+    bioserc bios examples/transcripts -o out/bios --scope per-conversation --batch-size 32
+    bioserc bios 'gs://bucket/calls/*.json' -o gs://bucket/bios --runner DataflowRunner --project P \\
+        --region europe-west1 --temp_location gs://bucket/tmp --extra_package dist/bioserc-0.1.0-py3-none-any.whl
+
+(the wheel: `python -m pip wheel --no-deps . -w dist`; Dataflow needs `pip install 'bioserc[gcp]'` on this machine.)
 
 Read (any reader) -> key by conversation -> RunInference with `BioModelHandler` (Beam batches conversations; one
 model per worker process) -> bios.jsonl, bios.paper.json ({conv_id: [bio per utterance]}, the reference code's
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,7 +28,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
 from bioserc.bios.extract import MODES, BioExtractor, BioResult, paper_bios
+from bioserc.labels import LABEL_SETS
 from bioserc.pipelines.io import DEAD_LETTER, NAMESPACE, ReadConversations, WriteJsonl, output_path
+from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
+from bioserc.readers import reader_names
+from bioserc.readers.roles import add_role_args
 from bioserc.schema import Conversation
 
 
@@ -112,27 +120,38 @@ class ExtractBios(beam.PTransform):
         )
 
 
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What the readers need from a pipeline command line (label set, speaker and channel roles)."""
+    return {"dataset": args.dataset, "speaker_roles": args.speaker_roles, "channel_roles": args.channel_roles}
+
+
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bioserc bios", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`bioserc bios`'s own flags; parse with `parse_pipeline_args`, which passes Beam's flags through."""
+    p = pipeline_parser("bioserc bios", __doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs; local or gs://")
     p.add_argument("-o", "--output", required=True, help="output directory (local or gs://)")
-    p.add_argument("--format", default="auto", help="input format (see `bioserc convert --help`)")
-    p.add_argument("--dataset", help="label set for BiosERC JSON files not named after their dataset")
-    p.add_argument("--backend", default="transformers", choices=KINDS, help="LLM runtime (default: transformers)")
-    p.add_argument("--model", default="smollm2",
+    p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
+                   help="input format; auto detects it per file from its name and first bytes")
+    p.add_argument("--dataset", choices=sorted(LABEL_SETS),
+                   help="label set for BiosERC JSON files not named after their dataset")
+    add_role_args(p)  # the same speaker names as `bioserc label` gives them, so its --bios file matches
+    g = p.add_argument_group("LLM (`bioserc label` takes the same flags as --bio-backend, --bio-model, ...)")
+    g.add_argument("--backend", default="transformers", choices=KINDS, help="LLM runtime")
+    g.add_argument("--model", default="smollm2",
                    help="embedded name (smollm2), a local HF/ONNX folder, or the served model name for openai")
-    p.add_argument("--base-url", help="OpenAI-compatible server for --backend openai (vLLM, trtllm-serve)")
-    p.add_argument("--mode", default="per-speaker", choices=MODES,
+    g.add_argument("--base-url", help="OpenAI-compatible server for --backend openai (vLLM, trtllm-serve)")
+    g.add_argument("--scope", default="per-speaker", choices=MODES, dest="mode",
                    help="per-speaker: one prompt per speaker (the paper); per-conversation: one prompt for all")
-    p.add_argument("--words", type=int, default=60, help="word limit asked for in the prompt (default 60)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="generation limit per bio (default 96)")
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (use with --seed)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
-    p.add_argument("--conversations-per-batch", type=int, default=8, help="Beam batch size (default 8)")
-    p.add_argument("--cache", default=None,
-                   help="bio cache directory shared across runs (default: OUTPUT/cache); 'none' disables it")
+    g.add_argument("--words", type=at_least(1), default=60, help="word limit asked for in the prompt")
+    g.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation limit per bio")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (use with --seed)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--batch-size", type=at_least(1), default=16, metavar="N", help="prompts per LLM generate call")
+    g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",
+                   help="conversations Beam hands to one inference call")
+    g.add_argument("--cache", metavar="DIR",
+                   help="bio cache directory shared across runs; 'none' disables it (default: OUTPUT/cache)")
+    add_renamed(g, "--mode", "use --scope per-speaker|per-conversation (bio_mode is the model's bio head)")
     return p
 
 
@@ -149,7 +168,7 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress_total: int
     cache = None if args.cache == "none" else (args.cache or output_path(args.output, "cache"))
     handler = BioModelHandler(args.backend, args.model, backend_options(args), config, args.mode, args.words, cache,
                               max_batch_size=args.conversations_per_batch, progress_total=progress_total)
-    read = pipeline | "Read" >> ReadConversations(args.inputs, args.format, {"dataset": args.dataset})
+    read = pipeline | "Read" >> ReadConversations(args.inputs, args.format, reader_options(args))
     bios = read.main | "Bios" >> ExtractBios(handler)
     _ = bios.bios | "BioRows" >> beam.Map(BioResult.to_dict) | "WriteBios" >> WriteJsonl(
         output_path(args.output, "bios.jsonl"))
@@ -177,7 +196,8 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 
 def run(argv: Sequence[str] | None = None, progress_total: int = 0) -> beam.runners.runner.PipelineResult:
-    args, beam_args = make_parser().parse_known_args(argv)
+    """Parse strictly (a usage error before anything runs), build and run the pipeline."""
+    args, beam_args = parse_pipeline_args(make_parser(), sys.argv[1:] if argv is None else argv)
     pipeline = beam.Pipeline(options=pipeline_options(beam_args))
     build(pipeline, args, progress_total)
     result = pipeline.run()

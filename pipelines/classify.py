@@ -26,7 +26,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from bioserc.artifacts import MANIFEST, ArtifactError, verify_artifact
+from bioserc.artifacts import (
+    CLASSIFIER_KINDS,
+    DEFAULT_MODEL_ENV,
+    MANIFEST,
+    ArtifactError,
+    check_classifier,
+    check_manifest,
+    parse_manifest,
+    verify_artifact,
+)
 from bioserc.errors import RAW_LIMIT
 from bioserc.models.classifier import UtteranceClassifier, load_classifier
 from bioserc.models.predict import Prediction
@@ -36,29 +45,32 @@ from bioserc.schema import Conversation
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIER_KINDS = ("pytorch-classifier", "onnx-classifier")
 SUMMARY = "summary"
 NEUTRAL = {"neutral"}  # compared case-insensitively (EmoryNLP says "Neutral")
 
 # utterances.parquet; probs is a map so rows of models with different label sets can share one file
 PARQUET_SCHEMA = pa.schema([
     ("conversation_id", pa.string()), ("index", pa.int64()), ("speaker", pa.string()), ("role", pa.string()),
-    ("text", pa.string()), ("start_ms", pa.int64()), ("end_ms", pa.int64()), ("gold_label", pa.string()),
-    ("label", pa.string()), ("probs", pa.map_(pa.string(), pa.float64())), ("bio", pa.string()),
-    ("model_id", pa.string()),
+    ("text", pa.string()), ("original_text", pa.string()), ("start_ms", pa.int64()), ("end_ms", pa.int64()),
+    ("source_path", pa.string()), ("source_format", pa.string()), ("source_id", pa.string()),
+    ("gold_label", pa.string()), ("label", pa.string()), ("probs", pa.map_(pa.string(), pa.float64())),
+    ("bio", pa.string()), ("model_id", pa.string()),
 ])
 
 
 def missing_model_help(path: str) -> str:
-    return (f"no model artifact at {path!r}. Train one with `bioserc train bert --config FILE` and pass its best/ "
-            "folder (it holds manifest.json) as --model DIR, or copy such a folder to serving_artifacts/default")
+    return (f"no model artifact at {path!r}. Pass --model DIR with a folder holding manifest.json: `bioserc train "
+            "bert --config FILE` writes one (its best/ folder) and `bioserc export onnx` another. Without --model the "
+            f"default installed with bioserc is used (${DEFAULT_MODEL_ENV} overrides it)")
 
 
 def check_model(path: str) -> dict[str, Any]:
-    """Verify the classifier artifact on the driver, before the pipeline starts; return its manifest.
+    """Verify the classifier artifact on the driver, before the pipeline reads any input; return its manifest.
 
-    A local folder gets the full check (every file's size and sha256). A remote one (gs://) gets its manifest read
-    and every listed file's size matched; the workers hash the files when they load them.
+    A local folder gets the full check of `verify_artifact` (every file listed and matching its sha256, every path
+    inside the folder, labels and bio_mode consistent with config.json). A remote one (gs://) gets what can be read
+    cheaply: the manifest's shape and paths, every listed file's size, and config.json (+ labels.txt) matched against
+    their sha256 and checked for the same consistency; the workers verify their local copy in full when they load it.
     """
     if "://" not in path:
         if not os.path.isdir(path):
@@ -67,28 +79,40 @@ def check_model(path: str) -> dict[str, Any]:
     manifest_path = FileSystems.join(path, MANIFEST)
     if not FileSystems.exists(manifest_path):
         raise ArtifactError(f"{missing_model_help(path)} (no {MANIFEST} found there)")
-    with FileSystems.open(manifest_path) as fh:
-        manifest = json.loads(fh.read().decode("utf-8"))
+
+    def read(rel: str) -> bytes:
+        with FileSystems.open(FileSystems.join(path, rel)) as fh:
+            return fh.read()
+
+    manifest = parse_manifest(manifest_path, read(MANIFEST))
     if manifest.get("kind") not in CLASSIFIER_KINDS:
         raise ArtifactError(f"{path!r} holds a {manifest.get('kind')!r} artifact, expected one of {CLASSIFIER_KINDS}")
-    for rel, meta in manifest.get("files", {}).items():
+    check_manifest(path, manifest)
+    for rel, meta in manifest["files"].items():
         found = FileSystems.match([FileSystems.join(path, rel)])[0].metadata_list
         if not found or found[0].size_in_bytes != meta["bytes"]:
             raise ArtifactError(f"{path!r}: file {rel!r} listed in the manifest is missing or has the wrong size")
+    check_classifier(path, manifest, read)
     return manifest
 
 
 def fetch_artifact(path: str, cache_root: str | None = None) -> str:
-    """Copy a remote artifact folder (the files its manifest lists) to local disk once per machine; return the copy."""
+    """Copy a remote artifact folder (the files its manifest lists) to local disk once per machine; return the copy.
+
+    The manifest's paths are checked first, so a bad one cannot write outside the copy; `load_classifier` then
+    verifies the copy in full.
+    """
     with FileSystems.open(FileSystems.join(path, MANIFEST)) as fh:
         raw = fh.read()
+    manifest = parse_manifest(FileSystems.join(path, MANIFEST), raw)
+    check_manifest(path, manifest)
     target = os.path.join(cache_root or os.path.join(tempfile.gettempdir(), "bioserc-models"),
                           hashlib.sha256(raw).hexdigest()[:16])
     if os.path.isfile(os.path.join(target, MANIFEST)):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(target))
-    for rel in json.loads(raw)["files"]:
+    for rel in manifest["files"]:
         os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
         with FileSystems.open(FileSystems.join(path, rel)) as src, open(os.path.join(tmp, rel), "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -126,20 +150,20 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
         model_dir: an exported classifier folder with manifest.json (local, or gs:// on Dataflow).
         device: as `load_classifier`: "auto" (CUDA where the worker has a GPU), "cpu", "cuda[:N]"; "tensorrt" for
             ONNX artifacts.
-        batch_size: conversations per forward pass inside `predict` (what bounds memory: `predict` sorts them by
-            length and pads per forward pass).
-        max_batch_size: conversations Beam hands to one `run_inference` call. Batching by utterance count is not
+        batch_utterances: utterances per forward pass inside `predict` (what bounds memory: `predict` sorts the
+            conversations by length, cuts calls longer than its context into pieces and pads per forward pass).
+        max_batch_size: conversations Beam hands to one `run_inference` call. Beam's batching by weight is not
             used: in Beam 2.77 `max_batch_weight` never reaches `BatchElements`, and an `element_size_fn` makes it
             emit empty batches, which `KeyedModelHandler` cannot take.
         progress_total: utterances to expect, for a progress bar (None: no bar, 0: unknown total; shown by
             in-process runners only).
     """
 
-    def __init__(self, model_dir: str, device: str = "auto", batch_size: int = 8, max_batch_size: int = 16,
+    def __init__(self, model_dir: str, device: str = "auto", batch_utterances: int = 256, max_batch_size: int = 16,
                  progress_total: int | None = None):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.manifest = check_model(model_dir)
-        self.model_dir, self.device, self.batch_size = model_dir, device, batch_size
+        self.model_dir, self.device, self.batch_utterances = model_dir, device, batch_utterances
         self.progress_total = progress_total
         self._bar = None
 
@@ -157,7 +181,7 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
         convs = [_unlabelled(r.conversation) for r in requests]
         bios = {(r.conversation.id, s): b for r in requests for s, b in r.bios.items()}
         by_conv: dict[str, list[Prediction]] = {c.id: [] for c in convs}
-        for p in model.predict(convs, bios, self.batch_size):
+        for p in model.predict(convs, bios, batch_size=len(convs), max_utterances=self.batch_utterances):
             by_conv[p.conversation_id].append(p)
         out = []
         for r in requests:
@@ -187,13 +211,22 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
 
 
 def utterance_rows(outcome: LabelOutcome) -> list[dict[str, Any]]:
+    """One row per utterance, with what joins it back to the call: source file and format, the vendor's own turn id
+    (`source_id`), the text exactly as the source had it, and the times."""
     conv, bios = outcome.request.conversation, outcome.request.bios
     assert outcome.predictions is not None, f"conversation {conv.id} has no predictions"
+    source = {"source_path": conv.metadata.get("source_path"), "source_format": conv.metadata.get("source_format")}
     return [{"conversation_id": conv.id, "index": u.index, "speaker": u.speaker, "role": u.role, "text": u.text,
-             "start_ms": u.start_ms, "end_ms": u.end_ms, "gold_label": u.label, "label": p.label,
+             "original_text": u.original_text if u.original_text is not None else u.text, "start_ms": u.start_ms,
+             "end_ms": u.end_ms, **source, "source_id": _source_id(u.metadata.get("source_id")),
+             "gold_label": u.label, "label": p.label,
              "probs": {name: round(float(x), 6) for name, x in zip(outcome.labels, p.probs, strict=True)},
              "bio": bios.get(u.speaker), "model_id": outcome.model_id}
             for u, p in zip(conv.utterances, outcome.predictions, strict=True)]
+
+
+def _source_id(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _dominant(labels: list[str]) -> str | None:
@@ -235,7 +268,8 @@ class EmitResults(beam.DoFn):
 
     def __init__(self):
         self.counters = {k: Metrics.counter(NAMESPACE, k) for k in (
-            "conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_dead_lettered")}
+            "conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_failed",
+            "utterances_dead_lettered")}
 
     def process(self, keyed: tuple[str, LabelOutcome]):
         outcome = keyed[1]
@@ -248,6 +282,7 @@ class EmitResults(beam.DoFn):
             yield beam.pvalue.TaggedOutput(SUMMARY, summarise(rows))
             return
         self.counters["conversations_failed"].inc()
+        self.counters["utterances_failed"].inc(len(conv.utterances))
         self.counters["utterances_dead_lettered"].inc(len(conv.utterances))
         for u in conv.utterances:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, {

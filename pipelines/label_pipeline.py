@@ -50,102 +50,155 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from bioserc.artifacts import ArtifactError, manifest_hash
+from bioserc import __version__
+from bioserc.artifacts import ArtifactError, default_model_dir, manifest_hash
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
 from bioserc.bios.extract import MODES
-from bioserc.pipelines.bios_pipeline import BioModelHandler, ExtractBios, backend_options, pipeline_options
-from bioserc.pipelines.classify import (
-    PARQUET_SCHEMA,
-    SUMMARY,
-    ClassifierModelHandler,
-    EmitResults,
-    parquet_row,
-    summarise,
-)
-from bioserc.pipelines.io import DEAD_LETTER, ReadConversations, WriteJsonl, counters, output_path
+from bioserc.labels import LABEL_SETS
+from bioserc.pipelines.bios_pipeline import BioModelHandler, backend_options, pipeline_options, reader_options
+from bioserc.pipelines.classify import PARQUET_SCHEMA, SUMMARY, ClassifierModelHandler, EmitResults, parquet_row
+from bioserc.pipelines.io import DEAD_LETTER, ReadConversations, counters, output_path
 from bioserc.pipelines.label_steps import (
     AttachBios,
-    ExistingIds,
-    KeyConversation,
+    AttachGeneratedBios,
+    Decide,
+    NoBios,
     ParseBio,
     ReadDeadLetter,
     SelectConversations,
+    existing_id,
+    fingerprint,
+    to_file,
 )
-from bioserc.schema import ROLES, Conversation
+from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
+from bioserc.pipelines.outputs import (
+    CONVERSATIONS,
+    DEAD,
+    PARQUET,
+    UTTERANCES,
+    OutputError,
+    WriteShards,
+    Written,
+    assemble,
+    discard,
+    keep_failed,
+    output_lock,
+    promote,
+    remove_leftovers,
+)
+from bioserc.readers import reader_names
+from bioserc.readers.roles import add_role_args
+from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = os.path.join("serving_artifacts", "default")
-UTTERANCES, PARQUET, CONVERSATIONS, DEAD = "utterances.jsonl", "utterances.parquet", "conversations.jsonl", \
-    "dead_letter.jsonl"
-ACCOUNTING = ("conversations_read", "utterances_read", "utterances_labeled", "utterances_dead_lettered",
-              "input_records_dead_lettered", "conversations_failed")
-PROMOTE_ORDER = (PARQUET, CONVERSATIONS, DEAD, UTTERANCES)  # utterances.jsonl last: it is what --skip-existing reads
-
-
-def parse_role_map(text: str) -> dict[str, str]:
-    pairs = [p.partition("=") for p in filter(None, (t.strip() for t in text.split(",")))]
-    bad = [p[0] for p in pairs if not p[1] or p[2].strip() not in ROLES]
-    if bad:
-        raise SystemExit(f"--role-map: expected ID=ROLE pairs with ROLE one of {list(ROLES)}, got {text!r}")
-    return {k.strip(): v.strip() for k, _, v in pairs}
+ACCOUNTING = ("conversations_read", "conversations_labeled", "utterances_read", "utterances_labeled",
+              "utterances_dead_lettered", "utterances_unreadable", "utterances_duplicated", "utterances_failed",
+              "utterances_skipped_existing", "input_records_dead_lettered", "conversations_failed")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bioserc label", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`bioserc label`'s own flags; parse with `parse_pipeline_args`, which passes Beam's flags through."""
+    try:
+        model_default = default_model_dir()
+    except ArtifactError:  # bioserc.serving_artifacts missing from this install: --model becomes required
+        model_default = None
+    p = pipeline_parser("bioserc label", __doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs; local or gs://")
     p.add_argument("-o", "--output", required=True, help="output directory (local or gs://)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="classifier artifact folder with manifest.json "
-                   f"(default {DEFAULT_MODEL}); local or gs://")
-    p.add_argument("--format", default="auto", help="input format (see `bioserc convert --help`)")
-    p.add_argument("--dataset", help="label set for BiosERC JSON files not named after their dataset")
-    p.add_argument("--role-map", default="", metavar="ID=ROLE,...", help="roles for Azure speaker/channel ids")
-    g = p.add_argument_group("bios (default: generate them here with the embedded SmolLM2)")
+    p.add_argument("--model", default=model_default, required=model_default is None,
+                   help="classifier artifact folder with manifest.json, local or gs:// (default: the model "
+                   "installed with bioserc, serving_artifacts/default; $BIOSERC_DEFAULT_MODEL overrides it)")
+    p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
+                   help="input format; auto detects it per file from its name and first bytes")
+    p.add_argument("--dataset", choices=sorted(LABEL_SETS),
+                   help="label set for BiosERC JSON files not named after their dataset")
+    add_role_args(p)
+    g = p.add_argument_group("bios (default: generated here with the embedded SmolLM2, as `bioserc bios` would)")
     g.add_argument("--bios", metavar="FILE", help="bios.jsonl from `bioserc bios` (local or gs://, globs allowed)")
     g.add_argument("--no-bios", action="store_true", help="label without bios (every speaker gets an empty one)")
-    g.add_argument("--bio-backend", default="transformers", choices=KINDS)
-    g.add_argument("--bio-model", default="smollm2", help="as `bioserc bios --model`")
-    g.add_argument("--bio-base-url", help="OpenAI-compatible server for --bio-backend openai")
-    g.add_argument("--bio-mode", default="per-speaker", choices=MODES)
-    g.add_argument("--bio-words", type=int, default=60)
-    g.add_argument("--bio-max-new-tokens", type=int, default=96)
-    g.add_argument("--bio-batch-size", type=int, default=16, help="prompts per generate call")
-    g.add_argument("--bio-cache", help="bio cache directory (default: OUTPUT/cache); 'none' disables it")
+    g.add_argument("--bio-backend", default="transformers", choices=KINDS, help="LLM runtime (bios --backend)")
+    g.add_argument("--bio-model", default="smollm2", help="LLM: embedded name, local folder or served name "
+                   "(bios --model)")
+    g.add_argument("--bio-base-url", help="OpenAI-compatible server for --bio-backend openai (bios --base-url)")
+    g.add_argument("--bio-scope", default="per-speaker", choices=MODES,
+                   help="one prompt per speaker (the paper) or one per conversation (bios --scope)")
+    g.add_argument("--bio-words", type=at_least(1), default=60, help="word limit asked for (bios --words)")
+    g.add_argument("--bio-max-new-tokens", type=at_least(1), default=96,
+                   help="generation limit per bio (bios --max-new-tokens)")
+    g.add_argument("--bio-batch-size", type=at_least(1), default=16,
+                   help="prompts per LLM generate call (bios --batch-size)")
+    g.add_argument("--bio-cache", metavar="DIR",
+                   help="bio cache shared across runs; 'none' disables it (default: OUTPUT/cache; bios --cache)")
+    add_renamed(g, "--bio-mode", "use --bio-scope per-speaker|per-conversation (bio_mode is the model's bio head)")
     g = p.add_argument_group("classifier")
     g.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda[:N]; tensorrt for ONNX")
-    g.add_argument("--batch-size", type=int, default=8, help="conversations per forward pass (default 8)")
-    g.add_argument("--conversations-per-batch", type=int, default=16,
-                   help="conversations per Beam batch, for the classifier and the bio LLM (default 16)")
+    g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
+                   help="CPU threads per worker process (default: 0 = choose automatically)")
+    g.add_argument("--batch-utterances", type=at_least(1), default=256, metavar="N",
+                   help="utterances per classifier forward pass")
+    g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",
+                   help="conversations Beam hands to one inference call, for the classifier and the bio LLM")
     g.add_argument("--gpu-accelerator", metavar="HINT", help="Beam accelerator resource hint for the inference "
-                   "steps, e.g. 'type:nvidia-l4;count:1;install-nvidia-driver'")
-    p.add_argument("--skip-existing", action="store_true",
+                   "steps, e.g. 'type:nvidia-l4;count:1;install-nvidia-driver' (default: none)")
+    add_renamed(g, "--batch-size", "use --batch-utterances N (utterances per classifier forward pass); prompts "
+                "per bio generate call are --bio-batch-size")
+    g = p.add_argument_group("run")
+    g.add_argument("--skip-existing", action="store_true",
                    help="do not relabel conversations already in OUTPUT/utterances.jsonl; merge their rows")
-    p.add_argument("--report-calls", type=int, default=20, help="calls plotted in report.html (0: no report)")
+    g.add_argument("--allow-skips", action="store_true",
+                   help="exit 0 even if some inputs were dead-lettered (unreadable, duplicated or failed)")
+    g.add_argument("--max-file-mb", type=at_least(0, float), default=256, metavar="MB",
+                   help="size limit per input file after decompression; larger files are dead-lettered")
+    g.add_argument("--report-calls", type=at_least(0), default=20, metavar="N",
+                   help="calls plotted in report.html (0: no report)")
     return p
 
 
 @dataclass
+class InputCount:
+    """What the inputs hold, counted on the driver with plain file reads, independently of the pipeline's I/O."""
+
+    utterances: int = 0  # in readable conversations
+    unreadable: int = 0  # in bad records, where the reader knows the count
+    speakers: int = 0
+
+
+@dataclass
 class Plan:
-    """What `build` decided, for `run` to finish on the driver after the pipeline."""
+    """What `build` decided, for `finish` to complete on the driver after the pipeline."""
 
     output: str
-    write_dir: str  # output, or a staging folder under it when --skip-existing merges into previous outputs
+    staging: str  # where the workers' shards and the assembled files go before they replace the outputs
     manifest: dict
     model_id: str
     bios: str  # "file", "generate" or "none"
+    merge: bool  # --skip-existing with previous outputs: the new rows are appended to the old ones
+    expected: InputCount | None  # None for remote inputs (not read on the driver)
+
+
+@dataclass
+class Outcome:
+    """A finished run: its counters, what was written, what did not add up, and the exit status for the shell."""
+
+    counters: dict[str, int]
+    written: Written
+    problems: list[str]
+    exit_code: int
+    message: str  # the one-line summary printed last
+    output: str
+    where: str  # the output folder, or the failed-run folder that kept this run's files
 
 
 def _model_id(path: str) -> str:
@@ -158,7 +211,11 @@ def _model_id(path: str) -> str:
 def _bio_source(args: argparse.Namespace, manifest: dict) -> str:
     if args.bios and args.no_bios:
         raise SystemExit("--bios and --no-bios exclude each other")
-    if args.no_bios or manifest.get("bio_mode") == "none":
+    if manifest.get("bio_mode") == "none":
+        if args.bios:
+            logger.warning("--bios %s is ignored: the model %s uses no bios", args.bios, args.model)
+        return "none"
+    if args.no_bios:
         return "none"
     if args.bios:
         if "://" not in args.bios and not glob.glob(args.bios):
@@ -167,79 +224,99 @@ def _bio_source(args: argparse.Namespace, manifest: dict) -> str:
     return "generate"
 
 
-def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = False) -> Plan:
-    """Add the labeling steps to `pipeline`; `progress` shows a bar (its total counted here for local inputs)."""
-    # The model is checked first: a missing or tampered artifact fails here, before any input is read.
-    handler = ClassifierModelHandler(args.model, args.device, args.batch_size, args.conversations_per_batch)
-    bio_total = 0
-    if progress:
-        local = all("://" not in s for s in args.inputs) and not args.skip_existing
-        handler.progress_total, bio_total = _count_work(args) if local else (0, 0)
-    plan = Plan(args.output, args.output, handler.manifest, _model_id(args.model), _bio_source(args, handler.manifest))
-    hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
-    existing = output_path(args.output, UTTERANCES)
-    if args.skip_existing and not FileSystems.exists(existing):
-        logger.warning("--skip-existing: no %s yet, labelling everything", existing)
-    merge = args.skip_existing and FileSystems.exists(existing)
-    if merge:
-        plan.write_dir = output_path(args.output, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+def max_bytes(args: argparse.Namespace) -> int:
+    return int(args.max_file_mb * (1 << 20))
 
-    options = {"dataset": args.dataset, "role_map": parse_role_map(args.role_map)}
-    read = pipeline | "Read" >> ReadConversations(args.inputs, args.format, options)
-    dead = [read[DEAD_LETTER] | "CountUnreadable" >> beam.ParDo(ReadDeadLetter())]
-    keyed = read.main | "KeyByConversation" >> beam.ParDo(KeyConversation())
-    if merge:
-        old_rows = (pipeline | "ReadExisting" >> beam.io.ReadFromText(existing)
-                    | "ParseExisting" >> beam.Map(json.loads))
-        seen = old_rows | "ExistingIds" >> beam.ParDo(ExistingIds(plan.model_id))
-    else:
-        seen = pipeline | "NoExisting" >> beam.Create([])
-    selected = ({"conversation": keyed, "existing": seen} | "GroupById" >> beam.CoGroupByKey()
-                | "Select" >> beam.ParDo(SelectConversations()).with_outputs(DEAD_LETTER, main="main"))
-    dead.append(selected[DEAD_LETTER])
-    convs = selected.main
 
+def count_inputs(args: argparse.Namespace) -> InputCount | None:
+    """The independent count of local inputs (None when any input is remote): progress totals and reconciliation."""
+    if any("://" in s for s in args.inputs):
+        return None
+    from bioserc.readers import read_items
+
+    count = InputCount()
+    try:
+        for item in read_items(args.inputs, args.format, max_bytes(args), **reader_options(args)):
+            if isinstance(item, Conversation):  # streamed: an archive is never held in memory just to count it
+                count.utterances += len(item.utterances)
+                count.speakers += len(item.speakers)
+            else:
+                count.unreadable += item.utterances
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    return count
+
+
+def _bio_requests(pipeline: beam.Pipeline, convs, args: argparse.Namespace, plan: Plan, hints: dict, dead: list,
+                  progress: bool):
+    """Conversations -> (id, LabelRequest) with each speaker's bio from a file, generated here, or none."""
+    expected = plan.manifest.get("bio_mode") != "none"
     if plan.bios == "file":
         parsed = (pipeline | "ReadBios" >> beam.io.ReadFromText(args.bios)
                   | "ParseBios" >> beam.ParDo(ParseBio(args.bios)).with_outputs(DEAD_LETTER, main="main"))
-        bios = parsed.main
         dead.append(parsed[DEAD_LETTER])
-    elif plan.bios == "generate":
-        config = GenerationConfig(max_new_tokens=args.bio_max_new_tokens)
-        cache = None if args.bio_cache == "none" else (args.bio_cache or output_path(args.output, "cache"))
-        backend = backend_options(argparse.Namespace(backend=args.bio_backend, base_url=args.bio_base_url,
-                                                     batch_size=args.bio_batch_size))
-        bio_handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_mode,
-                                      args.bio_words, cache, max_batch_size=args.conversations_per_batch,
-                                      progress_total=bio_total)
-        extracted = convs | "Conversations" >> beam.Values() | "Bios" >> ExtractBios(bio_handler).with_resource_hints(
-            **hints)
-        bios = extracted.bios | "KeyBios" >> beam.Map(lambda r: (r.conversation_id, (r.speaker, r.bio)))
-        dead.append(extracted[DEAD_LETTER])
-    else:
-        bios = pipeline | "NoBios" >> beam.Create([])
-    requests = ({"conversation": convs, "bios": bios} | "JoinBios" >> beam.CoGroupByKey()
-                | "AttachBios" >> beam.ParDo(AttachBios(handler.manifest.get("bio_mode") != "none")))
+        return convs | "AttachBios" >> beam.ParDo(AttachBios(expected), beam.pvalue.AsMultiMap(parsed.main))
+    if plan.bios == "none":
+        return convs | "NoBios" >> beam.ParDo(NoBios(expected))
+    config = GenerationConfig(max_new_tokens=args.bio_max_new_tokens)
+    cache = None if args.bio_cache == "none" else (args.bio_cache or output_path(args.output, "cache"))
+    backend = backend_options(argparse.Namespace(backend=args.bio_backend, base_url=args.bio_base_url,
+                                                 batch_size=args.bio_batch_size))
+    total = plan.expected.speakers if progress and plan.expected else 0
+    handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_scope, args.bio_words,
+                              cache, max_batch_size=args.conversations_per_batch, progress_total=total)
+    generate = RunInference(KeyedModelHandler(handler))  # keyed by the conversation itself: no join needed after
+    attached = (convs | "KeyBySelf" >> beam.Map(lambda c: (c, c))
+                | "Bios" >> (generate.with_resource_hints(**hints) if hints else generate)
+                | "AttachGeneratedBios" >> beam.ParDo(AttachGeneratedBios(expected)).with_outputs(DEAD_LETTER,
+                                                                                                   main="main"))
+    dead.append(attached[DEAD_LETTER])
+    return attached.main
+
+
+def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = False) -> Plan:
+    """Add the labeling steps to `pipeline`; `progress` shows bars (their totals counted here for local inputs)."""
+    # The model is checked first: a missing or tampered artifact fails here, before any input is read.
+    handler = ClassifierModelHandler(args.model, args.device, args.batch_utterances, args.conversations_per_batch)
+    bios = _bio_source(args, handler.manifest)
+    expected = count_inputs(args)
+    if progress:
+        handler.progress_total = expected.utterances if expected else 0
+    merge = args.skip_existing and FileSystems.exists(output_path(args.output, CONVERSATIONS))
+    if args.skip_existing and not merge:
+        logger.warning("--skip-existing: no %s yet, labelling everything", output_path(args.output, CONVERSATIONS))
+    staging = output_path(args.output, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    plan = Plan(args.output, staging, handler.manifest, _model_id(args.model), bios, merge, expected)
+    hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
+    options, limit = reader_options(args), max_bytes(args)
+
+    # A light first read: each call's (id, file, digest), grouped to decide duplicates and --skip-existing.
+    keys = (pipeline | "ReadKeys" >> ReadConversations(args.inputs, args.format, options, limit, counted=False))
+    seen = keys.main | "Fingerprint" >> beam.Map(fingerprint)
+    if merge:
+        old = (pipeline | "ReadExisting" >> beam.io.ReadFromText(output_path(args.output, CONVERSATIONS))
+               | "ExistingIds" >> beam.Map(existing_id))
+        seen = (seen, old) | "WithExisting" >> beam.Flatten()
+    decisions = seen | "GroupIds" >> beam.GroupByKey() | "Decide" >> beam.ParDo(Decide())
+
+    read = pipeline | "Read" >> ReadConversations(args.inputs, args.format, options, limit)
+    dead = [read[DEAD_LETTER] | "CountUnreadable" >> beam.ParDo(ReadDeadLetter())]
+    selected = read.main | "Select" >> beam.ParDo(SelectConversations(), beam.pvalue.AsDict(decisions)).with_outputs(
+        DEAD_LETTER, main="main")
+    dead.append(selected[DEAD_LETTER])
+    requests = _bio_requests(pipeline, selected.main, args, plan, hints, dead, progress)
     classify = RunInference(KeyedModelHandler(handler))
     results = (requests | "Classify" >> (classify.with_resource_hints(**hints) if hints else classify)
                | "Emit" >> beam.ParDo(EmitResults()).with_outputs(DEAD_LETTER, SUMMARY, main="rows"))
     dead.append(results[DEAD_LETTER])
-    rows, summaries = results.rows, results[SUMMARY]
-    if merge:
-        rows = (rows, old_rows) | "MergeRows" >> beam.Flatten()
-        old_summaries = (old_rows | "KeyOldRows" >> beam.Map(lambda r: (r["conversation_id"], r))
-                         | "GroupOldRows" >> beam.GroupByKey() | "SummariseOld" >> beam.MapTuple(lambda _, rs:
-                                                                                                  summarise(rs)))
-        summaries = (summaries, old_summaries) | "MergeSummaries" >> beam.Flatten()
-
-    _ = rows | "WriteUtterances" >> WriteJsonl(output_path(plan.write_dir, UTTERANCES))
-    _ = (rows | "ParquetRows" >> beam.Map(parquet_row)
-         | "WriteParquet" >> beam.io.WriteToParquet(output_path(plan.write_dir, PARQUET), PARQUET_SCHEMA,
-                                                    codec="snappy", num_shards=1, shard_name_template=""))
-    _ = summaries | "WriteConversations" >> WriteJsonl(output_path(plan.write_dir, CONVERSATIONS))
-    _ = (tuple(dead) | "AllDeadLetters" >> beam.Flatten()
-         | "DeadLetterRows" >> beam.Map(lambda d: {"utterances": 0, **d})
-         | "WriteDeadLetter" >> WriteJsonl(output_path(plan.write_dir, DEAD)))
+    records = (
+        results.rows | "UtteranceRows" >> beam.Map(to_file(UTTERANCES)),
+        results.rows | "ParquetRows" >> beam.Map(lambda row: (PARQUET, parquet_row(row))),
+        results[SUMMARY] | "Summaries" >> beam.Map(to_file(CONVERSATIONS)),
+        tuple(dead) | "AllDeadLetters" >> beam.Flatten()
+        | "DeadLetterRows" >> beam.Map(lambda d: (DEAD, {"utterances": 0, **d})),
+    )
+    _ = records | "AllRecords" >> beam.Flatten() | "Write" >> WriteShards(staging, PARQUET_SCHEMA)
     return plan
 
 
@@ -248,73 +325,102 @@ def run_counters(result) -> dict[str, int]:
     return {**dict.fromkeys(ACCOUNTING, 0), **counters(result)}
 
 
-def promote(staging: str, output: str) -> None:
-    """Move the merged outputs over the previous ones (each rename replaces one file), utterances.jsonl last."""
-    for name in PROMOTE_ORDER:
-        FileSystems.rename([output_path(staging, name)], [output_path(output, name)])
-    if "://" not in staging:
-        shutil.rmtree(staging, ignore_errors=True)
+def reconcile(c: dict[str, int], written: Written, expected: InputCount | None) -> list[str]:
+    """Every way the run's numbers must add up; each mismatch is a sentence (an empty list: nothing was lost)."""
+    problems = []
+    accounted = (c["utterances_labeled"] + c["utterances_duplicated"] + c["utterances_failed"]
+                 + c["utterances_skipped_existing"])
+    if c["utterances_read"] != accounted:
+        problems.append(f"the pipeline read {c['utterances_read']} utterances but labelled, dead-lettered or skipped "
+                        f"{accounted}")
+    if written.utterance_rows != c["utterances_labeled"]:
+        problems.append(f"{c['utterances_labeled']} utterances were labelled but {written.utterance_rows} rows were "
+                        "written")
+    if written.dead_letter_utterances != c["utterances_dead_lettered"]:
+        problems.append(f"{c['utterances_dead_lettered']} utterances were dead-lettered but the dead-letter rows hold "
+                        f"{written.dead_letter_utterances}")
+    if expected is not None and (expected.utterances, expected.unreadable) != (c["utterances_read"],
+                                                                               c["utterances_unreadable"]):
+        problems.append(f"the inputs hold {expected.utterances} readable and {expected.unreadable} unreadable "
+                        f"utterances (counted independently) but the pipeline read {c['utterances_read']} and "
+                        f"dead-lettered {c['utterances_unreadable']} as unreadable")
+    return problems
 
 
-def finish(plan: Plan, result, args: argparse.Namespace, argv: Sequence[str]) -> dict[str, int]:
-    if plan.write_dir != plan.output:
-        promote(plan.write_dir, plan.output)
+def finish(plan: Plan, result, args: argparse.Namespace, argv: Sequence[str], started: float) -> Outcome:
+    """Assemble the shards, check that every utterance is accounted for, then replace the outputs (or keep them)."""
     totals = run_counters(result)
+    written = assemble(plan.staging, plan.output, PARQUET_SCHEMA, plan.merge)
+    problems = reconcile(totals, written, plan.expected)
+    nothing = totals["utterances_labeled"] == 0 and written.dead_letter_rows > 0
+    previous = FileSystems.exists(output_path(plan.output, UTTERANCES))
+    where = plan.output
+    if problems or (nothing and previous and not plan.merge):  # never replace good outputs with a failed run's
+        where = keep_failed(plan.staging, plan.output)
+    else:
+        promote(plan.staging, plan.output)
     labels = list(plan.manifest.get("labels") or [])
-    if args.report_calls > 0:
+    if where == plan.output and args.report_calls > 0:
         from bioserc.pipelines.report import write_report
 
-        write_report(output_path(plan.output, CONVERSATIONS), output_path(plan.output, "report.html"), labels,
-                     totals, title=f"bioserc label: {args.output}", max_calls=args.report_calls,
-                     utterances_path=output_path(plan.output, UTTERANCES))
-    info = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "model": args.model,
-            "model_id": plan.model_id, "labels": labels, "bios": plan.bios, "counters": totals}
-    with FileSystems.create(output_path(plan.output, "run.json")) as fh:
+        write_report(output_path(where, CONVERSATIONS), output_path(where, "report.html"), labels, totals,
+                     title=f"bioserc label: {args.output}", max_calls=args.report_calls,
+                     utterances_path=output_path(where, UTTERANCES))
+    code = 1 if problems or nothing or (written.dead_letter_rows and not args.allow_skips) else 0
+    message = (f"labelled {totals['utterances_labeled']} utterances in {totals['conversations_labeled']} calls; "
+               f"dead-lettered {totals['utterances_dead_lettered']} utterances in {written.dead_letter_rows} rows; "
+               f"skipped {totals['utterances_skipped_existing']} already labelled; read {totals['utterances_read']}")
+    if problems:
+        message = "error: accounting mismatch, outputs not replaced: " + "; ".join(problems) + f" ({message})"
+    elif nothing:
+        message = f"error: nothing was labelled, every input was dead-lettered ({message})"
+    elif code:
+        message += "; exit 1 because records were dead-lettered (see dead_letter.jsonl; --allow-skips accepts that)"
+    info = {"version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "duration_s": round(time.time() - started, 3), "argv": list(argv), "model": args.model,
+            "model_id": plan.model_id, "labels": labels, "bios": plan.bios, "counters": totals,
+            "written": {k: v for k, v in asdict(written).items() if k != "files"}, "problems": problems,
+            "exit_code": code}
+    with FileSystems.create(output_path(where, "run.json")) as fh:
         fh.write((json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    return totals
+    return Outcome(totals, written, problems, code, message, plan.output, where)
 
 
-def run(argv: Sequence[str] | None = None, progress: bool = False) -> beam.runners.runner.PipelineResult:
-    """Build, run and finish the pipeline (merge, report.html, run.json); raise ArtifactError for a bad model."""
+def run(argv: Sequence[str] | None = None, progress: bool = False) -> Outcome:
+    """Lock the output, build and run the pipeline, then finish on the driver; ArtifactError for a bad model."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, beam_args = make_parser().parse_known_args(argv)
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
-    plan = build(pipeline, args, progress)
-    result = pipeline.run()
-    result.wait_until_finish()
-    finish(plan, result, args, argv)
-    return result
-
-
-def _count_work(args: argparse.Namespace) -> tuple[int, int]:
-    """(utterances, speakers over all conversations) in local inputs: the totals of the progress bars."""
-    from bioserc.readers import read_items
-
-    utterances = speakers = 0
-    try:
-        for item in read_items(args.inputs, args.format, dataset=args.dataset, role_map=parse_role_map(args.role_map)):
-            if isinstance(item, Conversation):  # streamed: an archive is never held in memory just to count it
-                utterances, speakers = utterances + len(item.utterances), speakers + len(item.speakers)
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
-    return utterances, speakers
+    args, beam_args = parse_pipeline_args(make_parser(), argv)
+    started = time.time()
+    with output_lock(args.output):
+        for name in remove_leftovers(args.output):
+            logger.warning("removed %s left in %s by an earlier run that did not finish", name, args.output)
+        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        plan = build(pipeline, args, progress)
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except BaseException:
+            discard(plan.staging)
+            raise
+        return finish(plan, result, args, argv, started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, _ = make_parser().parse_known_args(argv)
     try:
-        result = run(argv, progress=True)
-    except ArtifactError as err:
+        outcome = run(argv, progress=True)
+    except (ArtifactError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(run_counters(result), indent=2, sort_keys=True), file=sys.stderr)
-    print("labels: " + ", ".join(output_path(args.output, n) for n in (UTTERANCES, PARQUET, CONVERSATIONS)) +
-          f"\ndead letters: {output_path(args.output, DEAD)}\nreport: {output_path(args.output, 'report.html')}",
-          file=sys.stderr)
-    return 0
+    print(json.dumps(outcome.counters, indent=2, sort_keys=True), file=sys.stderr)
+    names = (UTTERANCES, PARQUET, CONVERSATIONS)
+    print("labels: " + ", ".join(output_path(outcome.where, n) for n in names) +
+          f"\ndead letters: {output_path(outcome.where, DEAD)}", file=sys.stderr)
+    if outcome.where != outcome.output:
+        print(f"this run's files were kept in {outcome.where}; the previous outputs are unchanged", file=sys.stderr)
+    print(outcome.message, file=sys.stderr)
+    return outcome.exit_code
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

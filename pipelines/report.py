@@ -75,8 +75,9 @@ def trajectory_chart(summary: dict[str, Any], labels: list[str]) -> str:
         body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in points]
         ly = top + 14 * k + 4
+        name = f"{info['speaker']} ({info['role']})" if info.get("role") else info["speaker"]  # no role: none shown
         body += [f'<rect x="{left + plot_w + 16}" y="{ly}" width="10" height="10" fill="{color}"/>',
-                 _text(left + plot_w + 30, ly + 9, f"{info['speaker']} ({info.get('role') or '?'})", "start")]
+                 _text(left + plot_w + 30, ly + 9, name, "start")]
     return _svg(left + plot_w + legend_w, height, body, f"emotion trajectory of {summary['conversation_id']}")
 
 

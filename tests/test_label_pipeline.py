@@ -106,10 +106,10 @@ def faulty(monkeypatch, conversation_id: str) -> None:
         def __init__(self, inner):
             self.inner, self.labels, self.model_id, self.bio_mode = inner, inner.labels, inner.model_id, inner.bio_mode
 
-        def predict(self, conversations, bios=None, batch_size=8):
+        def predict(self, conversations, bios=None, **kwargs):
             if any(c.id == conversation_id for c in conversations):
                 raise RuntimeError(f"simulated fault on {conversation_id}")
-            return self.inner.predict(conversations, bios, batch_size)
+            return self.inner.predict(conversations, bios, **kwargs)
 
     monkeypatch.setattr(classify, "load_classifier", lambda path, device="cpu": Faulty(real(path, device)))
 
@@ -130,16 +130,14 @@ def label(setup: dict, out: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def first_run(setup):
-    from bioserc.pipelines.io import counters
-
     mp = pytest.MonkeyPatch()
     faulty(mp, FAULTY)
     out = setup["root"] / "out"
     try:
-        result = label(setup, out)
+        outcome = label(setup, out)
     finally:
         mp.undo()
-    return {"out": out, "counters": counters(result), **outputs(out)}
+    return {"out": out, "counters": outcome.counters, "outcome": outcome, **outputs(out)}
 
 
 def test_every_utterance_is_labelled_or_dead_lettered_exactly_once(setup, first_run):
@@ -150,6 +148,7 @@ def test_every_utterance_is_labelled_or_dead_lettered_exactly_once(setup, first_
     assert len(rows) + dead_utts == setup["total"]
     assert c["utterances_labeled"] == len(rows) and c["utterances_dead_lettered"] == dead_utts
     assert c["utterances_read"] == c["utterances_labeled"] + 8 + 8 + 8 + 2  # fault, duplicate, both clashing copies
+    assert first_run["outcome"].problems == [] and first_run["outcome"].exit_code == 1  # dead letters, no --allow-skips
     # the classifier fault cost exactly its own conversation, one dead letter per utterance, with the reason
     faults = [d for d in dead if d["stage"] == "classify"]
     assert {d["conversation_id"] for d in faults} == {FAULTY} and len(faults) == 8
@@ -157,7 +156,7 @@ def test_every_utterance_is_labelled_or_dead_lettered_exactly_once(setup, first_
     assert FAULTY not in {r["conversation_id"] for r in rows} and "row-call" in {r["conversation_id"] for r in rows}
     reasons = Counter((d["stage"], d["record"]) for d in dead if d["stage"] != "classify")
     assert reasons[("read", "tca-happy-renewal-7302")] == 2 and reasons[("read", "ccai-moving-house-6631")] == 1
-    assert c["conversations_duplicated"] == 4 and c["bio_rows_unreadable"] == 1 and c["conversations_failed"] == 1
+    assert c["conversations_duplicated"] == 3 and c["bio_rows_unreadable"] == 1  # copies set aside and c["conversations_failed"] == 1
     assert {"read-bios"} <= {d["stage"] for d in dead}
 
 
@@ -227,14 +226,13 @@ def test_report_and_run_record(first_run):
     assert "tca-billing-overcharge-2211" in page and "utterances_labeled" in page
     info = json.loads((first_run["out"] / "run.json").read_text())
     assert info["counters"] == first_run["counters"] and info["labels"] == MELD and info["bios"] == "file"
+    assert info["version"] and info["duration_s"] > 0 and info["exit_code"] == 1
 
 
 def test_rerun_with_skip_existing_labels_only_the_rest_then_a_plain_rerun_replaces(setup, first_run):
-    from bioserc.pipelines.io import counters
-
     out = first_run["out"]
     before = {(r["conversation_id"], r["index"]): r for r in first_run["rows"]}
-    c = counters(label(setup, out, "--skip-existing"))
+    c = label(setup, out, "--skip-existing").counters
     assert c["conversations_skipped_existing"] == len(first_run["convs"]) + 1  # + the identical duplicate copy
     assert c["conversations_labeled"] == 1 and c["utterances_labeled"] == 8
     assert c["utterances_labeled"] + c["utterances_dead_lettered"] + c["utterances_skipped_existing"] == setup["total"]
@@ -305,7 +303,8 @@ def test_bios_generated_in_the_pipeline(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "make_backend", lambda kind, model, **kw: ScriptedBackend())
     out = tmp_path / "out"
     inputs = [str(DEMO / "ccai-password-reset-5120.json"), str(DEMO / "tca-happy-renewal-7302.json")]
-    assert label_pipeline.main([*inputs, "-o", str(out), "--model", setup["model"], "--report-calls", "0"]) == 0
+    assert label_pipeline.main([*inputs, "-o", str(out), "--model", setup["model"], "--report-calls", "0",
+                                "--allow-skips"]) == 0  # failed bios are dead letters
     c, got = json.loads((out / "run.json").read_text())["counters"], outputs(out)
     assert c["utterances_labeled"] == len(got["rows"]) == 18 and c["bios_generated"] == 2
     bios = {(r["conversation_id"], r["speaker"]): r["bio"] for r in got["rows"]}
@@ -328,7 +327,7 @@ def test_dataflow_pipeline_constructs_with_gpu_hints_on_inference_only(setup):
     pipeline = beam.Pipeline(options=label_pipeline.pipeline_options(beam_args))
     assert type(pipeline.runner).__name__ == "DataflowRunner"
     plan = label_pipeline.build(pipeline, args)
-    assert plan.bios == "generate" and plan.write_dir == "gs://bioserc-demo/labels"
+    assert plan.bios == "generate" and plan.staging.startswith("gs://bioserc-demo/labels/.staging-")
     proto = pipeline.to_runner_api()
     envs = proto.components.environments
     hinted = {t.unique_name for t in proto.components.transforms.values() if t.environment_id and
@@ -336,7 +335,7 @@ def test_dataflow_pipeline_constructs_with_gpu_hints_on_inference_only(setup):
     tops = {name.split("/")[0] for name in hinted}
     assert tops == {"Classify", "Bios"}, tops
     names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"Read", "GroupById", "JoinBios", "Emit", "WriteUtterances", "WriteParquet", "WriteDeadLetter"} <= names
+    assert {"Read", "ReadKeys", "GroupIds", "Select", "Emit", "Write"} <= names
 
 
 @pytest.mark.slow

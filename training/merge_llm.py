@@ -51,10 +51,15 @@ def merge(base: str | None, adapter: str, out: str, dtype: str = "float32") -> d
     return new
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring's layout kept, every flag's default shown."""
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bioserc merge", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--adapter", required=True, help="adapter folder written by train_llm (OUT/adapter)")
-    parser.add_argument("--base", help="base model folder or embedded name (default: the adapter manifest's)")
+    parser.add_argument("--base", help="base model folder or embedded name; None: the base the adapter's manifest "
+                        "names")
     parser.add_argument("-o", "--output", required=True, help="folder for the merged model")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the merged weights")

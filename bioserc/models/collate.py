@@ -43,18 +43,30 @@ def missing_bios(conversations: Iterable[Conversation], bios: Mapping[BioKey, st
 
 
 def length_sorted_batches(conversations: Sequence[Conversation], batch_size: int,
-                          shuffle_seed: int | None = None) -> list[list[int]]:
+                          shuffle_seed: int | None = None, max_utterances: int | None = None) -> list[list[int]]:
     """Index batches of conversations with similar utterance counts, so little padding gets encoded.
 
-    With a seed, ties are broken at random and the batch order is shuffled; the same seed gives the same batches, which
-    is what lets a resumed run rebuild an epoch and skip the batches it already trained on.
+    A batch closes at `batch_size` conversations or, when `max_utterances` is set, before its utterance count would
+    pass that budget (a conversation longer than the budget gets a batch of its own): memory then follows the work in
+    a batch, not the number of calls in it. With a seed, ties are broken at random and the batch order is shuffled;
+    the same seed gives the same batches, which is what lets a resumed run rebuild an epoch and skip the batches it
+    already trained on.
     """
     order = list(range(len(conversations)))
     rng = random.Random(shuffle_seed)
     if shuffle_seed is not None:
         rng.shuffle(order)
     order.sort(key=lambda i: len(conversations[i].utterances))  # stable: shuffled ties stay shuffled
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    used = 0
+    for i in order:
+        n = len(conversations[i].utterances)
+        over_budget = max_utterances is not None and used + n > max_utterances
+        if not batches or len(batches[-1]) >= batch_size or over_budget:
+            batches.append([])
+            used = 0
+        batches[-1].append(i)
+        used += n
     if shuffle_seed is not None:
         rng.shuffle(batches)
     return batches

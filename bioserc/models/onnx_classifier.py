@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from bioserc.artifacts import manifest_hash, verify_artifact
+from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
 from bioserc.models.bioserc_bert import CONFIG_FILE, BiosercBertConfig
-from bioserc.models.collate import BioKey, Collator, length_sorted_batches
-from bioserc.models.predict import Prediction
+from bioserc.models.collate import BioKey, Collator
+from bioserc.models.predict import Prediction, predict_conversations
 from bioserc.runtime import make_session, ort_providers
 from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 256  # sequences per encoder call: bounds activation memory whatever the batch or call length
 
 
 class OnnxClassifier:
@@ -43,38 +44,50 @@ class OnnxClassifier:
         manifest = manifest or verify_artifact(directory, "onnx-classifier")  # given = already verified by the caller
         from transformers import AutoTokenizer
 
-        with open(os.path.join(directory, CONFIG_FILE), encoding="utf-8") as fh:
+        with open(artifact_file(directory, manifest, CONFIG_FILE), encoding="utf-8") as fh:
             meta = json.load(fh)
         meta.pop("encoder_config", None)
-        self.config = BiosercBertConfig.from_dict(meta)
+        self.config = BiosercBertConfig.from_dict(meta)  # labels and bio_mode: checked against the manifest's
         self.labels = list(self.config.labels)
-        if manifest.get("labels") and manifest["labels"] != self.labels:
-            raise ValueError(f"{directory}: manifest labels {manifest['labels']} differ from config.json's")
         self.bio_mode = self.config.bio_mode
         self.model_id = manifest_hash(directory)
         self.manifest = manifest
         self.pad_to_max = pad_to_max
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.collator = Collator(self.tokenizer, self.config)
-        graphs = manifest.get("graphs", {"encoder": "encoder.onnx", "head": "head.onnx"})
+        graphs = manifest.get("graphs") or {"encoder": "encoder.onnx", "head": "head.onnx"}
         providers = ort_providers(provider)
-        self.encoder = make_session(os.path.join(directory, graphs["encoder"]), providers, threads)
-        self.head = make_session(os.path.join(directory, graphs["head"]), providers, threads)
+        self.encoder = make_session(artifact_file(directory, manifest, graphs["encoder"]), providers, threads)
+        self.head = make_session(artifact_file(directory, manifest, graphs["head"]), providers, threads)
         self.providers = self.encoder.get_providers()
         self._head_inputs = {i.name for i in self.head.get_inputs()}
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, pool_mask: np.ndarray,
                width: int | None = None) -> np.ndarray:
-        """Pooled encoder states (N, H); `width` pads the token axis to a fixed length first."""
-        if width is not None and input_ids.shape[1] < width:
-            extra = width - input_ids.shape[1]
-            pad_id = self.tokenizer.pad_token_id or 0
-            input_ids = np.pad(input_ids, ((0, 0), (0, extra)), constant_values=pad_id)
-            attention_mask = np.pad(attention_mask, ((0, 0), (0, extra)))
-            pool_mask = np.pad(pool_mask, ((0, 0), (0, extra)))
-        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
-                 "pool_mask": pool_mask.astype(np.float32)}
-        return self.encoder.run(None, feeds)[0]
+        """Pooled encoder states (N, H), `ENCODE_CHUNK` sequences per encoder call.
+
+        Sequences are taken in length order and each call is padded to its own longest one (or to `width`, a fixed
+        length): memory stays bounded for a call of thousands of turns, and short windows are not padded to long ones.
+        """
+        lengths = attention_mask.sum(1)
+        order = np.argsort(lengths, kind="stable")
+        pooled: np.ndarray | None = None
+        pad_id = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(order), ENCODE_CHUNK):
+            rows = order[start:start + ENCODE_CHUNK]
+            size = width or max(int(lengths[rows].max()), 1)
+            ids, mask, pool = (np.zeros((len(rows), size), dtype=dt) for dt in (np.int64, np.int64, np.float32))
+            ids[:] = pad_id
+            used = min(size, input_ids.shape[1])
+            ids[:, :used], mask[:, :used], pool[:, :used] = (input_ids[rows, :used], attention_mask[rows, :used],
+                                                              pool_mask[rows, :used])
+            feeds = {"input_ids": ids, "attention_mask": mask, "pool_mask": pool}
+            out = self.encoder.run(None, feeds)[0]
+            if pooled is None:
+                pooled = np.empty((len(order), out.shape[-1]), dtype=np.float32)
+            pooled[rows] = out
+        assert pooled is not None, "encode needs at least one sequence"
+        return pooled
 
     def logits(self, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
         """(B, L, C) logits for one `Collator` batch (the keyword arguments `BiosercBert.forward` takes)."""
@@ -94,18 +107,8 @@ class OnnxClassifier:
         return self.head.run(None, {k: v for k, v in feeds.items() if k in self._head_inputs})[0]
 
     def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
-                batch_size: int = 8) -> list[Prediction]:
+                batch_size: int = 8, progress: bool = False, max_utterances: int | None = None) -> list[Prediction]:
         """One `Prediction` per utterance, in input order (as `bioserc.models.predict.predict`)."""
-        by_conv: dict[int, list[Prediction]] = {}
-        n_missing = 0
-        for idx in length_sorted_batches(conversations, batch_size):
-            batch = self.collator([conversations[i] for i in idx], bios)
-            n_missing += len(batch.bio_missing)
-            probs = torch.from_numpy(self.logits(batch.inputs)).float().softmax(-1)
-            for b, i in enumerate(idx):
-                conv = conversations[i]
-                by_conv[i] = [Prediction(conv.id, u.index, self.labels[int(p.argmax())], p.tolist())
-                              for u, p in zip(conv.utterances, probs[b], strict=False)]
-        if n_missing:
-            logger.warning("%d speaker(s) had no bio and were classified with an empty one", n_missing)
-        return [p for i in range(len(conversations)) for p in by_conv[i]]
+        return predict_conversations(conversations, bios, self.collator, self.labels,
+                                     lambda batch: torch.from_numpy(self.logits(batch.inputs)), batch_size,
+                                     max_utterances, progress)

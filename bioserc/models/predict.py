@@ -1,20 +1,32 @@
-"""Label every utterance of some conversations with a trained `BiosercBert` (used by evaluation and pipelines)."""
+"""Label every utterance of some conversations with a classifier (used by evaluation, pipelines and both runtimes).
+
+`predict_conversations` is the one batching loop of the PyTorch and the ONNX classifier: long calls are cut into
+overlapping pieces, pieces are batched by length under a conversation and an utterance budget, and each runtime only
+supplies its logits function. Memory therefore follows `max_utterances` and `MAX_CONTEXT`, never the call length.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
 from bioserc.models.bioserc_bert import BiosercBert
-from bioserc.models.collate import BioKey, Collator, length_sorted_batches
+from bioserc.models.collate import Batch, BioKey, Collator, length_sorted_batches, missing_bios
 from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
+
+# The conversation head attends over every utterance of what it is given (memory grows with the square of that),
+# and the corpora models learn from hold dialogues of a few dozen turns: a longer call is labelled in pieces of at
+# most MAX_CONTEXT utterances, each utterance with at least CONTEXT_OVERLAP turns of context on both sides.
+MAX_CONTEXT = 256
+CONTEXT_OVERLAP = 32
 
 
 class Prediction(NamedTuple):
@@ -24,31 +36,68 @@ class Prediction(NamedTuple):
     probs: list[float]  # softmax over the model's labels, in `model.config.labels` order
 
 
-@torch.inference_mode()
-def predict(model: BiosercBert, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
-            batch_size: int = 8, progress: bool = False) -> list[Prediction]:
-    """One `Prediction` per utterance, in input order; conversations are batched by length for speed.
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Part of conversation number `source`: predictions are kept for positions `keep` (offset `start` in the call)."""
+
+    source: int
+    conversation: Conversation
+    start: int
+    keep: range
+
+
+def pieces(conversations: Sequence[Conversation], max_context: int = MAX_CONTEXT,
+           overlap: int = CONTEXT_OVERLAP) -> list[Piece]:
+    """Conversations of at most `max_context` utterances as they are; longer ones as overlapping pieces."""
+    step = max_context - 2 * overlap
+    if step < 1:
+        raise ValueError(f"max_context {max_context} must exceed twice the overlap {overlap}")
+    out = []
+    for i, conv in enumerate(conversations):
+        n = len(conv.utterances)
+        if n <= max_context:
+            out.append(Piece(i, conv, 0, range(n)))
+            continue
+        for begin in range(0, n, step):
+            lo, hi = max(0, begin - overlap), min(n, begin + step + overlap)
+            out.append(Piece(i, replace(conv, utterances=conv.utterances[lo:hi]), lo,
+                             range(begin - lo, min(begin + step, n) - lo)))
+    return out
+
+
+def predict_conversations(conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None,
+                          collator: Collator, labels: Sequence[str], logits: Callable[[Batch], torch.Tensor],
+                          batch_size: int = 8, max_utterances: int | None = None,
+                          progress: bool = False) -> list[Prediction]:
+    """One `Prediction` per utterance, in input order; `logits(batch)` returns (B, L, C) for one `Collator` batch.
 
     Speakers without a bio are encoded with an empty one (as training does) and counted in a warning.
     """
+    parts = pieces(conversations)
+    found: dict[int, list[tuple[int, Prediction]]] = {i: [] for i in range(len(conversations))}
+    batches = length_sorted_batches([p.conversation for p in parts], batch_size, max_utterances=max_utterances)
+    for idx in tqdm(batches, desc="predicting", unit="batch", disable=not progress):
+        probs = logits(collator([parts[i].conversation for i in idx], bios)).float().softmax(-1).cpu()
+        for b, i in enumerate(idx):
+            piece = parts[i]
+            for k in piece.keep:
+                u, p = piece.conversation.utterances[k], probs[b, k]
+                found[piece.source].append((piece.start + k, Prediction(piece.conversation.id, u.index,
+                                                                         labels[int(p.argmax())], p.tolist())))
+    if collator.use_bios and (n_missing := len(missing_bios(conversations, bios))):
+        logger.warning("%d speaker(s) had no bio and were classified with an empty one", n_missing)
+    return [p for i in range(len(conversations)) for _, p in sorted(found[i], key=lambda kp: kp[0])]
+
+
+@torch.inference_mode()
+def predict(model: BiosercBert, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
+            batch_size: int = 8, progress: bool = False, max_utterances: int | None = None) -> list[Prediction]:
+    """`predict_conversations` with a PyTorch `BiosercBert` (in eval mode for the call)."""
     was_training = model.training
     model.eval()
-    collator = Collator(model.tokenizer, model.config)
-    labels = model.config.labels
-    by_conv: dict[int, list[Prediction]] = {}
-    n_missing = 0
     try:
-        for idx in tqdm(length_sorted_batches(conversations, batch_size), desc="predicting", unit="batch",
-                        disable=not progress):
-            batch = collator([conversations[i] for i in idx], bios).to(model.device)
-            n_missing += len(batch.bio_missing)
-            probs = model(**batch.inputs).float().softmax(-1).cpu()
-            for b, i in enumerate(idx):
-                conv = conversations[i]
-                by_conv[i] = [Prediction(conv.id, u.index, labels[int(p.argmax())], p.tolist())
-                              for u, p in zip(conv.utterances, probs[b], strict=False)]
+        return predict_conversations(conversations, bios, Collator(model.tokenizer, model.config),
+                                     model.config.labels, lambda batch: model(**batch.to(model.device).inputs),
+                                     batch_size, max_utterances, progress)
     finally:
         model.train(was_training)
-    if n_missing:
-        logger.warning("%d speaker(s) had no bio and were classified with an empty one", n_missing)
-    return [p for i in range(len(conversations)) for p in by_conv[i]]
