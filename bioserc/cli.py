@@ -140,8 +140,14 @@ def cmd_bios(argv: list[str]) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("bert", "llm"):
-        raise SystemExit("usage: bioserc train {bert,llm} --config FILE [overrides...] [--dry-run]  (see --help)")
+    if not argv or argv[0] not in ("bert", "llm"):  # --help, nothing, or no trainer: argparse prints or refuses
+        parser = argparse.ArgumentParser(
+            prog="bioserc train", usage="%(prog)s {bert,llm} [--config FILE] [--FIELD VALUE ...] [--dry-run]",
+            description="Train a classifier. Each trainer has its own flags, one per config field: "
+                        "`bioserc train bert --help`, `bioserc train llm --help`.")
+        parser.add_argument("trainer", choices=["bert", "llm"],
+                            help="bert: the BERT-based BiosERC classifier; llm: a LoRA adapter on an LLM")
+        parser.parse_args(argv[:1])
     if argv[0] == "llm":
         from bioserc.training import train_llm
 

@@ -1,7 +1,9 @@
 """The short model card (README.md) every classifier artifact carries, written from what the export knows.
 
 It is generated, not hand-written, so that it cannot drift from the files it describes, and it is written before the
-manifest so that its checksum is verified like every other file.
+manifest so that its checksum is verified like every other file. It opens with the Hugging Face model-card metadata
+(YAML front matter: library, tags, dataset, base model and the dev weighted F1 as a model-index result), so the Hub
+and other tools can index the folder as they index any model.
 """
 
 from __future__ import annotations
@@ -10,8 +12,45 @@ import json
 import os
 from typing import Any
 
+import yaml
+
 
 CARD_FILE = "README.md"
+# Hub ids of the embedded encoders (bioserc.embedded), for `base_model`; a local encoder folder has none to name.
+BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+DATASET_NAMES = {"meld": "MELD", "emorynlp": "EmoryNLP", "iemocap": "IEMOCAP"}
+
+
+def _read_json(directory: str, name: str) -> dict[str, Any]:
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def front_matter(fields: dict[str, Any], encoder: str | None, weighted_f1: float | None, precision: str) -> str:
+    """The card's YAML metadata block, between `---` lines."""
+    label_set = fields["label_set"]
+    meta: dict[str, Any] = {
+        "library_name": "bioserc",
+        "pipeline_tag": "text-classification",
+        "tags": ["emotion-recognition-in-conversation", "bioserc", "onnx", precision,
+                 f"bio-mode-{fields['bio_mode']}"],
+        "datasets": [label_set],
+        "metrics": ["f1"],
+    }
+    if encoder in BASE_MODELS:
+        meta["base_model"] = BASE_MODELS[encoder]
+    if weighted_f1 is not None:
+        meta["model-index"] = [{
+            "name": f"bioserc-bert-{label_set}",
+            "results": [{"task": {"type": "text-classification", "name": "Emotion recognition in conversation"},
+                         "dataset": {"name": DATASET_NAMES.get(label_set, label_set), "type": label_set,
+                                     "split": "validation"},
+                         "metrics": [{"type": "f1", "name": "weighted F1 (source checkpoint)",
+                                      "value": round(float(weighted_f1), 2)}]}]}]
+    return f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n"
 
 
 def _dev_table(report: dict[str, Any]) -> list[str]:
@@ -27,11 +66,9 @@ def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dic
 
     `final_dir` is where the artifact will live (`directory` may be a staging folder), for the usage lines.
     """
-    report: dict[str, Any] = {}
-    report_path = os.path.join(directory, "dev_report.json")
-    if os.path.isfile(report_path):
-        with open(report_path, encoding="utf-8") as fh:
-            report = json.load(fh)
+    report = _read_json(directory, "dev_report.json")
+    weighted_f1 = report.get("weighted_f1", source_metrics.get("dev_weighted_f1"))
+    card = front_matter(fields, _read_json(directory, "config.json").get("encoder"), weighted_f1, precision)
     bio = {"none": "none (the no-bio ablation: utterances and conversation context only)",
            "mlp": "mlp (the paper's head: the speaker's bio vector joins the utterance vector)",
            "attn": "attn (utterances attend over their speaker's bio)"}.get(fields["bio_mode"], fields["bio_mode"])
@@ -68,5 +105,5 @@ def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dic
               "classifier."]
     path = os.path.join(directory, CARD_FILE)
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write(card + "\n".join(lines) + "\n")
     return path

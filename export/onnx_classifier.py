@@ -65,7 +65,7 @@ from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.export._staging import check_target, replace_dir, staging_dir
 from bioserc.export.int8_weights import BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.export.model_card import write_model_card
-from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, sinusoid
+from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean, sinusoid
 from bioserc.schema import Conversation, Utterance
 
 
@@ -76,14 +76,16 @@ EXTRA_FILES = ("dev_report.json",)  # copied beside the graphs when the source h
 
 
 class EncoderGraph(nn.Module):
-    """encoder + masked mean: (input_ids, attention_mask, pool_mask) -> pooled (N, H)."""
+    """encoder + masked mean: (input_ids, attention_mask, pool_mask) -> pooled (N, H). `BiosercBert.encode` without
+    its inference-time chunking, which would trace into Slices of a fixed size; the runtime chunks instead."""
 
     def __init__(self, model: BiosercBert):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(input_ids, attention_mask, pool_mask)
+        states = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return masked_mean(states, pool_mask)
 
 
 class HeadGraph(nn.Module):

@@ -141,6 +141,64 @@ def test_save_and_reload_predict_identically(corpus, tmp_path):
     assert before == after and len(before) == sum(len(c.utterances) for c in corpus["convs"][:6])
 
 
+def test_auto_classes_load_a_saved_model_offline(corpus, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    model = make_model(corpus, bio_mode="mlp", max_length=20)  # 20: transformers' own generation default
+    model.save_pretrained(str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "bioserc-bert" and saved["architectures"] == ["BiosercBert"]
+    assert saved["max_length"] == 20 and saved["labels"] == list(MELD) and saved["encoder_config"]["hidden_size"] == 32
+    assert isinstance(AutoConfig.from_pretrained(str(tmp_path)), BiosercBertConfig)
+    auto = AutoModel.from_pretrained(str(tmp_path))
+    assert type(auto) is BiosercBert and auto.tokenizer is not None and auto.config.max_length == 20
+    convs = corpus["convs"][:5]
+    assert predict(auto, convs, corpus["bios"], batch_size=2) == predict(model, convs, corpus["bios"], batch_size=2)
+
+
+def test_checkpoints_written_before_pretrainedmodel_still_load(corpus, tmp_path):
+    """The old format: config.json = the settings + `encoder_config`, no model_type; weights by safetensors."""
+    from safetensors.torch import save_file
+
+    model = make_model(corpus, bio_mode="attn")
+    model.save_pretrained(str(tmp_path))
+    old = {k: v for k, v in model.config.settings().items() if k != "encode_chunk"}
+    (tmp_path / "config.json").write_text(json.dumps({**old, "encoder_config": model.encoder.config.to_dict()}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt"})
+    reloaded = BiosercBert.from_pretrained(str(tmp_path), "cpu")
+    assert reloaded.config.settings() == model.config.settings()
+    convs, bios = corpus["convs"][:4], corpus["bios"]
+    assert predict(reloaded, convs, bios, batch_size=2) == predict(model, convs, bios, batch_size=2)
+
+
+def test_a_checkpoint_missing_weights_is_refused(corpus, tmp_path):
+    from safetensors.torch import save_file
+
+    model = make_model(corpus)
+    model.save_pretrained(str(tmp_path))
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("head_bio.")}
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="head_bio.weight"):
+        BiosercBert.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("bio_mode", ["mlp", "none"])
+def test_chunked_encoding_gives_the_same_logits(corpus, bio_mode):
+    model = make_model(corpus, bio_mode=bio_mode).eval()
+    batch = Collator(model.tokenizer, model.config)(corpus["convs"][:6], corpus["bios"])
+    seen = []
+    model.encoder.register_forward_hook(lambda module, args, kwargs, out: seen.append(len(kwargs["input_ids"])),
+                                        with_kwargs=True)
+    with torch.no_grad():
+        whole = model(**batch.inputs)
+        windows, seen[:] = seen[0], []
+        model.config.encode_chunk = 4
+        chunked = model(**batch.inputs)
+    assert windows > 4 and max(seen) <= 4 and sum(seen[:math.ceil(windows / 4)]) == windows
+    torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
+
+
 def test_old_config_keys_are_patched_on_load():
     config = BiosercBertConfig.from_dict({"encoder": "x", "label_set": "emorynlp", "retired_option": 1})
     assert config.window == 2 and config.labels == list(LABEL_SETS["emorynlp"].labels) and config.num_labels == 7
@@ -251,3 +309,40 @@ def test_cli_dry_run_applies_config_then_flags(corpus, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["dry_run"] is True
     with pytest.raises(ValueError, match="unknown training config"):
         load_config(None, learning_rate=1.0)
+
+
+def test_model_card_opens_with_hugging_face_metadata(tmp_path):
+    import yaml
+
+    from bioserc.export.model_card import write_model_card
+
+    (tmp_path / "config.json").write_text(json.dumps({"encoder": "minilm"}))
+    (tmp_path / "dev_report.json").write_text(json.dumps(classification_report(["joy", "anger"], ["joy", "joy"],
+                                                                               list(MELD))))
+    fields = {"label_set": "meld", "labels": list(MELD), "bio_mode": "none", "window": 0, "max_length": 64,
+              "bio_max_length": 128}
+    text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "int8",
+                                 "serving_artifacts/x")).read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["library_name"] == "bioserc" and meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["datasets"] == ["meld"] and "emotion-recognition-in-conversation" in meta["tags"]
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["split"] == "validation"
+    assert result["metrics"][0]["type"] == "f1" and result["metrics"][0]["value"] == pytest.approx(33.33)
+    assert "# BiosERC-BERT classifier (meld, int8)" in text
+
+
+def test_train_help_lists_the_trainers(capsys):
+    from bioserc.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "{bert,llm}" in out and "bioserc train bert --help" in out and "bioserc train llm --help" in out
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "bert", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: bioserc train bert") and "(default: 0.2)" in out  # --dropout's default

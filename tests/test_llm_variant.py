@@ -248,7 +248,7 @@ def test_evaluate_scores_an_adapter_and_counts_invalid_generations(corpus, train
     assert generated["per_class"][INVALID]["support"] == 0
     assert sum(row[-1] for row in generated["confusion"]) == generated["invalid"]  # the "<invalid>" column
     assert evaluate_main(["--model", trained["adapter_dir"], "--data", corpus["dev"], "--bios", corpus["bios_file"],
-                          "--mode", "generate"]) == 0
+                          "--mode", "generate", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["invalid"] == generated["invalid"]
 
 

@@ -30,19 +30,27 @@ def load_config(cls: type[Config], path: str | None = None, **overrides: Any) ->
     return cls(**values)
 
 
-def make_parser(cls: type, doc: str | None):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The command's docstring as written, and every optional flag's default in its --help line."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.required else super()._get_help_string(action)
+
+
+def make_parser(cls: type, doc: str | None, prog: str | None = None):
     """One flag per config field (HfArgumentParser), plus --config FILE and --dry-run."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(cls, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HfArgumentParser(cls, prog=prog, description=doc, formatter_class=HelpFormatter)
     parser.add_argument("--config", help="YAML or TOML file whose keys set the defaults; flags override them")
     parser.add_argument("--dry-run", action="store_true", help="build data, model and one forward pass; no training")
     return parser
 
 
-def parse_config(cls: type[Config], doc: str | None, argv: Sequence[str] | None = None) -> tuple[Config, bool]:
+def parse_config(cls: type[Config], doc: str | None, argv: Sequence[str] | None = None,
+                 prog: str | None = None) -> tuple[Config, bool]:
     """(config, dry_run) from the command line: --config's values become the defaults the flags override."""
-    parser = make_parser(cls, doc)
+    parser = make_parser(cls, doc, prog)
     known, _ = parser.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**asdict(load_config(cls, known.config)))

@@ -1,13 +1,17 @@
 """Score a trained BiosERC classifier on labelled conversations: weighted F1 (the paper's metric), per class and
 confusion matrix.
 
-    python -m bioserc.training.evaluate --model runs/meld-minilm/best --data ../shared/data/raw/meld/meld.valid.json \
-        --bios out/meld-valid-bios/bios.jsonl --output runs/meld-minilm/valid_report.json
-    python -m bioserc.training.evaluate --model runs/meld-smollm2-lora/adapter --data meld.valid.json --mode generate
+    bioserc evaluate --model serving_artifacts/default --data ../shared/data/raw/meld/meld.valid.json
+    bioserc evaluate --model runs/meld-minilm/best --data meld.valid.json --bios out/meld-valid-bios/bios.jsonl \
+        --output runs/meld-minilm/valid_report.json
+    bioserc evaluate --model runs/meld-smollm2-lora/adapter --data meld.valid.json --mode generate --json
 
-The folder's manifest picks the model: a BERT classifier (`best/` or its ONNX export), or an LLM, either a LoRA
-adapter from `train_llm` (loaded on the base model its manifest names, or --base-model) or a merged folder from
-`merge_llm`.
+Prints a per-class table (precision, recall, F1, support), weighted F1, macro F1 and accuracy, and the confusion
+matrix (rows: gold label, columns: predicted label); --json prints the JSON report instead, --output also writes it
+to a file. The folder's manifest picks the model and is verified first (a missing folder, an unlisted or altered file
+or a label order that disagrees with config.json is an `error:` line and exit status 2, as is unreadable data): a
+BERT classifier (`best/` or its ONNX export), or an LLM, either a LoRA adapter from `train_llm` (loaded on the base
+model its manifest names, or --base-model) or a merged folder from `merge_llm`.
 LLMs are scored by label likelihood (--mode score, always a valid label) or by free generation as in the paper
 (--mode generate): answers that are not exactly a label count as wrong, as their own "<invalid>" class, and the
 report adds their count and rate.
@@ -17,17 +21,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 
-from bioserc.artifacts import MANIFEST, read_manifest
-from bioserc.metrics import classification_report
-from bioserc.models import BiosercBert, Prediction, load_bios, missing_bios, predict
+from bioserc.artifacts import ArtifactError, read_manifest
+from bioserc.errors import FILE_ERRORS
+from bioserc.metrics import classification_report, render_report
+from bioserc.models import Prediction, load_bios, missing_bios
 from bioserc.models.classifier import load_classifier
 from bioserc.models.collate import BioKey
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
+from bioserc.training.config_files import HelpFormatter
+
+
+logger = logging.getLogger(__name__)
 
 
 def score(conversations: Sequence[Conversation], predictions: Sequence[Prediction], labels: Sequence[str]) -> dict:
@@ -55,18 +64,14 @@ def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[
     return {**report, "invalid": invalid, "invalid_rate": invalid / report["n"]}
 
 
-def model_kind(model_dir: str) -> str | None:
-    """The manifest's artifact kind, or None for a folder without a manifest (an old BERT `save_pretrained`)."""
-    return read_manifest(model_dir).get("kind") if os.path.isfile(os.path.join(model_dir, MANIFEST)) else None
-
-
 def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
              bios: str | Sequence[str] | Mapping[BioKey, str] | None = None, batch_size: int = 8,
              device: str = "cpu", progress: bool = False, mode: str = "score", base_model: str | None = None) -> dict:
-    """Load `model_dir` (a `save_pretrained` folder), predict `data` and return the report.
+    """Load `model_dir` (verified against its manifest), predict `data` and return the report.
 
     Args:
-        model_dir: trained model folder, e.g. `<output_dir>/best`, an ONNX export, an LLM adapter or a merged LLM.
+        model_dir: a classifier artifact: training's `<output_dir>/best`, an ONNX export, an LLM adapter or a merged
+            LLM. Its manifest, checksums and label order are checked before any input is read.
         data: input files/directories/globs (any supported format) or already-read conversations.
         bios: bios.jsonl path(s) or a {(conversation_id, speaker): bio} mapping; None when the model uses no bios.
         mode: LLMs only: "score" (label likelihoods) or "generate" (free generation, exact match).
@@ -74,64 +79,80 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
     Returns:
         `bioserc.metrics.classification_report` plus `model_dir`, `mode` and `bios_missing` (speakers scored with no
         bio); generate mode adds `invalid` and `invalid_rate`.
+    Raises:
+        ArtifactError: the folder, its manifest or a file it lists is missing, malformed or altered.
+        ValueError / OSError: unreadable or unlabelled data, or options that do not fit the model.
     """
-    from bioserc.models.llm_scoring import LLM_KINDS, MODES
+    from bioserc.models.llm_scoring import LLM_KINDS, MODES, LlmClassifier
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
-    kind = model_kind(model_dir)
-    llm = kind in LLM_KINDS
+    llm = read_manifest(model_dir).get("kind") in LLM_KINDS
     if not llm and (mode != "score" or base_model):
         raise ValueError("--mode generate and --base-model apply to LLM artifacts only; "
-                         f"{model_dir!r} holds a BERT classifier")
+                         f"{model_dir!r} holds an utterance classifier")
+    classifier = LlmClassifier.from_pretrained(model_dir, device=device, base_model=base_model, mode=mode) if llm \
+        else load_classifier(model_dir, device=device)
     if isinstance(data, str) or (data and isinstance(data[0], str)):
         data = read_conversations(data)
     if isinstance(bios, str) or (isinstance(bios, Sequence) and not isinstance(bios, Mapping)):
         bios = load_bios(bios)
     if llm:
-        from bioserc.models.llm_scoring import LlmClassifier
-
-        classifier = LlmClassifier.from_pretrained(model_dir, device=device, base_model=base_model, mode=mode)
-        report, bio_mode = llm_report(classifier, data, bios, batch_size, progress), classifier.bio_mode
-    elif kind == "onnx-classifier":
-        classifier = load_classifier(model_dir, device=device)
-        predictions = classifier.predict(data, bios, batch_size)
-        report, bio_mode = score(data, predictions, classifier.labels), classifier.bio_mode
+        report = llm_report(classifier, data, bios, batch_size, progress)
     else:
-        model = BiosercBert.from_pretrained(model_dir, device=device)
-        predictions = predict(model, data, bios, batch_size=batch_size, progress=progress)
-        report, bio_mode = score(data, predictions, model.config.labels), model.config.bio_mode
-    uses_bios = bio_mode != "none"
+        report = score(data, classifier.predict(data, bios, batch_size, progress=progress), classifier.labels)
+    uses_bios = classifier.bio_mode != "none"
+    if bios and not uses_bios:
+        logger.warning("%s uses no bios (bio_mode none): the %d bios given are ignored", model_dir, len(bios))
     return {**report, "model_dir": model_dir, "mode": mode,
             "bios_missing": len(missing_bios(data, bios)) if uses_bios else 0}
 
 
+def render(report: dict) -> str:
+    """The report for a person: the model, per-class table, summary scores, confusion grid and any warnings."""
+    lines = [f"model: {report['model_dir']} (mode {report['mode']})", "", render_report(report)]
+    if "invalid" in report:
+        lines.append(f"\n{report['invalid']} generated answers were no label ({100 * report['invalid_rate']:.1f}%); "
+                     "they count as wrong (column <invalid>)")
+    if report["bios_missing"]:
+        lines.append(f"\n{report['bios_missing']} speaker(s) had no bio and were scored with an empty one")
+    return "\n".join(lines)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, dest="model_dir", help="trained model folder (<output_dir>/best)")
+    parser = argparse.ArgumentParser(prog="bioserc evaluate", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", required=True, dest="model_dir",
+                        help="classifier artifact: <output_dir>/best, an ONNX export, an LLM adapter or merged LLM")
     parser.add_argument("--data", required=True, nargs="+", help="labelled conversations: files, directories, globs")
-    parser.add_argument("--bios", nargs="*", default=None, help="bios.jsonl file(s) from `bioserc bios`")
+    parser.add_argument("--bios", nargs="*", default=[],
+                        help="bios.jsonl file(s) from `bioserc bios`, for models that use bios")
     parser.add_argument("--batch-size", type=int, default=8, help="conversations (BERT) or prompts (LLM) per batch")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device (cpu, cuda, cuda:N) or, for ONNX exports, cpu / cuda / tensorrt / auto")
     parser.add_argument("--mode", choices=["score", "generate"], default="score",
                         help="LLMs: label scoring (always a valid label) or free generation as in the paper")
     parser.add_argument("--base-model", help="LLM adapters: base model folder, if not the one in the manifest")
-    parser.add_argument("--output", help="also write the report to this JSON file")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    parser.add_argument("--output", help="also write the JSON report to this file")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 with the report; 2 with one `error:` line for a bad artifact, bad data or unusable options."""
     args = make_parser().parse_args(argv)
-    report = evaluate(args.model_dir, args.data, args.bios, args.batch_size, args.device, progress=True,
-                      mode=args.mode, base_model=args.base_model)
-    text = json.dumps(report, indent=2)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    invalid = f", {report['invalid']} invalid outputs ({100 * report['invalid_rate']:.1f}%)" if "invalid" in report \
-        else ""
-    print(f"weighted F1 {report['weighted_f1']:.2f} over {report['n']} utterances{invalid}", file=sys.stderr)
-    print(text)
+    try:
+        report = evaluate(args.model_dir, args.data, args.bios, args.batch_size, args.device, progress=True,
+                          mode=args.mode, base_model=args.base_model)
+        text = json.dumps(report, indent=2)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+    except (ArtifactError, *FILE_ERRORS) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(f"weighted F1 {report['weighted_f1']:.2f} over {report['n']} utterances", file=sys.stderr)
+    print(text if args.json else render(report))
     return 0
 
 

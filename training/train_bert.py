@@ -66,25 +66,25 @@ class TrainBertConfig:
     max_length: int = field(default=256, metadata={"help": "tokens per utterance window"})
     bio_max_length: int = field(default=128, metadata={"help": "tokens per bio"})
     freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers"})
-    dropout: float = 0.2
+    dropout: float = field(default=0.2, metadata={"help": "dropout before every head and in the speaker attentions"})
     # optimisation (AdamW betas 0.9/0.98, eps 1e-6 as in the paper)
-    epochs: int = 3
+    epochs: int = field(default=3, metadata={"help": "passes over the train data (unless max_steps ends sooner)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (0: epochs decide)"})
     batch_size: int = field(default=4, metadata={"help": "conversations per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    lr_encoder: float = 3e-5
+    lr_encoder: float = field(default=3e-5, metadata={"help": "learning rate of the encoder"})
     lr_head: float = field(default=1e-3, metadata={"help": "learning rate of everything above the encoder"})
-    weight_decay: float = 0.001
-    warmup_ratio: float = 0.06
-    label_smoothing: float = 0.1
+    weight_decay: float = field(default=0.001, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "linear warm-up over this share of the steps"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing"})
     class_weights: bool = field(default=True, metadata={"help": "weigh class c by ln(N / N_c) of the train labels"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     # evaluation, checkpoints
     eval_every: int = field(default=0, metadata={"help": "evaluate on dev every N optimiser steps (0: per epoch)"})
     patience: int = field(default=3, metadata={"help": "stop after N evaluations without a better dev F1 (0: off)"})
-    output_dir: str = "runs/bioserc-bert"
+    output_dir: str = field(default="runs/bioserc-bert", metadata={"help": "best/, last/, metrics and plots"})
     resume: bool = field(default=False, metadata={"help": "continue from output_dir/last"})
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "torch/random seed; also the batch shuffles per epoch"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
 
     def __post_init__(self) -> None:
@@ -146,11 +146,48 @@ def _write_history(path: str, rows: list[dict]) -> None:
         fh.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
-    """Train, evaluating on dev as configured; returns the best step, its dev weighted F1 and the metric history.
+@dataclass
+class Run:
+    """What one training run works with: built by `setup`, advanced by `train_epoch`."""
 
-    With `dry_run`, builds the data, model, optimiser and one forward pass + loss, and trains nothing.
-    """
+    config: TrainBertConfig
+    device: torch.device
+    model: BiosercBert
+    collator: Collator
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_convs: list[Conversation]
+    train_bios: dict[BioKey, str]
+    dev_convs: list[Conversation]
+    dev_bios: dict[BioKey, str]
+    steps_per_epoch: int
+    total: int  # optimiser steps of the whole run
+    resuming: bool
+    state: TrainState = field(default_factory=TrainState)
+    history: list[dict] = field(default_factory=list)  # one row per dev evaluation (metrics.jsonl)
+    running: list[float] = field(default_factory=list)  # train losses since the last evaluation
+    start: float = 0.0
+
+    @property
+    def last_dir(self) -> str:
+        return os.path.join(self.config.output_dir, "last")
+
+    @property
+    def best_dir(self) -> str:
+        return os.path.join(self.config.output_dir, "best")
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.config.output_dir, "metrics.jsonl")
+
+    def loss(self, conversations: Sequence[Conversation], bios: dict[BioKey, str]) -> torch.Tensor:
+        batch = self.collator(conversations, bios).to(self.device)
+        return self.loss_fn(self.model(**batch.inputs).flatten(0, 1), batch.labels.flatten())
+
+
+def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
+    """Seeds, data, model (new, or `last/` when resuming), loss, optimiser and schedule; nothing is written."""
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,104 +199,139 @@ def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
     dev_convs, dev_bios = _load_split(config, "dev")
     if not any(u.label is not None for c in dev_convs for u in c.utterances):
         raise ValueError("the dev data has no gold labels to select the best checkpoint with")
-    out = config.output_dir
-    last, best = os.path.join(out, "last"), os.path.join(out, "best")
+    last = os.path.join(config.output_dir, "last")
     resuming = config.resume and os.path.isdir(last)
     if os.path.isdir(last) and not config.resume and not dry_run:
-        raise ValueError(f"{out} already holds a checkpoint: pass --resume to continue it, or another output_dir")
-    model = BiosercBert.from_pretrained(last, device) if resuming else \
+        raise ValueError(f"{config.output_dir} already holds a checkpoint: pass --resume to continue it, or another "
+                         "output_dir")
+    model = BiosercBert.from_pretrained(last, device=device) if resuming else \
         BiosercBert.from_encoder(config.model_config()).to(device)
-    if resuming and model.config.to_dict() | {"encoder": ""} != config.model_config().to_dict() | {"encoder": ""}:
-        logger.warning("resuming with the checkpoint's model settings %s; the config's differ", model.config)
-    labels = model.config.labels
-    collator = Collator(model.tokenizer, model.config)
-    weights = class_weights(train_convs, labels).to(device) if config.class_weights else None
+    saved = model.config.settings()
+    if resuming and saved | {"encoder": ""} != config.model_config().settings() | {"encoder": ""}:
+        logger.warning("resuming with the checkpoint's model settings %s; the config's differ", saved)
+    weights = class_weights(train_convs, model.config.labels).to(device) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE, label_smoothing=config.label_smoothing)
-    n_batches = math.ceil(len(train_convs) / config.batch_size)
-    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(train_convs) / config.batch_size) / config.grad_accum)
     total = config.max_steps or steps_per_epoch * config.epochs
     optimizer, scheduler = make_optimizer(model, config, total)
+    return Run(config, device, model, Collator(model.tokenizer, model.config), loss_fn, optimizer, scheduler,
+               train_convs, train_bios, dev_convs, dev_bios, steps_per_epoch, total, resuming)
 
-    if dry_run:
-        batch = collator(train_convs[:config.batch_size], train_bios).to(device)
-        loss = loss_fn(model(**batch.inputs).flatten(0, 1), batch.labels.flatten())
-        return {"dry_run": True, "train_conversations": len(train_convs), "dev_conversations": len(dev_convs),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                "steps": total, "loss": loss.item(), "device": str(device)}
 
+def dry_run_report(run: Run) -> dict[str, Any]:
+    """One forward pass + loss on the first batch: the config, data and model fit together."""
+    loss = run.loss(run.train_convs[:run.config.batch_size], run.train_bios)
+    return {"dry_run": True, "train_conversations": len(run.train_convs), "dev_conversations": len(run.dev_convs),
+            "parameters": sum(p.numel() for p in run.model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+            "steps": run.total, "loss": loss.item(), "device": str(run.device)}
+
+
+def begin(run: Run) -> None:
+    """Write train_config.json; when resuming, restore the optimiser state, counters and metric history."""
+    out = run.config.output_dir
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w", encoding="utf-8") as fh:
-        json.dump(asdict(config), fh, indent=2)
-    logger.info("training config: %s", json.dumps(asdict(config)))
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    state, history = TrainState(), []
-    if resuming:
-        state = load_last(last, optimizer, scheduler)
-        with open(metrics_path, encoding="utf-8") as fh:  # drop rows logged after the checkpoint was written
-            history = [row for row in map(json.loads, fh) if row["step"] <= state.step]
-        logger.info("resuming %s at step %d (epoch %d, batch %d)", out, state.step, state.epoch, state.batch_in_epoch)
-    _write_history(metrics_path, history)
+        json.dump(asdict(run.config), fh, indent=2)
+    logger.info("training config: %s", json.dumps(asdict(run.config)))
+    if run.resuming:
+        run.state = load_last(run.last_dir, run.optimizer, run.scheduler)
+        with open(run.metrics_path, encoding="utf-8") as fh:  # drop rows logged after the checkpoint was written
+            run.history = [row for row in map(json.loads, fh) if row["step"] <= run.state.step]
+        logger.info("resuming %s at step %d (epoch %d, batch %d)", out, run.state.step, run.state.epoch,
+                    run.state.batch_in_epoch)
+    _write_history(run.metrics_path, run.history)
+    run.start = time.monotonic()
 
-    start, running = time.monotonic(), []
-    done = state.step >= total or bool(config.patience and state.bad_evals >= config.patience)
-    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", file=sys.stderr, mininterval=10)
-    model.train()
-    while not done:
-        batches = length_sorted_batches(train_convs, config.batch_size, shuffle_seed=config.seed + state.epoch)
-        for i in range(state.batch_in_epoch, len(batches)):
-            group_start = i - i % config.grad_accum
-            group_size = min(config.grad_accum, len(batches) - group_start)
-            batch = collator([train_convs[j] for j in batches[i]], train_bios).to(device)
-            loss = loss_fn(model(**batch.inputs).flatten(0, 1), batch.labels.flatten())
-            (loss / group_size).backward()
-            running.append(loss.item())
-            if i + 1 < group_start + group_size:
-                continue
-            if config.max_grad_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step, state.batch_in_epoch = state.step + 1, i + 1
-            bar.update()
-            bar.set_postfix(loss=f"{running[-1]:.3f}")
-            end_of_epoch = i + 1 == len(batches)
-            if end_of_epoch:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            done = state.step >= total
-            if done or (config.eval_every and state.step % config.eval_every == 0) or \
-                    (not config.eval_every and end_of_epoch):
-                report = score(dev_convs, predict(model, dev_convs, dev_bios, config.batch_size), labels)
-                row = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
-                       "train_loss": sum(running) / len(running), "lr": scheduler.get_last_lr()[0],
-                       "dev_weighted_f1": report["weighted_f1"], "dev_accuracy": report["accuracy"],
-                       "dev_macro_f1": report["macro_f1"], "elapsed_s": round(time.monotonic() - start, 1)}
-                running = []
-                if report["weighted_f1"] > state.best_f1:
-                    state.best_f1, state.best_step, state.bad_evals = report["weighted_f1"], state.step, 0
-                    save_best(best, model, report, state.step)
-                else:
-                    state.bad_evals += 1
-                    done = done or bool(config.patience and state.bad_evals >= config.patience)
-                save_last(last, model, optimizer, scheduler, state)
-                history.append(row)
-                _write_history(metrics_path, history)
-                bar.write(f"step {state.step}: train loss {row['train_loss']:.4f}, "
-                          f"dev W-F1 {row['dev_weighted_f1']:.2f} (best {state.best_f1:.2f} @ {state.best_step})")
-            if done:
-                break
-    bar.close()
 
-    plot_training_curve(history, os.path.join(out, "training_curve.png"))
-    plot_confusion(load_dev_report(best), os.path.join(out, "confusion_dev.png"))
-    return {"output_dir": out, "best_dir": best, "best_step": state.best_step, "best_dev_weighted_f1": state.best_f1,
-            "steps": state.step, "stopped_early": state.step < total, "history": history}
+def finished(run: Run) -> bool:
+    """The step budget is spent, or `patience` evaluations in a row did not improve the dev F1."""
+    config, state = run.config, run.state
+    return state.step >= run.total or bool(config.patience and state.bad_evals >= config.patience)
+
+
+def train_epoch(run: Run, bar: tqdm) -> None:
+    """Train from the current position to the end of the epoch (or until `finished`), evaluating as configured."""
+    config, state = run.config, run.state
+    batches = length_sorted_batches(run.train_convs, config.batch_size, shuffle_seed=config.seed + state.epoch)
+    for i in range(state.batch_in_epoch, len(batches)):
+        group_start = i - i % config.grad_accum
+        group_size = min(config.grad_accum, len(batches) - group_start)
+        loss = run.loss([run.train_convs[j] for j in batches[i]], run.train_bios)
+        (loss / group_size).backward()
+        run.running.append(loss.item())
+        if i + 1 < group_start + group_size:
+            continue
+        if config.max_grad_norm:
+            nn.utils.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        state.step, state.batch_in_epoch = state.step + 1, i + 1
+        bar.update()
+        bar.set_postfix(loss=f"{run.running[-1]:.3f}")
+        end_of_epoch = i + 1 == len(batches)
+        if end_of_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if state.step >= run.total or (config.eval_every and state.step % config.eval_every == 0) or \
+                (not config.eval_every and end_of_epoch):
+            bar.write(evaluate_and_checkpoint(run))
+        if finished(run):
+            return
+
+
+def evaluate_and_checkpoint(run: Run) -> str:
+    """Score dev, save best/ when it improved and last/ always, log the metrics row; returns the progress line."""
+    state = run.state
+    report = score(run.dev_convs, predict(run.model, run.dev_convs, run.dev_bios, run.config.batch_size),
+                   run.model.config.labels)
+    row = {"step": state.step, "epoch": round(state.step / run.steps_per_epoch, 3),
+           "train_loss": sum(run.running) / len(run.running), "lr": run.scheduler.get_last_lr()[0],
+           "dev_weighted_f1": report["weighted_f1"], "dev_accuracy": report["accuracy"],
+           "dev_macro_f1": report["macro_f1"], "elapsed_s": round(time.monotonic() - run.start, 1)}
+    run.running = []
+    if report["weighted_f1"] > state.best_f1:
+        state.best_f1, state.best_step, state.bad_evals = report["weighted_f1"], state.step, 0
+        save_best(run.best_dir, run.model, report, state.step)
+    else:
+        state.bad_evals += 1
+    save_last(run.last_dir, run.model, run.optimizer, run.scheduler, state)
+    run.history.append(row)
+    _write_history(run.metrics_path, run.history)
+    return (f"step {state.step}: train loss {row['train_loss']:.4f}, dev W-F1 {row['dev_weighted_f1']:.2f} "
+            f"(best {state.best_f1:.2f} @ {state.best_step})")
+
+
+def final_report(run: Run) -> dict[str, Any]:
+    """Plot the curve and the best model's dev confusion matrix; return the run's summary."""
+    out, state = run.config.output_dir, run.state
+    plot_training_curve(run.history, os.path.join(out, "training_curve.png"))
+    plot_confusion(load_dev_report(run.best_dir), os.path.join(out, "confusion_dev.png"))
+    return {"output_dir": out, "best_dir": run.best_dir, "best_step": state.best_step,
+            "best_dev_weighted_f1": state.best_f1, "steps": state.step, "stopped_early": state.step < run.total,
+            "history": run.history}
+
+
+def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
+    """Train, evaluating on dev as configured; returns the best step, its dev weighted F1 and the metric history.
+
+    With `dry_run`, builds the data, model, optimiser and one forward pass + loss, and trains nothing.
+    """
+    run = setup(config, dry_run)
+    if dry_run:
+        return dry_run_report(run)
+    begin(run)
+    with tqdm(total=run.total, initial=run.state.step, desc="training", unit="step", file=sys.stderr,
+              mininterval=10) as bar:
+        run.model.train()
+        while not finished(run):
+            train_epoch(run, bar)
+    return final_report(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config, dry_run = config_files.parse_config(TrainBertConfig, __doc__, argv)
+    config, dry_run = config_files.parse_config(TrainBertConfig, __doc__, argv, prog="bioserc train bert")
     result = train(config, dry_run=dry_run)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0

@@ -63,35 +63,36 @@ class TrainLlmConfig:
     attn_implementation: str = field(default="auto", metadata={"help": "auto: eager on CPU, sdpa on CUDA"})
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: fp32 on CPU)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: NF4 base weights (CUDA + bitsandbytes)"})
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     # LoRA (paper: r 32, alpha 128, dropout 0.05, all linear layers but lm_head)
-    lora_r: int = 32
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"],
+                                          metadata={"help": "modules that get adapters (PEFT names)"})
     # optimisation (Trainer names)
-    num_train_epochs: float = 3.0
+    num_train_epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (0: epochs decide)"})
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 4
-    learning_rate: float = 3e-4
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.3
-    optim: str = "adamw_torch"
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "samples per forward pass"})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "forward passes per optimiser step"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "share of steps spent warming up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=0.3, metadata={"help": "gradient clipping norm"})
+    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimiser name"})
     neftune_noise_alpha: float = field(default=0.0, metadata={"help": "NEFTune noise (paper: 5; 0: off)"})
-    group_by_length: bool = False
+    group_by_length: bool = field(default=False, metadata={"help": "batch samples of similar length"})
     # evaluation, checkpoints
     eval_mode: str = field(default="score", metadata={"help": "dev evaluation: score | generate | none"})
     eval_steps: int = field(default=0, metadata={"help": "dev W-F1 every N steps, keep the best (0: at the end)"})
-    eval_batch_size: int = 8
-    logging_steps: int = 10
-    save_steps: int = 50
-    save_total_limit: int = 1
-    output_dir: str = "runs/bioserc-llm"
+    eval_batch_size: int = field(default=8, metadata={"help": "prompts per scoring batch"})
+    logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps"})
+    save_total_limit: int = field(default=1, metadata={"help": "checkpoints kept"})
+    output_dir: str = field(default="runs/bioserc-llm", metadata={"help": "where checkpoints and the adapter go"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint-N in output_dir"})
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "random seed (data order, LoRA init)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
     def __post_init__(self) -> None:
@@ -226,7 +227,7 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config, dry_run = config_files.parse_config(TrainLlmConfig, __doc__, argv)
+    config, dry_run = config_files.parse_config(TrainLlmConfig, __doc__, argv, prog="bioserc train llm")
     result = train(config, dry_run=dry_run)
     print(json.dumps({k: v for k, v in result.items() if k != "loss_history"}, indent=2))
     return 0

@@ -1,4 +1,8 @@
-"""Utterance classifiers: the BERT-based BiosERC model, its batch builder and batch prediction."""
+"""Utterance classifiers: the BERT-based BiosERC model, its batch builder and batch prediction.
+
+Importing this package registers `BiosercBert` with transformers' `AutoConfig` / `AutoModel` (model type
+"bioserc-bert"), so `AutoModel.from_pretrained(folder)` loads a saved classifier without remote code.
+"""
 
 from bioserc.models.bioserc_bert import BIO_MODES, BiosercBert, BiosercBertConfig
 from bioserc.models.collate import Batch, Collator, length_sorted_batches, load_bios, missing_bios

@@ -8,70 +8,92 @@
 The reference code's defects are fixed here: every parameter is optimised (not only the encoder), the loss takes
 logits (no softmax before cross-entropy), speaker masks are built per conversation so batches > 1 are correct, bios
 work with batches > 1, and bios are mean-pooled instead of read through the randomly initialised pooler.
-A saved model folder holds config.json (this config + the encoder's), model.safetensors, the tokenizer files and
-labels.txt; nothing is pickled.
+
+`BiosercBertConfig` / `BiosercBert` are a transformers `PretrainedConfig` / `PreTrainedModel` (model type
+"bioserc-bert", registered with `AutoConfig` / `AutoModel` when this module is imported), so a saved folder loads with
+`BiosercBert.from_pretrained(dir)` or `AutoModel.from_pretrained(dir)`, offline and without remote code. The folder
+holds config.json (these settings + the encoder's config as `encoder_config`), model.safetensors, the tokenizer files
+(the tokenizer is loaded with the model and kept as `model.tokenizer`) and labels.txt; nothing is pickled. Folders
+written before this class was a `PreTrainedModel` (no `model_type` in config.json) load the same way.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from bioserc.labels import get_label_set
 
 
-logger = logging.getLogger(__name__)
-
 BIO_MODES = ("mlp", "attn", "none")
 CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE = "config.json", "model.safetensors", "labels.txt"
+MODEL_TYPE = "bioserc-bert"
 
 
-@dataclass
-class BiosercBertConfig:
-    encoder: str = "minilm"  # embedded model name or local HF folder; only read when building from the encoder
-    label_set: str = "meld"
-    labels: list[str] = field(default_factory=list)  # label names in logit order; empty = the label set's order
-    window: int = 2  # ± neighbours around the target, past and future (paper: 2 for MELD/EmoryNLP, 4 for IEMOCAP)
-    bio_mode: str = "mlp"  # "mlp" (the paper's `static` head), "attn" (attention over the conversation's bios), "none"
-    speaker_hidden: int | None = None  # intra/inter attention width; None = half the encoder width (paper: 512)
-    ctx_ffn: int | None = None  # FFN width of the context Transformer; None = twice the encoder width (paper: 2048)
-    heads: int = 8
-    dropout: float = 0.2  # before every head and inside the speaker/bio attentions (paper)
-    ctx_dropout: float = 0.1  # inside the context Transformer layer (PyTorch's default, which the paper kept)
-    max_length: int = 256  # tokens per utterance window (the paper allows 512)
-    bio_max_length: int = 128
-    freeze_layers: int = 0  # embeddings + this many bottom encoder layers are frozen (paper: 10 of roberta-large's 24)
+class BiosercBertConfig(PretrainedConfig):
+    """The classifier's settings (`FIELDS`) and its encoder's config.
 
-    def __post_init__(self) -> None:
-        if self.bio_mode not in BIO_MODES:
-            raise ValueError(f"bio_mode must be one of {BIO_MODES}, got {self.bio_mode!r}")
-        if not self.labels:
-            self.labels = list(get_label_set(self.label_set).labels)
+    Args:
+        encoder: embedded model name or local HF folder; only read when building from the encoder.
+        label_set: meld | emorynlp | iemocap.
+        labels: label names in logit order; empty = the label set's order.
+        window: ± neighbours around the target, past and future (paper: 2 for MELD/EmoryNLP, 4 for IEMOCAP).
+        bio_mode: "mlp" (the paper's `static` head), "attn" (attention over the conversation's bios), "none".
+        speaker_hidden: intra/inter attention width; None = half the encoder width (paper: 512).
+        ctx_ffn: FFN width of the context Transformer; None = twice the encoder width (paper: 2048).
+        heads: attention heads of the context layer and the speaker/bio attentions.
+        dropout: before every head and inside the speaker/bio attentions (paper).
+        ctx_dropout: inside the context Transformer layer (PyTorch's default, which the paper kept).
+        max_length: tokens per utterance window (the paper allows 512).
+        bio_max_length: tokens per bio.
+        freeze_layers: embeddings + this many bottom encoder layers are frozen (paper: 10 of roberta-large's 24).
+        encode_chunk: at inference, at most this many windows (or bios) per encoder call, so a call of thousands of
+            turns does not hold the activations of all its windows at once.
+        encoder_config: the encoder's `PretrainedConfig` (or its dict); set by `BiosercBert.from_encoder`.
+    """
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
+    model_type = MODEL_TYPE
+    FIELDS = ("encoder", "label_set", "labels", "window", "bio_mode", "speaker_hidden", "ctx_ffn", "heads", "dropout",
+              "ctx_dropout", "max_length", "bio_max_length", "freeze_layers", "encode_chunk")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __init__(self, encoder: str = "minilm", label_set: str = "meld", labels: list[str] | None = None,
+                 window: int = 2, bio_mode: str = "mlp", speaker_hidden: int | None = None, ctx_ffn: int | None = None,
+                 heads: int = 8, dropout: float = 0.2, ctx_dropout: float = 0.1, max_length: int = 256,
+                 bio_max_length: int = 128, freeze_layers: int = 0, encode_chunk: int = 256,
+                 encoder_config: PretrainedConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if bio_mode not in BIO_MODES:
+            raise ValueError(f"bio_mode must be one of {BIO_MODES}, got {bio_mode!r}")
+        if encode_chunk < 1:
+            raise ValueError(f"encode_chunk must be at least 1, got {encode_chunk}")
+        labels = list(labels or get_label_set(label_set).labels)
+        for key in ("id2label", "label2id", "num_labels"):  # always derived from `labels`
+            kwargs.pop(key, None)
+        super().__init__(id2label=dict(enumerate(labels)), label2id={y: i for i, y in enumerate(labels)}, **kwargs)
+        self.encoder, self.label_set, self.labels, self.window = encoder, label_set, labels, window
+        self.bio_mode, self.speaker_hidden, self.ctx_ffn, self.heads = bio_mode, speaker_hidden, ctx_ffn, heads
+        self.dropout, self.ctx_dropout, self.freeze_layers = dropout, ctx_dropout, freeze_layers
+        self.max_length, self.bio_max_length, self.encode_chunk = max_length, bio_max_length, encode_chunk
+        if isinstance(encoder_config, dict):
+            encoder_config = AutoConfig.for_model(**encoder_config)
+        self.encoder_config = encoder_config
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BiosercBertConfig:
-        """Keys missing from an older checkpoint take today's defaults; unknown keys are dropped with a warning."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            logger.warning("ignoring unknown BiosercBertConfig keys %s", unknown)
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def settings(self) -> dict[str, Any]:
+        """The classifier's own settings (`FIELDS`), without the encoder config or transformers' bookkeeping."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        # transformers drops values equal to its generic defaults, and `max_length` is one of its generation
+        # settings (default 20): a model with max_length 20 would reload with this class's default instead.
+        return {**super().to_diff_dict(), **self.settings()}
+
+    def _get_non_default_generation_parameters(self) -> dict[str, Any]:
+        # Nothing here generates text: `max_length` is the tokens per window, not a generation setting to warn about.
+        return {}
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -105,10 +127,26 @@ def _layers(encoder: nn.Module) -> nn.ModuleList:
     return found
 
 
-class BiosercBert(nn.Module):
-    def __init__(self, config: BiosercBertConfig, encoder: nn.Module, tokenizer) -> None:
-        super().__init__()
-        self.config, self.encoder, self.tokenizer = config, encoder, tokenizer
+class BiosercBert(PreTrainedModel):
+    """Args:
+        config: the settings; `config.encoder_config` builds a randomly initialised encoder when `encoder` is None
+            (`from_pretrained` then loads the weights).
+        encoder: a pretrained HF encoder (`from_encoder`).
+        tokenizer: the encoder's tokenizer, kept as `self.tokenizer` for `Collator` and saved with the model.
+    """
+
+    config_class = BiosercBertConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, config: BiosercBertConfig, encoder: nn.Module | None = None, tokenizer=None) -> None:
+        super().__init__(config)
+        if encoder is None:
+            if config.encoder_config is None:
+                raise ValueError("BiosercBertConfig.encoder_config is not set: build the model with "
+                                 "BiosercBert.from_encoder(config) or load it with from_pretrained")
+            encoder = AutoModel.from_config(config.encoder_config)
+        config.encoder_config = encoder.config
+        self.encoder, self.tokenizer = encoder, tokenizer
         _drop_pooler(encoder)
         hidden = encoder.config.hidden_size
         spk = config.speaker_hidden or hidden // 2
@@ -131,6 +169,15 @@ class BiosercBert(nn.Module):
         if config.bio_mode != "none":
             self.head_bio = nn.Linear(hidden, n)
         self.freeze(config.freeze_layers)
+        self.post_init()
+
+    def initialize_weights(self) -> None:
+        """Nothing to do: the encoder is pretrained (or loaded next) and every other layer keeps the default
+        initialisation its PyTorch constructor gave it; transformers' generic re-initialisation would overwrite
+        both."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
 
     def freeze(self, n_layers: int) -> None:
         """Freeze the embeddings and the bottom n layers (n = 0 trains the whole encoder)."""
@@ -145,13 +192,17 @@ class BiosercBert(nn.Module):
         for module in (embeddings, *layers[:n_layers]):
             module.requires_grad_(False)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, H)
-        return masked_mean(states, pool_mask)
+        """(N, T) token windows -> (N, H) pooled states; outside training, `config.encode_chunk` windows per encoder
+        call, so peak activation memory does not grow with the number of windows (rows are encoded independently,
+        so the result is the same). A batch within one chunk is never sliced, which keeps the ONNX trace free of a
+        fixed-size Slice."""
+        step = self.config.encode_chunk
+        if self.training or len(input_ids) <= step:
+            return masked_mean(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                               pool_mask)
+        return torch.cat([self.encode(input_ids[i:i + step], attention_mask[i:i + step], pool_mask[i:i + step])
+                          for i in range(0, len(input_ids), step)])
 
     def speaker_attention(self, attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor,
                           utt_mask: torch.Tensor) -> torch.Tensor:
@@ -196,8 +247,6 @@ class BiosercBert(nn.Module):
     @classmethod
     def from_encoder(cls, config: BiosercBertConfig) -> BiosercBert:
         """A new classifier on a pretrained encoder (local folder or embedded name; the Hub is never contacted)."""
-        from transformers import AutoModel, AutoTokenizer
-
         from bioserc.embedded import MODELS, resolve_model
 
         path = resolve_model(config.encoder)
@@ -211,25 +260,32 @@ class BiosercBert(nn.Module):
                              "and pass the folder") from err
         return cls(config, encoder, tokenizer)
 
-    def save_pretrained(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        meta = {**self.config.to_dict(), "encoder_config": self.encoder.config.to_dict()}
-        with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
-        self.tokenizer.save_pretrained(directory)
-        with open(os.path.join(directory, LABELS_FILE), "w", encoding="utf-8") as fh:
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """transformers' `save_pretrained` (config.json, model.safetensors) plus the tokenizer and labels.txt."""
+        super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
+        self.tokenizer.save_pretrained(save_directory)
+        with open(os.path.join(save_directory, LABELS_FILE), "w", encoding="utf-8") as fh:
             fh.write("".join(f"{label}\n" for label in self.config.labels))
 
     @classmethod
-    def from_pretrained(cls, directory: str, device: torch.device | str = "cpu") -> BiosercBert:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: Any, device: torch.device | str | None = None,
+                        **kwargs: Any) -> BiosercBert:
+        """Load a saved folder (local only) with its tokenizer, onto `device`; every weight must be in the file.
 
-        with open(os.path.join(directory, CONFIG_FILE), encoding="utf-8") as fh:
-            meta = json.load(fh)
-        encoder_config = AutoConfig.for_model(**meta.pop("encoder_config"))
-        model = cls(BiosercBertConfig.from_dict(meta), AutoModel.from_config(encoder_config),
-                    AutoTokenizer.from_pretrained(directory, local_files_only=True))
-        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE), device=str(device)))
-        return model.to(device)
+        `device` may also be given positionally (`from_pretrained(folder, "cpu")`); `AutoModel.from_pretrained`
+        passes its own keyword arguments through.
+        """
+        if args:
+            device, *rest = args
+            if rest:
+                raise TypeError(f"from_pretrained takes a folder and a device, got extra arguments {rest}")
+        kwargs.setdefault("local_files_only", True)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        if problems := {k: v for k, v in info.items() if v}:
+            raise ValueError(f"{pretrained_model_name_or_path}: the saved weights do not match the model: {problems}")
+        model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, local_files_only=True)
+        return model if device is None else model.to(device)
+
+
+AutoConfig.register(MODEL_TYPE, BiosercBertConfig, exist_ok=True)
+AutoModel.register(BiosercBertConfig, BiosercBert, exist_ok=True)
