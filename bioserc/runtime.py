@@ -15,6 +15,7 @@ the TensorRT EP options and ORT's fallback behaviour are unverified here (no GPU
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -34,7 +35,8 @@ def onnxruntime() -> ModuleType:
     return ort
 
 
-def ort_providers(prefer: str = "auto", available: list[str] | None = None) -> list[str]:
+def ort_providers(prefer: str = "auto", available: list[str] | None = None,
+                  candidates: Sequence[str] = PREFERENCE) -> list[str]:
     """The execution providers to ask for, best first.
 
     Args:
@@ -42,24 +44,27 @@ def ort_providers(prefer: str = "auto", available: list[str] | None = None) -> l
             (or a full provider name) to force one; a forced GPU provider keeps the slower ones behind it as
             fallbacks for the nodes it cannot run, and fails clearly when it is not available.
         available: what onnxruntime offers; default `onnxruntime.get_available_providers()`.
+        candidates: the providers the caller can use, in `PREFERENCE` order. The LLM backend passes (CUDA, CPU):
+            a decoder's input shapes change every step, and the TensorRT EP would build an engine for each.
     """
     if available is None:
         available = onnxruntime().get_available_providers()
     key = prefer.strip()
     if key.lower() == "auto":
-        chosen = [p for p in PREFERENCE if p in available]
+        chosen = [p for p in candidates if p in available]
         if not chosen:
-            raise RuntimeError(f"onnxruntime offers none of {list(PREFERENCE)} (available: {available})")
+            raise RuntimeError(f"onnxruntime offers none of {list(candidates)} (available: {available})")
         return chosen
     name = ALIASES.get(key.lower(), key)
-    if name not in PREFERENCE:
-        raise ValueError(f"unknown execution provider {prefer!r}; choose auto, tensorrt, cuda or cpu")
+    if name not in candidates:
+        names = ", ".join(k for k, v in ALIASES.items() if v in candidates and k not in ("trt", "gpu"))
+        raise ValueError(f"unknown execution provider {prefer!r}; choose auto, {names}")
     if name not in available:
         hint = ("install onnxruntime-gpu instead of onnxruntime (pip install 'bioserc[gpu]') on a machine with an "
                 "NVIDIA GPU" if name != CPU else "reinstall onnxruntime")
         raise RuntimeError(f"execution provider {name} is not available in this onnxruntime build "
                            f"(available: {available}); {hint}")
-    return [p for p in PREFERENCE[PREFERENCE.index(name):] if p in available]
+    return [p for p in candidates[list(candidates).index(name):] if p in available]
 
 
 def default_threads() -> int:

@@ -1,12 +1,12 @@
-"""Exports are written into a hidden sibling folder and renamed into place, so a failed export leaves nothing."""
+"""Exports are written into a hidden sibling folder (`bioserc.fsutil.staging_dir`) and renamed into place, so a
+failed export leaves nothing; what they may replace is decided here."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from bioserc.artifacts import MANIFEST
+from bioserc.fsutil import replace_dir
 
 
 def check_target(out_dir: str) -> None:
@@ -17,19 +17,7 @@ def check_target(out_dir: str) -> None:
         raise FileExistsError(f"{out_dir!r} is a file, not a folder")
 
 
-def staging_dir(out_dir: str) -> str:
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}-", dir=parent)
-
-
-def replace_dir(tmp: str, out_dir: str) -> None:
-    """Move the finished export to `out_dir`, replacing an empty folder or an earlier artifact only."""
+def publish(tmp: str, out_dir: str) -> None:
+    """Move the finished export to `out_dir`, checked again: the folder may have appeared during a long export."""
     check_target(out_dir)
-    if os.path.isdir(out_dir):
-        old = tmp + ".old"
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
+    replace_dir(tmp, out_dir)

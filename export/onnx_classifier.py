@@ -62,9 +62,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
-from bioserc.export._staging import check_target, replace_dir, staging_dir
+from bioserc.export._staging import check_target, publish
 from bioserc.export.int8_weights import BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.export.model_card import write_model_card
+from bioserc.fsutil import staging_dir
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean, sinusoid
 from bioserc.schema import Conversation, Utterance
 
@@ -190,9 +191,9 @@ def _export(module: nn.Module, sample: dict[str, torch.Tensor], path: str, dynam
 
 
 def _ort_run(path: str, feeds: dict[str, torch.Tensor]) -> Any:
-    from bioserc.runtime import make_session
+    from bioserc.runtime import CPU, make_session
 
-    session = make_session(path, ["CPUExecutionProvider"], threads=1)
+    session = make_session(path, [CPU], threads=1)  # parity is measured on CPU, one thread: the same on every machine
     names = {i.name for i in session.get_inputs()}
     return session.run(None, {k: v.numpy() for k, v in feeds.items() if k in names})[0]
 
@@ -369,7 +370,7 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
             optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
             source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),
             metrics=source.get("metrics", {}))
-        replace_dir(tmp, out_dir)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

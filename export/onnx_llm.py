@@ -21,7 +21,8 @@ import shutil
 from typing import Any
 
 from bioserc.artifacts import MANIFEST, manifest_hash, read_manifest, verify_artifact, write_manifest
-from bioserc.export._staging import check_target, replace_dir, staging_dir
+from bioserc.export._staging import check_target, publish
+from bioserc.fsutil import staging_dir
 
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def export_llm(model_dir: str, out_dir: str, opset: int | None = None, validate:
             max_context=config.get("max_position_embeddings"), opset=_opset(onnx_path), precision="fp32",
             versions=_versions(), source_path=os.path.abspath(model_dir),
             source_checkpoint=manifest_hash(model_dir) if source else None)
-        replace_dir(tmp, out_dir)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -39,8 +39,9 @@ from types import ModuleType
 from typing import Any
 
 from bioserc.artifacts import MANIFEST, manifest_hash, read_manifest, write_manifest
-from bioserc.export._staging import check_target, replace_dir, staging_dir
+from bioserc.export._staging import check_target, publish
 from bioserc.export.onnx_llm import CARRIED, source_llm_manifest
+from bioserc.fsutil import staging_dir
 
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def write_serve_only(merged_dir: str, out_dir: str, adapter_dir: str | None = No
             model_path=os.path.abspath(merged_dir), adapter_path=os.path.abspath(adapter_dir) if adapter_dir else None,
             limits=asdict(size) if size else None,
             source_checkpoint=manifest_hash(merged_dir) if source else None)
-        replace_dir(tmp, out_dir)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -261,7 +262,7 @@ def build_engine(merged_dir: str, engine_dir: str, max_batch_size: int, max_inpu
             versions={"tensorrt_llm": getattr(trt, "__version__", "unknown"), "torch": torch.__version__},
             tokenizer_files_copied=copied, model_path=os.path.abspath(merged_dir),
             source_checkpoint=manifest_hash(merged_dir) if source else None)
-        replace_dir(tmp, engine_dir)
+        publish(tmp, engine_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

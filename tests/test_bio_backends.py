@@ -5,20 +5,28 @@ backend registry."""
 from __future__ import annotations
 
 import json
+import logging
+import pkgutil
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
 import types
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tiny_llm import tiny_llama, tiny_tokenizer
 
+import bioserc.bios
+from bioserc.artifacts import ArtifactError, write_manifest
 from bioserc.bios.backend import GenerationConfig
-from bioserc.bios.backends import make_backend, render_chat
+from bioserc.bios.backends import make_backend
+from bioserc.bios.chat import render_chat
 from bioserc.bios.http_backend import BackendRequestError, OpenAICompatibleBackend
 from bioserc.bios.ort_backend import OrtBackend
 from bioserc.bios.trtllm_backend import TrtLlmBackend
@@ -233,16 +241,25 @@ def test_http_completions_endpoint_renders_the_prompt_locally(serve, tmp_path):
     assert backend.count_tokens(prefilled) == len(rendered)
 
 
-def test_ort_greedy_matches_pytorch(tmp_path):
+@pytest.fixture(scope="module")
+def plain_export(tmp_path_factory) -> tuple[Path, Path]:
+    """(HF folder, its plain optimum ONNX export: no manifest.json) of the tiny Llama."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("optimum.onnxruntime")
-    import torch
     from optimum.exporters.onnx import main_export
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf_dir, onnx_dir = tmp_path / "hf", tmp_path / "onnx"
+    root = tmp_path_factory.mktemp("ort")
+    hf_dir, onnx_dir = root / "hf", root / "onnx"
     tiny_llama(hf_dir)
     main_export(str(hf_dir), output=str(onnx_dir), task="text-generation-with-past", do_validation=False)
+    return hf_dir, onnx_dir
+
+
+def test_ort_greedy_matches_pytorch(plain_export, caplog):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_dir, onnx_dir = plain_export
     prompts = [user("Ann is cheerful.") + [{"role": "assistant", "content": "Ann "}],
                user("Conversation transcript: Bob sounds tired, answers briefly. Describe Bob's mood.")]
 
@@ -259,7 +276,9 @@ def test_ort_greedy_matches_pytorch(tmp_path):
         n = next((k for k, t in enumerate(new) if t in (tokenizer.eos_token_id, tokenizer.pad_token_id)), len(new))
         expected.append((tokenizer.decode(new[:n], skip_special_tokens=True), ids["input_ids"].shape[1], n))
 
-    backend = OrtBackend(str(onnx_dir), provider="CPUExecutionProvider", batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="bioserc.bios.ort_backend"):
+        backend = OrtBackend(str(onnx_dir), provider="CPUExecutionProvider", batch_size=2)
+    assert "no manifest.json" in caplog.text  # loads, but says its files could not be verified
     gens = backend.generate(prompts, GREEDY)
     assert [(g.text, g.prompt_tokens, g.new_tokens) for g in gens] == expected
     assert any(g.text for g in gens)
@@ -275,3 +294,36 @@ def test_make_backend_resolves_embedded_names_for_local_kinds(monkeypatch, tmp_p
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         make_backend("onnx", "smollm2", provider="CPUExecutionProvider")
     assert calls == ["smollm2"]
+
+
+def test_ort_backend_verifies_a_manifest_before_loading(plain_export, tmp_path, caplog):
+    """With a manifest.json, every file is checked first (a tampered tokenizer is refused); "cpu" is accepted as
+    everywhere else in bioserc (`bioserc.runtime.ort_providers`)."""
+    folder = tmp_path / "onnx-llm"
+    shutil.copytree(plain_export[1], folder)
+    write_manifest(str(folder), "onnx-llm", model_family="llama")
+    with caplog.at_level(logging.WARNING, logger="bioserc.bios.ort_backend"):
+        backend = OrtBackend(str(folder), provider="cpu")
+    assert backend.providers == ["CPUExecutionProvider"] and "manifest" not in caplog.text
+    with open(folder / "tokenizer.json", "a", encoding="utf-8") as fh:
+        fh.write(" ")
+    with pytest.raises(ArtifactError, match="'tokenizer.json' does not match its sha256"):
+        OrtBackend(str(folder), provider="cpu")
+
+
+def test_ort_backend_never_asks_for_tensorrt(plain_export):
+    """A decoder's shapes change every step: the TensorRT EP would build an engine for each, so it is not offered."""
+    with pytest.raises(ValueError, match="unknown execution provider 'tensorrt'; choose auto, cuda, cpu"):
+        OrtBackend(str(plain_export[1]), provider="tensorrt")
+
+
+BIOS_MODULES = sorted(m.name for m in pkgutil.iter_modules(bioserc.bios.__path__))
+
+
+@pytest.mark.parametrize("module", BIOS_MODULES)
+def test_each_bios_module_imports_alone_without_the_factory(module):
+    """No import loop through the backend factory: only its callers (CLI, pipelines) import `backends`."""
+    code = (f"import sys, bioserc.bios.{module}; "
+            f"sys.exit(3 if {module!r} != 'backends' and 'bioserc.bios.backends' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr or f"bioserc.bios.{module} imports the factory bioserc.bios.backends"

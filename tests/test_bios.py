@@ -59,6 +59,24 @@ class ScriptedBackend(LLMBackend):
         return out
 
 
+def test_run_generates_in_length_sorted_chunks():
+    """Prompts go to the backend shortest first, `chunk` at a time (`bioserc.batching.length_sorted_chunks`)."""
+    calls = [conv(f"c{n}", [("A", "word " * (n * 7 % 5 + 1)), ("B", "ok")]) for n in range(5)]
+
+    class Recording(ScriptedBackend):
+        def generate(self, batch, config):
+            self.batches.append([sum(len(m["content"]) for m in messages) for messages in batch])
+            return super().generate(batch, config)
+
+    backend = Recording()
+    backend.batches = []
+    results = list(BioExtractor(backend).run(calls, chunk=4))
+    assert len(results) == 10 and all(r.error is None for r in results)
+    assert [len(b) for b in backend.batches] == [4, 4, 2]
+    flat = [n for b in backend.batches for n in b]
+    assert flat == sorted(flat)
+
+
 def test_prompt_fences_transcript_and_prefills_speaker():
     p = speaker_prompt(CALL, "CUSTOMER", 60, ScriptedBackend().count_tokens, 4000)
     user = p.messages[1]["content"]

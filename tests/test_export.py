@@ -248,6 +248,11 @@ def test_provider_selection():
     assert ort_providers("TensorrtExecutionProvider", available=gpu) == gpu
     with pytest.raises(ValueError, match="unknown execution provider"):
         ort_providers("rocm", available=gpu)
+    decoder = (CUDA, CPU)  # what the ONNX LLM backend can use: "auto" and forced choices stay inside it
+    assert ort_providers("auto", available=gpu, candidates=decoder) == [CUDA, CPU]
+    assert ort_providers("auto", available=[TENSORRT, CPU], candidates=decoder) == [CPU]
+    with pytest.raises(ValueError, match="'tensorrt'; choose auto, cuda, cpu"):
+        ort_providers("tensorrt", available=gpu, candidates=decoder)
     import onnxruntime
 
     if CUDA in onnxruntime.get_available_providers():

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from bioserc.artifacts import write_manifest
+from bioserc.fsutil import replace_dir
 
 
 STATE_TENSORS, STATE_JSON, DEV_REPORT = "trainer_state.pt", "trainer_state.json", "dev_report.json"
@@ -30,15 +31,6 @@ class TrainState:
     best_f1: float = -1.0
     best_step: int = 0
     bad_evals: int = 0
-
-
-def replace_dir(tmp: str, target: str) -> None:
-    old = f"{target}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(target):
-        os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -66,7 +66,8 @@ def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[
 
 def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
              bios: str | Sequence[str] | Mapping[BioKey, str] | None = None, batch_size: int = 8,
-             device: str = "cpu", progress: bool = False, mode: str = "score", base_model: str | None = None) -> dict:
+             device: str = "cpu", progress: bool = False, mode: str = "score", base_model: str | None = None,
+             threads: int | None = None) -> dict:
     """Load `model_dir` (verified against its manifest), predict `data` and return the report.
 
     Args:
@@ -76,6 +77,7 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
         bios: bios.jsonl path(s) or a {(conversation_id, speaker): bio} mapping; None when the model uses no bios.
         mode: LLMs only: "score" (label likelihoods) or "generate" (free generation, exact match).
         base_model: LLM adapters only: the base model folder, if not the one its manifest names.
+        threads: CPU threads for inference (`load_classifier`); None: every CPU this process may use.
     Returns:
         `bioserc.metrics.classification_report` plus `model_dir`, `mode` and `bios_missing` (speakers scored with no
         bio); generate mode adds `invalid` and `invalid_rate`.
@@ -83,7 +85,7 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
         ArtifactError: the folder, its manifest or a file it lists is missing, malformed or altered.
         ValueError / OSError: unreadable or unlabelled data, or options that do not fit the model.
     """
-    from bioserc.models.llm_scoring import LLM_KINDS, MODES, LlmClassifier
+    from bioserc.models.llm_scoring import LLM_KINDS, MODES
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
@@ -91,8 +93,8 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
     if not llm and (mode != "score" or base_model):
         raise ValueError("--mode generate and --base-model apply to LLM artifacts only; "
                          f"{model_dir!r} holds an utterance classifier")
-    classifier = LlmClassifier.from_pretrained(model_dir, device=device, base_model=base_model, mode=mode) if llm \
-        else load_classifier(model_dir, device=device)
+    llm_options = {"mode": mode, "base_model": base_model} if llm else {}
+    classifier = load_classifier(model_dir, device, threads, **llm_options)
     if isinstance(data, str) or (data and isinstance(data[0], str)):
         data = read_conversations(data)
     if isinstance(bios, str) or (isinstance(bios, Sequence) and not isinstance(bios, Mapping)):
@@ -129,6 +131,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="conversations (BERT) or prompts (LLM) per batch")
     parser.add_argument("--device", default="cpu",
                         help="torch device (cpu, cuda, cuda:N) or, for ONNX exports, cpu / cuda / tensorrt / auto")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="CPU threads for inference (ONNX Runtime intra-op threads, or torch's); 0: automatic, "
+                             "every CPU this process may use")
     parser.add_argument("--mode", choices=["score", "generate"], default="score",
                         help="LLMs: label scoring (always a valid label) or free generation as in the paper")
     parser.add_argument("--base-model", help="LLM adapters: base model folder, if not the one in the manifest")
@@ -139,10 +144,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 with the report; 2 with one `error:` line for a bad artifact, bad data or unusable options."""
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (automatic) or more, got {args.threads}")
     try:
         report = evaluate(args.model_dir, args.data, args.bios, args.batch_size, args.device, progress=True,
-                          mode=args.mode, base_model=args.base_model)
+                          mode=args.mode, base_model=args.base_model, threads=args.threads or None)
         text = json.dumps(report, indent=2)
         if args.output:
             with open(args.output, "w", encoding="utf-8") as fh:

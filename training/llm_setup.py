@@ -18,26 +18,19 @@ import torch
 
 from bioserc.artifacts import write_manifest
 from bioserc.embedded import MODELS, resolve_model
+from bioserc.fsutil import replace_dir
 from bioserc.models.collate import IGNORE, BioKey, load_bios, missing_bios
 from bioserc.models.llm_encoding import ChatEncoder, utterance_bio
 from bioserc.prompts.erc_llm import ERC_PROMPT_VERSION
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
-from bioserc.training.checkpoint import DEV_REPORT, replace_dir
+from bioserc.training.checkpoint import DEV_REPORT
 
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: use auto, cpu or cuda (pick the GPU with CUDA_VISIBLE_DEVICES)")
-    return device
 
 
 def pick_precision(precision: str, device: str) -> str:

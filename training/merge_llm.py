@@ -22,7 +22,8 @@ import torch
 
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.embedded import resolve_model
-from bioserc.training.checkpoint import DEV_REPORT, replace_dir
+from bioserc.fsutil import replace_dir
+from bioserc.training.checkpoint import DEV_REPORT
 
 
 def merge(base: str | None, adapter: str, out: str, dtype: str = "float32") -> dict:

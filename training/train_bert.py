@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bioserc.devices import resolve_device
 from bioserc.models import (
     BiosercBert,
     BiosercBertConfig,
@@ -190,8 +191,7 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
     """Seeds, data, model (new, or `last/` when resuming), loss, optimiser and schedule; nothing is written."""
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if config.device == "auto" else config.device)
+    device = torch.device(resolve_device(config.device))
     train_convs, train_bios = _load_split(config, "train")
     train_convs = [c for c in train_convs if any(u.label is not None for u in c.utterances)]
     if not train_convs or config.epochs < 1 and not config.max_steps:

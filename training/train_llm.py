@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from bioserc.devices import resolve_device
 from bioserc.embedded import resolve_model
 from bioserc.labels import get_label_set
 from bioserc.models.llm_encoding import ChatEncoder, apply_template_choice, pack
@@ -143,7 +144,7 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
     from transformers import AutoTokenizer, Trainer, TrainerCallback, set_seed
 
     set_seed(config.seed)
-    device = setup.pick_device(config.device)
+    device = resolve_device(config.device, allow_index=False)  # the Trainer runs on one GPU, its own pick
     precision = setup.pick_precision(config.precision, device)
     labels = get_label_set(config.label_set).labels
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))

@@ -1,15 +1,15 @@
-"""Choosing a backend by name, and the prompt handling every local backend shares.
+"""Choosing a backend by name.
 
 Backend modules are imported only when chosen: each pulls in a heavy, optional runtime (torch, onnxruntime,
-tensorrt-llm) that most installs lack or do not need. Local backends render prompts with `render_chat` so that one
-model gets byte-identical prompts whichever runtime executes it.
+tensorrt-llm) that most installs lack or do not need. This factory is imported by its callers only (the CLI,
+pipelines, benchmarks); what the backends share lives in `chat` and `bioserc.batching`, so no backend imports it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bioserc.bios.backend import LLMBackend, Messages
+from bioserc.bios.backend import LLMBackend
 
 
 KINDS = ("transformers", "onnx", "openai", "trtllm")
@@ -44,19 +44,3 @@ def make_backend(kind: str, model: str, **options: Any) -> LLMBackend:
 
     return TrtLlmBackend(path, **options)
 
-
-def render_chat(tokenizer: Any, messages: Messages) -> str:
-    """Chat template with the generation prompt; a trailing assistant message is continued, not closed.
-
-    Bio prompts pre-fill the answer with the speaker's name, so the template must leave that turn open.
-    """
-    if messages and messages[-1]["role"] == "assistant":
-        prefix = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        return prefix + messages[-1]["content"]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def length_sorted_chunks(lengths: list[int], size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, so left padding wastes little compute."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[start:start + size] for start in range(0, len(order), size)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
+from bioserc.batching import length_sorted_chunks
 from bioserc.bios.backend import GenerationConfig, LLMBackend
 from bioserc.bios.cache import BioCache, bio_key
 from bioserc.bios.postprocess import clean_bio, degenerate_reason
@@ -146,9 +147,9 @@ class BioExtractor:
             done, todo = self.plan(conv)
             yield from done
             requests += todo
-        requests.sort(key=lambda r: sum(len(m["content"]) for m in r.prompt.messages))
-        for start in range(0, len(requests), chunk):
-            batch = requests[start:start + chunk]
+        lengths = [sum(len(m["content"]) for m in r.prompt.messages) for r in requests]
+        for indices in length_sorted_chunks(lengths, chunk):
+            batch = [requests[i] for i in indices]
             yield from self.generate(batch)
             if progress is not None:
                 progress.update(sum(len(r.speakers) for r in batch))

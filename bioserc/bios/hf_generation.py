@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bioserc.batching import length_sorted_chunks
 from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend, Messages
-from bioserc.bios.backends import length_sorted_chunks, render_chat
+from bioserc.bios.chat import render_chat
 
 
 class HFGenerationBackend(LLMBackend):

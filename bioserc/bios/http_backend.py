@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend, Messages
-from bioserc.bios.backends import render_chat
+from bioserc.bios.chat import render_chat
 
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

@@ -7,30 +7,20 @@ transformers backend (`HFGenerationBackend`), so both see identical token sequen
 
 from __future__ import annotations
 
+import logging
 import os
 
 from bioserc.bios.hf_generation import HFGenerationBackend
 
 
-PROVIDER_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def pick_provider(provider: str, available: list[str]) -> str:
-    """"auto" takes CUDA when onnxruntime-gpu sees a GPU, else CPU; an explicit choice must be available."""
-    if provider == "auto":
-        for candidate in PROVIDER_PREFERENCE:
-            if candidate in available:
-                return candidate
-        raise RuntimeError(f"onnxruntime offers neither CUDA nor CPU execution (available: {available})")
-    if provider not in available:
-        raise ValueError(f"execution provider {provider!r} is not available; onnxruntime offers {available}")
-    return provider
+logger = logging.getLogger(__name__)
 
 
 class OrtBackend(HFGenerationBackend):
     """Args:
         model_dir: an ONNX export folder (model.onnx with past key/values, config.json, tokenizer files).
-        provider: "auto", or an onnxruntime execution provider name such as "CPUExecutionProvider".
+        provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cuda", "cpu", or a full provider name
+            such as "CPUExecutionProvider" (`bioserc.runtime.ort_providers`; TensorRT is never used for a decoder).
         batch_size: prompts per `generate` call.
     """
 
@@ -45,7 +35,6 @@ class OrtBackend(HFGenerationBackend):
                 f"`optimum-cli export onnx --task text-generation-with-past --model MERGED_DIR {model_dir}`"
             )
         try:
-            import onnxruntime
             from optimum.onnxruntime import ORTModelForCausalLM
             from transformers import AutoTokenizer
         except ImportError as err:
@@ -53,12 +42,20 @@ class OrtBackend(HFGenerationBackend):
                 "the onnx backend needs onnxruntime and optimum-onnx: pip install 'bioserc[cpu]' "
                 "(or 'bioserc[gpu]' for CUDA)"
             ) from err
-        self.provider = pick_provider(provider, onnxruntime.get_available_providers())
+        from bioserc.artifacts import MANIFEST, verify_artifact
+        from bioserc.runtime import CPU, CUDA, ort_providers
+
+        self.providers = ort_providers(provider, candidates=(CUDA, CPU))
+        if os.path.isfile(os.path.join(model_dir, MANIFEST)):
+            verify_artifact(model_dir, "onnx-llm")  # every file checked before the tokenizer or a session reads one
+        else:
+            logger.warning("%s has no %s (a plain optimum export): its files cannot be verified; `bioserc export "
+                           "onnx-llm` writes one", model_dir, MANIFEST)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = ORTModelForCausalLM.from_pretrained(model_dir, use_cache=True, provider=self.provider)
+        self.model = ORTModelForCausalLM.from_pretrained(model_dir, use_cache=True, providers=self.providers)
         self.batch_size = batch_size
         self.model_id = "onnx:" + os.path.basename(os.path.normpath(model_dir))
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 8192))

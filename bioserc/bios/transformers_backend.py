@@ -12,12 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bioserc.bios.hf_generation import HFGenerationBackend
-
-
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from bioserc.devices import resolve_device
 
 
 class TransformersBackend(HFGenerationBackend):
@@ -34,7 +29,7 @@ class TransformersBackend(HFGenerationBackend):
 
     def __init__(self, model: str, batch_size: int = 8, device: str = "auto", dtype: str = "auto",
                  attn_implementation: str | None = None, trust_remote_code: bool = False):
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         attn = attn_implementation or ("sdpa" if self.device.startswith("cuda") else "eager")

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend, Messages
-from bioserc.bios.backends import render_chat
+from bioserc.bios.chat import render_chat
 
 
 INSTALL_HINT = (

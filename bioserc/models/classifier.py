@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
+from bioserc.devices import resolve_device
 from bioserc.models.collate import BioKey
 from bioserc.models.predict import Prediction
 from bioserc.schema import Conversation
@@ -45,23 +46,33 @@ class TorchClassifier:
         return predict(self.model, conversations, bios, batch_size, progress, max_utterances)
 
 
-def load_classifier(directory: str, device: str = "cpu") -> UtteranceClassifier:
+def load_classifier(directory: str, device: str = "cpu", threads: int | None = None,
+                    **llm_options: Any) -> UtteranceClassifier:
     """The classifier in `directory`, verified against its manifest before anything is loaded.
 
-    `device` is a torch device for PyTorch artifacts ("auto" = CUDA when available) and picks the ONNX Runtime
-    execution provider for ONNX ones: "cpu", "cuda" (or "cuda:N"), "tensorrt" or "auto".
+    `device` is a torch device for PyTorch artifacts (`bioserc.devices.resolve_device`: "auto" = CUDA when available)
+    and picks the ONNX Runtime execution provider for ONNX ones: "cpu", "cuda" (or "cuda:N"), "tensorrt" or "auto".
+    `threads` caps the CPU threads: the ONNX sessions' intra-op threads, or for PyTorch artifacts
+    `torch.set_num_threads` (process-wide); None leaves each runtime's default (every CPU this process may use).
+    `llm_options` (mode, base_model, dtype, ...) go to `LlmClassifier.from_pretrained` and are refused for others.
     """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1 (or None for automatic), got {threads}")
     manifest = verify_artifact(directory, ("pytorch-classifier", "onnx-classifier", "lora-adapter", "hf-llm"))
-    if manifest["kind"] in ("lora-adapter", "hf-llm"):
+    llm = manifest["kind"] in ("lora-adapter", "hf-llm")
+    if llm_options and not llm:
+        raise ValueError(f"{sorted(llm_options)} apply to LLM artifacts only; {directory!r} holds a "
+                         f"{manifest['kind']} artifact")
+    if manifest["kind"] == "onnx-classifier":
+        from bioserc.models.onnx_classifier import OnnxClassifier
+
+        return OnnxClassifier(directory, provider=device.split(":", 1)[0], threads=threads, manifest=manifest)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if llm:
         from bioserc.models.llm_scoring import LlmClassifier
 
-        return LlmClassifier.from_pretrained(directory, device=device)
-    if manifest["kind"] == "pytorch-classifier":
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return TorchClassifier(directory, device, manifest)
-    from bioserc.models.onnx_classifier import OnnxClassifier
-
-    return OnnxClassifier(directory, provider=device.split(":", 1)[0], manifest=manifest)
+        return LlmClassifier.from_pretrained(directory, device=device, **llm_options)
+    return TorchClassifier(directory, resolve_device(device), manifest)

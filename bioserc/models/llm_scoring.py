@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
+from bioserc.batching import length_sorted_chunks
+from bioserc.devices import resolve_device
 from bioserc.models.collate import BioKey, missing_bios
 from bioserc.models.llm_encoding import ChatEncoder, utterance_bio
 from bioserc.models.predict import Prediction
@@ -150,7 +152,7 @@ class LlmClassifier:
                              "not an emotion classifier written by `bioserc train llm` / `bioserc merge`")
         # the file from_pretrained starts from must be in the folder (a serve-only hf-llm folder holds no weights)
         artifact_file(directory, manifest, CONFIG_NAME if manifest["kind"] == "hf-llm" else ADAPTER_CONFIG)
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        device = resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         options = {"dtype": getattr(torch, dtype), "attn_implementation": "sdpa" if device.startswith("cuda")
@@ -179,8 +181,7 @@ class LlmClassifier:
         return keys, prompts
 
     def _batches(self, prompts: list[list[int]], batch_size: int, progress: bool, desc: str):
-        order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]))  # little padding per batch
-        chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)  # little padding per batch
         return tqdm(chunks, desc=desc, unit="batch", disable=not progress)
 
     def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
