@@ -3,15 +3,18 @@ plus one end-to-end run of the embedded SmolLM2 (slow)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import threading
 from pathlib import Path
 
 import pytest
 
+from bioserc.artifacts import write_manifest
 from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend
-from bioserc.bios.cache import BioCache
+from bioserc.bios.cache import BioCache, model_fingerprint
 from bioserc.bios.extract import BioExtractor, paper_bios
 from bioserc.bios.postprocess import clean_bio, degenerate_reason
 from bioserc.jsonio import read_jsonl
@@ -132,6 +135,74 @@ def test_cache_skips_generation_and_survives_torn_lines(tmp_path):
     third = ScriptedBackend()
     list(BioExtractor(third, GenerationConfig(max_new_tokens=7), cache=BioCache(str(cache_dir))).run([CALL]))
     assert third.calls == [2]
+
+
+def model_folder(path: Path, weights: bytes = b"w" * 64) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    (path / "model.safetensors").write_bytes(weights)
+    return path
+
+
+def retrain(folder: Path, weights: bytes) -> None:
+    """New weights written in place, as a later training run would (its mtime a second on: file clocks tick
+    coarsely, and a test can write twice within one tick)."""
+    path = folder / "model.safetensors"
+    before = path.stat().st_mtime_ns
+    path.write_bytes(weights)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+class FolderBackend(ScriptedBackend):
+    """The scripted backend, loaded from a model folder (as `make_backend` records it for every local kind)."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.model_dir, self.model_id = str(folder), folder.name
+
+
+def test_cache_key_follows_the_model_content_not_its_folder(tmp_path):
+    folder = model_folder(tmp_path / "run")
+    key = BioExtractor(FolderBackend(folder)).key(CALL, "AGENT")
+    assert BioExtractor(FolderBackend(folder)).key(CALL, "AGENT") == key  # unchanged folder, same key
+    copy = model_folder(tmp_path / "renamed")  # same files under another name: still the same model
+    assert BioExtractor(FolderBackend(copy)).key(CALL, "AGENT") == key
+    # different settings, speaker or transcript: different keys
+    assert BioExtractor(FolderBackend(folder), GenerationConfig(max_new_tokens=7)).key(CALL, "AGENT") != key
+    assert BioExtractor(FolderBackend(folder), GenerationConfig(seed=1)).key(CALL, "AGENT") != key
+    assert BioExtractor(FolderBackend(folder), words=30).key(CALL, "AGENT") != key
+    assert BioExtractor(FolderBackend(folder)).key(CALL, "CUSTOMER") != key
+    assert BioExtractor(FolderBackend(folder)).key(conv("c1", [("AGENT", "Hello.")]), "AGENT") != key
+    # retrained in the same folder: a weight file of the same size with other bytes
+    retrain(folder, b"v" * 64)
+    assert BioExtractor(FolderBackend(folder)).key(CALL, "AGENT") != key
+
+
+def test_retrained_model_in_the_same_folder_does_not_serve_stale_bios(tmp_path):
+    folder, cache = model_folder(tmp_path / "model"), BioCache(str(tmp_path / "cache"))
+    first = FolderBackend(folder)
+    list(BioExtractor(first, cache=cache).run([CALL]))
+    again = FolderBackend(folder)
+    assert all(r.cached for r in BioExtractor(again, cache=cache).run([CALL])) and again.calls == []
+    retrain(folder, b"retrained" * 8)
+    retrained = FolderBackend(folder)
+    assert not any(r.cached for r in BioExtractor(retrained, cache=cache).run([CALL])) and retrained.calls == [2]
+
+
+def test_model_fingerprint_uses_the_manifest_when_there_is_one(tmp_path):
+    folder = model_folder(tmp_path / "model")
+    bare = model_fingerprint(str(folder))
+    (folder / "checkpoint-5").mkdir()  # subfolders are not what a loader reads
+    (folder / "checkpoint-5" / "model.safetensors").write_bytes(b"old")
+    assert model_fingerprint(str(folder)) == bare
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')  # the template counts
+    assert model_fingerprint(str(folder)) != bare
+    write_manifest(str(folder), "hf-llm")
+    listed = model_fingerprint(str(folder))
+    assert listed == hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no files"):
+        model_fingerprint(str(tmp_path / "empty"))
 
 
 def test_concurrent_writers_use_separate_shards(tmp_path):

@@ -7,8 +7,12 @@ string replacement: the reference implementation's string replacement left promp
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from typing import Any
+
+from bioserc.bios.cache import model_fingerprint
 
 
 Messages = list[dict[str, str]]
@@ -36,14 +40,27 @@ class Generation:
     prompt_tokens: int
     new_tokens: int
     finish_reason: str | None = None  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+    error: str | None = None  # this prompt alone failed (e.g. the server refused it); the batch's others did not
 
 
 class LLMBackend(ABC):
-    """One loaded model. `model_id` names it stably in caches and outputs (a path's basename is not enough)."""
+    """One loaded model. `model_id` names it in outputs; `identity()` names it in cache keys."""
 
     name: str = "base"
     model_id: str = ""
+    model_dir: str | None = None  # the local folder the model was loaded from, when there is one
     max_context: int = 8192
+
+    def identity(self) -> dict[str, Any]:
+        """Everything about the model that decides its output, for the bio cache key.
+
+        A local folder counts by its content (`model_fingerprint`), never its name: a model retrained in the same
+        folder must not serve its predecessor's bios. Backends with no local folder (a hub id, a server) fall back to
+        `model_id`; the HTTP backend adds its server and request options.
+        """
+        if self.model_dir is not None and os.path.isdir(self.model_dir):
+            return {"backend": self.name, "content": model_fingerprint(self.model_dir)}
+        return {"backend": self.name, "model": self.model_id}
 
     @abstractmethod
     def count_tokens(self, messages: Messages) -> int:
@@ -51,7 +68,11 @@ class LLMBackend(ABC):
 
     @abstractmethod
     def generate(self, batch: list[Messages], config: GenerationConfig) -> list[Generation]:
-        """Generate one completion per prompt, in input order."""
+        """Generate one completion per prompt, in input order.
+
+        A prompt that fails on its own comes back with `error` set while the others still succeed; an exception
+        means the whole batch failed.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release servers, sessions or GPU memory; a no-op by default."""

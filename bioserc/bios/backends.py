@@ -18,7 +18,8 @@ KINDS = ("transformers", "onnx", "openai", "trtllm")
 def make_backend(kind: str, model: str, **options: Any) -> LLMBackend:
     """Build a backend; for local kinds `model` may be an embedded model name ("smollm2", "minilm") or a folder.
 
-    `options` go to the backend's constructor unchanged (e.g. `batch_size`, `base_url`, `provider`).
+    `options` go to the backend's constructor unchanged. Every local kind takes `batch_size` (what the pipelines
+    pass); openai takes `base_url` plus its request options (`OpenAICompatibleBackend`).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backend {kind!r}; valid kinds: {', '.join(KINDS)}")
@@ -32,15 +33,18 @@ def make_backend(kind: str, model: str, **options: Any) -> LLMBackend:
     from bioserc.embedded import resolve_model
 
     path = resolve_model(model)
+    backend: LLMBackend
     if kind == "transformers":
         from bioserc.bios.transformers_backend import TransformersBackend
 
-        return TransformersBackend(path, **options)
-    if kind == "onnx":
+        backend = TransformersBackend(path, **options)
+    elif kind == "onnx":
         from bioserc.bios.ort_backend import OrtBackend
 
-        return OrtBackend(path, **options)
-    from bioserc.bios.trtllm_backend import TrtLlmBackend
+        backend = OrtBackend(path, **options)
+    else:
+        from bioserc.bios.trtllm_backend import TrtLlmBackend
 
-    return TrtLlmBackend(path, **options)
-
+        backend = TrtLlmBackend(path, **options)
+    backend.model_dir = path  # bio cache keys follow this folder's content (`LLMBackend.identity`)
+    return backend

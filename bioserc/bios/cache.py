@@ -2,11 +2,14 @@
 
 The cache is a directory of JSONL shards. Every writer appends to its own shard (host, pid and a random suffix in
 the name), so no two writers share a file and no locking is needed; readers merge all shards. A line cut short by a
-crash is ignored on the next read. Entries are keyed by a hash of everything that determines the bio.
+crash is ignored on the next read. Entries are keyed by a hash of everything that determines the bio: the transcript,
+the speaker, the model's *content* (`model_fingerprint`, never its folder name), the prompt version and the
+generation settings.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,10 +17,40 @@ import socket
 import uuid
 from typing import Any
 
+from bioserc.artifacts import MANIFEST, sha256_file
 
-def bio_key(transcript: str, speaker: str, model_id: str, prompt_version: str, params: dict[str, Any]) -> str:
-    payload = json.dumps([transcript, speaker, model_id, prompt_version, params], sort_keys=True, ensure_ascii=False)
+
+def bio_key(transcript: str, speaker: str, model: Any, prompt_version: str, params: dict[str, Any]) -> str:
+    """`model` is the backend's `identity()` (any JSON value); keys are stable across processes and machines."""
+    payload = json.dumps([transcript, speaker, model, prompt_version, params], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def model_fingerprint(folder: str) -> str:
+    """sha256 naming what is in a model folder, so a model retrained in the same folder gets new cache keys.
+
+    With a manifest.json it is the manifest's own hash (the manifest lists every file's sha256); otherwise a hash of
+    the name and sha256 of every top-level file (config, weights, tokenizer, chat template; checkpoint subfolders are
+    not read by a loader and are skipped). Hashing is memoised per process on the files' names, sizes, mtimes and
+    inodes: an unchanged folder is read once, a rewritten file is noticed at once.
+    """
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.isfile(manifest):
+        return sha256_file(manifest)
+    names = sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name)))
+    if not names:
+        raise FileNotFoundError(f"model folder {folder!r} holds no files")
+    stats = tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name in names
+                  for st in [os.stat(os.path.join(folder, name))])
+    return _fingerprint(os.path.realpath(folder), stats)
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(folder: str, stats: tuple[tuple[str, int, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, *_ in stats:
+        digest.update(f"{name}\0{sha256_file(os.path.join(folder, name))}\n".encode())
+    return digest.hexdigest()
 
 
 class BioCache:

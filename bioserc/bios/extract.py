@@ -25,6 +25,8 @@ from bioserc.schema import Conversation
 
 
 MODES = ("per-speaker", "per-conversation")
+# Error prefixes: the backend failed the whole batch, or refused one prompt (already retried by the backend).
+GENERATION_FAILED, REQUEST_FAILED = "generation failed:", "request failed:"
 
 
 @dataclass(slots=True)
@@ -71,10 +73,11 @@ class BioExtractor:
         self.backend, self.config, self.mode, self.words, self.cache = backend, config or GenerationConfig(), mode, \
             words, cache
         self.budget = backend.max_context - self.config.max_new_tokens
+        self.identity = backend.identity()  # hashes a local model folder's files once, not once per bio
 
     def key(self, conv: Conversation, speaker: str) -> str:
         params = {**self.config.to_dict(), "mode": self.mode, "words": self.words}
-        return bio_key(transcript_text(conv), speaker, self.backend.model_id, BIO_PROMPT_VERSION, params)
+        return bio_key(transcript_text(conv), speaker, self.identity, BIO_PROMPT_VERSION, params)
 
     def result(self, conv: Conversation, speaker: str, **fields) -> BioResult:
         return BioResult(conv.id, speaker, fields.pop("bio", ""), self.backend.model_id, BIO_PROMPT_VERSION,
@@ -111,13 +114,17 @@ class BioExtractor:
         try:
             gens = self.backend.generate([r.prompt.messages for r in requests], self.config)
         except Exception as err:  # noqa: BLE001 - a failed batch becomes dead-letter results, not a crashed run
-            return [self.result(r.conversation, s, error=f"generation failed: {type(err).__name__}: {err}")
+            return [self.result(r.conversation, s, error=f"{GENERATION_FAILED} {type(err).__name__}: {err}")
                     for r in requests for s in r.speakers]
         results, fallbacks = [], []
         for req, gen in zip(requests, gens, strict=True):
-            text = req.prompt.answer_prefix + gen.text
             stats = {"truncated": req.prompt.truncated, "prompt_tokens": gen.prompt_tokens,
                      "new_tokens": gen.new_tokens, "mode": req.mode}
+            if gen.error is not None:  # this prompt alone failed; the batch's other prompts stand
+                results += [self.result(req.conversation, s, error=f"{REQUEST_FAILED} {gen.error}", **stats)
+                            for s in req.speakers]
+                continue
+            text = req.prompt.answer_prefix + gen.text
             if req.mode == "per-speaker":
                 bio = clean_bio(text, gen.finish_reason == "length")
                 results.append(self.finish(req, req.speakers[0], bio, stats))

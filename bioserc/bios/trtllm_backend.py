@@ -25,10 +25,11 @@ from bioserc.bios.chat import render_chat
 
 
 INSTALL_HINT = (
-    "tensorrt-llm is not importable here. It has no Python 3.11 wheel and needs an NVIDIA GPU (CUDA 13): run "
-    "bioserc inside the Python 3.12 NVIDIA container (export/docker/Dockerfile.trtllm), or start "
-    "`trtllm-serve MODEL` there and use `--backend openai --base-url http://host:8000` from this environment "
-    "(with the model's tokenizer and endpoint='completions': trtllm-serve has no chat prefill extension)."
+    "the trtllm backend needs tensorrt_llm, which is not importable here. It has no Python 3.11 wheel and needs an "
+    "NVIDIA GPU (CUDA 13): run bioserc inside the Python 3.12 NVIDIA container (export/docker/Dockerfile.trtllm), or "
+    "start `trtllm-serve MODEL_DIR` there and use `--backend openai --base-url http://HOST:8000 --endpoint "
+    "completions --tokenizer MODEL_DIR` from this environment (trtllm-serve has no chat prefill extension, so the "
+    "prompt is rendered here)."
 )
 
 
@@ -50,7 +51,8 @@ def context_length(model: str, default: int = 8192) -> int:
 class TrtLlmBackend(LLMBackend):
     """Args:
         model: a local HF folder (the merged model; tensorrt-llm's PyTorch backend needs no engine build).
-        max_batch_size: requests the runtime schedules together (in-flight batching).
+        batch_size: requests the runtime schedules together (its `max_batch_size`, in-flight batching); the same
+            option as the other local backends, so the pipelines' `--batch-size` reaches it.
         max_seq_len: prompt plus generated tokens per request; None keeps the model's own limit.
         dtype: "auto", "bfloat16", "float16", ...
         tensor_parallel_size: GPUs per model.
@@ -58,18 +60,19 @@ class TrtLlmBackend(LLMBackend):
 
     name = "trtllm"
 
-    def __init__(self, model: str, max_batch_size: int = 64, max_seq_len: int | None = None, dtype: str = "auto",
+    def __init__(self, model: str, batch_size: int = 64, max_seq_len: int | None = None, dtype: str = "auto",
                  tensor_parallel_size: int = 1):
         trt = require_tensorrt_llm()
         from transformers import AutoTokenizer
 
         self._sampling_params = trt.SamplingParams
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        options: dict[str, Any] = {"max_batch_size": max_batch_size}
+        options: dict[str, Any] = {"max_batch_size": batch_size}
         if max_seq_len is not None:
             options["max_seq_len"] = max_seq_len
         self.llm = trt.LLM(model=model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, **options)
         self.model_id = "trtllm:" + os.path.basename(os.path.normpath(model))
+        self.model_dir = model
         self.max_context = max_seq_len or context_length(model)
 
     def count_tokens(self, messages: Messages) -> int:
