@@ -1,12 +1,27 @@
-"""`bioserc label` on synthetic archives of growing size: peak RSS must stay flat, every utterance accounted for.
+"""`bioserc label` on synthetic archives of growing size, in-process and on a local Dask cluster: wall, utterances/s,
+peak RSS of every process, every utterance accounted for.
 
-    python bench/archive_scale.py --data ../shared/data/raw/meld/meld.train.json --sizes 3000 30000 \
-        --out docs/bench/archive_scale.json
+    python bench/archive_scale.py --data ../shared/data/raw/meld/meld.train.json --sizes 1000 10000 100000 \
+        --runners inprocess dask --workers 2 --out docs/bench/archive_scale.json
 
-An archive of N calls is built from the dialogues of --data (cycled, each copy with a new id) as canonical JSONL files
-of --calls-per-file calls each. `bioserc label` (default model, --no-bios, in-process runner) then runs in a child
-process, one size at a time; its peak RSS comes from the kernel (os.wait4), its counts from run.json and from the
-output files. Goal (issue 13): peak RSS at the largest size <= 1.2x the smallest.
+For each size an archive is built with bench/make_archive.py (mixed vendor formats, shuffled, some bad files) and
+labelled with the default model (`--no-bios`, `--report-calls 0`, `--allow-skips`; extra `bioserc label` flags after
+`--`) by a child process:
+
+    inprocess   Beam's in-process runner; the child is the only process
+    dask        a fresh cluster per size, started as the README says: `dask scheduler` and `dask worker --nworkers W
+                --nthreads 1`, the job given `--runner ...DaskRunner --dask_client_address`
+
+Peak RSS: of the driver from the kernel when it exits (os.wait4; a spawned child's figure cannot be below this
+process's own RSS when it spawned it, reported as `bench_rss_mb`, so this process stays light: no model, no Beam);
+of the scheduler and the `dask worker` parent (its nannies) from their VmHWM in /proc before they are stopped; of
+each worker from its own VmHWM, read on the worker through a client. The bare model loop (load the classifier, read
+the first --bare-calls readable calls of the first archive, then time only `predict` on them in batches of
+--conversations-per-batch), run in a child process, gives the utterances/s each run's efficiency is measured
+against (the runs' walls include start-up, reading and writing). A run is accounted for
+when the labelled rows, the rows written and the utterances the archive's readable calls hold are equal, and the
+dead letters are the archive's bad records. Goals (issue 15): peak RSS at the largest size <= 1.2x the smallest on
+both runners; in-process efficiency >= 0.8 at the largest size.
 """
 
 from __future__ import annotations
@@ -14,71 +29,169 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from make_archive import build, source_calls
 from report_io import emit
 
-from bioserc.readers import read_conversations
+
+DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
-def build_archive(folder: Path, dialogues: list, calls: int, per_file: int) -> int:
-    """Write `calls` conversations into folder/part-*.jsonl; return the number of utterances written."""
-    folder.mkdir(parents=True)
-    utterances = 0
-    for start in range(0, calls, per_file):
-        with open(folder / f"part-{start // per_file:05d}.jsonl", "w", encoding="utf-8") as fh:
-            for n in range(start, min(calls, start + per_file)):
-                conv = dialogues[n % len(dialogues)]
-                row = conv.to_dict()
-                row["id"] = f"call-{n:07d}"
-                for u in row["utterances"]:
-                    u.pop("label", None)
-                utterances += len(row["utterances"])
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return utterances
+def bare_loop(archive: Path, calls: int, batch: int) -> dict:
+    """Run in a child process (`measure_bare_loop`): the model must not load into this one."""
+    from bioserc.artifacts import default_model_dir
+    from bioserc.models.classifier import load_classifier
+    from bioserc.readers import read_items
+    from bioserc.schema import Conversation
+
+    model = load_classifier(default_model_dir())
+    convs, utterances = [], 0
+    for item in read_items(str(archive)):
+        if isinstance(item, Conversation):  # gold labels set aside, as the pipeline does
+            convs.append(replace(item, utterances=[replace(u, label=None) for u in item.utterances]))
+            if len(convs) == calls:
+                break
+    start = time.perf_counter()  # the model loop alone: loading and reading are not timed
+    for i in range(0, len(convs), batch):
+        chunk = convs[i:i + batch]
+        utterances += len(list(model.predict(chunk, {}, batch_size=len(chunk), max_utterances=256)))
+    wall = time.perf_counter() - start
+    return {"calls": len(convs), "utterances": utterances, "wall_s": round(wall, 1),
+            "utterances_per_s": round(utterances / wall, 1), "peak_rss_mb": peak_rss_mb()}
+
+
+def measure_bare_loop(archive: Path, calls: int, batch: int) -> dict:
+    code = (f"import json, archive_scale as a; "
+            f"print(json.dumps(a.bare_loop(a.Path({str(archive)!r}), {calls}, {batch})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def peak_rss_mb(pid: int | str = "self", field: str = "VmHWM") -> float:
+    """A live process's peak resident set (VmHWM; VmRSS for its current one), in MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        line = next(x for x in fh if x.startswith(f"{field}:"))
+    return round(int(line.split()[1]) / 1024, 1)
+
+
+def waited(proc: subprocess.Popen) -> tuple[int, float]:
+    """(exit code, peak RSS in MiB) of a child, from the kernel."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), round(usage.ru_maxrss / 1024, 1)
+
+
+class Cluster:
+    """`dask scheduler` + `dask worker --nworkers W --nthreads 1` on loopback, as child processes."""
+
+    def __init__(self, workers: int, folder: Path):
+        self.file = folder / "scheduler.json"
+        dask = [sys.executable, "-m", "dask"]
+        self.scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                           "--no-dashboard", "--scheduler-file", str(self.file)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not self.file.exists():
+            if self.scheduler.poll() is not None:
+                raise SystemExit(f"dask scheduler exited with {self.scheduler.returncode}")
+            time.sleep(0.2)
+        self.address = json.loads(self.file.read_text())["address"]
+        self.workers = subprocess.Popen([*dask, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1",
+                                         "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from distributed import Client
+
+        self.client = Client(self.address)
+        self.client.wait_for_workers(workers, timeout=120)
+
+    def stop(self) -> dict:
+        rss = {"workers": sorted(self.client.run(peak_rss_mb).values())}
+        self.client.close()
+        for proc, name in ((self.workers, "worker_parent"), (self.scheduler, "scheduler")):
+            rss[name] = peak_rss_mb(proc.pid)
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+        return rss
 
 
 def label(archive: Path, out: Path, extra: list[str]) -> dict:
+    floor = peak_rss_mb(field="VmRSS")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "bioserc.cli", "label", str(archive), "-o", str(out), "--no-bios",
-                             "--report-calls", "0", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+                             "--report-calls", "0", "--allow-skips", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code, rss = waited(proc)
     wall = time.perf_counter() - start
     info = json.loads((out / "run.json").read_text())
     with open(out / "utterances.jsonl", "rb") as fh:
         rows = sum(1 for _ in fh)
-    return {"exit_code": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1), "peak_rss_mb":
-            round(usage.ru_maxrss / 1024, 1), "rows_written": rows, "counters": info["counters"],
+    return {"exit_code": code, "wall_s": round(wall, 1), "peak_rss_mb": {"driver": rss},
+            "bench_rss_mb": floor, "rows_written": rows,
+            "counters": info["counters"], "dead_letter_rows": info["written"]["dead_letter_rows"],
             "problems": info["problems"]}
+
+
+def run_size(runner: str, archive: Path, out: Path, expected: dict, args: argparse.Namespace) -> dict:
+    extra = ["--conversations-per-batch", str(args.conversations_per_batch), *args.label_args]
+    if runner == "dask":
+        cluster = Cluster(args.workers, out.parent)
+        try:
+            result = label(archive, out, [*extra, "--runner", DASK, "--dask_client_address", cluster.address])
+        finally:
+            result_rss = cluster.stop()
+        result["peak_rss_mb"].update(result_rss)
+        result["workers"] = args.workers
+    else:
+        result = label(archive, out, extra)
+    c = result["counters"]
+    result.update(runner=runner, calls=expected["calls"], utterances=expected["utterances"],
+                  utterances_per_s=round(c["utterances_labeled"] / result["wall_s"], 1),
+                  all_accounted=(c["utterances_labeled"] == result["rows_written"] == expected["utterances"]
+                                 and result["dead_letter_rows"] == expected["bad_records"]
+                                 and c["utterances_unreadable"] == expected["unreadable_utterances"]
+                                 and not result["problems"]))
+    return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/raw/meld/meld.train.json")
-    p.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000])
-    p.add_argument("--calls-per-file", type=int, default=500)
+    p.add_argument("--data", default="../shared/data/raw/meld/meld.train.json", help="corpus the archive is made of")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--runners", nargs="+", choices=["inprocess", "dask"], default=["inprocess", "dask"])
+    p.add_argument("--workers", type=int, default=2, help="Dask worker processes (one thread each)")
+    p.add_argument("--conversations-per-batch", type=int, default=16)
+    p.add_argument("--bare-calls", type=int, default=2000, help="calls the bare model loop labels")
+    p.add_argument("--tmp", help="where archives and outputs go (default: a temporary folder)")
     p.add_argument("--out", help="also write the JSON report here")
     p.add_argument("label_args", nargs="*", help="extra `bioserc label` flags (after --)")
     args = p.parse_args()
-    dialogues = read_conversations(args.data)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    rows, bare = [], None
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes:
             archive = Path(tmp) / f"archive-{size}"
-            utterances = build_archive(archive, dialogues, size, args.calls_per_file)
-            result = label(archive, Path(tmp) / f"out-{size}", args.label_args)
-            c = result["counters"]
-            result.update(calls=size, utterances=utterances,
-                          utterances_per_s=round(c["utterances_labeled"] / result["wall_s"], 1),
-                          all_accounted=c["utterances_labeled"] == result["rows_written"] == utterances)
-            rows.append(result)
-            print(json.dumps({k: v for k, v in result.items() if k != "counters"}), file=sys.stderr)
-    report = {"data": args.data, "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(), "rows": rows,
-              "rss_ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)}
+            expected = build(source_calls(args.data, size, seed=0), archive, 50, 0.2, 100, seed=0).__dict__
+            if bare is None:
+                bare = measure_bare_loop(archive, args.bare_calls, args.conversations_per_batch)
+                print(json.dumps({"bare_loop": bare}), file=sys.stderr)
+            for runner in args.runners:
+                out = Path(tmp) / f"{runner}-{size}" / "out"
+                out.parent.mkdir()
+                result = run_size(runner, archive, out, expected, args)
+                result["efficiency"] = round(result["utterances_per_s"] / bare["utterances_per_s"], 3)
+                rows.append(result)
+                print(json.dumps({k: v for k, v in result.items() if k != "counters"}), file=sys.stderr)
+    ratios = {}
+    for runner in args.runners:
+        mine = [r for r in rows if r["runner"] == runner]
+        peak = [max(v if isinstance(v, float) else max(v) for v in r["peak_rss_mb"].values()) for r in mine]
+        ratios[runner] = round(peak[-1] / peak[0], 3)
+    report = {"data": args.data, "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(), "bare_loop": bare,
+              "rows": rows, "rss_ratio_largest_to_smallest": ratios}
     emit(report, args.out)
 
 

@@ -70,6 +70,7 @@ def label(inputs: list[Path], out: Path, *extra: str) -> Run:
 def rows_file(path: Path, conversations: int, turns: int, pad: int = 0, seed: int = 0) -> int:
     """Utterance rows (JSONL, gzip if the name says so); `pad` extra characters of metadata per row. Returns rows."""
     rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wt", encoding="utf-8") as fh:
         for c in range(conversations):
@@ -253,11 +254,13 @@ def usage_errors(tmp: Path) -> tuple[str, str]:
 
 CASES: list[Callable[[Path], tuple[str, str]]] = [
     big_gzip, turns_over_cap, long_call,
-    one_file_case("deep.json", b"[" * 100_000, "nest", "JSON nested 100,000 deep: one dead letter, exit 1"),
+    one_file_case("deep.json", b'{"JobStatus": "COMPLETED", "Transcript": ' + b"[" * 100_000, "nest",
+                  "AWS TCA file nested 100,000 deep: one dead letter, exit 1"),
     one_file_case("corrupt.jsonl.gz", gzip.compress(b'{"a": 1}\n' * 1000)[:-40] + b"\0" * 40, "gzip",
                   "corrupt gzip: one dead letter, exit 1"),
-    one_file_case("cp1252.json", '{"Transcript": [{"Content": "caf\u00e9"}]}'.encode("cp1252"), "UTF-8",
-                  "cp1252 bytes: one dead letter naming the byte, exit 1"),
+    one_file_case("cp1252.json", '{"JobStatus": "COMPLETED", "Transcript": [{"Content": "caf\u00e9", '
+                  '"ParticipantRole": "AGENT"}]}'.encode("cp1252"), "UTF-8",
+                  "AWS TCA file in cp1252: one dead letter naming the byte, exit 1"),
     symlink_loop, gzip_bomb,
     tampered_artifact(drop_and_tamper, "manifest entry removed + file tampered: label and evaluate exit 2"),
     tampered_artifact(lambda m, _: m.update(files={}), "manifest files {}: label and evaluate exit 2"),

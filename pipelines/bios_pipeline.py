@@ -7,9 +7,10 @@
 
 (the wheel: `python -m pip wheel --no-deps . -w dist`; Dataflow needs `pip install 'bioserc[gcp]'` on this machine.)
 
-Read (any reader) -> key by conversation -> RunInference with `BioModelHandler` (Beam batches conversations; one
-model per worker process) -> bios.jsonl, bios.paper.json ({conv_id: [bio per utterance]}, the reference code's
-format) and dead_letter.jsonl. Every (conversation, speaker) ends in exactly one of bios.jsonl and dead_letter.jsonl.
+Read (any reader; batches of --conversations-per-batch calls) -> RunInference with `BioModelHandler` (one model per
+worker process) -> bios.jsonl, bios.paper.json ({conv_id: [bio per utterance]}, the reference code's format) and
+dead_letter.jsonl. Every (conversation, speaker) ends in exactly one of bios.jsonl and dead_letter.jsonl. Workers
+write shards into a staging folder in the output; the driver assembles them and replaces the previous files.
 """
 
 from __future__ import annotations
@@ -19,24 +20,43 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
 from bioserc.bios.extract import MODES, BioExtractor, BioResult, paper_bios
 from bioserc.labels import LABEL_SETS
-from bioserc.pipelines.io import DEAD_LETTER, NAMESPACE, ReadConversations, WriteJsonl, output_path
+from bioserc.pipelines.io import FileGroups, ParseFiles, output_path
 from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
+from bioserc.pipelines.outputs import (
+    BIOS,
+    PAPER,
+    WriteShards,
+    concat_jsonl,
+    discard,
+    promote,
+    read_ledger,
+    shards,
+    staging_folder,
+)
+from bioserc.pipelines.records import DEAD, Batch, BatchedModelHandler, ledger
 from bioserc.readers import reader_names
 from bioserc.readers.roles import add_role_args
 from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
+
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
+DASK_PARTITION_FLAGS = {"--dask_npartitions", "--dask_partition_size"}
+DASK_PARTITION_GROUPS = 4  # default Dask partition: 4 file groups (64 calls in one-call files at the default batch)
+GENERATION_FAILED = "generation failed:"  # how `BioExtractor.generate` marks the results of a batch the backend failed
 
 
 class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor]):
@@ -64,13 +84,18 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
 
     def run_inference(self, batch: Sequence[Conversation], model: BioExtractor,
                       inference_args: dict[str, Any] | None = None) -> Iterable[list[BioResult]]:
+        """One generate call for the whole batch; if the backend fails on it, each conversation is retried alone, so
+        a conversation the LLM cannot take costs only its own bios (bios that did come out are cached by then)."""
         by_conv: dict[str, list[BioResult]] = {c.id: [] for c in batch}
         requests = []
         for conv in batch:
             done, todo = model.plan(conv)
             by_conv[conv.id] += done
             requests += todo
-        for result in model.generate(requests):
+        results = model.generate(requests)
+        if len(batch) > 1 and any(r.error and r.error.startswith(GENERATION_FAILED) for r in results):
+            return [r for conv in batch for r in self.run_inference([conv], model, inference_args)]
+        for result in results:
             by_conv[result.conversation_id].append(result)
         if self._bar is not None:
             self._bar.update(sum(len(r) for r in by_conv.values()))
@@ -80,44 +105,24 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
         return "bioserc_bios"
 
 
-class _SplitResults(beam.DoFn):
-    """Successful bios to the main output, failures to the dead letter; counts both."""
+class BioRecords(beam.DoFn):
+    """A batch of (conversation, bio results) -> the records it carries, then bios rows, dead letters for failures,
+    the paper-format entry of each conversation, and the batch's counts."""
 
-    def __init__(self):
-        self.counters = {k: beam.metrics.Metrics.counter(NAMESPACE, k)
-                         for k in ("bios_generated", "bios_cached", "bios_dead_lettered")}
-
-    def process(self, keyed: tuple[str, list[BioResult]]):
-        for result in keyed[1]:
-            if result.error:
-                self.counters["bios_dead_lettered"].inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"stage": "bios", "record": result.conversation_id,
-                                                             "reason": result.error, **result.to_dict()})
-            else:
-                self.counters["bios_cached" if result.cached else "bios_generated"].inc()
-                yield result
-
-
-def _paper_entry(joined: tuple[str, dict[str, list]]) -> Iterable[tuple[str, list[str]]]:
-    conv_id, parts = joined
-    for conv in parts["conversation"]:
-        yield from paper_bios([conv], parts["bios"]).items()
-
-
-class ExtractBios(beam.PTransform):
-    """Conversations -> (bios, dead letters)."""
-
-    def __init__(self, handler: BioModelHandler):
-        super().__init__()
-        self.handler = handler
-
-    def expand(self, conversations):
-        return (
-            conversations
-            | "KeyByConversation" >> beam.Map(lambda c: (c.id, c))
-            | "Generate" >> RunInference(KeyedModelHandler(self.handler))
-            | "Split" >> beam.ParDo(_SplitResults()).with_outputs(DEAD_LETTER, main="bios")
-        )
+    def process(self, batch: Batch):
+        yield from batch.records
+        c = dict.fromkeys(("bios_generated", "bios_cached", "bios_dead_lettered"), 0)
+        for conv, results in batch:
+            for result in results:
+                if result.error:
+                    c["bios_dead_lettered"] += 1
+                    yield DEAD, {"stage": "bios", "record": result.conversation_id, "reason": result.error,
+                                 **result.to_dict()}
+                else:
+                    c["bios_cached" if result.cached else "bios_generated"] += 1
+                    yield BIOS, result.to_dict()
+            yield PAPER, {"conversation_id": conv.id, "bios": paper_bios([conv], results)[conv.id]}
+        yield from ledger("bios", batch.key, **c)
 
 
 def reader_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,30 +168,58 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"batch_size": args.batch_size}
 
 
-def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress_total: int = 0) -> None:
+def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progress_total: int = 0) -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
     cache = None if args.cache == "none" else (args.cache or output_path(args.output, "cache"))
     handler = BioModelHandler(args.backend, args.model, backend_options(args), config, args.mode, args.words, cache,
                               max_batch_size=args.conversations_per_batch, progress_total=progress_total)
-    read = pipeline | "Read" >> ReadConversations(args.inputs, args.format, reader_options(args))
-    bios = read.main | "Bios" >> ExtractBios(handler)
-    _ = bios.bios | "BioRows" >> beam.Map(BioResult.to_dict) | "WriteBios" >> WriteJsonl(
-        output_path(args.output, "bios.jsonl"))
-    paper = (
-        {"conversation": read.main | "KeyConv" >> beam.Map(lambda c: (c.id, c)),
-         "bios": bios.bios | "KeyBio" >> beam.Map(lambda r: (r.conversation_id, r))}
-        | "Join" >> beam.CoGroupByKey()
-        | "PaperFormat" >> beam.FlatMap(_paper_entry)
-        | "ToDict" >> beam.combiners.ToDict()
-    )
-    _ = paper | "PaperJson" >> beam.Map(lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True)) | \
-        "WritePaper" >> beam.io.WriteToText(output_path(args.output, "bios.paper.json"), shard_name_template="",
-                                            num_shards=1)
-    _ = (read[DEAD_LETTER], bios[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetter" >> \
-        WriteJsonl(output_path(args.output, "dead_letter.jsonl"))
+    _ = (pipeline
+         | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
+         | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), batch=args.conversations_per_batch))
+         | "Generate" >> RunInference(BatchedModelHandler(handler))
+         | "Split" >> beam.ParDo(BioRecords())
+         | "Write" >> WriteShards(staging))  # one chain, one sink (see pipelines.records)
+
+
+@dataclass
+class BiosRun:
+    """A finished `bioserc bios` run: what its steps counted (summed from their ledger rows)."""
+
+    counters: dict[str, int]
+
+
+def assemble(staging: str) -> None:
+    """The shards -> bios.jsonl, dead_letter.jsonl and bios.paper.json (one JSON object, written entry by entry)."""
+    concat_jsonl([], shards(staging, BIOS), output_path(staging, BIOS))
+    concat_jsonl([], shards(staging, DEAD), output_path(staging, DEAD))
+    with FileSystems.create(output_path(staging, PAPER)) as out:
+        out.write(b"{")
+        first = True
+        for src in shards(staging, PAPER):
+            with FileSystems.open(src) as fh:
+                for line in fh:
+                    if line.strip():
+                        entry = json.loads(line)
+                        out.write((("" if first else ", ") + json.dumps(entry["conversation_id"], ensure_ascii=False)
+                                   + ": " + json.dumps(entry["bios"], ensure_ascii=False)).encode("utf-8"))
+                        first = False
+        out.write(b"}\n")
+
+
+def shows_progress(pipeline: beam.Pipeline) -> bool:
+    """Progress bars only where the workers write to this terminal: Beam's local runners, not Dask or Dataflow."""
+    return type(pipeline.runner).__name__ in LOCAL_RUNNERS
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam's options from the pass-through flags, with this project's defaults for the in-process and Dask runners.
+
+    On Dask a partition of the first collection (file groups) is one task per step, whose whole output Beam's Dask
+    runner holds in memory: small partitions keep memory flat and spread even a small archive over the workers.
+    """
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner or ""
+    if runner.endswith("DaskRunner") and not {a.split("=")[0] for a in beam_args} & DASK_PARTITION_FLAGS:
+        beam_args = [*beam_args, "--dask_partition_size", str(DASK_PARTITION_GROUPS)]
     options = PipelineOptions(beam_args)
     if not options.view_as(StandardOptions).runner:
         # The DirectRunner first tries to download the Prism runner; FnApiRunner is what it falls back to anyway.
@@ -195,11 +228,28 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def run(argv: Sequence[str] | None = None, progress_total: int = 0) -> beam.runners.runner.PipelineResult:
-    """Parse strictly (a usage error before anything runs), build and run the pipeline."""
+def wait(result: beam.runners.runner.PipelineResult) -> None:
+    """Wait for a run to finish; then close the Dask client that Beam's Dask runner opened for it (it never does)."""
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # DaskRunnerResult.client
+        if client is not None:
+            client.close()
+
+
+def run(argv: Sequence[str] | None = None, progress_total: int = 0) -> BiosRun:
+    """Parse strictly (a usage error before anything runs), build and run the pipeline, assemble its outputs."""
     args, beam_args = parse_pipeline_args(make_parser(), sys.argv[1:] if argv is None else argv)
+    staging = staging_folder(args.output)
     pipeline = beam.Pipeline(options=pipeline_options(beam_args))
-    build(pipeline, args, progress_total)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return result
+    build(pipeline, args, staging, progress_total if shows_progress(pipeline) else 0)
+    try:
+        wait(pipeline.run())
+        assemble(staging)
+        counters = read_ledger(staging)
+        promote(staging, args.output, (PAPER, DEAD, BIOS))
+    except BaseException:
+        discard(staging)
+        raise
+    return BiosRun(counters)

@@ -23,7 +23,6 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from bioserc.artifacts import (
@@ -39,13 +38,13 @@ from bioserc.artifacts import (
 from bioserc.errors import RAW_LIMIT
 from bioserc.models.classifier import UtteranceClassifier, load_classifier
 from bioserc.models.predict import Prediction
-from bioserc.pipelines.io import DEAD_LETTER, NAMESPACE
+from bioserc.pipelines.outputs import CONVERSATIONS, PARQUET, UTTERANCES
+from bioserc.pipelines.records import DEAD, Batch, ledger
 from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
 
-SUMMARY = "summary"
 NEUTRAL = {"neutral"}  # compared case-insensitively (EmoryNLP says "Neutral")
 
 # utterances.parquet; probs is a map so rows of models with different label sets can share one file
@@ -152,24 +151,26 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
             ONNX artifacts.
         batch_utterances: utterances per forward pass inside `predict` (what bounds memory: `predict` sorts the
             conversations by length, cuts calls longer than its context into pieces and pads per forward pass).
-        max_batch_size: conversations Beam hands to one `run_inference` call. Beam's batching by weight is not
-            used: in Beam 2.77 `max_batch_weight` never reaches `BatchElements`, and an `element_size_fn` makes it
-            emit empty batches, which `KeyedModelHandler` cannot take.
+        max_batch_size: conversations Beam hands to one `run_inference` call where Beam batches them. The pipelines
+            batch upstream instead (`pipelines.records.BatchedModelHandler`): the reader cuts batches of
+            --conversations-per-batch.
+        threads: CPU threads of the model per worker process (None: all this process may use).
         progress_total: utterances to expect, for a progress bar (None: no bar, 0: unknown total; shown by
             in-process runners only).
     """
 
     def __init__(self, model_dir: str, device: str = "auto", batch_utterances: int = 256, max_batch_size: int = 16,
-                 progress_total: int | None = None):
+                 progress_total: int | None = None, threads: int | None = None):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.manifest = check_model(model_dir)
         self.model_dir, self.device, self.batch_utterances = model_dir, device, batch_utterances
+        self.threads = threads or None  # None: the runtime's default (every CPU this process may use)
         self.progress_total = progress_total
         self._bar = None
 
     def load_model(self) -> UtteranceClassifier:
         local = fetch_artifact(self.model_dir) if "://" in self.model_dir else self.model_dir
-        model = load_classifier(local, self.device)
+        model = load_classifier(local, self.device, self.threads)
         logger.info("loaded classifier %s (%s, labels %s) on %s", local, model.model_id, model.labels, self.device)
         if self.progress_total is not None:
             from tqdm import tqdm
@@ -264,32 +265,33 @@ def parquet_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class EmitResults(beam.DoFn):
-    """Labelled conversations -> utterance rows + a summary; failed ones -> one dead letter per utterance."""
+    """A batch of (request, outcome) -> the records it carries, then utterance rows (JSONL and Parquet) + a summary
+    per labelled conversation, a dead letter per utterance of a failed one, and the batch's counts."""
 
-    def __init__(self):
-        self.counters = {k: Metrics.counter(NAMESPACE, k) for k in (
-            "conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_failed",
-            "utterances_dead_lettered")}
-
-    def process(self, keyed: tuple[str, LabelOutcome]):
-        outcome = keyed[1]
-        conv = outcome.request.conversation
-        if outcome.error is None:
-            rows = utterance_rows(outcome)
-            self.counters["conversations_labeled"].inc()
-            self.counters["utterances_labeled"].inc(len(rows))
-            yield from rows
-            yield beam.pvalue.TaggedOutput(SUMMARY, summarise(rows))
-            return
-        self.counters["conversations_failed"].inc()
-        self.counters["utterances_failed"].inc(len(conv.utterances))
-        self.counters["utterances_dead_lettered"].inc(len(conv.utterances))
-        for u in conv.utterances:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {
-                "stage": "classify", "path": conv.metadata.get("source_path"), "record": f"{conv.id} utterance "
-                f"{u.index}", "conversation_id": conv.id, "index": u.index, "field": None, "reason": outcome.error,
-                "utterances": 1, "model_id": outcome.model_id,
-                "raw": json.dumps(u.to_dict(), ensure_ascii=False)[:RAW_LIMIT]})
+    def process(self, batch: Batch):
+        yield from batch.records
+        c = dict.fromkeys(("conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_failed"),
+                          0)
+        for _, outcome in batch:
+            conv = outcome.request.conversation
+            if outcome.error is None:
+                rows = utterance_rows(outcome)
+                c["conversations_labeled"] += 1
+                c["utterances_labeled"] += len(rows)
+                for row in rows:
+                    yield UTTERANCES, row
+                    yield PARQUET, parquet_row(row)
+                yield CONVERSATIONS, summarise(rows)
+                continue
+            c["conversations_failed"] += 1
+            c["utterances_failed"] += len(conv.utterances)
+            for u in conv.utterances:
+                yield DEAD, {
+                    "stage": "classify", "path": conv.metadata.get("source_path"), "record": f"{conv.id} utterance "
+                    f"{u.index}", "conversation_id": conv.id, "index": u.index, "field": None, "reason": outcome.error,
+                    "utterances": 1, "model_id": outcome.model_id,
+                    "raw": json.dumps(u.to_dict(), ensure_ascii=False)[:RAW_LIMIT]}
+        yield from ledger("emit", batch.key, **c, utterances_dead_lettered=c["utterances_failed"])
 
 
 __all__ = ["ClassifierModelHandler", "EmitResults", "LabelOutcome", "LabelRequest", "PARQUET_SCHEMA", "check_model",

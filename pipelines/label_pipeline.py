@@ -4,14 +4,18 @@
     bioserc label calls/ -o out/labels --model runs/bert/best --bios out/bios/bios.jsonl   # bios from `bioserc bios`
     bioserc label calls/ -o out/labels --skip-existing                  # label only calls not yet in utterances.jsonl
     bioserc label calls/ -o out/labels --direct_num_workers 2 --direct_running_mode multi_processing
+    bioserc label calls/ -o /shared/labels --runner apache_beam.runners.dask.dask_runner.DaskRunner \
+        --dask_client_address SCHEDULER:8786                            # a Dask cluster (pip install 'bioserc[dask]')
     bioserc label 'gs://bucket/calls/*.json' -o gs://bucket/labels --model gs://bucket/models/bert \\
         --runner DataflowRunner --project P --region europe-west1 --temp_location gs://bucket/tmp \\
         --sdk_container_image REGION-docker.pkg.dev/P/bioserc/bioserc-cpu:0.1.0
 
-Read (any reader; local paths, globs, .gz, gs://) -> key by conversation (duplicate ids and, with --skip-existing,
-calls already labelled are set aside) -> bios: `--bios FILE` (a `bioserc bios` output), generated here with the bio
-pipeline's `ExtractBios` (`--bio-*` flags; the default), or none (`--no-bios`) -> join bios to conversations ->
-`RunInference(KeyedModelHandler(ClassifierModelHandler))` -> outputs in -o DIR:
+A light first pipeline reads each call's (id, file, digest) and decides duplicate ids and, with --skip-existing, calls
+labelled before; it also parses a --bios file. Then: read (any reader; local paths, globs, .gz, gs://; batches of
+--conversations-per-batch calls cut from groups of files) -> duplicates and calls labelled before are set aside ->
+bios: `--bios FILE` (a `bioserc bios` output), generated here with the bio pipeline's `BioModelHandler` (`--bio-*`
+flags; the default), or none (`--no-bios`) -> `RunInference(BatchedModelHandler(ClassifierModelHandler))` -> outputs
+in -o DIR:
 
     utterances.jsonl / .parquet  one row per labelled utterance: label, probs {label: p}, bio (or null), model_id
     conversations.jsonl          per call: emotion counts, each speaker's trajectory [[index, label], ...], dominants
@@ -19,9 +23,11 @@ pipeline's `ExtractBios` (`--bio-*` flags; the default), or none (`--no-bios`) -
     report.html, run.json        a page to look at the run; counters, model and arguments
 
 Every input utterance ends in exactly one of utterances.jsonl and dead_letter.jsonl (`utterances` in a dead-letter row
-says how many it holds); counters: utterances_read, utterances_labeled, utterances_dead_lettered, ...
+says how many it holds); counters: utterances_read, utterances_labeled, utterances_dead_lettered, ... (ledger rows the
+steps write beside the outputs, summed by the driver: the same on every runner).
 
-Outputs are single files written by Beam (temp file, then rename), so a rerun replaces them. With --skip-existing,
+Workers write shards into a staging folder in -o DIR; the driver assembles them into single files and renames those
+over the previous ones, so a rerun replaces them. With --skip-existing,
 conversations whose id is in the previous utterances.jsonl are not relabelled: the run writes the old rows plus the
 new ones into a staging folder, and on success renames each file over the old one, utterances.jsonl last. A crash
 leaves the previous outputs (a rerun recomputes); conversations.jsonl and the parquet file are rebuilt from the merged
@@ -31,7 +37,8 @@ labelled).
 Local runs use Beam's in-process FnApiRunner with a progress bar. `--direct_num_workers N --direct_running_mode
 multi_processing` spreads bundles over N processes; each pays ~3 s start-up and loads its own model, so it only pays
 off when the per-call work (bio generation above all) outweighs that on a 2-core machine (the 8-call demo without
-bios: 10 s in-process, 27 s with 2 processes).
+bios: 10 s in-process, 27 s with 2 processes). On a Dask cluster (`--runner ...DaskRunner --dask_client_address`) the
+workers need the same bioserc install and the same paths (a shared folder, or gs://); see README "Scaling out".
 
 Dataflow: every flag this parser does not know goes to Beam. Workers need bioserc installed: best a custom image
 (pipelines/docker/Dockerfile.cpu or .gpu, `--sdk_container_image`), which also pins the CPU or CUDA torch build;
@@ -49,7 +56,6 @@ import glob
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -57,7 +63,7 @@ from dataclasses import asdict, dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 
 from bioserc import __version__
 from bioserc.artifacts import ArtifactError, default_model_dir, manifest_hash
@@ -65,25 +71,29 @@ from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
 from bioserc.bios.extract import MODES
 from bioserc.labels import LABEL_SETS
-from bioserc.pipelines.bios_pipeline import BioModelHandler, backend_options, pipeline_options, reader_options
-from bioserc.pipelines.classify import PARQUET_SCHEMA, SUMMARY, ClassifierModelHandler, EmitResults, parquet_row
-from bioserc.pipelines.io import DEAD_LETTER, ReadConversations, counters, output_path
+from bioserc.pipelines.bios_pipeline import (
+    BioModelHandler,
+    backend_options,
+    pipeline_options,
+    reader_options,
+    shows_progress,
+    wait,
+)
+from bioserc.pipelines.classify import PARQUET_SCHEMA, ClassifierModelHandler, EmitResults
+from bioserc.pipelines.io import FileGroups, ParseFiles, TextLines, output_path
 from bioserc.pipelines.label_steps import (
     AttachBios,
     AttachGeneratedBios,
     Decide,
+    Fingerprints,
     NoBios,
     ParseBio,
-    ReadDeadLetter,
     SelectConversations,
     existing_id,
-    fingerprint,
-    to_file,
 )
 from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
 from bioserc.pipelines.outputs import (
     CONVERSATIONS,
-    DEAD,
     PARQUET,
     UTTERANCES,
     OutputError,
@@ -95,7 +105,9 @@ from bioserc.pipelines.outputs import (
     output_lock,
     promote,
     remove_leftovers,
+    staging_folder,
 )
+from bioserc.pipelines.records import DEAD, BatchedModelHandler
 from bioserc.readers import reader_names
 from bioserc.readers.roles import add_role_args
 from bioserc.schema import Conversation
@@ -177,8 +189,10 @@ class InputCount:
 
 @dataclass
 class Plan:
-    """What `build` decided, for `finish` to complete on the driver after the pipeline."""
+    """What `build` decided, for `run` to execute (`prepare` first, then the labeling pipeline) and `finish` to
+    complete on the driver."""
 
+    prepare: beam.Pipeline  # the light first pipeline: decisions on duplicate ids, the pairs of a --bios file
     output: str
     staging: str  # where the workers' shards and the assembled files go before they replace the outputs
     manifest: dict
@@ -247,15 +261,12 @@ def count_inputs(args: argparse.Namespace) -> InputCount | None:
     return count
 
 
-def _bio_requests(pipeline: beam.Pipeline, convs, args: argparse.Namespace, plan: Plan, hints: dict, dead: list,
-                  progress: bool):
-    """Conversations -> (id, LabelRequest) with each speaker's bio from a file, generated here, or none."""
+def _bio_requests(convs, args: argparse.Namespace, plan: Plan, hints: dict, progress: bool):
+    """Batches of conversations -> batches of LabelRequest with each speaker's bio from a file, generated here, or
+    none."""
     expected = plan.manifest.get("bio_mode") != "none"
     if plan.bios == "file":
-        parsed = (pipeline | "ReadBios" >> beam.io.ReadFromText(args.bios)
-                  | "ParseBios" >> beam.ParDo(ParseBio(args.bios)).with_outputs(DEAD_LETTER, main="main"))
-        dead.append(parsed[DEAD_LETTER])
-        return convs | "AttachBios" >> beam.ParDo(AttachBios(expected), beam.pvalue.AsMultiMap(parsed.main))
+        return convs | "AttachBios" >> beam.ParDo(AttachBios(expected, plan.staging))
     if plan.bios == "none":
         return convs | "NoBios" >> beam.ParDo(NoBios(expected))
     config = GenerationConfig(max_new_tokens=args.bio_max_new_tokens)
@@ -265,19 +276,33 @@ def _bio_requests(pipeline: beam.Pipeline, convs, args: argparse.Namespace, plan
     total = plan.expected.speakers if progress and plan.expected else 0
     handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_scope, args.bio_words,
                               cache, max_batch_size=args.conversations_per_batch, progress_total=total)
-    generate = RunInference(KeyedModelHandler(handler))  # keyed by the conversation itself: no join needed after
-    attached = (convs | "KeyBySelf" >> beam.Map(lambda c: (c, c))
-                | "Bios" >> (generate.with_resource_hints(**hints) if hints else generate)
-                | "AttachGeneratedBios" >> beam.ParDo(AttachGeneratedBios(expected)).with_outputs(DEAD_LETTER,
-                                                                                                   main="main"))
-    dead.append(attached[DEAD_LETTER])
-    return attached.main
+    generate = RunInference(BatchedModelHandler(handler))  # batch of conversations -> (conversation, bios) pairs
+    return (convs | "Bios" >> (generate.with_resource_hints(**hints) if hints else generate)
+            | "AttachGeneratedBios" >> beam.ParDo(AttachGeneratedBios(expected)))
+
+
+def _prepare(prepare: beam.Pipeline, args: argparse.Namespace, plan: Plan) -> None:
+    """The first pipeline: each call's (id, file, digest) from a light read, grouped to decide duplicates and
+    --skip-existing, and the --bios file parsed; all written as lookup shards (and dead letters, counts) to staging."""
+    options, limit = reader_options(args), max_bytes(args)
+    seen = (prepare | "KeyFiles" >> FileGroups(args.inputs, args.conversations_per_batch)
+            | "ReadKeys" >> beam.ParDo(Fingerprints(args.format, options, limit)))
+    if plan.merge:
+        old = (prepare | "ReadExisting" >> TextLines(output_path(args.output, CONVERSATIONS))
+               | "ExistingIds" >> beam.Map(existing_id))
+        seen = (seen, old) | "WithExisting" >> beam.Flatten()
+    records = [seen | "GroupIds" >> beam.GroupByKey() | "Decide" >> beam.ParDo(Decide())]
+    if plan.bios == "file":
+        records.append(prepare | "ReadBios" >> TextLines(args.bios) | "ParseBios" >> beam.ParDo(ParseBio(args.bios)))
+    _ = tuple(records) | "Lookups" >> beam.Flatten() | "WriteLookups" >> WriteShards(plan.staging)
 
 
 def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = False) -> Plan:
-    """Add the labeling steps to `pipeline`; `progress` shows bars (their totals counted here for local inputs)."""
+    """Add the labeling steps to `pipeline` and build the first pipeline (`Plan.prepare`) that must run before it;
+    `progress` shows bars (their totals counted here for local inputs)."""
     # The model is checked first: a missing or tampered artifact fails here, before any input is read.
-    handler = ClassifierModelHandler(args.model, args.device, args.batch_utterances, args.conversations_per_batch)
+    handler = ClassifierModelHandler(args.model, args.device, args.batch_utterances, args.conversations_per_batch,
+                                     threads=args.threads)
     bios = _bio_source(args, handler.manifest)
     expected = count_inputs(args)
     if progress:
@@ -285,44 +310,29 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     merge = args.skip_existing and FileSystems.exists(output_path(args.output, CONVERSATIONS))
     if args.skip_existing and not merge:
         logger.warning("--skip-existing: no %s yet, labelling everything", output_path(args.output, CONVERSATIONS))
-    staging = output_path(args.output, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-    plan = Plan(args.output, staging, handler.manifest, _model_id(args.model), bios, merge, expected)
+    staging = staging_folder(args.output)
+    plan = Plan(beam.Pipeline(options=pipeline.options), args.output, staging, handler.manifest,
+                _model_id(args.model), bios, merge, expected)
+    _prepare(plan.prepare, args, plan)
     hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
-    options, limit = reader_options(args), max_bytes(args)
 
-    # A light first read: each call's (id, file, digest), grouped to decide duplicates and --skip-existing.
-    keys = (pipeline | "ReadKeys" >> ReadConversations(args.inputs, args.format, options, limit, counted=False))
-    seen = keys.main | "Fingerprint" >> beam.Map(fingerprint)
-    if merge:
-        old = (pipeline | "ReadExisting" >> beam.io.ReadFromText(output_path(args.output, CONVERSATIONS))
-               | "ExistingIds" >> beam.Map(existing_id))
-        seen = (seen, old) | "WithExisting" >> beam.Flatten()
-    decisions = seen | "GroupIds" >> beam.GroupByKey() | "Decide" >> beam.ParDo(Decide())
-
-    read = pipeline | "Read" >> ReadConversations(args.inputs, args.format, options, limit)
-    dead = [read[DEAD_LETTER] | "CountUnreadable" >> beam.ParDo(ReadDeadLetter())]
-    selected = read.main | "Select" >> beam.ParDo(SelectConversations(), beam.pvalue.AsDict(decisions)).with_outputs(
-        DEAD_LETTER, main="main")
-    dead.append(selected[DEAD_LETTER])
-    requests = _bio_requests(pipeline, selected.main, args, plan, hints, dead, progress)
-    classify = RunInference(KeyedModelHandler(handler))
-    results = (requests | "Classify" >> (classify.with_resource_hints(**hints) if hints else classify)
-               | "Emit" >> beam.ParDo(EmitResults()).with_outputs(DEAD_LETTER, SUMMARY, main="rows"))
-    dead.append(results[DEAD_LETTER])
-    records = (
-        results.rows | "UtteranceRows" >> beam.Map(to_file(UTTERANCES)),
-        results.rows | "ParquetRows" >> beam.Map(lambda row: (PARQUET, parquet_row(row))),
-        results[SUMMARY] | "Summaries" >> beam.Map(to_file(CONVERSATIONS)),
-        tuple(dead) | "AllDeadLetters" >> beam.Flatten()
-        | "DeadLetterRows" >> beam.Map(lambda d: (DEAD, {"utterances": 0, **d})),
-    )
-    _ = records | "AllRecords" >> beam.Flatten() | "Write" >> WriteShards(staging, PARQUET_SCHEMA)
+    selected = (pipeline
+                | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
+                | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), max_bytes(args),
+                                                  args.conversations_per_batch, count_utterances=True))
+                | "Select" >> beam.ParDo(SelectConversations(staging)))
+    classify = RunInference(BatchedModelHandler(handler))
+    # One chain, one sink (see pipelines.records): the in-process runner streams it, Dask runs all of it.
+    _ = (_bio_requests(selected, args, plan, hints, progress)
+         | "Classify" >> (classify.with_resource_hints(**hints) if hints else classify)
+         | "Emit" >> beam.ParDo(EmitResults())
+         | "Write" >> WriteShards(staging, PARQUET_SCHEMA))
     return plan
 
 
-def run_counters(result) -> dict[str, int]:
-    """The pipeline's counters, with the accounting ones present even where nothing was counted."""
-    return {**dict.fromkeys(ACCOUNTING, 0), **counters(result)}
+def ledger_counters(written: Written) -> dict[str, int]:
+    """What the steps counted, with the accounting counters present even where nothing was counted."""
+    return {**dict.fromkeys(ACCOUNTING, 0), **written.ledger}
 
 
 def reconcile(c: dict[str, int], written: Written, expected: InputCount | None) -> list[str]:
@@ -347,10 +357,10 @@ def reconcile(c: dict[str, int], written: Written, expected: InputCount | None) 
     return problems
 
 
-def finish(plan: Plan, result, args: argparse.Namespace, argv: Sequence[str], started: float) -> Outcome:
+def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: float) -> Outcome:
     """Assemble the shards, check that every utterance is accounted for, then replace the outputs (or keep them)."""
-    totals = run_counters(result)
     written = assemble(plan.staging, plan.output, PARQUET_SCHEMA, plan.merge)
+    totals = ledger_counters(written)
     problems = reconcile(totals, written, plan.expected)
     nothing = totals["utterances_labeled"] == 0 and written.dead_letter_rows > 0
     previous = FileSystems.exists(output_path(plan.output, UTTERANCES))
@@ -395,14 +405,14 @@ def run(argv: Sequence[str] | None = None, progress: bool = False) -> Outcome:
         for name in remove_leftovers(args.output):
             logger.warning("removed %s left in %s by an earlier run that did not finish", name, args.output)
         pipeline = beam.Pipeline(options=pipeline_options(beam_args))
-        plan = build(pipeline, args, progress)
+        plan = build(pipeline, args, progress and shows_progress(pipeline))
         try:
-            result = pipeline.run()
-            result.wait_until_finish()
+            wait(plan.prepare.run())
+            wait(pipeline.run())
         except BaseException:
             discard(plan.staging)
             raise
-        return finish(plan, result, args, argv, started)
+        return finish(plan, args, argv, started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,34 +2,36 @@
 
 No step groups conversations or rows: an in-process runner holds everything that feeds a GroupByKey, so grouping
 whole calls would make memory grow with the archive. De-duplication groups only small fingerprints (id, file,
-digest) from a first, light read and hands the few ids that need a decision to the second read as a side input.
-Each DoFn counts what it sets aside (Beam counters in the `bioserc` namespace), so the run's totals prove that every
-input utterance was labelled, dead-lettered or skipped as already labelled.
+digest) in a first, light pipeline, which writes the few ids that need a decision (and the pairs of a --bios file)
+as lookup shards into the staging folder; the labeling pipeline's workers load them once per process. Not Beam side
+inputs: Beam's Dask runner recomputes a side input inside every task that reads it, and an in-process runner cannot
+stream the main read through a step that waits for one.
+Steps take and hand on batches (`pipelines.records.Batch`); each counts what it read and set aside in ledger rows
+that ride with the batch, so the run's totals prove that every input utterance was labelled, dead-lettered or skipped
+as already labelled, on any runner.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from bioserc.bios.extract import BioResult
 from bioserc.errors import RAW_LIMIT
 from bioserc.pipelines.classify import LabelRequest
-from bioserc.pipelines.io import DEAD_LETTER, NAMESPACE
-from bioserc.pipelines.outputs import CONVERSATIONS, DEAD, PARQUET, UTTERANCES
+from bioserc.pipelines.io import open_raw
+from bioserc.pipelines.outputs import BIO_PAIRS, DECISIONS, shard_rows
+from bioserc.pipelines.records import DEAD, Batch, ledger
+from bioserc.readers.base import MAX_FILE_BYTES
+from bioserc.readers.sources import read_path
 from bioserc.schema import Conversation
 
 
 EXISTING = "existing"
-
-
-def counter(name: str):
-    return Metrics.counter(NAMESPACE, name)
 
 
 class Fingerprint(NamedTuple):
@@ -41,6 +43,19 @@ def fingerprint(conv: Conversation) -> tuple[str, Fingerprint]:
     """(id, where the copy comes from and what its turns hash to): all de-duplication needs to know of a call."""
     turns = json.dumps([u.to_dict() for u in conv.utterances], ensure_ascii=False, sort_keys=True)
     return conv.id, Fingerprint(str(conv.metadata.get("source_path")), hashlib.sha256(turns.encode()).hexdigest())
+
+
+class Fingerprints(beam.DoFn):
+    """A group of files -> (id, Fingerprint) of each readable conversation (bad records are the main read's job)."""
+
+    def __init__(self, fmt: str, options: dict[str, Any], max_bytes: int = MAX_FILE_BYTES):
+        self.fmt, self.options, self.max_bytes = fmt, options, max_bytes
+
+    def process(self, group: list[str]) -> Iterator[tuple[str, Fingerprint]]:
+        for path in group:
+            for item in read_path(path, self.fmt, self.max_bytes, opener=open_raw, **self.options):
+                if isinstance(item, Conversation):
+                    yield fingerprint(item)
 
 
 def existing_id(line: str) -> tuple[str, str]:
@@ -61,10 +76,30 @@ class Decide(beam.DoFn):
         if not copies:
             return
         if EXISTING in seen:
-            yield conv_id, ("skip", None)
+            yield DECISIONS, {"id": conv_id, "action": "skip"}
         elif len(copies) > 1:
-            identical = len({c.digest for c in copies}) == 1
-            yield conv_id, ("keep", copies[0]) if identical else ("drop", len(copies))
+            if len({c.digest for c in copies}) == 1:
+                yield DECISIONS, {"id": conv_id, "action": "keep", "path": copies[0].path, "digest": copies[0].digest}
+            else:
+                yield DECISIONS, {"id": conv_id, "action": "drop", "copies": len(copies)}
+
+
+@functools.lru_cache(maxsize=1)
+def load_decisions(staging: str) -> dict[str, tuple[str, Any]]:
+    """id -> (action, detail) from the decision shards; read once per worker process (on Dask every partition gets
+    a fresh DoFn)."""
+    return {row["id"]: (row["action"], Fingerprint(row["path"], row["digest"]) if row["action"] == "keep"
+                        else row.get("copies"))
+            for row in shard_rows(staging, DECISIONS)}
+
+
+@functools.lru_cache(maxsize=1)
+def load_bio_pairs(staging: str) -> dict[str, list[tuple[str, str]]]:
+    """conversation id -> [(speaker, bio)] from the bio-pair shards (a --bios file, parsed once); once per process."""
+    bios: dict[str, list[tuple[str, str]]] = {}
+    for row in shard_rows(staging, BIO_PAIRS):
+        bios.setdefault(row["conversation_id"], []).append((row["speaker"], row["bio"]))
+    return bios
 
 
 def duplicate_row(conv: Conversation, reason: str) -> dict:
@@ -73,116 +108,111 @@ def duplicate_row(conv: Conversation, reason: str) -> dict:
 
 
 class SelectConversations(beam.DoFn):
-    """One conversation per id, by the decisions of `Decide` (a side input holding only the ids that need one)."""
+    """One conversation per id, by the decisions of `Decide` (only the ids that need one, see `load_decisions`)."""
 
-    def __init__(self):
-        self.c = {k: counter(k) for k in ("utterances_read", "conversations_skipped_existing",
-                                           "utterances_skipped_existing", "conversations_duplicated",
-                                           "utterances_duplicated", "utterances_dead_lettered")}
+    def __init__(self, staging: str):
+        self.staging = staging
+
+    def setup(self):
+        self.decisions = load_decisions(self.staging)
 
     def start_bundle(self):
         self.kept: set[str] = set()  # ids with a "keep" decision already passed on (copies inside one file)
 
-    def process(self, conv: Conversation, decisions: dict[str, tuple[str, Any]]):
-        n = len(conv.utterances)
-        self.c["utterances_read"].inc(n)
-        action, detail = decisions.get(conv.id, (None, None))
-        if action == "skip":
-            self.c["conversations_skipped_existing"].inc()
-            self.c["utterances_skipped_existing"].inc(n)
-            return
-        if action is None or (action == "keep" and fingerprint(conv)[1] == detail and conv.id not in self.kept):
-            if action == "keep":
-                self.kept.add(conv.id)
-            yield conv
-            return
-        self.c["conversations_duplicated"].inc()
-        self.c["utterances_duplicated"].inc(n)
-        self.c["utterances_dead_lettered"].inc(n)
-        reason = (f"duplicate of conversation {conv.id} in {detail.path}" if action == "keep" else
-                  f"conversation id {conv.id!r} appears {detail} times with different turns; ids must be unique")
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, duplicate_row(conv, reason))
-
-
-class ReadDeadLetter(beam.DoFn):
-    """Unreadable input records: count the utterances they held (where the reader knows it)."""
-
-    def __init__(self):
-        self.unreadable = counter("utterances_unreadable")
-        self.dead = counter("utterances_dead_lettered")
-
-    def process(self, row: dict):
-        self.unreadable.inc(row.get("utterances") or 0)
-        self.dead.inc(row.get("utterances") or 0)
-        yield {"stage": "read", **row}
+    def process(self, batch: Batch):
+        kept, dead, c = [], [], dict.fromkeys(("utterances_read", "conversations_skipped_existing",
+                                     "utterances_skipped_existing", "conversations_duplicated",
+                                     "utterances_duplicated"), 0)
+        for conv in batch:
+            n = len(conv.utterances)
+            c["utterances_read"] += n
+            action, detail = self.decisions.get(conv.id, (None, None))
+            if action == "skip":
+                c["conversations_skipped_existing"] += 1
+                c["utterances_skipped_existing"] += n
+            elif action is None or (action == "keep" and fingerprint(conv)[1] == detail and conv.id not in self.kept):
+                if action == "keep":
+                    self.kept.add(conv.id)
+                kept.append(conv)
+            else:
+                c["conversations_duplicated"] += 1
+                c["utterances_duplicated"] += n
+                reason = (f"duplicate of conversation {conv.id} in {detail.path}" if action == "keep" else
+                          f"conversation id {conv.id!r} appears {detail} times with different turns; ids must be "
+                          "unique")
+                dead.append((DEAD, duplicate_row(conv, reason)))
+        yield batch.then(kept, *dead, *ledger("select", batch.key, **c,
+                                              utterances_dead_lettered=c["utterances_duplicated"]))
 
 
 class ParseBio(beam.DoFn):
-    """A `bioserc bios` output line -> (conversation_id, (speaker, bio)); the same rule as `load_bios`."""
+    """A `bioserc bios` output line -> a bio-pair record (conversation_id, speaker, bio); the rule of `load_bios`."""
 
     def __init__(self, path: str):
         self.path = path
-        self.bad = counter("bio_rows_unreadable")
 
     def process(self, line: str):
         try:
             row = json.loads(line)
             key = (str(row["conversation_id"]), str(row["speaker"]))
         except (ValueError, KeyError, TypeError) as err:
-            self.bad.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"stage": "read-bios", "path": self.path, "record": None,
-                                                         "field": None, "reason": f"unreadable bio row: {err}",
-                                                         "utterances": 0, "raw": line[:RAW_LIMIT]})
+            yield DEAD, {"stage": "read-bios", "path": self.path, "record": None, "field": None,
+                         "reason": f"unreadable bio row: {err}", "utterances": 0, "raw": line[:RAW_LIMIT]}
+            yield from ledger("read-bios", line[:RAW_LIMIT], bio_rows_unreadable=1)
             return
         if not row.get("error") and row.get("bio"):  # failed bios are in that run's dead letter already
-            yield key[0], (key[1], str(row["bio"]))
+            yield BIO_PAIRS, {"conversation_id": key[0], "speaker": key[1], "bio": str(row["bio"])}
 
 
 class _Requests(beam.DoFn):
     def __init__(self, bios_expected: bool):
         self.bios_expected = bios_expected
-        self.missing = counter("speakers_without_bio")
 
-    def request(self, conv: Conversation, bios: Iterable[tuple[str, str]]) -> tuple[str, LabelRequest]:
-        speakers = set(conv.speakers)
-        found = {s: b for s, b in bios if s in speakers}
-        if self.bios_expected:
-            self.missing.inc(len(speakers - set(found)))
-        return conv.id, LabelRequest(conv, found)
+    def requests(self, batch: Batch, convs: list[Conversation], bios: list[Iterable[tuple[str, str]]],
+                 *records: tuple[str, Any], **counts: int) -> Batch:
+        """The batch's label requests, with `records` and the step's ledger row (speakers left without a bio,
+        `counts`)."""
+        out, missing = [], 0
+        for conv, pairs in zip(convs, bios, strict=True):
+            speakers = set(conv.speakers)
+            found = {s: b for s, b in pairs if s in speakers}
+            missing += len(speakers - set(found))
+            out.append(LabelRequest(conv, found))
+        return batch.then(out, *records, *ledger("bios", batch.key, **counts,
+                                                 speakers_without_bio=missing if self.bios_expected else 0))
 
 
 class AttachBios(_Requests):
-    """Conversation + the bios of a `--bios` file (a side input: conversation id -> [(speaker, bio)])."""
+    """Conversations + the bios of a `--bios` file (see `load_bio_pairs`)."""
 
-    def process(self, conv: Conversation, bios: Any):
-        yield self.request(conv, bios[conv.id])  # a multimap: missing ids give no values
+    def __init__(self, bios_expected: bool, staging: str):
+        super().__init__(bios_expected)
+        self.staging = staging
+
+    def setup(self):
+        self.bios = load_bio_pairs(self.staging)
+
+    def process(self, batch: Batch):
+        yield self.requests(batch, batch, [self.bios.get(conv.id, []) for conv in batch])
 
 
 class NoBios(_Requests):
-    def process(self, conv: Conversation):
-        yield self.request(conv, [])
+    def process(self, batch: Batch):
+        yield self.requests(batch, batch, [[] for _ in batch])
 
 
 class AttachGeneratedBios(_Requests):
-    """(conversation, its bio results) from the bio model -> a label request; failed bios go to the dead letter."""
+    """(conversation, its bio results) pairs from the bio model -> label requests; failed bios are dead letters."""
 
-    def __init__(self, bios_expected: bool):
-        super().__init__(bios_expected)
-        self.counters = {k: counter(k) for k in ("bios_generated", "bios_cached", "bios_dead_lettered")}
-
-    def process(self, keyed: tuple[Conversation, list[BioResult]]):
-        conv, results = keyed
-        for r in results:
-            if r.error:
-                self.counters["bios_dead_lettered"].inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"stage": "bios", "record": r.conversation_id,
-                                                             "reason": r.error, **r.to_dict()})
-            else:
-                self.counters["bios_cached" if r.cached else "bios_generated"].inc()
-        yield self.request(conv, [(r.speaker, r.bio) for r in results if not r.error])
-
-
-def to_file(name: str):
-    """Tag records with the output file they belong to (see `pipelines.outputs.WriteShards`)."""
-    assert name in (UTTERANCES, PARQUET, CONVERSATIONS, DEAD), name
-    return lambda record: (name, record)
+    def process(self, batch: Batch):
+        c, dead = dict.fromkeys(("bios_generated", "bios_cached", "bios_dead_lettered"), 0), []
+        for _, results in batch:
+            for r in results:
+                if r.error:
+                    c["bios_dead_lettered"] += 1
+                    dead.append((DEAD, {"stage": "bios", "record": r.conversation_id, "reason": r.error,
+                                        "utterances": 0, **r.to_dict()}))
+                else:
+                    c["bios_cached" if r.cached else "bios_generated"] += 1
+        yield self.requests(batch, [conv for conv, _ in batch],
+                            [[(r.speaker, r.bio) for r in results if not r.error] for _, results in batch], *dead, **c)

@@ -1,38 +1,43 @@
-"""Where a labeling run writes: one output folder, one writer at a time, shards written as work goes, files replaced
+"""Where a pipeline run writes: one output folder, one writer at a time, shards written as work goes, files replaced
 only when the run succeeded.
 
-Workers write their rows bundle by bundle with Beam's `fileio.WriteToFiles` into a staging folder inside the output
-(memory stays flat whatever the archive size: no step holds all rows). After the pipeline, the driver concatenates
-each kind of shard into its single file (`utterances.jsonl`, ...), counting what it copies, and renames the files over
-the previous ones, `utterances.jsonl` last. A failed run leaves the previous outputs as they were.
+Workers write their records bundle by bundle into a staging folder inside the output (memory stays flat whatever the
+archive size: no step holds all rows), one shard per kind of record and bundle. After the pipeline, the driver
+concatenates each kind of shard into its single file (`utterances.jsonl`, ...), counting what it copies, sums the
+ledger shards, and renames the files over the previous ones, `utterances.jsonl` last. A failed run leaves the previous
+outputs as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.value_provider import StaticValueProvider
 
 from bioserc.pipelines.io import output_path
+from bioserc.pipelines.records import DEAD, LEDGER, sum_ledger
 
 
-UTTERANCES, PARQUET, CONVERSATIONS, DEAD = "utterances.jsonl", "utterances.parquet", "conversations.jsonl", \
-    "dead_letter.jsonl"
+UTTERANCES, PARQUET, CONVERSATIONS = "utterances.jsonl", "utterances.parquet", "conversations.jsonl"
+BIOS, PAPER = "bios.jsonl", "bios.paper.json"
+DECISIONS, BIO_PAIRS = "decisions", "bio_pairs"  # lookups a first pipeline writes for the second (never outputs)
 PROMOTE_ORDER = (PARQUET, CONVERSATIONS, DEAD, UTTERANCES)  # utterances.jsonl last: it is what --skip-existing reads
-DESTINATIONS = {UTTERANCES: "utterances", PARQUET: "parquet", CONVERSATIONS: "conversations", DEAD: "dead_letter"}
+DESTINATIONS = {UTTERANCES: "utterances", PARQUET: "parquet", CONVERSATIONS: "conversations", DEAD: "dead_letter",
+                LEDGER: "ledger", BIOS: "bios", PAPER: "paper", DECISIONS: "decisions",
+                BIO_PAIRS: "bio_pairs"}  # record name -> shard prefix
 LOCK = ".bioserc.lock"
 LEFTOVERS = (".staging-", "beam-temp-", ".temp")  # folders a killed run leaves behind in its output
 PARQUET_ROWS_PER_GROUP = 4096
@@ -82,6 +87,11 @@ def output_lock(directory: str) -> Iterator[None]:
             os.rmdir(directory)
 
 
+def staging_folder(output: str) -> str:
+    """A new staging folder in `output`, unique to this run (workers cache lookups by its path)."""
+    return output_path(output, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def remove_leftovers(directory: str) -> list[str]:
     """Staging and temp folders of earlier runs that died (safe only while holding the lock): their names."""
     if is_remote(directory) or not os.path.isdir(directory):
@@ -96,8 +106,8 @@ def remove_leftovers(directory: str) -> list[str]:
 # -- writing shards on the workers ----------------------------------------------------------------------------------
 
 
-class JsonSink(fileio.FileSink):
-    """(destination, dict) -> one JSON line."""
+class JsonSink:
+    """(file name, dict) -> one JSON line."""
 
     def open(self, fh) -> None:
         self._fh = fh
@@ -109,8 +119,8 @@ class JsonSink(fileio.FileSink):
         self._fh.flush()
 
 
-class ParquetSink(fileio.FileSink):
-    """(destination, row) -> Parquet row groups of `PARQUET_ROWS_PER_GROUP` rows (only a group is held in memory)."""
+class ParquetSink:
+    """(file name, row) -> Parquet row groups of `PARQUET_ROWS_PER_GROUP` rows (only a group is held in memory)."""
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
@@ -129,25 +139,63 @@ class ParquetSink(fileio.FileSink):
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
             self._rows = []
 
-    def flush(self) -> None:  # fileio calls it once, right before closing the file
+    def flush(self) -> None:  # called once, right before the file is closed
         self._write_group()
         self._writer.close()
+
+
+def _identity(name: str, row: dict) -> bytes:
+    """What a record contributes to its bundle's shard name: utterance rows by their key (cheap: they are most of the
+    output), every other record by its content."""
+    if name in (UTTERANCES, PARQUET):
+        return f"{name}\x1f{row['conversation_id']}\x1f{row['index']}\n".encode()
+    return name.encode() + json.dumps(row, ensure_ascii=False, sort_keys=True, default=str).encode() + b"\n"
+
+
+class _WriteShardsFn(beam.DoFn):
+    """Writes a bundle's records into a temporary file per kind, then renames each to `<kind>-<hash of the bundle's
+    records>` when the bundle finishes. Nothing is emitted (no runner needs to carry file names downstream), and a
+    bundle a runner retries with the same records replaces its earlier shards instead of adding a copy."""
+
+    def __init__(self, staging: str, parquet_schema: pa.Schema | None):
+        self.staging, self.parquet_schema = staging, parquet_schema
+
+    def start_bundle(self) -> None:
+        self.files: dict[str, tuple[str, object, JsonSink | ParquetSink]] = {}
+        self.digest = hashlib.sha256()
+
+    def process(self, record: tuple[str, dict]) -> None:
+        name = record[0]
+        if name not in self.files:
+            temp = output_path(output_path(self.staging, ".temp"), f"{uuid.uuid4().hex}-{DESTINATIONS[name]}")
+            fh = FileSystems.create(temp)
+            sink = ParquetSink(self.parquet_schema) if name == PARQUET else JsonSink()
+            sink.open(fh)
+            self.files[name] = (temp, fh, sink)
+        self.files[name][2].write(record)
+        self.digest.update(_identity(name, record[1]))
+
+    def finish_bundle(self) -> None:
+        tag = self.digest.hexdigest()[:32]
+        for name, (temp, fh, sink) in self.files.items():
+            sink.flush()
+            fh.close()
+            target = output_path(self.staging, f"{DESTINATIONS[name]}-{tag}")
+            if is_remote(target) and FileSystems.exists(target):
+                FileSystems.delete([target])  # a gs:// rename does not replace an existing object
+            FileSystems.rename([temp], [target])
+        self.files = {}
 
 
 class WriteShards(beam.PTransform):
     """(file name, record) pairs -> shard files `<kind>-*` in `staging`, written bundle by bundle."""
 
-    def __init__(self, staging: str, parquet_schema: pa.Schema):
+    def __init__(self, staging: str, parquet_schema: pa.Schema | None = None):
         super().__init__()
         self.staging, self.parquet_schema = staging, parquet_schema
 
     def expand(self, records):
-        schema = self.parquet_schema
-        return records | "WriteFiles" >> fileio.WriteToFiles(
-            self.staging, destination=lambda record: DESTINATIONS[record[0]],
-            sink=lambda dest: ParquetSink(schema) if dest == "parquet" else JsonSink(),
-            file_naming=fileio.destination_prefix_naming(),
-            temp_directory=StaticValueProvider(str, output_path(self.staging, ".temp")))
+        return records | "WriteFiles" >> beam.ParDo(_WriteShardsFn(self.staging, self.parquet_schema))
 
 
 # -- finishing on the driver ----------------------------------------------------------------------------------------
@@ -162,6 +210,7 @@ class Written:
     dead_letter_rows: int = 0
     dead_letter_utterances: int = 0
     files: list[str] = field(default_factory=list)
+    ledger: dict[str, int] = field(default_factory=dict)  # what the steps counted (see `pipelines.records`)
 
 
 def shards(staging: str, name: str) -> list[str]:
@@ -169,16 +218,29 @@ def shards(staging: str, name: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
-def _concat_jsonl(old: list[str], new: list[str], target: str, count: Callable[[bytes], None]) -> None:
+def concat_jsonl(old: list[str], new: list[str], target: str, count: Callable[[bytes], None] | None = None) -> None:
     """Lines of `old` then of `new` into `target`; `count` sees every line taken from `new`."""
     with FileSystems.create(target) as out:
         for src in old + new:
+            counted = count if src in new else None
             with FileSystems.open(src) as fh:
                 for line in fh:
                     if line.strip():
-                        if src in new:
-                            count(line)
+                        if counted:
+                            counted(line)
                         out.write(line if line.endswith(b"\n") else line + b"\n")
+
+
+def shard_rows(staging: str, name: str) -> Iterator[dict]:
+    """Every row of the shards of one kind, parsed."""
+    for src in shards(staging, name):
+        with FileSystems.open(src) as fh:
+            yield from (json.loads(line) for line in fh if line.strip())
+
+
+def read_ledger(staging: str) -> dict[str, int]:
+    """The counts the pipeline's steps wrote as ledger rows, summed."""
+    return sum_ledger(shard_rows(staging, LEDGER))
 
 
 def _concat_parquet(sources: list[str], target: str, schema: pa.Schema) -> None:
@@ -193,7 +255,8 @@ def _concat_parquet(sources: list[str], target: str, schema: pa.Schema) -> None:
 def assemble(staging: str, output: str, schema: pa.Schema, merge: bool) -> Written:
     """Concatenate the shards of each kind into one file in `staging`; with `merge`, the previous output file first.
 
-    Counts the utterance rows, summaries and dead-letter rows (and the utterances those hold) it copies from shards.
+    Counts the utterance rows, summaries and dead-letter rows (and the utterances those hold) it copies from shards,
+    and sums the ledger.
     """
     written = Written()
 
@@ -208,19 +271,20 @@ def assemble(staging: str, output: str, schema: pa.Schema, merge: bool) -> Writt
     def count(attr: str) -> Callable[[bytes], None]:
         return lambda _line: setattr(written, attr, getattr(written, attr) + 1)
 
-    _concat_jsonl(previous(UTTERANCES), shards(staging, UTTERANCES), output_path(staging, UTTERANCES),
+    concat_jsonl(previous(UTTERANCES), shards(staging, UTTERANCES), output_path(staging, UTTERANCES),
                   count("utterance_rows"))
-    _concat_jsonl(previous(CONVERSATIONS), shards(staging, CONVERSATIONS), output_path(staging, CONVERSATIONS),
+    concat_jsonl(previous(CONVERSATIONS), shards(staging, CONVERSATIONS), output_path(staging, CONVERSATIONS),
                   count("conversation_rows"))
-    _concat_jsonl([], shards(staging, DEAD), output_path(staging, DEAD), count_dead)
+    concat_jsonl([], shards(staging, DEAD), output_path(staging, DEAD), count_dead)
     _concat_parquet(previous(PARQUET) + shards(staging, PARQUET), output_path(staging, PARQUET), schema)
     written.files = [output_path(output, name) for name in (UTTERANCES, PARQUET, CONVERSATIONS, DEAD)]
+    written.ledger = read_ledger(staging)
     return written
 
 
-def promote(staging: str, output: str) -> None:
-    """Move the assembled files over the previous ones (each rename replaces one file), utterances.jsonl last."""
-    for name in PROMOTE_ORDER:
+def promote(staging: str, output: str, names: tuple[str, ...] = PROMOTE_ORDER) -> None:
+    """Move the assembled files over the previous ones (each rename replaces one file), in the order of `names`."""
+    for name in names:
         source, target = output_path(staging, name), output_path(output, name)
         if not is_remote(output):
             os.replace(source, target)
@@ -239,6 +303,6 @@ def discard(staging: str) -> None:
 def keep_failed(staging: str, output: str) -> str:
     """A failed run's staging folder, renamed so the next run does not clean it up: the user can read its dead
     letters. Returns the new path."""
-    target = output_path(output, f"failed-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    target = output_path(output, "failed-" + staging.rstrip("/").rsplit("/", 1)[-1].removeprefix(".staging-"))
     FileSystems.rename([staging], [target])
     return target

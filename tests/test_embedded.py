@@ -36,7 +36,8 @@ def test_list_without_conversion(empty_cache, capsys):
     assert rows["minilm"]["installed"] and rows["minilm"]["size_mb"] > 50
     assert not any(empty_cache.iterdir())  # listing converts nothing
     assert main(["models", "list", "--json"]) == 0
-    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["default", "minilm", "smollm2"]
+    names = [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["default", "minilm", "smollm2"]
 
 
 def test_resolve_model(tmp_path):

@@ -130,3 +130,17 @@ def test_lost_utterances_are_an_error_not_a_smaller_output(good_run, monkeypatch
     assert (good_run / "utterances.jsonl").read_bytes() == before
     for folder in good_run.glob("failed-*"):
         shutil.rmtree(folder)
+
+
+def test_threads_reach_the_model(tmp_path, monkeypatch):
+    from bioserc.pipelines import classify
+
+    seen, real = [], classify.load_classifier
+
+    def spy(path, device="cpu", threads=None):
+        seen.append(threads)
+        return real(path, device, threads)
+
+    monkeypatch.setattr(classify, "load_classifier", spy)
+    assert label([DEMO / "tca-billing-overcharge-2211.json"], tmp_path / "out", "--threads", "1") == 0
+    assert seen == [1]
