@@ -166,6 +166,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes (one thread each)")
     p.add_argument("--conversations-per-batch", type=int, default=16)
     p.add_argument("--bare-calls", type=int, default=2000, help="calls the bare model loop labels")
+    p.add_argument("--max-turns", type=int, default=0, help="keep the first N turns of each dialogue (0: all)")
     p.add_argument("--tmp", help="where archives and outputs go (default: a temporary folder)")
     p.add_argument("--out", help="also write the JSON report here")
     p.add_argument("label_args", nargs="*", help="extra `bioserc label` flags (after --)")
@@ -174,7 +175,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes:
             archive = Path(tmp) / f"archive-{size}"
-            expected = build(source_calls(args.data, size, seed=0), archive, 50, 0.2, 100, seed=0).__dict__
+            calls = source_calls(args.data, size, seed=0, max_turns=args.max_turns)
+            expected = build(calls, archive, 50, 0.2, 100, seed=0).__dict__
             if bare is None:
                 bare = measure_bare_loop(archive, args.bare_calls, args.conversations_per_batch)
                 print(json.dumps({"bare_loop": bare}), file=sys.stderr)

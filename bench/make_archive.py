@@ -50,10 +50,13 @@ class Archive:
     formats: dict[str, int] = field(default_factory=dict)
 
 
-def source_calls(path: str, n: int, seed: int) -> list[Call]:
-    """n calls cycled from the corpus in a shuffled order; ids shaped A_B_C (the EmoryNLP writer needs three parts)."""
+def source_calls(path: str, n: int, seed: int, max_turns: int = 0) -> list[Call]:
+    """n calls cycled from the corpus in a shuffled order; ids shaped A_B_C (the EmoryNLP writer needs three parts).
+
+    `max_turns` > 0 keeps only the first turns of each dialogue: many calls at little labeling cost, for measuring
+    how memory follows the number of calls."""
     rng = random.Random(seed)
-    dialogues = [[(u.speaker, u.text) for u in c.utterances if normalize_text(u.text)]
+    dialogues = [[(u.speaker, u.text) for u in c.utterances if normalize_text(u.text)][:max_turns or None]
                  for c in read_conversations(path)]
     dialogues = [d for d in dialogues if d]
     order: list[int] = []
@@ -122,12 +125,13 @@ def main() -> None:
     p.add_argument("--gzip", type=float, default=0.2, help="share of files gzipped")
     p.add_argument("--bad-every", type=int, default=100, help="spoil every Nth file (0: none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-turns", type=int, default=0, help="keep the first N turns of each dialogue (0: all)")
     p.add_argument("--manifest", help="also write the expected counts here (JSON)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True)
-    archive = build(source_calls(args.data, args.calls, args.seed), out, args.calls_per_file, args.gzip,
-                    args.bad_every, args.seed)
+    calls = source_calls(args.data, args.calls, args.seed, args.max_turns)
+    archive = build(calls, out, args.calls_per_file, args.gzip, args.bad_every, args.seed)
     text = json.dumps(archive.__dict__, indent=2)
     print(text)
     if args.manifest:
