@@ -33,7 +33,7 @@ from bioserc.bios.backends import KINDS
 from bioserc.bios.extract import MODES, BioExtractor, BioResult, paper_bios
 from bioserc.labels import LABEL_SETS
 from bioserc.pipelines.io import FileGroups, ParseFiles, output_path
-from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
+from bioserc.pipelines.options import add_renamed, at_least, json_object, parse_pipeline_args, pipeline_parser
 from bioserc.pipelines.outputs import (
     BIOS,
     PAPER,
@@ -144,7 +144,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default="transformers", choices=KINDS, help="LLM runtime")
     g.add_argument("--model", default="smollm2",
                    help="embedded name (smollm2), a local HF/ONNX folder, or the served model name for openai")
-    g.add_argument("--base-url", help="OpenAI-compatible server for --backend openai (vLLM, trtllm-serve)")
+    add_server_args(g)
     g.add_argument("--scope", default="per-speaker", choices=MODES, dest="mode",
                    help="per-speaker: one prompt per speaker (the paper); per-conversation: one prompt for all")
     g.add_argument("--words", type=at_least(1), default=60, help="word limit asked for in the prompt")
@@ -160,12 +160,51 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.backend == "openai":
-        if not args.base_url:
-            raise SystemExit("--backend openai needs --base-url (e.g. http://localhost:8000)")
-        return {"base_url": args.base_url}
-    return {"batch_size": args.batch_size}
+def add_server_args(g: argparse._ArgumentGroup, prefix: str = "") -> None:
+    """The openai backend's flags: `bioserc bios` adds --base-url, ...; `bioserc label` --bio-base-url, ..."""
+    flag, see = f"--{prefix}", " (bios --{})" if prefix else ""
+    g.add_argument(flag + "base-url", metavar="URL",
+                   help="OpenAI-compatible server for the openai backend: vLLM, SGLang, trtllm-serve"
+                   + see.format("base-url"))
+    g.add_argument(flag + "endpoint", default="chat", choices=("chat", "completions"),
+                   help="openai: chat (/v1/chat/completions; vLLM, SGLang) or completions (/v1/completions, the "
+                   "prompt rendered here with the --tokenizer folder's chat template; trtllm-serve)"
+                   + see.format("endpoint"))
+    g.add_argument(flag + "tokenizer", metavar="DIR",
+                   help="openai: the served model's local folder, for exact token counts; needed by --endpoint "
+                   "completions" + see.format("tokenizer"))
+    g.add_argument(flag + "max-context", type=at_least(64), default=8192, metavar="N",
+                   help="openai: the served model's context length in tokens" + see.format("max-context"))
+    g.add_argument(flag + "request-timeout", type=at_least(0.1, float), default=300.0, metavar="S",
+                   help="openai: seconds one request may take before it is retried" + see.format("request-timeout"))
+    g.add_argument(flag + "retries", type=at_least(0), default=5, metavar="N",
+                   help="openai: retries of a request after connection errors, timeouts, 429 and 5xx (exponential "
+                   "backoff, Retry-After honoured; other 4xx fail that bio alone)" + see.format("retries"))
+    g.add_argument(flag + "concurrency", type=at_least(1), default=32, metavar="N",
+                   help="openai: requests in flight per worker process" + see.format("concurrency"))
+    g.add_argument(flag + "api-key-env", metavar="VAR",
+                   help="openai: environment variable holding the API key (default: OPENAI_API_KEY when set)"
+                   + see.format("api-key-env"))
+    g.add_argument(flag + "extra-body", type=json_object, metavar="JSON",
+                   help="openai: server-specific fields added to every request, e.g. "
+                   "'{\"repetition_penalty\": 1.1}' for vLLM/SGLang" + see.format("extra-body"))
+
+
+def backend_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """`make_backend`'s options from `bioserc bios` flags, or `bioserc label` ones with prefix "bio_"."""
+    def get(name: str) -> Any:
+        return getattr(args, prefix + name)
+
+    if get("backend") != "openai":
+        return {"batch_size": get("batch_size")}
+    flag = "--" + prefix.replace("_", "-")
+    if not get("base_url"):
+        raise SystemExit(f"{flag}backend openai needs {flag}base-url (e.g. http://localhost:8000)")
+    if get("endpoint") == "completions" and not get("tokenizer"):
+        raise SystemExit(f"{flag}endpoint completions needs {flag}tokenizer DIR (the served model's local folder)")
+    return {"base_url": get("base_url"), "endpoint": get("endpoint"), "tokenizer_path": get("tokenizer"),
+            "max_context": get("max_context"), "timeout_s": get("request_timeout"), "max_retries": get("retries"),
+            "concurrency": get("concurrency"), "api_key_env": get("api_key_env"), "extra_body": get("extra_body")}
 
 
 def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progress_total: int = 0) -> None:

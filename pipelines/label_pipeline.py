@@ -73,6 +73,7 @@ from bioserc.bios.extract import MODES
 from bioserc.labels import LABEL_SETS
 from bioserc.pipelines.bios_pipeline import (
     BioModelHandler,
+    add_server_args,
     backend_options,
     pipeline_options,
     reader_options,
@@ -143,7 +144,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--bio-backend", default="transformers", choices=KINDS, help="LLM runtime (bios --backend)")
     g.add_argument("--bio-model", default="smollm2", help="LLM: embedded name, local folder or served name "
                    "(bios --model)")
-    g.add_argument("--bio-base-url", help="OpenAI-compatible server for --bio-backend openai (bios --base-url)")
+    add_server_args(g, "bio-")
     g.add_argument("--bio-scope", default="per-speaker", choices=MODES,
                    help="one prompt per speaker (the paper) or one per conversation (bios --scope)")
     g.add_argument("--bio-words", type=at_least(1), default=60, help="word limit asked for (bios --words)")
@@ -271,8 +272,7 @@ def _bio_requests(convs, args: argparse.Namespace, plan: Plan, hints: dict, prog
         return convs | "NoBios" >> beam.ParDo(NoBios(expected))
     config = GenerationConfig(max_new_tokens=args.bio_max_new_tokens)
     cache = None if args.bio_cache == "none" else (args.bio_cache or output_path(args.output, "cache"))
-    backend = backend_options(argparse.Namespace(backend=args.bio_backend, base_url=args.bio_base_url,
-                                                 batch_size=args.bio_batch_size))
+    backend = backend_options(args, "bio_")
     total = plan.expected.speakers if progress and plan.expected else 0
     handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_scope, args.bio_words,
                               cache, max_batch_size=args.conversations_per_batch, progress_total=total)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 BEAM_ARGS = "_beam_args"  # namespace attribute collecting the pass-through flags while parsing
@@ -186,3 +188,14 @@ def _check_filesystems(parser: argparse.ArgumentParser, args: argparse.Namespace
 def _flag_name(parser: argparse.ArgumentParser, dest: str) -> str:
     action = next(a for a in parser._actions if a.dest == dest)
     return action.option_strings[-1] if action.option_strings else str(action.metavar or dest)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object, e.g. --extra-body '{"repetition_penalty": 1.1}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
