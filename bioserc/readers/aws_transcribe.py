@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from bioserc.readers.base import (
     decode_utf8,
     load_json,
     register_reader,
+    speech_segments,
 )
 from bioserc.readers.roles import mapped_speaker
 from bioserc.schema import Conversation, Utterance
@@ -142,15 +144,8 @@ class AwsTranscribeReader(BaseReader):
             raise RecordError(path, conv_id, "audio_segments", "not a list")
         names: dict[tuple[str, str], str] = {}
         utterances: list[Utterance] = []
-        skipped = 0
-        for i, seg in enumerate(segments):
-            record = f"{conv_id} audio_segments[{i}]"
-            if not isinstance(seg, dict):
-                raise RecordError(path, record, None, "segment is not a JSON object", raw=json.dumps(seg))
-            text = seg.get("transcript")
-            if isinstance(text, str) and not text.strip():
-                skipped += 1
-                continue
+        skipped: Counter = Counter()
+        for i, record, seg, text in speech_segments(path, conv_id, "audio_segments", segments, "transcript", skipped):
             speaker, role, label = self.speaker_of(path, record, names, seg)
             meta = {"source_id": seg.get("id", i), **label}
             utterances.append(self.make_utterance(
@@ -159,7 +154,7 @@ class AwsTranscribeReader(BaseReader):
                 end_ms=seconds_ms(path, record, "end_time", seg.get("end_time")), metadata=meta,
             ))
         return self.make_conversation(path, conv_id, utterances, language=results.get("language_code"),
-                                      skipped_segments={"empty": skipped} if skipped else None)
+                                      skipped_segments=dict(skipped) or None)
 
     def from_items(self, path: str, conv_id: str, results: dict[str, Any]) -> Conversation:
         items = results.get("items")

@@ -150,6 +150,24 @@ def load_json(path: str, text: str, record: str = "file") -> Any:
         raise RecordError(path, record, None, f"nesting too deep: {NESTING_REASON}") from None
 
 
+def speech_segments(path: str, conv_id: str, field: str, segments: list[Any], text_key: str,
+                    skipped: Counter) -> Iterator[tuple[int, str, dict[str, Any], Any]]:
+    """(position, record name, segment, text) of each vendor segment that holds speech.
+
+    A segment whose text is empty is silence or noise the vendor kept, not a lost turn: it is counted in
+    `skipped["empty"]` (for the conversation's `skipped_segments`) instead of being dead-lettered.
+    """
+    for i, seg in enumerate(segments):
+        record = f"{conv_id} {field}[{i}]"
+        if not isinstance(seg, dict):
+            raise RecordError(path, record, None, "segment is not a JSON object", raw=json.dumps(seg)[:RAW_LIMIT])
+        text = seg.get(text_key)
+        if isinstance(text, str) and not text.strip():
+            skipped["empty"] += 1
+            continue
+        yield i, record, seg, text
+
+
 def conversation_id_from_path(path: str) -> str:
     """Call-centre exports hold one conversation per file, named after the job or contact id."""
     name = os.path.basename(strip_gz(path))

@@ -12,8 +12,8 @@ counted in the conversation's `skipped_segments`. The ingest format (`entries[]`
 
 from __future__ import annotations
 
-import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +25,7 @@ from bioserc.readers.base import (
     decode_utf8,
     load_json,
     register_reader,
+    speech_segments,
 )
 from bioserc.readers.roles import mapped_speaker, numbered_speaker
 from bioserc.schema import Conversation, Utterance
@@ -75,15 +76,8 @@ class GoogleCcaiApiReader(BaseReader):
     def conversation(self, path: str, conv_id: str, doc: dict[str, Any], segments: list[Any]) -> Conversation:
         names: dict[tuple[str, str], str] = {}
         utterances: list[Utterance] = []
-        skipped = 0
-        for i, seg in enumerate(segments):
-            record = f"{conv_id} transcriptSegments[{i}]"
-            if not isinstance(seg, dict):
-                raise RecordError(path, record, None, "segment is not a JSON object", raw=json.dumps(seg))
-            text = seg.get("text")
-            if isinstance(text, str) and not text.strip():
-                skipped += 1
-                continue
+        skipped: Counter = Counter()
+        for i, record, seg, text in speech_segments(path, conv_id, "transcriptSegments", segments, "text", skipped):
             speaker, role = self.speaker_of(path, record, names, seg)
             words = seg.get("words") or [{}]  # a chat segment has no words, hence no times
             if not isinstance(words, list) or not all(isinstance(w, dict) for w in words):
@@ -99,7 +93,7 @@ class GoogleCcaiApiReader(BaseReader):
                 metadata={k: v for k, v in meta.items() if v is not None},
             ))
         return self.make_conversation(path, conv_id, utterances, language=doc.get("languageCode"),
-                                      skipped_segments={"empty": skipped} if skipped else None)
+                                      skipped_segments=dict(skipped) or None)
 
     def speaker_of(self, path: str, record: str, names: dict[tuple[str, str], str],
                    seg: dict[str, Any]) -> tuple[str, str | None]:
