@@ -172,6 +172,8 @@ def main() -> None:
     p.add_argument("label_args", nargs="*", help="extra `bioserc label` flags (after --)")
     args = p.parse_args()
     rows, bare = [], None
+    if args.tmp:
+        os.makedirs(args.tmp, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes:
             archive = Path(tmp) / f"archive-{size}"
