@@ -46,16 +46,13 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    help="size limit per input file after decompression (default 256); larger files are skipped")
 
 
-def _reader_options(args: argparse.Namespace) -> dict:
-    return {"dataset": args.dataset, "speaker_roles": args.speaker_roles, "channel_roles": args.channel_roles}
-
-
 def _read_with_progress(args: argparse.Namespace, desc: str):
     from bioserc.readers import ReadReport, read_items, resolve_inputs
+    from bioserc.readers.sources import reader_options
 
     try:
         files = resolve_inputs(args.inputs)
-        options = _reader_options(args)
+        options = reader_options(args)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     report = ReadReport()
@@ -124,10 +121,11 @@ def cmd_bios(argv: list[str]) -> int:
     total = 0
     if all("://" not in s for s in args.inputs):  # local input: count the work so the progress bar has a total
         from bioserc.readers import read_items
+        from bioserc.readers.sources import reader_options
         from bioserc.schema import Conversation
 
         try:
-            items = read_items(args.inputs, args.format, **bios_pipeline.reader_options(args))
+            items = read_items(args.inputs, args.format, **reader_options(args))
             total = sum(len(c.speakers) for c in items if isinstance(c, Conversation))
         except FileNotFoundError as err:
             raise SystemExit(f"error: {err}") from None

@@ -48,6 +48,7 @@ from bioserc.pipelines.outputs import (
 from bioserc.pipelines.records import DEAD, Batch, BatchedModelHandler, ledger
 from bioserc.readers import reader_names
 from bioserc.readers.roles import add_role_args
+from bioserc.readers.sources import reader_options
 from bioserc.schema import Conversation
 
 
@@ -123,11 +124,6 @@ class BioRecords(beam.DoFn):
                     yield BIOS, result.to_dict()
             yield PAPER, {"conversation_id": conv.id, "bios": paper_bios([conv], results)[conv.id]}
         yield from ledger("bios", batch.key, **c)
-
-
-def reader_options(args: argparse.Namespace) -> dict[str, Any]:
-    """What the readers need from a pipeline command line (label set, speaker and channel roles)."""
-    return {"dataset": args.dataset, "speaker_roles": args.speaker_roles, "channel_roles": args.channel_roles}
 
 
 def make_parser() -> argparse.ArgumentParser:

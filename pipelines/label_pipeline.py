@@ -76,7 +76,6 @@ from bioserc.pipelines.bios_pipeline import (
     add_server_args,
     backend_options,
     pipeline_options,
-    reader_options,
     shows_progress,
     wait,
 )
@@ -111,6 +110,7 @@ from bioserc.pipelines.outputs import (
 from bioserc.pipelines.records import DEAD, BatchedModelHandler
 from bioserc.readers import reader_names
 from bioserc.readers.roles import add_role_args
+from bioserc.readers.sources import reader_options
 from bioserc.schema import Conversation
 
 
@@ -389,7 +389,7 @@ def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: f
     info = {"version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(time.time() - started, 3), "argv": list(argv), "model": args.model,
             "model_id": plan.model_id, "labels": labels, "bios": plan.bios, "counters": totals,
-            "written": {k: v for k, v in asdict(written).items() if k != "files"}, "problems": problems,
+            "written": asdict(written), "problems": problems,
             "exit_code": code}
     with FileSystems.create(output_path(where, "run.json")) as fh:
         fh.write((json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

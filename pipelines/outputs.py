@@ -209,7 +209,6 @@ class Written:
     conversation_rows: int = 0
     dead_letter_rows: int = 0
     dead_letter_utterances: int = 0
-    files: list[str] = field(default_factory=list)
     ledger: dict[str, int] = field(default_factory=dict)  # what the steps counted (see `pipelines.records`)
 
 
@@ -272,12 +271,11 @@ def assemble(staging: str, output: str, schema: pa.Schema, merge: bool) -> Writt
         return lambda _line: setattr(written, attr, getattr(written, attr) + 1)
 
     concat_jsonl(previous(UTTERANCES), shards(staging, UTTERANCES), output_path(staging, UTTERANCES),
-                  count("utterance_rows"))
+                 count("utterance_rows"))
     concat_jsonl(previous(CONVERSATIONS), shards(staging, CONVERSATIONS), output_path(staging, CONVERSATIONS),
-                  count("conversation_rows"))
+                 count("conversation_rows"))
     concat_jsonl([], shards(staging, DEAD), output_path(staging, DEAD), count_dead)
     _concat_parquet(previous(PARQUET) + shards(staging, PARQUET), output_path(staging, PARQUET), schema)
-    written.files = [output_path(output, name) for name in (UTTERANCES, PARQUET, CONVERSATIONS, DEAD)]
     written.ledger = read_ledger(staging)
     return written
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
+from bioserc.batching import length_sorted_chunks
 from bioserc.models.bioserc_bert import CONFIG_FILE, BiosercBertConfig
 from bioserc.models.collate import BioKey, Collator
 from bioserc.models.predict import Prediction, predict_conversations
@@ -70,21 +71,18 @@ class OnnxClassifier:
         length): memory stays bounded for a call of thousands of turns, and short windows are not padded to long ones.
         """
         lengths = attention_mask.sum(1)
-        order = np.argsort(lengths, kind="stable")
-        pooled: np.ndarray | None = None
         pad_id = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), ENCODE_CHUNK):
-            rows = order[start:start + ENCODE_CHUNK]
+        pooled: np.ndarray | None = None
+        for rows in length_sorted_chunks(lengths.tolist(), ENCODE_CHUNK):
             size = width or max(int(lengths[rows].max()), 1)
-            ids, mask, pool = (np.zeros((len(rows), size), dtype=dt) for dt in (np.int64, np.int64, np.float32))
-            ids[:] = pad_id
             used = min(size, input_ids.shape[1])
+            ids = np.full((len(rows), size), pad_id, dtype=np.int64)
+            mask, pool = np.zeros((len(rows), size), dtype=np.int64), np.zeros((len(rows), size), dtype=np.float32)
             ids[:, :used], mask[:, :used], pool[:, :used] = (input_ids[rows, :used], attention_mask[rows, :used],
                                                               pool_mask[rows, :used])
-            feeds = {"input_ids": ids, "attention_mask": mask, "pool_mask": pool}
-            out = self.encoder.run(None, feeds)[0]
+            out = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask, "pool_mask": pool})[0]
             if pooled is None:
-                pooled = np.empty((len(order), out.shape[-1]), dtype=np.float32)
+                pooled = np.empty((len(lengths), out.shape[-1]), dtype=np.float32)
             pooled[rows] = out
         assert pooled is not None, "encode needs at least one sequence"
         return pooled

@@ -124,6 +124,11 @@ def read_conversations(specs: str | Iterable[str], fmt: str = "auto", **options:
     return conversations
 
 
+def reader_options(args: Any) -> dict[str, Any]:
+    """The reader options of a command line that used `add_role_args` and --dataset (convert, stats, bios, label)."""
+    return {"dataset": args.dataset, "speaker_roles": args.speaker_roles, "channel_roles": args.channel_roles}
+
+
 @dataclass
 class ReadReport:
     """Counts what was read and what was skipped, with reasons: `convert` prints it and exits non-zero on skips."""
@@ -150,4 +155,4 @@ class ReadReport:
 
 
 __all__ = ["ReadReport", "decode_utf8", "read_conversations", "read_items", "read_path", "reader_for",
-           "resolve_inputs"]
+           "reader_options", "resolve_inputs"]
