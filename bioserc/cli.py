@@ -25,6 +25,10 @@ from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is never contacted; users pass local paths
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# OpenMP threads (torch's intra-op pool) busy-wait between parallel regions by default: with another CPU-heavy process
+# on the same cores they take the time it needs and both thrash. PASSIVE makes them sleep instead. OpenMP reads it
+# once, when torch loads, so it is set here, before any command imports torch; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Beam without its [gcp] extra logs "apitools not found ..." through the root logger when imported: noise on every
 # command, --help included. Installed before any command imports apache_beam.
 logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
@@ -114,27 +118,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_bios(argv: list[str]) -> int:
     from bioserc.pipelines import bios_pipeline
-    from bioserc.pipelines.io import counters, output_path
-    from bioserc.pipelines.options import parse_pipeline_args
 
-    args, _ = parse_pipeline_args(bios_pipeline.make_parser(), argv)  # usage errors before anything is read
-    total = 0
-    if all("://" not in s for s in args.inputs):  # local input: count the work so the progress bar has a total
-        from bioserc.readers import read_items
-        from bioserc.readers.sources import reader_options
-        from bioserc.schema import Conversation
-
-        try:
-            items = read_items(args.inputs, args.format, **reader_options(args))
-            total = sum(len(c.speakers) for c in items if isinstance(c, Conversation))
-        except FileNotFoundError as err:
-            raise SystemExit(f"error: {err}") from None
-    result = bios_pipeline.run(argv, progress_total=total)
-    summary = counters(result)
-    print(json.dumps(summary, indent=2, sort_keys=True), file=sys.stderr)
-    print(f"bios: {output_path(args.output, 'bios.jsonl')}  dead letters: "
-          f"{output_path(args.output, 'dead_letter.jsonl')}", file=sys.stderr)
-    return 0
+    return bios_pipeline.main(argv)
 
 
 def cmd_train(argv: list[str]) -> int:

@@ -85,9 +85,30 @@ def _trt_cache(path: str) -> str:
     return str(cache_dir() / "trt" / key)
 
 
+def session_options(threads: int | None = None) -> Any:
+    """The `onnxruntime.SessionOptions` every bioserc graph runs with: all graph optimisations, `threads` intra-op
+    threads (default `default_threads()`), and no spin-waiting unless BIOSERC_ORT_SPIN=1.
+
+    ORT's intra-op threads spin between ops by default: fast on an idle machine, but when another CPU-heavy process
+    shares the cores the spinning threads take the time it needs and both thrash; sleeping threads do not.
+    """
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    if os.environ.get("BIOSERC_ORT_SPIN") != "1":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Int8-weight MatMuls (MatMulNBits) compute in fp32 instead of quantizing activations on the fly: ORT picks that
+    # int8 kernel per CPU (AVX2, VNNI, AVX-512), and its rounding moved MELD valid W-F1 by 0.16 between two machines.
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    return options
+
+
 def make_session(path: str, providers: list[str] | None = None, threads: int | None = None,
                  trt_cache_dir: str | None = None) -> Any:
-    """An `onnxruntime.InferenceSession` with every graph optimisation on and one intra-op thread per usable CPU.
+    """An `onnxruntime.InferenceSession` with `session_options(threads)`: every graph optimisation on, one intra-op
+    thread per usable CPU, no spin-waiting.
 
     Args:
         path: the .onnx file.
@@ -97,13 +118,7 @@ def make_session(path: str, providers: list[str] | None = None, threads: int | N
             `$BIOSERC_CACHE/trt/<key>`.
     """
     ort = onnxruntime()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    # Int8-weight MatMuls (MatMulNBits) compute in fp32 instead of quantizing activations on the fly: ORT picks that
-    # int8 kernel per CPU (AVX2, VNNI, AVX-512), and its rounding moved MELD valid W-F1 by 0.16 between two machines.
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    options = session_options(threads)
     requested: list[Any] = []
     for provider in providers or [CPU]:
         if provider == TENSORRT:

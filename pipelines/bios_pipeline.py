@@ -11,6 +11,10 @@ Read (any reader; batches of --conversations-per-batch calls) -> RunInference wi
 worker process) -> bios.jsonl, bios.paper.json ({conv_id: [bio per utterance]}, the reference code's format) and
 dead_letter.jsonl. Every (conversation, speaker) ends in exactly one of bios.jsonl and dead_letter.jsonl. Workers
 write shards into a staging folder in the output; the driver assembles them and replaces the previous files.
+
+As with `bioserc label`: one run at a time per output folder (a second one exits 2), exit 1 when a bio or an input
+record was dead-lettered (unless --allow-skips) or when no bio came out (a previous bios.jsonl is then kept), and a
+one-line summary of the counts last.
 """
 
 from __future__ import annotations
@@ -37,11 +41,15 @@ from bioserc.pipelines.options import add_renamed, at_least, json_object, parse_
 from bioserc.pipelines.outputs import (
     BIOS,
     PAPER,
+    OutputError,
     WriteShards,
     concat_jsonl,
     discard,
+    keep_failed,
+    output_lock,
     promote,
     read_ledger,
+    remove_leftovers,
     shards,
     staging_folder,
 )
@@ -58,6 +66,7 @@ LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "Bundle
 DASK_PARTITION_FLAGS = {"--dask_npartitions", "--dask_partition_size"}
 DASK_PARTITION_GROUPS = 4  # default Dask partition: 4 file groups (64 calls in one-call files at the default batch)
 GENERATION_FAILED = "generation failed:"  # how `BioExtractor.generate` marks the results of a batch the backend failed
+THREADED = ("transformers", "onnx")  # in-process CPU runtimes; a server or TensorRT-LLM picks its own threads
 
 
 class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor]):
@@ -93,13 +102,18 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
             done, todo = model.plan(conv)
             by_conv[conv.id] += done
             requests += todo
-        results = model.generate(requests)
+        cached = sum(len(r) for r in by_conv.values())
+        if self._bar is not None and cached:
+            self._bar.update(cached)
+        # Local backends: chunks of --batch-size prompts, so the bar moves per generate call; a server takes them all
+        results = list(model.generate_chunks(requests, self.backend_options.get("batch_size"),
+                                             None if self._bar is None else self._bar.update))
         if len(batch) > 1 and any(r.error and r.error.startswith(GENERATION_FAILED) for r in results):
+            if self._bar is not None:  # the retries count their own bios again
+                self._bar.update(-cached - len(results))
             return [r for conv in batch for r in self.run_inference([conv], model, inference_args)]
         for result in results:
             by_conv[result.conversation_id].append(result)
-        if self._bar is not None:
-            self._bar.update(sum(len(r) for r in by_conv.values()))
         return [by_conv[c.id] for c in batch]
 
     def get_metrics_namespace(self) -> str:
@@ -148,11 +162,16 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (use with --seed)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--batch-size", type=at_least(1), default=16, metavar="N", help="prompts per LLM generate call")
+    g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
+                   help="CPU threads of the LLM per worker process (default 0: automatic)")
     g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",
                    help="conversations Beam hands to one inference call")
     g.add_argument("--cache", metavar="DIR",
                    help="bio cache directory shared across runs; 'none' disables it (default: OUTPUT/cache)")
     add_renamed(g, "--mode", "use --scope per-speaker|per-conversation (bio_mode is the model's bio head)")
+    g = p.add_argument_group("run")
+    g.add_argument("--allow-skips", action="store_true",
+                   help="exit 0 even if some bios or input records were dead-lettered")
     return p
 
 
@@ -191,6 +210,8 @@ def backend_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any
     def get(name: str) -> Any:
         return getattr(args, prefix + name)
 
+    if get("backend") in THREADED:
+        return {"batch_size": get("batch_size"), "threads": get("threads") or None}
     if get("backend") != "openai":
         return {"batch_size": get("batch_size")}
     flag = "--" + prefix.replace("_", "-")
@@ -218,9 +239,14 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progr
 
 @dataclass
 class BiosRun:
-    """A finished `bioserc bios` run: what its steps counted (summed from their ledger rows)."""
+    """A finished `bioserc bios` run: what its steps counted (summed from their ledger rows), the exit status for the
+    shell and the one-line summary printed last."""
 
     counters: dict[str, int]
+    exit_code: int
+    message: str
+    output: str
+    where: str  # the output folder, or the failed-run folder that kept this run's files
 
 
 def assemble(staging: str) -> None:
@@ -273,18 +299,76 @@ def wait(result: beam.runners.runner.PipelineResult) -> None:
             client.close()
 
 
-def run(argv: Sequence[str] | None = None, progress_total: int = 0) -> BiosRun:
-    """Parse strictly (a usage error before anything runs), build and run the pipeline, assemble its outputs."""
-    args, beam_args = parse_pipeline_args(make_parser(), sys.argv[1:] if argv is None else argv)
-    staging = staging_folder(args.output)
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
-    build(pipeline, args, staging, progress_total if shows_progress(pipeline) else 0)
+def count_speakers(args: argparse.Namespace) -> int:
+    """The (conversation, speaker) pairs of local inputs, for the progress bar's total (0 when any input is remote)."""
+    if any("://" in s for s in args.inputs):
+        return 0
+    from bioserc.readers import read_items
+
     try:
-        wait(pipeline.run())
-        assemble(staging)
-        counters = read_ledger(staging)
+        items = read_items(args.inputs, args.format, **reader_options(args))
+        return sum(len(c.speakers) for c in items if isinstance(c, Conversation))
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def finish(counters: dict[str, int], args: argparse.Namespace, staging: str) -> BiosRun:
+    """Replace the outputs with the assembled files (unless no bio came out and earlier bios exist) and decide the
+    exit status the way `bioserc label` does."""
+    c = {name: counters.get(name, 0) for name in ("conversations_read", "bios_generated", "bios_cached",
+                                                   "bios_dead_lettered", "input_records_dead_lettered")}
+    made = c["bios_generated"] + c["bios_cached"]
+    dead = c["bios_dead_lettered"] + c["input_records_dead_lettered"]
+    where = args.output
+    if not made and FileSystems.exists(output_path(args.output, BIOS)):  # never replace good bios with a failed run's
+        where = keep_failed(staging, args.output)
+    else:
         promote(staging, args.output, (PAPER, DEAD, BIOS))
-    except BaseException:
-        discard(staging)
-        raise
-    return BiosRun(counters)
+    code = 1 if not made or (dead and not args.allow_skips) else 0
+    message = (f"wrote {made} bios ({c['bios_cached']} from the cache) for {c['conversations_read']} calls; "
+               f"dead-lettered {c['bios_dead_lettered']} bios and {c['input_records_dead_lettered']} input records")
+    if not made:
+        message = f"error: no bio was produced ({message})"
+    elif code:
+        message += "; exit 1 because records were dead-lettered (see dead_letter.jsonl; --allow-skips accepts that)"
+    return BiosRun(counters, code, message, args.output, where)
+
+
+def run(argv: Sequence[str] | None = None, progress: bool = False) -> BiosRun:
+    """Parse strictly (a usage error before anything runs), lock the output, build and run the pipeline, assemble
+    its outputs and finish on the driver; `progress` shows a bar on the local runners."""
+    args, beam_args = parse_pipeline_args(make_parser(), sys.argv[1:] if argv is None else argv)
+    with output_lock(args.output):
+        for name in remove_leftovers(args.output):
+            logger.warning("removed %s left in %s by an earlier run that did not finish", name, args.output)
+        staging = staging_folder(args.output)
+        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        build(pipeline, args, staging, count_speakers(args) if progress and shows_progress(pipeline) else 0)
+        try:
+            wait(pipeline.run())
+            assemble(staging)
+            counters = read_ledger(staging)
+        except BaseException:
+            discard(staging)
+            raise
+        return finish(counters, args, staging)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`bioserc bios`: 0 when every bio came out (or --allow-skips), 1 for dead letters or no bio, 2 for usage and
+    output-folder errors."""
+    try:
+        result = run(argv, progress=True)
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.counters, indent=2, sort_keys=True), file=sys.stderr)
+    print(f"bios: {output_path(result.where, BIOS)}  dead letters: {output_path(result.where, DEAD)}", file=sys.stderr)
+    if result.where != result.output:
+        print(f"this run's files were kept in {result.where}; the previous outputs are unchanged", file=sys.stderr)
+    print(result.message, file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

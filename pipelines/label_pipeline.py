@@ -152,6 +152,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="generation limit per bio (bios --max-new-tokens)")
     g.add_argument("--bio-batch-size", type=at_least(1), default=16,
                    help="prompts per LLM generate call (bios --batch-size)")
+    g.add_argument("--bio-threads", type=at_least(0), default=0, metavar="N",
+                   help="CPU threads of the LLM per worker process (default 0: automatic; bios --threads)")
     g.add_argument("--bio-cache", metavar="DIR",
                    help="bio cache shared across runs; 'none' disables it (default: OUTPUT/cache; bios --cache)")
     add_renamed(g, "--bio-mode", "use --bio-scope per-speaker|per-conversation (bio_mode is the model's bio head)")

@@ -10,11 +10,12 @@ import shutil
 import subprocess
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_llm import tiny_llama
+from tiny_llm import TEXTS, tiny_llama
 
 import bioserc.bios
 from bioserc.artifacts import ArtifactError, write_manifest
@@ -25,6 +26,7 @@ from bioserc.bios.chat import render_chat
 from bioserc.bios.http_backend import OpenAICompatibleBackend
 from bioserc.bios.ort_backend import OrtBackend
 from bioserc.bios.trtllm_backend import TrtLlmBackend
+from bioserc.jsonio import read_jsonl
 
 
 GREEDY = GenerationConfig(max_new_tokens=12, seed=1234)
@@ -137,6 +139,31 @@ def pipeline_options(kind: str, *flags: str) -> dict[str, Any]:
                                                      "--batch-size", "3", *flags]))
 
 
+TRANSCRIPT = "Conversation transcript: " + " ".join(TEXTS[:3] * 3)
+
+
+@pytest.mark.parametrize("kind", ["transformers", "onnx"])
+def test_shared_prefix_gives_the_same_bios_from_fewer_prefilled_tokens(kind, plain_export, one_thread):
+    """Three speakers of one call share the system message and transcript; a second call shares only the system
+    message. Prefilling each shared prefix once and branching its KV cache must not change a single token."""
+    hf_dir, onnx_dir = plain_export
+    prompts = [user(TRANSCRIPT + f" Describe {name}.") + [{"role": "assistant", "content": f"{name} is"}]
+               for name in ("Ann", "Bob", "Carol")]
+    prompts += [user("Conversation transcript: hello there. Describe Dan.") + [{"role": "assistant",
+                                                                                 "content": "Dan is"}]]
+    backend = make_backend(kind, str(hf_dir if kind == "transformers" else onnx_dir), batch_size=4)
+    out = {}
+    for share in (False, True):
+        backend.share_prefix, backend.counts = share, Counter()
+        out[share] = ([(g.text, g.prompt_tokens, g.new_tokens, g.finish_reason) for g in
+                       backend.generate(prompts, GREEDY)], dict(backend.counts))
+    assert out[True][0] == out[False][0] and any(text for text, *_ in out[True][0])
+    plain, shared = out[False][1], out[True][1]
+    assert plain["prompt_tokens"] == shared["prompt_tokens"] == plain["prefilled_tokens"]
+    assert shared["prefilled_tokens"] < plain["prefilled_tokens"] / 2  # the transcript once instead of three times
+    assert shared["generated_tokens"] == plain["generated_tokens"]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_backend_kind_takes_the_pipelines_options(kind, plain_export, monkeypatch, one_thread):
     """Each kind either builds from exactly what the pipelines pass, or fails with a message that says what to do;
@@ -168,3 +195,31 @@ def test_each_bios_module_imports_alone_without_the_factory(module):
             f"sys.exit(3 if {module!r} != 'backends' and 'bioserc.bios.backends' in sys.modules else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr or f"bioserc.bios.{module} imports the factory bioserc.bios.backends"
+
+
+def test_bios_pipeline_runs_on_each_local_backend_kind(plain_export, tmp_path, monkeypatch, one_thread):
+    """`bioserc bios` end to end on transformers and ONNX Runtime (the same tiny Llama, so the same bios), and on
+    trtllm, which cannot run here: the run fails with the message saying where it runs, nothing half-written."""
+    from bioserc.jsonio import write_jsonl
+    from bioserc.pipelines import bios_pipeline
+    from bioserc.schema import Conversation, Utterance
+
+    calls = [Conversation(f"c{n}", [Utterance(i, spk, text) for i, (spk, text) in
+                                    enumerate([("Ann", TEXTS[n]), ("Bob", TEXTS[n + 1]), ("Ann", TEXTS[n + 2])])])
+             for n in range(3)]
+    src = tmp_path / "calls.jsonl"
+    write_jsonl(str(src), [c.to_dict() for c in calls])
+    hf_dir, onnx_dir = plain_export
+    bios = {}
+    for kind, model in (("transformers", hf_dir), ("onnx", onnx_dir)):
+        result = bios_pipeline.run([str(src), "-o", str(tmp_path / kind), "--backend", kind, "--model", str(model),
+                                    "--max-new-tokens", "8", "--batch-size", "4", "--allow-skips"])
+        rows = list(read_jsonl(str(tmp_path / kind / "bios.jsonl")))
+        dead = list(read_jsonl(str(tmp_path / kind / "dead_letter.jsonl")))
+        assert len(rows) + len(dead) == 6 and result.counters["conversations_read"] == 3
+        bios[kind] = sorted((r["conversation_id"], r["speaker"], r["bio"]) for r in rows)
+    assert bios["transformers"] and bios["transformers"] == bios["onnx"]
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)
+    with pytest.raises(ImportError, match=r"Python 3\.12 NVIDIA container"):
+        bios_pipeline.run([str(src), "-o", str(tmp_path / "trt"), "--backend", "trtllm", "--model", str(hf_dir)])
+    assert not (tmp_path / "trt" / "bios.jsonl").exists()

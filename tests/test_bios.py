@@ -17,6 +17,7 @@ from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend
 from bioserc.bios.cache import BioCache, model_fingerprint
 from bioserc.bios.extract import BioExtractor, paper_bios
 from bioserc.bios.postprocess import clean_bio, degenerate_reason
+from bioserc.bios.prefix import pack_groups, prefix_groups
 from bioserc.jsonio import read_jsonl
 from bioserc.prompts.bio import parse_group_answer, speaker_prompt
 from bioserc.schema import Conversation, Utterance
@@ -62,22 +63,36 @@ class ScriptedBackend(LLMBackend):
         return out
 
 
-def test_run_generates_in_length_sorted_chunks():
-    """Prompts go to the backend shortest first, `chunk` at a time (`bioserc.batching.length_sorted_chunks`)."""
-    calls = [conv(f"c{n}", [("A", "word " * (n * 7 % 5 + 1)), ("B", "ok")]) for n in range(5)]
+def test_run_keeps_each_conversation_in_one_chunk_shortest_first():
+    """Chunks of at most `chunk` prompts hold whole conversations (their speakers share a prefix the backend prefills
+    once), shorter conversations first; progress moves after every chunk."""
+    calls = [conv(f"c{n}", [("A", "word " * (n * 7 % 5 + 1)), ("B", "ok")] + [("C", "hm")] * (n % 2))
+             for n in range(6)]
 
     class Recording(ScriptedBackend):
         def generate(self, batch, config):
-            self.batches.append([sum(len(m["content"]) for m in messages) for messages in batch])
+            self.batches.append([(messages[1]["content"].split("transcript>")[1], len(messages[1]["content"]))
+                                 for messages in batch])
             return super().generate(batch, config)
 
-    backend = Recording()
+    class Bar:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, n):
+            self.updates.append(n)
+
+    backend, bar = Recording(), Bar()
     backend.batches = []
-    results = list(BioExtractor(backend).run(calls, chunk=4))
-    assert len(results) == 10 and all(r.error is None for r in results)
-    assert [len(b) for b in backend.batches] == [4, 4, 2]
-    flat = [n for b in backend.batches for n in b]
-    assert flat == sorted(flat)
+    results = list(BioExtractor(backend).run(calls, chunk=4, progress=bar))
+    assert len(results) == 15 and all(r.error is None for r in results)
+    assert all(len(b) <= 4 for b in backend.batches) and bar.updates == [len(b) for b in backend.batches]
+    transcripts = [t for b in backend.batches for t, _ in b]
+    assert len({t for b in backend.batches for t, _ in b}) == 6
+    for b in backend.batches:  # no conversation's prompts are split across two chunks
+        assert all(transcripts.count(t) == sum(1 for u, _ in b if u == t) for t, _ in b)
+    longest = [max(n for u, n in b if u == t) for b in backend.batches for t in dict.fromkeys(u for u, _ in b)]
+    assert longest == sorted(longest)
 
 
 def test_prompt_fences_transcript_and_prefills_speaker():
@@ -277,3 +292,28 @@ def test_embedded_smollm2_bios_are_deterministic(tmp_path):
     for r in a:
         assert re.match(rf"{r['speaker']} is\b", r["bio"]) and "PWNED" not in r["bio"].split(" is", 1)[0]
         assert r["model"] and r["prompt_version"] == "bio-v1"
+
+
+def test_prefix_groups_share_a_conversation_not_just_the_system_message():
+    system = list(range(40))
+    call_a = [system + [100] * 200 + [n] * (n + 1) for n in (1, 2, 3)]  # three speakers of one long call
+    call_b = [system + [200] * 60 + [n] for n in (4, 5)]  # two speakers of a shorter call
+    alone = system + [300] * 50
+    seqs = [call_a[2], alone, call_b[0], call_a[0], call_b[1], call_a[1]]
+    groups = prefix_groups(seqs)
+    assert sorted(sorted(g.members) for g in groups) == [[0, 3, 5], [1], [2, 4]]
+    shared = {tuple(sorted(g.members)): g.shared for g in groups}
+    assert shared[(0, 3, 5)] == 240 and shared[(2, 4)] == 100 and shared[(1,)] == len(alone) - 1
+    for g in groups:  # every member keeps at least one token to generate from
+        assert all(g.shared < len(seqs[i]) for i in g.members)
+
+
+def test_pack_groups_keeps_groups_whole_and_short_ones_first():
+    seqs = [[1] * 50 + [n] for n in range(5)] + [[2] * 10 + [n] for n in range(3)] + [[3] * 300]
+    lengths = [len(s) for s in seqs]
+    batches = pack_groups(prefix_groups(seqs), lengths, 4)
+    members = [[i for g in b for i in g.members] for b in batches]
+    assert all(len(m) <= 4 for m in members) and sorted(i for m in members for i in m) == list(range(9))
+    assert sorted(members[0]) == [5, 6, 7]  # the short call first, whole
+    assert [len(g.members) for b in batches for g in b if set(g.members) <= set(range(5))] == [4, 1]
+    assert max(lengths[i] for i in members[-1]) == 300

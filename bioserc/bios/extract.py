@@ -6,10 +6,10 @@ backend and returns one `BioResult` per (conversation, speaker), successful or w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from bioserc.batching import length_sorted_chunks
 from bioserc.bios.backend import GenerationConfig, LLMBackend
 from bioserc.bios.cache import BioCache, bio_key
 from bioserc.bios.postprocess import clean_bio, degenerate_reason
@@ -147,19 +147,45 @@ class BioExtractor:
                                                "bio": bio, "truncated": stats["truncated"]})
         return self.result(req.conversation, speaker, bio=bio, **stats)
 
+    def generate_chunks(self, requests: list[BioRequest], size: int | None = None,
+                        progress: Callable[[int], Any] | None = None) -> Iterator[BioResult]:
+        """`generate` over chunks of about `size` prompts (None: one chunk), calling `progress(bios)` after each.
+
+        A conversation's prompts stay in one chunk, so the backend prefills their shared transcript once; shorter
+        conversations come first, so a chunk's prompts have similar lengths and pad little.
+        """
+        for chunk in conversation_chunks(requests, size or max(len(requests), 1)):
+            results = self.generate(chunk)
+            yield from results
+            if progress is not None:
+                progress(len(results))
+
     def run(self, conversations: Iterable[Conversation], chunk: int = 32, progress=None) -> Iterator[BioResult]:
-        """Local runner: plan everything, then generate in length-sorted chunks so batches pad little."""
+        """Local runner: plan everything, then generate in chunks of `chunk` prompts (`generate_chunks`)."""
         requests: list[BioRequest] = []
         for conv in conversations:
             done, todo = self.plan(conv)
             yield from done
             requests += todo
-        lengths = [sum(len(m["content"]) for m in r.prompt.messages) for r in requests]
-        for indices in length_sorted_chunks(lengths, chunk):
-            batch = [requests[i] for i in indices]
-            yield from self.generate(batch)
-            if progress is not None:
-                progress.update(sum(len(r.speakers) for r in batch))
+        yield from self.generate_chunks(requests, chunk, None if progress is None else progress.update)
+
+
+def conversation_chunks(requests: list[BioRequest], size: int) -> list[list[BioRequest]]:
+    """Requests in chunks of at most `size` (more only when one conversation has more speakers), each conversation
+    whole, ordered by the length of its longest prompt."""
+    by_conv: dict[int, list[BioRequest]] = {}
+    for r in requests:
+        by_conv.setdefault(id(r.conversation), []).append(r)
+    chunks: list[list[BioRequest]] = []
+    for group in sorted(by_conv.values(), key=lambda g: max(prompt_chars(r) for r in g)):
+        if not chunks or (chunks[-1] and len(chunks[-1]) + len(group) > size):
+            chunks.append([])
+        chunks[-1] += group
+    return chunks
+
+
+def prompt_chars(request: BioRequest) -> int:
+    return sum(len(m["content"]) for m in request.prompt.messages)
 
 
 def paper_bios(conversations: Iterable[Conversation], results: Iterable[BioResult]) -> dict[str, list[str]]:

@@ -1,25 +1,37 @@
 """Batched `generate()` shared by the backends whose model object is a transformers generator (PyTorch, optimum ORT).
 
-Prompts are rendered with the chat template, sorted by length and left-padded so each batch pads little; the
-generated part is everything after the padded prompt length (sliced by tokens, so the prompt never leaks into a bio).
-Both runtimes therefore see identical token sequences and decoding settings.
+Prompts are rendered with the chat template and tokenized once. Prompts that start with the same tokens (the speakers
+of one conversation: the same system message and transcript) form a group whose shared prefix is prefilled once and
+whose KV cache is then copied to every member (`bioserc.bios.prefix`). A batch holds whole groups of similar length:
+
+    [pad .. pad | shared prefix of group g | pad .. pad | rest of member m's prompt]  ->  generated tokens
+
+The attention mask hides both pad runs and position ids count only real tokens, so every row sees exactly its own
+prompt; the generated part is everything after the padded prompt (sliced by tokens, so the prompt never leaks into a
+bio). Both runtimes see identical token sequences and decoding settings. `counts` adds up the tokens computed.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from bioserc.batching import length_sorted_chunks
 from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend, Messages
 from bioserc.bios.chat import render_chat
+from bioserc.bios.prefix import PrefixGroup, pack_groups, prefix_groups
 
 
 class HFGenerationBackend(LLMBackend):
-    """Subclasses set `self.tokenizer` (left padding), `self.model` (has `.generate` and `.device`), `batch_size`."""
+    """Subclasses set `self.tokenizer`, `self.model` (has `.generate`, `.device` and a KV cache) and `batch_size`.
+
+    `share_prefix=False` gives every prompt its own full prefill (the reference path benchmarks compare against).
+    """
 
     tokenizer: Any
     model: Any
     batch_size: int = 8
+    share_prefix: bool = True
+    counts: Counter  # tokens and slots computed so far, for benchmarks and logs; subclasses start it empty
 
     def render(self, messages: Messages) -> str:
         return render_chat(self.tokenizer, messages)
@@ -28,23 +40,38 @@ class HFGenerationBackend(LLMBackend):
         return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
     def generate(self, batch: list[Messages], config: GenerationConfig) -> list[Generation]:
-        prompts = [self.render(m) for m in batch]
-        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        results: list[Any] = [None] * len(prompts)
-        for chunk in length_sorted_chunks(lengths, self.batch_size):
-            for i, gen in zip(chunk, self._generate_chunk([prompts[i] for i in chunk], config), strict=True):
+        if not batch:
+            return []
+        ids = self.tokenizer([self.render(m) for m in batch], add_special_tokens=False)["input_ids"]
+        groups = prefix_groups(ids) if self.share_prefix else [PrefixGroup([i], 0) for i in range(len(ids))]
+        results: list[Any] = [None] * len(ids)
+        for chunk in pack_groups(groups, [len(s) for s in ids], self.batch_size):
+            members = [i for g in chunk for i in g.members]
+            for i, gen in zip(members, self._generate_chunk(chunk, ids, config), strict=True):
                 results[i] = gen
         return results
 
-    def _generate_chunk(self, prompts: list[str], config: GenerationConfig) -> list[Generation]:
+    def _generate_chunk(self, groups: list[PrefixGroup], ids: list[list[int]],
+                        config: GenerationConfig) -> list[Generation]:
         import torch
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(self.model.device)
+        pad = self.tokenizer.pad_token_id
+        width = max(g.shared for g in groups)  # prefix columns
+        rests = {i: ids[i][g.shared:] for g in groups for i in g.members}
+        tail = max(len(r) for r in rests.values())
+        rows, masks = [], []
+        for g in groups:
+            lead = width - g.shared
+            for i in g.members:
+                gap = tail - len(rests[i])
+                rows.append([pad] * lead + ids[i][:g.shared] + [pad] * gap + rests[i])
+                masks.append([0] * lead + [1] * g.shared + [0] * gap + [1] * len(rests[i]))
+        device = self.model.device
+        input_ids = torch.tensor(rows, device=device)
+        attention_mask = torch.tensor(masks, device=device)
         kwargs: dict[str, Any] = {
-            "max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id, "repetition_penalty": config.repetition_penalty,
-            "no_repeat_ngram_size": config.no_repeat_ngram_size,
+            "max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample, "pad_token_id": pad,
+            "repetition_penalty": config.repetition_penalty, "no_repeat_ngram_size": config.no_repeat_ngram_size,
         }
         if config.do_sample:
             torch.manual_seed(config.seed)
@@ -52,15 +79,44 @@ class HFGenerationBackend(LLMBackend):
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
-        stop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+            if width:
+                kwargs["past_key_values"] = self._prefill(groups, input_ids[:, :width], attention_mask[:, :width])
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        new = out[:, width + tail:]
+        stop = {self.tokenizer.eos_token_id, pad}
         gens = []
-        for row, mask in zip(new.tolist(), enc["attention_mask"], strict=True):
+        for row, mask in zip(new.tolist(), masks, strict=True):
             n = next((k for k, t in enumerate(row) if t in stop), len(row))
             gens.append(Generation(
                 text=self.tokenizer.decode(row[:n], skip_special_tokens=True),
-                prompt_tokens=int(mask.sum()), new_tokens=n,
-                finish_reason="stop" if n < len(row) else "length",
+                prompt_tokens=sum(mask), new_tokens=n, finish_reason="stop" if n < len(row) else "length",
             ))
+        self.counts.update(
+            prompts=len(rows), prompt_tokens=sum(map(sum, masks)), generated_tokens=sum(g.new_tokens for g in gens),
+            prefilled_tokens=sum(g.shared for g in groups) + sum(len(r) for r in rests.values()),
+            prefill_slots=len(groups) * width + len(rows) * tail, decode_slots=len(rows) * new.shape[1],
+        )
         return gens
+
+    def _prefill(self, groups: list[PrefixGroup], prefix_ids: Any, prefix_mask: Any) -> Any:
+        """Run each group's shared prefix once (one row per group), then repeat its KV cache for every member."""
+        import torch
+
+        firsts, index, start = [], [], 0
+        for n, g in enumerate(groups):
+            firsts.append(start)
+            index += [n] * len(g.members)
+            start += len(g.members)
+        ids, mask = prefix_ids[firsts], prefix_mask[firsts]
+        position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        return repeat_rows(out.past_key_values, torch.tensor(index, device=ids.device))
+
+
+def repeat_rows(cache: Any, index: Any) -> Any:
+    """The cache's batch rows picked by `index` (a group's row once per member): a transformers `Cache` object, or the
+    legacy tuple of (key, value) per layer that optimum's ONNX Runtime models return."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(index)
+        return cache
+    return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 
 from bioserc.bios.hf_generation import HFGenerationBackend
 
@@ -22,11 +23,15 @@ class OrtBackend(HFGenerationBackend):
         provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cuda", "cpu", or a full provider name
             such as "CPUExecutionProvider" (`bioserc.runtime.ort_providers`; TensorRT is never used for a decoder).
         batch_size: prompts per `generate` call.
+        threads: intra-op threads of the session (`bioserc.runtime.session_options`: no spin-waiting); None: every
+            usable CPU.
+        share_prefix: prefill the prompt prefix a batch's prompts share once (`HFGenerationBackend`).
     """
 
     name = "onnx"
 
-    def __init__(self, model_dir: str, provider: str = "auto", batch_size: int = 8):
+    def __init__(self, model_dir: str, provider: str = "auto", batch_size: int = 8, threads: int | None = None,
+                 share_prefix: bool = True):
         if not os.path.isdir(model_dir):
             raise FileNotFoundError(f"ONNX model folder not found: {model_dir}")
         if not any(name.endswith(".onnx") for name in os.listdir(model_dir)):
@@ -43,7 +48,7 @@ class OrtBackend(HFGenerationBackend):
                 "(or 'bioserc[gpu]' for CUDA)"
             ) from err
         from bioserc.artifacts import MANIFEST, verify_artifact
-        from bioserc.runtime import CPU, CUDA, ort_providers
+        from bioserc.runtime import CPU, CUDA, ort_providers, session_options
 
         self.providers = ort_providers(provider, candidates=(CUDA, CPU))
         if os.path.isfile(os.path.join(model_dir, MANIFEST)):
@@ -55,7 +60,8 @@ class OrtBackend(HFGenerationBackend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = ORTModelForCausalLM.from_pretrained(model_dir, use_cache=True, providers=self.providers)
-        self.batch_size = batch_size
+        self.model = ORTModelForCausalLM.from_pretrained(model_dir, use_cache=True, providers=self.providers,
+                                                         session_options=session_options(threads))
+        self.batch_size, self.share_prefix, self.counts = batch_size, share_prefix, Counter()
         self.model_id = "onnx:" + os.path.basename(os.path.normpath(model_dir))
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 8192))

@@ -7,6 +7,7 @@ serves a batch with little padding.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,12 +24,17 @@ class TransformersBackend(HFGenerationBackend):
         dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16".
         attn_implementation: None picks "eager" on CPU (sdpa is much slower there with batch > 1) and sdpa on CUDA.
         trust_remote_code: only when the user asks for it.
+        threads: torch's intra-op CPU threads (process-wide); None leaves torch's default (every usable CPU).
+        share_prefix: prefill the prompt prefix a batch's prompts share once (`HFGenerationBackend`).
     """
 
     name = "transformers"
 
     def __init__(self, model: str, batch_size: int = 8, device: str = "auto", dtype: str = "auto",
-                 attn_implementation: str | None = None, trust_remote_code: bool = False):
+                 attn_implementation: str | None = None, trust_remote_code: bool = False, threads: int | None = None,
+                 share_prefix: bool = True):
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.device = resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
@@ -41,6 +47,6 @@ class TransformersBackend(HFGenerationBackend):
             model, dtype=getattr(torch, dtype), attn_implementation=attn, use_safetensors=True,
             trust_remote_code=trust_remote_code,
         ).to(self.device).eval()
-        self.batch_size = batch_size
+        self.batch_size, self.share_prefix, self.counts = batch_size, share_prefix, Counter()
         self.model_id = os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 8192))
