@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bioserc.artifacts import ArtifactError
+from bioserc.export.onnx_llm import PARITY_TOLERANCE
 
 
 def _files(directory: str) -> list[tuple[str, int]]:
@@ -65,7 +66,8 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 def cmd_onnx_llm(args: argparse.Namespace) -> int:
     from bioserc.export.onnx_llm import export_llm
 
-    manifest = export_llm(args.model, args.output, opset=args.opset, validate=args.validate)
+    manifest = export_llm(args.model, args.output, opset=args.opset, validate=args.validate,
+                          parity=not args.no_parity, parity_tolerance=args.parity_tolerance)
     print(summarize(args.output, manifest))
     return 0
 
@@ -113,11 +115,17 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_onnx)
 
     p = sub.add_parser("onnx-llm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx")
+                       help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx and label scoring")
     p.add_argument("--model", required=True, help="merged HF model folder (python -m bioserc.training.merge_llm)")
     p.add_argument("-o", "--output", required=True, help="artifact folder to write")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset; None: optimum's choice for the architecture")
-    p.add_argument("--validate", action="store_true", help="let optimum compare ORT and PyTorch outputs (slow)")
+    p.add_argument("--no-parity", action="store_true",
+                   help="skip the parity check (fixed prompts scored by PyTorch and ONNX Runtime; the export fails "
+                        "when they differ); it loads the fp32 model once more, too much for very large models")
+    p.add_argument("--parity-tolerance", type=float, default=PARITY_TOLERANCE, metavar="NATS",
+                   help="largest |answer log-likelihood difference| the parity check accepts")
+    p.add_argument("--validate", action="store_true",
+                   help="also let optimum compare ORT and PyTorch outputs on random inputs (slow)")
     p.set_defaults(func=cmd_onnx_llm)
 
     p = sub.add_parser("trtllm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -37,6 +37,7 @@ from bioserc.artifacts import (
 )
 from bioserc.errors import RAW_LIMIT
 from bioserc.models.classifier import UtteranceClassifier, load_classifier
+from bioserc.models.llm_scoring import LLM_KINDS
 from bioserc.models.predict import Prediction
 from bioserc.pipelines.outputs import CONVERSATIONS, PARQUET, UTTERANCES
 from bioserc.pipelines.records import DEAD, Batch, ledger
@@ -63,6 +64,14 @@ def missing_model_help(path: str) -> str:
             f"default installed with bioserc is used (${DEFAULT_MODEL_ENV} overrides it)")
 
 
+LABEL_KINDS = (*CLASSIFIER_KINDS, *LLM_KINDS)  # BERT classifiers, and LLMs that score the label words
+
+
+def model_bio_mode(manifest: dict[str, Any]) -> str | None:
+    """A BERT classifier's bio head, or the bio mode of an LLM's prompt ("none": the model reads no bios)."""
+    return manifest.get("bio_mode") or (manifest.get("prompt") or {}).get("bio_mode")
+
+
 def check_model(path: str) -> dict[str, Any]:
     """Verify the classifier artifact on the driver, before the pipeline reads any input; return its manifest.
 
@@ -74,7 +83,7 @@ def check_model(path: str) -> dict[str, Any]:
     if "://" not in path:
         if not os.path.isdir(path):
             raise ArtifactError(missing_model_help(path))
-        return verify_artifact(path, CLASSIFIER_KINDS)
+        return verify_artifact(path, LABEL_KINDS)
     manifest_path = FileSystems.join(path, MANIFEST)
     if not FileSystems.exists(manifest_path):
         raise ArtifactError(f"{missing_model_help(path)} (no {MANIFEST} found there)")
@@ -84,14 +93,17 @@ def check_model(path: str) -> dict[str, Any]:
             return fh.read()
 
     manifest = parse_manifest(manifest_path, read(MANIFEST))
-    if manifest.get("kind") not in CLASSIFIER_KINDS:
-        raise ArtifactError(f"{path!r} holds a {manifest.get('kind')!r} artifact, expected one of {CLASSIFIER_KINDS}")
+    if manifest.get("kind") not in LABEL_KINDS:
+        raise ArtifactError(f"{path!r} holds a {manifest.get('kind')!r} artifact, expected one of {LABEL_KINDS}")
     check_manifest(path, manifest)
     for rel, meta in manifest["files"].items():
         found = FileSystems.match([FileSystems.join(path, rel)])[0].metadata_list
         if not found or found[0].size_in_bytes != meta["bytes"]:
             raise ArtifactError(f"{path!r}: file {rel!r} listed in the manifest is missing or has the wrong size")
-    check_classifier(path, manifest, read)
+    if manifest["kind"] in CLASSIFIER_KINDS:
+        check_classifier(path, manifest, read)
+    elif not manifest.get("labels"):
+        raise ArtifactError(f"{path!r}: the {manifest['kind']} manifest names no labels")
     return manifest
 
 
@@ -155,22 +167,28 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
             batch upstream instead (`pipelines.records.BatchedModelHandler`): the reader cuts batches of
             --conversations-per-batch.
         threads: CPU threads of the model per worker process (None: all this process may use).
+        llm_options: `load_classifier` options for LLM artifacts (e.g. scoring); refused for BERT classifiers.
         progress_total: utterances to expect, for a progress bar (None: no bar, 0: unknown total; shown by
             in-process runners only).
     """
 
     def __init__(self, model_dir: str, device: str = "auto", batch_utterances: int = 256, max_batch_size: int = 16,
-                 progress_total: int | None = None, threads: int | None = None):
+                 progress_total: int | None = None, threads: int | None = None,
+                 llm_options: dict[str, Any] | None = None):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.manifest = check_model(model_dir)
         self.model_dir, self.device, self.batch_utterances = model_dir, device, batch_utterances
         self.threads = threads or None  # None: the runtime's default (every CPU this process may use)
+        self.llm_options = llm_options or {}
+        if self.llm_options and self.manifest["kind"] not in LLM_KINDS:
+            raise ArtifactError(f"{sorted(self.llm_options)} apply to LLM models only; {model_dir!r} holds a "
+                                f"{self.manifest['kind']} artifact")
         self.progress_total = progress_total
         self._bar = None
 
     def load_model(self) -> UtteranceClassifier:
         local = fetch_artifact(self.model_dir) if "://" in self.model_dir else self.model_dir
-        model = load_classifier(local, self.device, self.threads)
+        model = load_classifier(local, self.device, self.threads, **self.llm_options)
         logger.info("loaded classifier %s (%s, labels %s) on %s", local, model.model_id, model.labels, self.device)
         if self.progress_total is not None:
             from tqdm import tqdm

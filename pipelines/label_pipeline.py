@@ -79,7 +79,7 @@ from bioserc.pipelines.bios_pipeline import (
     shows_progress,
     wait,
 )
-from bioserc.pipelines.classify import PARQUET_SCHEMA, ClassifierModelHandler, EmitResults
+from bioserc.pipelines.classify import PARQUET_SCHEMA, ClassifierModelHandler, EmitResults, model_bio_mode
 from bioserc.pipelines.io import FileGroups, ParseFiles, TextLines, output_path
 from bioserc.pipelines.label_steps import (
     AttachBios,
@@ -162,7 +162,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
                    help="CPU threads per worker process (default: 0 = choose automatically)")
     g.add_argument("--batch-utterances", type=at_least(1), default=256, metavar="N",
-                   help="utterances per classifier forward pass")
+                   help="utterances per classifier forward pass (an LLM --model: prompts per pass, e.g. 8)")
+    g.add_argument("--scoring", choices=("sum", "mean", "first"),
+                   help="an LLM --model only: label score = summed, length-normalised (mean) or first-token "
+                   "log-likelihood of each label (default: the model's, sum)")
     g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",
                    help="conversations Beam hands to one inference call, for the classifier and the bio LLM")
     g.add_argument("--gpu-accelerator", metavar="HINT", help="Beam accelerator resource hint for the inference "
@@ -228,7 +231,7 @@ def _model_id(path: str) -> str:
 def _bio_source(args: argparse.Namespace, manifest: dict) -> str:
     if args.bios and args.no_bios:
         raise SystemExit("--bios and --no-bios exclude each other")
-    if manifest.get("bio_mode") == "none":
+    if model_bio_mode(manifest) == "none":
         if args.bios:
             logger.warning("--bios %s is ignored: the model %s uses no bios", args.bios, args.model)
         return "none"
@@ -267,7 +270,7 @@ def count_inputs(args: argparse.Namespace) -> InputCount | None:
 def _bio_requests(convs, args: argparse.Namespace, plan: Plan, hints: dict, progress: bool):
     """Batches of conversations -> batches of LabelRequest with each speaker's bio from a file, generated here, or
     none."""
-    expected = plan.manifest.get("bio_mode") != "none"
+    expected = model_bio_mode(plan.manifest) != "none"
     if plan.bios == "file":
         return convs | "AttachBios" >> beam.ParDo(AttachBios(expected, plan.staging))
     if plan.bios == "none":
@@ -303,8 +306,9 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     """Add the labeling steps to `pipeline` and build the first pipeline (`Plan.prepare`) that must run before it;
     `progress` shows bars (their totals counted here for local inputs)."""
     # The model is checked first: a missing or tampered artifact fails here, before any input is read.
+    llm_options = {"scoring": args.scoring} if args.scoring else {}
     handler = ClassifierModelHandler(args.model, args.device, args.batch_utterances, args.conversations_per_batch,
-                                     threads=args.threads)
+                                     threads=args.threads, llm_options=llm_options)
     bios = _bio_source(args, handler.manifest)
     expected = count_inputs(args)
     if progress:

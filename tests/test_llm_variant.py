@@ -17,8 +17,9 @@ import torch
 
 from bioserc.artifacts import read_manifest
 from bioserc.labels import LABEL_SETS
-from bioserc.models.llm_encoding import ChatEncoder, pack
-from bioserc.models.llm_scoring import INVALID, LlmClassifier, label_loglik, parse_answer
+from bioserc.models.classifier import load_classifier
+from bioserc.models.llm_encoding import ChatEncoder, pack, utterance_bio
+from bioserc.models.llm_scoring import INVALID, LlmClassifier, check_scoring, label_loglik, parse_answer
 from bioserc.prompts import erc_llm
 from bioserc.prompts.erc_llm import ERC_PROMPT_VERSION, ErcPromptConfig, erc_messages
 from bioserc.schema import Conversation, Utterance
@@ -232,16 +233,64 @@ def test_label_scoring_is_valid_normalised_and_equals_full_sequences(corpus):
                 logp = model(torch.tensor([prompt + answer])).logits[0].float().log_softmax(-1)
                 naive = sum(logp[len(prompt) - 1 + j, t] for j, t in enumerate(answer))
                 assert abs(fast[b, k].item() - naive.item()) < 1e-4
-    normalised = label_loglik(model, prompts[:1], encoder.answers, encoder.pad_id, length_normalize=True)
+    normalised = label_loglik(model, prompts[:1], encoder.answers, encoder.pad_id, scoring="mean")
     lengths = torch.tensor([len(a) for a in encoder.answers], dtype=torch.float)
     torch.testing.assert_close(normalised[0], fast[0] / lengths, atol=1e-5, rtol=0)
+
+
+def test_scoring_modes_rank_labels_by_their_own_rule(corpus):
+    """sum / mean / first token: each equals its direct computation from full-sequence logits, and on labels of
+    different token lengths the three rank the labels differently."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(corpus["model"], attn_implementation="eager").eval()
+    labels = ["neutral", "joy", "anger", "fear", "happy and excited", "sadness"]  # distinct first letters
+    encoder = ChatEncoder(encoder_for(corpus).tokenizer, labels, ErcPromptConfig())
+    assert len(set(map(len, encoder.answers))) > 1
+    conv = corpus["convs"][0]
+    prompts = [encoder.prompt_ids(conv, i, utterance_bio(corpus["bios"], conv, i))
+               for i in range(len(conv.utterances))]
+    token_lp = []  # [prompt][label] -> log-probs of the answer's tokens, from one full forward per sequence
+    with torch.no_grad():
+        for prompt in prompts:
+            token_lp.append([])
+            for answer in encoder.answers:
+                logp = model(torch.tensor([prompt + answer])).logits[0].float().log_softmax(-1)
+                token_lp[-1].append([logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer)])
+    direct = {"sum": [[sum(lp) for lp in row] for row in token_lp],
+              "mean": [[sum(lp) / len(lp) for lp in row] for row in token_lp],
+              "first": [[lp[0] for lp in row] for row in token_lp]}
+    rankings = {}
+    for scoring, expected in direct.items():
+        got = label_loglik(model, prompts, encoder.answers, encoder.pad_id, scoring=scoring)
+        torch.testing.assert_close(got, torch.tensor(expected), atol=1e-4, rtol=0)
+        predictions = LlmClassifier(model, encoder, scoring=scoring).predict([conv], corpus["bios"])
+        assert [p.label for p in predictions] == [labels[max(range(len(labels)), key=row.__getitem__)]
+                                                  for row in expected]
+        rankings[scoring] = [sorted(labels, key=lambda label, row=row: -row[labels.index(label)]) for row in expected]
+    assert rankings["sum"] != rankings["mean"] and rankings["sum"] != rankings["first"] and \
+        rankings["mean"] != rankings["first"]
+
+
+def test_first_token_scoring_refuses_labels_that_share_a_first_token(corpus):
+    tokenizer = encoder_for(corpus).tokenizer
+    clashing = ChatEncoder(tokenizer, ["neutral", "very sad", "joy", "very happy"], ErcPromptConfig())
+    with pytest.raises(ValueError, match=r"'very sad' / 'very happy' share their first token"):
+        LlmClassifier(None, clashing, scoring="first")
+    check_scoring("mean", clashing.labels, clashing.answers)  # only "first" needs distinct first tokens
+    with pytest.raises(ValueError, match=r"scoring 'max' is not one of \('sum', 'mean', 'first'\)"):
+        LlmClassifier(None, clashing, scoring="max")
 
 
 def test_evaluate_scores_an_adapter_and_counts_invalid_generations(corpus, trained, capsys):
     report = evaluate(trained["adapter_dir"], corpus["dev"], corpus["bios_file"], batch_size=4)
     n = sum(len(c.utterances) for c in corpus["convs"][6:])
     assert report["n"] == n and report["mode"] == "score" and "invalid" not in report
-    assert report["weighted_f1"] == pytest.approx(trained["dev_weighted_f1"])
+    assert report["weighted_f1"] == pytest.approx(trained["dev_weighted_f1"]) and report["scoring"] == "sum"
+    summed = load_classifier(trained["adapter_dir"]).predict(corpus["convs"][6:], corpus["bios"])
+    mean = load_classifier(trained["adapter_dir"], scoring="mean")
+    assert mean.scoring == "mean" and [p.probs for p in mean.predict(corpus["convs"][6:], corpus["bios"])] != \
+        [p.probs for p in summed]
     generated = evaluate(trained["adapter_dir"], corpus["dev"], corpus["bios_file"], batch_size=4, mode="generate")
     assert generated["n"] == n and 0 <= generated["invalid"] <= n
     assert generated["invalid_rate"] == generated["invalid"] / n
@@ -270,7 +319,7 @@ def test_generate_mode_parses_exact_matches_only(corpus, monkeypatch):
 
 def test_merged_model_scores_like_base_plus_adapter(corpus, trained, tmp_path):
     merged_dir = tmp_path / "merged"
-    manifest = merge(None, trained["adapter_dir"], str(merged_dir))
+    manifest = merge(None, trained["adapter_dir"], str(merged_dir), dtype="float32")  # bf16 (default) rounds W
     assert manifest["kind"] == "hf-llm" and manifest["labels"] == list(MELD)
     assert (merged_dir / "model.safetensors").is_file() and not (merged_dir / "adapter_config.json").exists()
     convs = corpus["convs"][6:]
@@ -294,9 +343,9 @@ def test_qlora_needs_cuda_and_bitsandbytes(corpus, tmp_path, monkeypatch):
         llm_setup.load_base_model(corpus["model"], "cpu", "fp32", load_in_4bit=True)
     qlora = next(p for p in CONFIGS if "qlora" in p.stem)
     with pytest.raises(ValueError, match="load_in_4bit.*CUDA GPU"):
-        train(load_config(str(qlora), **overrides(corpus, tmp_path)), dry_run=True)
+        train(load_config(str(qlora), **overrides(corpus, tmp_path)))
     monkeypatch.setattr(llm_setup.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+    with pytest.raises(ImportError, match=r"pip install 'bioserc\[qlora\]'"):
         llm_setup.load_base_model(corpus["model"], "cuda", "bf16", load_in_4bit=True)
 
 

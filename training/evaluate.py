@@ -5,16 +5,19 @@ confusion matrix.
     bioserc evaluate --model runs/meld-minilm/best --data meld.valid.json --bios out/meld-valid-bios/bios.jsonl \
         --output runs/meld-minilm/valid_report.json
     bioserc evaluate --model runs/meld-smollm2-lora/adapter --data meld.valid.json --mode generate --json
+    bioserc evaluate --model serving_artifacts/smollm2-merged-onnx --data meld.valid.json --scoring mean
 
 Prints a per-class table (precision, recall, F1, support), weighted F1, macro F1 and accuracy, and the confusion
 matrix (rows: gold label, columns: predicted label); --json prints the JSON report instead, --output also writes it
 to a file. The folder's manifest picks the model and is verified first (a missing folder, an unlisted or altered file
 or a label order that disagrees with config.json is an `error:` line and exit status 2, as is unreadable data): a
 BERT classifier (`best/` or its ONNX export), or an LLM, either a LoRA adapter from `train_llm` (loaded on the base
-model its manifest names, or --base-model) or a merged folder from `merge_llm`.
+model its manifest names, or --base-model), a merged folder from `merge_llm` or its ONNX export (`bioserc export
+onnx-llm`, run on ONNX Runtime).
 LLMs are scored by label likelihood (--mode score, always a valid label) or by free generation as in the paper
 (--mode generate): answers that are not exactly a label count as wrong, as their own "<invalid>" class, and the
-report adds their count and rate.
+report adds their count and rate. --scoring picks the label score: the answer's summed token log-probs (sum, which
+favours labels of few tokens), their mean (mean) or its first token's (first, for labels whose first tokens differ).
 """
 
 from __future__ import annotations
@@ -67,33 +70,38 @@ def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[
 def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
              bios: str | Sequence[str] | Mapping[BioKey, str] | None = None, batch_size: int = 8,
              device: str = "cpu", progress: bool = False, mode: str = "score", base_model: str | None = None,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, scoring: str = "sum") -> dict:
     """Load `model_dir` (verified against its manifest), predict `data` and return the report.
 
     Args:
-        model_dir: a classifier artifact: training's `<output_dir>/best`, an ONNX export, an LLM adapter or a merged
-            LLM. Its manifest, checksums and label order are checked before any input is read.
+        model_dir: a classifier artifact: training's `<output_dir>/best`, an ONNX export, an LLM adapter, a merged
+            LLM or its ONNX export. Its manifest, checksums and label order are checked before any input is read.
         data: input files/directories/globs (any supported format) or already-read conversations.
         bios: bios.jsonl path(s) or a {(conversation_id, speaker): bio} mapping; None when the model uses no bios.
         mode: LLMs only: "score" (label likelihoods) or "generate" (free generation, exact match).
         base_model: LLM adapters only: the base model folder, if not the one its manifest names.
         threads: CPU threads for inference (`load_classifier`); None: every CPU this process may use.
+        scoring: LLMs in score mode: "sum", "mean" or "first" (`bioserc.models.llm_scoring`).
     Returns:
-        `bioserc.metrics.classification_report` plus `model_dir`, `mode` and `bios_missing` (speakers scored with no
-        bio); generate mode adds `invalid` and `invalid_rate`.
+        `bioserc.metrics.classification_report` plus `model_dir`, `mode`, `scoring` (None for a BERT classifier)
+        and `bios_missing` (speakers scored with no bio); generate mode adds `invalid` and `invalid_rate`.
     Raises:
         ArtifactError: the folder, its manifest or a file it lists is missing, malformed or altered.
         ValueError / OSError: unreadable or unlabelled data, or options that do not fit the model.
     """
-    from bioserc.models.llm_scoring import LLM_KINDS, MODES
+    from bioserc.models.llm_scoring import LLM_KINDS, MODES, SCORINGS
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring {scoring!r} is not one of {SCORINGS}")
     llm = read_manifest(model_dir).get("kind") in LLM_KINDS
-    if not llm and (mode != "score" or base_model):
-        raise ValueError("--mode generate and --base-model apply to LLM artifacts only; "
+    if not llm and (mode != "score" or base_model or scoring != "sum"):
+        raise ValueError("--mode generate, --scoring and --base-model apply to LLM artifacts only; "
                          f"{model_dir!r} holds an utterance classifier")
-    llm_options = {"mode": mode, "base_model": base_model} if llm else {}
+    llm_options = {"mode": mode, "scoring": scoring} if llm else {}
+    if base_model:  # LoRA adapters only: load_classifier refuses it for an onnx-llm export
+        llm_options["base_model"] = base_model
     classifier = load_classifier(model_dir, device, threads, **llm_options)
     if isinstance(data, str) or (data and isinstance(data[0], str)):
         data = read_conversations(data)
@@ -106,13 +114,14 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
     uses_bios = classifier.bio_mode != "none"
     if bios and not uses_bios:
         logger.warning("%s uses no bios (bio_mode none): the %d bios given are ignored", model_dir, len(bios))
-    return {**report, "model_dir": model_dir, "mode": mode,
+    return {**report, "model_dir": model_dir, "mode": mode, "scoring": scoring if llm else None,
             "bios_missing": len(missing_bios(data, bios)) if uses_bios else 0}
 
 
 def render(report: dict) -> str:
     """The report for a person: the model, per-class table, summary scores, confusion grid and any warnings."""
-    lines = [f"model: {report['model_dir']} (mode {report['mode']})", "", render_report(report)]
+    scoring = f", scoring {report['scoring']}" if report.get("scoring") and report["mode"] == "score" else ""
+    lines = [f"model: {report['model_dir']} (mode {report['mode']}{scoring})", "", render_report(report)]
     if "invalid" in report:
         lines.append(f"\n{report['invalid']} generated answers were no label ({100 * report['invalid_rate']:.1f}%); "
                      "they count as wrong (column <invalid>)")
@@ -124,7 +133,8 @@ def render(report: dict) -> str:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bioserc evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, dest="model_dir",
-                        help="classifier artifact: <output_dir>/best, an ONNX export, an LLM adapter or merged LLM")
+                        help="classifier artifact: <output_dir>/best, an ONNX export, an LLM adapter, a merged LLM "
+                             "or its ONNX export")
     parser.add_argument("--data", required=True, nargs="+", help="labelled conversations: files, directories, globs")
     parser.add_argument("--bios", nargs="*", default=[],
                         help="bios.jsonl file(s) from `bioserc bios`, for models that use bios")
@@ -136,6 +146,9 @@ def make_parser() -> argparse.ArgumentParser:
                              "every CPU this process may use")
     parser.add_argument("--mode", choices=["score", "generate"], default="score",
                         help="LLMs: label scoring (always a valid label) or free generation as in the paper")
+    parser.add_argument("--scoring", choices=["sum", "mean", "first"], default="sum",
+                        help="LLMs, score mode: a label's score is its answer's summed token log-probs (favours short "
+                             "labels), their mean, or its first token's (labels must start with different tokens)")
     parser.add_argument("--base-model", help="LLM adapters: base model folder, if not the one in the manifest")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     parser.add_argument("--output", help="also write the JSON report to this file")
@@ -150,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--threads must be 0 (automatic) or more, got {args.threads}")
     try:
         report = evaluate(args.model_dir, args.data, args.bios, args.batch_size, args.device, progress=True,
-                          mode=args.mode, base_model=args.base_model, threads=args.threads or None)
+                          mode=args.mode, base_model=args.base_model, threads=args.threads or None,
+                          scoring=args.scoring)
         text = json.dumps(report, indent=2)
         if args.output:
             with open(args.output, "w", encoding="utf-8") as fh:

@@ -2,6 +2,8 @@
 
 Pipelines and evaluation call `load_classifier(dir)`: the manifest's kind picks the runtime (PyTorch or ONNX
 Runtime), and its checksums, paths and label order are verified (`verify_artifact`) before any weights are read.
+Kinds: pytorch-classifier and onnx-classifier (BERT-based BiosERC), lora-adapter and hf-llm (an LLM on PyTorch) and
+onnx-llm (a merged LLM's ONNX export, scored on ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
+from bioserc.artifacts import CLASSIFIER_KINDS, artifact_file, manifest_hash, verify_artifact
 from bioserc.devices import resolve_device
 from bioserc.models.collate import BioKey
+from bioserc.models.llm_scoring import LLM_KINDS, TORCH_LLM_KINDS, LlmClassifier
 from bioserc.models.predict import Prediction
 from bioserc.schema import Conversation
 
@@ -51,19 +54,28 @@ def load_classifier(directory: str, device: str = "cpu", threads: int | None = N
     """The classifier in `directory`, verified against its manifest before anything is loaded.
 
     `device` is a torch device for PyTorch artifacts (`bioserc.devices.resolve_device`: "auto" = CUDA when available)
-    and picks the ONNX Runtime execution provider for ONNX ones: "cpu", "cuda" (or "cuda:N"), "tensorrt" or "auto".
+    and picks the ONNX Runtime execution provider for ONNX ones: "cpu", "cuda" (or "cuda:N"), "tensorrt" or "auto"
+    (an onnx-llm export: "cpu", "cuda" or "auto").
     `threads` caps the CPU threads: the ONNX sessions' intra-op threads, or for PyTorch artifacts
     `torch.set_num_threads` (process-wide); None leaves each runtime's default (every CPU this process may use).
-    `llm_options` (mode, base_model, dtype, ...) go to `LlmClassifier.from_pretrained` and are refused for others.
+    `llm_options` go to LLM artifacts and are refused for others: mode, scoring and max_new_tokens
+    (`LlmClassifier`), and for PyTorch ones base_model and dtype (`LlmClassifier.from_pretrained`).
     """
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1 (or None for automatic), got {threads}")
-    manifest = verify_artifact(directory, ("pytorch-classifier", "onnx-classifier", "lora-adapter", "hf-llm"))
-    llm = manifest["kind"] in ("lora-adapter", "hf-llm")
-    if llm_options and not llm:
-        raise ValueError(f"{sorted(llm_options)} apply to LLM artifacts only; {directory!r} holds a "
-                         f"{manifest['kind']} artifact")
-    if manifest["kind"] == "onnx-classifier":
+    manifest = verify_artifact(directory, (*CLASSIFIER_KINDS, *LLM_KINDS))
+    kind = manifest["kind"]
+    if llm_options and kind in CLASSIFIER_KINDS:
+        raise ValueError(f"{sorted(llm_options)} apply to LLM artifacts only; {directory!r} holds a {kind} artifact")
+    if kind == "onnx-llm":
+        torch_only = sorted({"base_model", "dtype"} & set(llm_options))
+        if torch_only:
+            raise ValueError(f"{torch_only} apply to PyTorch LLM artifacts only; {directory!r} holds an {kind} "
+                             "export (merged fp32 weights)")
+        from bioserc.models.onnx_llm_scoring import OnnxLlmClassifier
+
+        return OnnxLlmClassifier.from_artifact(directory, device.split(":", 1)[0], threads, manifest, **llm_options)
+    if kind == "onnx-classifier":
         from bioserc.models.onnx_classifier import OnnxClassifier
 
         return OnnxClassifier(directory, provider=device.split(":", 1)[0], threads=threads, manifest=manifest)
@@ -71,8 +83,6 @@ def load_classifier(directory: str, device: str = "cpu", threads: int | None = N
         import torch
 
         torch.set_num_threads(threads)
-    if llm:
-        from bioserc.models.llm_scoring import LlmClassifier
-
+    if kind in TORCH_LLM_KINDS:
         return LlmClassifier.from_pretrained(directory, device=device, **llm_options)
     return TorchClassifier(directory, resolve_device(device), manifest)
