@@ -9,6 +9,8 @@ Two ways to run the merged model on TensorRT-LLM (shared/docs/dependencies.md se
   `trtllm-serve MERGED --host 0.0.0.0 --port 8000`, then bioserc's OpenAI-compatible client (completions endpoint).
   `--serve-only` writes exactly these instructions (README-serve.md, plus a LoRA `--extra_llm_api_options` YAML for
   serving an unmerged adapter) and an hf-llm manifest pointing at the model; it needs no tensorrt_llm and no GPU.
+  Every command in it names real folders: the merged model as given (absolute), and for the LoRA base an embedded
+  name (an adapter manifest's `base_model: smollm2`) resolved to its local folder.
 * Legacy TensorRT engine (tensorrt-llm <= 1.2.x; deprecated there, removed on main): `build_engine` runs
   `tensorrt_llm._tensorrt_engine.LLM(model=MERGED, build_config=BuildConfig(...))` and `llm.save(ENGINE_DIR)`,
   writes the same README-serve.md (with the engine command) and a trtllm-engine manifest. An engine is built for
@@ -39,6 +41,7 @@ from types import ModuleType
 from typing import Any
 
 from bioserc.artifacts import MANIFEST, manifest_hash, read_manifest, write_manifest
+from bioserc.embedded import resolve_model
 from bioserc.export._staging import check_target, publish
 from bioserc.export.onnx_llm import CARRIED, source_llm_manifest
 from bioserc.fsutil import staging_dir
@@ -138,6 +141,7 @@ def serve_instructions(merged_dir: str, engine_dir: str | None = None, adapter_d
                        port: int = 8000) -> str:
     """README-serve.md: how to serve the merged model with trtllm-serve (and the engine, when one was built)."""
     merged = os.path.abspath(merged_dir)
+    served = os.path.basename(merged)
     limits = (f" --max_batch_size {size.max_batch_size} --max_num_tokens {size.max_num_tokens} "
               f"--max_seq_len {size.max_seq_len}") if size else ""
     lines = [
@@ -158,7 +162,10 @@ def serve_instructions(merged_dir: str, engine_dir: str | None = None, adapter_d
                   f"trtllm-serve {os.path.abspath(engine_dir)} --backend tensorrt --tokenizer {merged} "
                   f"--host {host} --port {port}",
                   "```"]
-    lora_base = (os.path.abspath(base_dir) if os.path.isdir(base_dir) else base_dir) if base_dir else "BASE_MODEL_DIR"
+    lora_base = "BASE_MODEL_DIR"
+    if base_dir:
+        resolved = resolve_model(base_dir)  # an embedded name: trtllm-serve needs its folder
+        lora_base = os.path.abspath(resolved) if os.path.isdir(resolved) else resolved
     adapter = os.path.abspath(adapter_dir) if adapter_dir else "ADAPTER_DIR"
     lines += ["", "## LoRA adapter without merging (PyTorch backend)", "",
               f"Write `{LORA_YAML}`" + (" (written beside this file):" if adapter_dir else ":"), "",
@@ -171,10 +178,17 @@ def serve_instructions(merged_dir: str, engine_dir: str | None = None, adapter_d
               "",
               "## Calling it from bioserc", "",
               "trtllm-serve has no chat-prefill extension, and bioserc's bio prompts pre-fill the answer "
-              "(`<SPEAKER> is`), so use the completions endpoint with the chat template rendered locally:", "",
+              "(`<SPEAKER> is`), so use the completions endpoint with the chat template rendered locally. "
+              f"trtllm-serve serves a folder under its last path component (`{served}`"
+              + (f"; the engine: `{os.path.basename(os.path.abspath(engine_dir))}`" if engine_dir else "")
+              + ", as GET /v1/models lists it):", "",
+              "```bash",
+              f"bioserc bios CALLS -o OUT --backend openai --base-url http://HOST:{port} --model {served} "
+              f"--endpoint completions --tokenizer {merged}",
+              "```", "",
               "```python",
               "from bioserc.bios.http_backend import OpenAICompatibleBackend",
-              f"backend = OpenAICompatibleBackend(\"http://HOST:{port}\", model=\"{merged}\", "
+              f"backend = OpenAICompatibleBackend(\"http://HOST:{port}\", model=\"{served}\", "
               f"endpoint=\"completions\", tokenizer_path=\"{merged}\")",
               "```", ""]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Model, data and artifact helpers of `train_llm.py`: base model (+ 4-bit), LoRA, samples, collator, adapter saving.
+"""Model, data and artifact helpers of `train_llm.py`: base model (+ 4-bit), LoRA, samples, collator, adapter saving,
+and the dry run's parameter counts and memory estimate (from config.json alone, no weights read).
 
 Kept apart so the training script stays a short `main`; `merge_llm.py` and the bench reuse the loaders.
 """
@@ -44,6 +45,37 @@ def pick_precision(precision: str, device: str) -> str:
     return "fp32"
 
 
+CAUSAL_LMS = [name for name, spec in MODELS.items() if spec.kind == "causal-lm"]
+
+
+def local_model(name_or_path: str) -> str:
+    """The folder to load: an embedded model's, or a local Hugging Face folder; a Hub id is refused (never fetched)."""
+    path = resolve_model(name_or_path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"model {name_or_path!r} is neither an embedded model ({', '.join(CAUSAL_LMS)}) nor a local Hugging Face "
+            "folder with a config.json. The Hub is never contacted: download the checkpoint once (e.g. `hf download "
+            "meta-llama/Llama-2-13b-chat-hf --local-dir /models/Llama-2-13b-chat-hf`) and pass that folder")
+    return path
+
+
+def qlora_missing(device: str) -> list[str]:
+    """What this machine lacks for QLoRA (empty: nothing)."""
+    missing = [] if device == "cuda" else [f"a CUDA GPU (device here: {device})"]
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes (pip install 'bioserc[qlora]')")
+    return missing
+
+
+def require_qlora(device: str) -> None:
+    """Fail before any data or weights are read when load_in_4bit cannot run here, naming everything missing."""
+    missing = qlora_missing(device)
+    if missing:
+        error = ImportError if device == "cuda" else ValueError
+        raise error(f"load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; missing here: {', '.join(missing)}. "
+                    "Set load_in_4bit: false to train plain LoRA instead")
+
+
 def base_model_ref(name_or_path: str) -> str:
     """What the manifest records: an embedded model's name, else the absolute folder (or the id as given)."""
     if name_or_path in MODELS:
@@ -61,11 +93,7 @@ def load_base_model(name_or_path: str, device: str, precision: str, attn_impleme
     from transformers import AutoModelForCausalLM
 
     if load_in_4bit:
-        if device != "cuda":
-            raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit layers do not train on "
-                             f"{device}; set load_in_4bit: false to train plain LoRA instead")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ImportError("load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+        require_qlora(device)
     attn = attn_implementation if attn_implementation != "auto" else ("sdpa" if device == "cuda" else "eager")
     kwargs: dict[str, Any] = {"dtype": DTYPES[precision], "attn_implementation": attn, "use_safetensors": True}
     if load_in_4bit:
@@ -82,15 +110,64 @@ def load_base_model(name_or_path: str, device: str, precision: str, attn_impleme
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules: Sequence[str], quantized: bool,
              gradient_checkpointing: bool):
     """Wrap `model` in a peft LoRA model; only the adapter weights stay trainable."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(model, lora_config(r, alpha, dropout, target_modules))
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: Sequence[str]):
+    """The run's peft LoraConfig: one definition for training and the dry run's parameter count."""
+    from peft import LoraConfig
+
     targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets,
-                        task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets,
+                      task_type="CAUSAL_LM")
+
+
+def parameter_counts(model_dir: str, lora) -> dict[str, int]:
+    """Total, 4-bit-quantisable (every Linear but the output head, as transformers' bitsandbytes path skips it) and
+    LoRA-trainable parameters, from config.json on the meta device: no weights are read or allocated."""
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        head = model.get_output_embeddings()
+        counts = {"total": sum(p.numel() for p in model.parameters()),
+                  "quantisable": sum(m.weight.numel() for m in model.modules()
+                                     if isinstance(m, torch.nn.Linear) and m is not head)}
+        counts["trainable"] = sum(p.numel() for p in get_peft_model(model, lora).parameters() if p.requires_grad)
+    return counts
+
+
+NF4_BYTES = 4.127 / 8  # NF4 + double-quantised block constants (QLoRA paper, section 3)
+
+
+def estimate_memory_gib(counts: Mapping[str, int], model_config, precision: str, load_in_4bit: bool,
+                        batch_tokens: int, gradient_checkpointing: bool) -> dict[str, float]:
+    """A rough peak memory (GPU memory on CUDA) of one training step, to size a machine before renting it.
+
+    Weights: NF4 for the quantisable ones under QLoRA, the rest in fp32 (prepare_model_for_kbit_training upcasts
+    them), else everything in `precision`. LoRA: fp32 weight, gradient and two AdamW moments (16 bytes/parameter).
+    Activations: ~34 bytes per token, layer and hidden unit at 16 bits without attention scores (sdpa/flash;
+    Korthikanti et al. 2022), only each layer's input kept under gradient checkpointing, plus fp32 logits and their
+    gradient. No allocator fragmentation or CUDA context (add ~1 GiB).
+    """
+    width = 4 if precision == "fp32" else 2
+    if load_in_4bit:
+        weights = counts["quantisable"] * NF4_BYTES + (counts["total"] - counts["quantisable"]) * 4
+    else:
+        weights = counts["total"] * width
+    hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    layer = 17 * width * hidden * batch_tokens
+    kept = layers * width * hidden * batch_tokens + layer if gradient_checkpointing else layers * layer
+    parts = {"weights": weights, "lora_and_optimizer": counts["trainable"] * 16,
+             "activations": kept + batch_tokens * model_config.vocab_size * 4 * 2}
+    return {k: round(v / 2**30, 2) for k, v in {**parts, "total": sum(parts.values())}.items()}
 
 
 def build_features(conversations: Sequence[Conversation], bios: Mapping[BioKey, str], encoder: ChatEncoder,

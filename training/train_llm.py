@@ -1,10 +1,17 @@
-"""Fine-tune a causal LM with LoRA (or QLoRA) to name the emotion of each utterance: the LLM-based BiosERC.
+r"""Fine-tune a causal LM with LoRA (or QLoRA) to name the emotion of each utterance: the LLM-based BiosERC.
 
     python -m bioserc.training.train_llm --config training/configs/meld_smollm2_lora.yaml
     python -m bioserc.training.train_llm --config training/configs/meld_smollm2_lora.yaml --max_train_samples 64 \
         --lora_r 8 --output_dir runs/try
     python -m bioserc.training.train_llm --config training/configs/meld_smollm2_lora.yaml --resume
-    python -m bioserc.training.train_llm --config training/configs/meld_llama2_13b_qlora_paper.yaml --dry-run
+    python -m bioserc.training.train_llm --config training/configs/meld_llama2_13b_qlora_paper.yaml \
+        --model /models/Llama-2-13b-chat-hf --dry-run
+
+`model` is an embedded name or a local folder (the Hub is never contacted). `--dry-run` reads the config, the data
+and the model's tokenizer and config.json, and prints the plan: samples, optimiser steps, effective batch, parameter
+counts and an estimated peak memory; where the machine can run the model (not QLoRA without CUDA + bitsandbytes) it
+also loads the weights for one forward pass + loss. It writes nothing. A real QLoRA run without a CUDA GPU or without
+bitsandbytes fails before reading anything, naming what is missing.
 
 One chat sample per labelled utterance (bioserc.prompts.erc_llm); the loss covers the answer tokens only (the label
 word and the end-of-turn token), unlike the paper's loss on every token. Training runs on `transformers.Trainer`,
@@ -19,14 +26,16 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import torch
+
 from bioserc.devices import resolve_device
-from bioserc.embedded import resolve_model
 from bioserc.labels import get_label_set
 from bioserc.models.llm_encoding import ChatEncoder, apply_template_choice, pack
 from bioserc.models.llm_scoring import LlmClassifier
@@ -95,6 +104,7 @@ class TrainLlmConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint-N in output_dir"})
     seed: int = field(default=42, metadata={"help": "random seed (data order, LoRA init)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    threads: int = field(default=0, metadata={"help": "torch intra-op CPU threads (0: torch's default)"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -138,16 +148,43 @@ def training_arguments(config: TrainLlmConfig, device: str, precision: str):
         remove_unused_columns=False, dataloader_num_workers=0)
 
 
+def plan(config: TrainLlmConfig, model_dir: str, rows: Sequence[dict], precision: str) -> dict[str, Any]:
+    """What a run will do, from the data and config.json alone: optimiser steps (the Trainer's arithmetic, one
+    device), effective batch, parameter counts and a rough peak memory (`llm_setup.estimate_memory_gib`)."""
+    from transformers import AutoConfig
+
+    lora = setup.lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    counts = setup.parameter_counts(model_dir, lora)
+    batches = math.ceil(len(rows) / config.per_device_train_batch_size)
+    per_epoch = math.ceil(batches / config.gradient_accumulation_steps)
+    batch_tokens = config.per_device_train_batch_size * max(len(row["input_ids"]) for row in rows)
+    return {"model_dir": os.path.abspath(model_dir), "optimizer_steps_per_epoch": per_epoch,
+            "optimizer_steps": config.max_steps or math.ceil(config.num_train_epochs * per_epoch),
+            "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps,
+            "parameters": counts["total"], "trainable_parameters": counts["trainable"],
+            "estimated_memory_gib": setup.estimate_memory_gib(counts, AutoConfig.from_pretrained(model_dir), precision,
+                                                              config.load_in_4bit, batch_tokens,
+                                                              config.gradient_checkpointing)}
+
+
 def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
-    """Train; returns steps, loss, tokens/s and the adapter's dev report. `dry_run` builds the model, the samples and
-    one forward pass + loss, and writes nothing."""
+    """Train; returns the plan, steps, loss, tokens/s and the adapter's dev report. `dry_run` returns the plan
+    and, where this machine can load the model, one forward pass + loss; it writes nothing."""
     from transformers import AutoTokenizer, Trainer, TrainerCallback, set_seed
 
+    if config.threads > 0:  # torch's default (every core) thrashes when other jobs share the CPU
+        torch.set_num_threads(config.threads)
     set_seed(config.seed)
     device = resolve_device(config.device, allow_index=False)  # the Trainer runs on one GPU, its own pick
+    cannot_load = setup.qlora_missing(device) if config.load_in_4bit else []
+    if cannot_load and not dry_run:
+        setup.require_qlora(device)
+    model_dir = setup.local_model(config.model)
     precision = setup.pick_precision(config.precision, device)
+    if config.load_in_4bit and device != "cuda" and config.precision == "auto":
+        precision = "bf16"  # a QLoRA plan made off-GPU is for a CUDA run: auto is bf16 there (Ampere or newer)
     labels = get_label_set(config.label_set).labels
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     apply_template_choice(tokenizer, config.chat_template)
     encoder = ChatEncoder(tokenizer, labels, config.prompt(), config.max_seq_length)
     train_convs, train_bios = setup.load_split(config, "train")
@@ -159,14 +196,17 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
     rows = pack(features, config.max_seq_length) if config.packing else features
     dev_convs, dev_bios = setup.load_split(config, "dev")
     dev_convs = setup.first_utterances(dev_convs, config.max_eval_samples)
+    summary = {"samples": len(features), "dropped": dropped, "rows": len(rows), "device": device,
+               "precision": precision, **plan(config, model_dir, rows, precision)}
+    logger.info("plan: %s", json.dumps(summary))
+    if dry_run and cannot_load:
+        return {"dry_run": True, **summary, "dev_conversations": len(dev_convs),
+                "not_run": f"loading the weights and a forward pass; missing for QLoRA: {', '.join(cannot_load)}"}
     args = training_arguments(config, device, precision)
-    model = setup.load_base_model(config.model, device, precision, config.attn_implementation, config.load_in_4bit)
+    model = setup.load_base_model(model_dir, device, precision, config.attn_implementation, config.load_in_4bit)
     model = setup.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
                            config.load_in_4bit, config.gradient_checkpointing)
     collator = setup.PadCollator(encoder.pad_id)
-    summary = {"samples": len(features), "dropped": dropped, "rows": len(rows), "device": device,
-               "precision": precision, "trainable_parameters": sum(p.numel() for p in model.parameters()
-                                                                    if p.requires_grad)}
     if dry_run:
         batch = {k: v.to(device) for k, v in collator(rows[:config.per_device_train_batch_size]).items()}
         loss = model(**batch).loss
