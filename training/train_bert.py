@@ -7,7 +7,9 @@
 
 Bios come from `bioserc bios DATA -o DIR` (DIR/bios.jsonl). Outputs in output_dir: metrics.jsonl (one row per dev
 evaluation), best/ (the best dev weighted-F1 model, `BiosercBert.from_pretrained`-loadable, with dev_report.json),
-last/ (the resumable checkpoint), train_config.json, training_curve.png and confusion_dev.png.
+last/ (the resumable checkpoint), train_config.json, training_curve.png, confusion_dev.png and, once training has
+ended, done.json (the run's summary: what a sweep checks to skip a finished run). `--resume` with no last/ starts
+fresh.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from bioserc.training.plots import plot_confusion, plot_training_curve
 logger = logging.getLogger(__name__)
 
 LIST_FIELDS = ("train_data", "dev_data", "train_bios", "dev_bios")
+DONE_MARKER = "done.json"  # written last: its presence means the run ended (budget spent or early stop)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class TrainBertConfig:
     resume: bool = field(default=False, metadata={"help": "continue from output_dir/last"})
     seed: int = field(default=42, metadata={"help": "torch/random seed; also the batch shuffles per epoch"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    threads: int = field(default=0, metadata={"help": "torch intra-op CPU threads (0: torch's default)"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -189,6 +193,8 @@ class Run:
 
 def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
     """Seeds, data, model (new, or `last/` when resuming), loss, optimiser and schedule; nothing is written."""
+    if config.threads > 0:  # torch's default (every core) thrashes when other jobs share the CPU
+        torch.set_num_threads(config.threads)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = torch.device(resolve_device(config.device))
@@ -231,6 +237,8 @@ def begin(run: Run) -> None:
     """Write train_config.json; when resuming, restore the optimiser state, counters and metric history."""
     out = run.config.output_dir
     os.makedirs(out, exist_ok=True)
+    if os.path.exists(done := os.path.join(out, DONE_MARKER)):  # a resumed run with a larger budget is not done yet
+        os.remove(done)
     with open(os.path.join(out, "train_config.json"), "w", encoding="utf-8") as fh:
         json.dump(asdict(run.config), fh, indent=2)
     logger.info("training config: %s", json.dumps(asdict(run.config)))
@@ -326,7 +334,12 @@ def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
         run.model.train()
         while not finished(run):
             train_epoch(run, bar)
-    return final_report(run)
+    result = final_report(run)
+    done = os.path.join(config.output_dir, DONE_MARKER)
+    with open(f"{done}.tmp", "w", encoding="utf-8") as fh:  # renamed into place: a killed run leaves no marker
+        json.dump({k: v for k, v in result.items() if k != "history"}, fh, indent=2)
+    os.replace(f"{done}.tmp", done)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
