@@ -2,6 +2,7 @@
 
     bioserc bios examples/transcripts -o out/bios
     bioserc bios examples/transcripts -o out/bios --scope per-conversation --batch-size 32
+    bioserc bios examples/transcripts -o out/profiles --profile scores --dataset meld   # label probabilities
     bioserc bios 'gs://bucket/calls/*.json' -o gs://bucket/bios --runner DataflowRunner --project P \\
         --region europe-west1 --temp_location gs://bucket/tmp --extra_package dist/bioserc-0.1.0-py3-none-any.whl
 
@@ -11,6 +12,8 @@ Read (any reader; batches of --conversations-per-batch calls) -> RunInference wi
 worker process) -> bios.jsonl, bios.paper.json ({conv_id: [bio per utterance]}, the reference code's format) and
 dead_letter.jsonl. Every (conversation, speaker) ends in exactly one of bios.jsonl and dead_letter.jsonl. Workers
 write shards into a staging folder in the output; the driver assembles them and replaces the previous files.
+`--profile` (`bioserc.bios.profiles`) picks what a row holds: a bio (text, emotion) or a `vector` (scores, latent;
+bios.paper.json then holds each utterance's speaker vector).
 
 As with `bioserc label`: one run at a time per output folder (a second one exits 2), exit 1 when a bio or an input
 record was dead-lettered (unless --allow-skips) or when no bio came out (a previous bios.jsonl is then kept), and a
@@ -35,6 +38,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
 from bioserc.bios.extract import MODES, BioExtractor, BioResult, paper_bios
+from bioserc.bios.profiles import PREFILL_OUTPUTS, PROFILES, check_profile
 from bioserc.labels import LABEL_SETS
 from bioserc.pipelines.io import FileGroups, ParseFiles, output_path
 from bioserc.pipelines.options import add_renamed, at_least, json_object, parse_pipeline_args, pipeline_parser
@@ -73,10 +77,12 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
     """Loads one LLM backend per worker process and turns a batch of conversations into bio results."""
 
     def __init__(self, backend: str, model: str, backend_options: dict[str, Any], config: GenerationConfig,
-                 mode: str, words: int, cache_dir: str | None, max_batch_size: int = 4, progress_total: int = 0):
+                 mode: str, words: int, cache_dir: str | None, max_batch_size: int = 4, progress_total: int = 0,
+                 profile: str = "text", labels: Sequence[str] | None = None):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.backend, self.model, self.backend_options = backend, model, backend_options
         self.config, self.mode, self.words, self.cache_dir = config, mode, words, cache_dir
+        self.profile, self.labels = profile, labels
         self.progress_total = progress_total
         self._bar = None
 
@@ -90,7 +96,7 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.progress_total, desc="bios", unit="bio")
-        return BioExtractor(backend, self.config, self.mode, self.words, cache)
+        return BioExtractor(backend, self.config, self.mode, self.words, cache, self.profile, self.labels)
 
     def run_inference(self, batch: Sequence[Conversation], model: BioExtractor,
                       inference_args: dict[str, Any] | None = None) -> Iterable[list[BioResult]]:
@@ -148,13 +154,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
                    help="input format; auto detects it per file from its name and first bytes")
     p.add_argument("--dataset", choices=sorted(LABEL_SETS),
-                   help="label set for BiosERC JSON files not named after their dataset")
+                   help="label set for BiosERC JSON files not named after their dataset, and the label words "
+                   "--profile scores scores (needed there)")
     add_role_args(p)  # the same speaker names as `bioserc label` gives them, so its --bios file matches
     g = p.add_argument_group("LLM (`bioserc label` takes the same flags as --bio-backend, --bio-model, ...)")
     g.add_argument("--backend", default="transformers", choices=KINDS, help="LLM runtime")
     g.add_argument("--model", default="smollm2",
                    help="embedded name (smollm2), a local HF/ONNX folder, or the served model name for openai")
     add_server_args(g)
+    g.add_argument("--profile", default="text", choices=PROFILES,
+                   help="what each (conversation, speaker) gets: text (the bio, prompt bio-v1), emotion (mood, what "
+                   "changes it, reactions to others; emotion-v1), scores (no decoding: each --dataset label's "
+                   "probability as the answer to how the speaker feels overall; scores-v1) or latent (the LLM's "
+                   "final hidden state at the end of that question); scores and latent need a local backend")
     g.add_argument("--scope", default="per-speaker", choices=MODES, dest="mode",
                    help="per-speaker: one prompt per speaker (the paper); per-conversation: one prompt for all")
     g.add_argument("--words", type=at_least(1), default=60, help="word limit asked for in the prompt")
@@ -227,8 +239,10 @@ def backend_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any
 def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progress_total: int = 0) -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
     cache = None if args.cache == "none" else (args.cache or output_path(args.output, "cache"))
+    labels = LABEL_SETS[args.dataset].labels if args.dataset else None
     handler = BioModelHandler(args.backend, args.model, backend_options(args), config, args.mode, args.words, cache,
-                              max_batch_size=args.conversations_per_batch, progress_total=progress_total)
+                              max_batch_size=args.conversations_per_batch, progress_total=progress_total,
+                              profile=args.profile, labels=labels)
     _ = (pipeline
          | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
          | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), batch=args.conversations_per_batch))
@@ -337,7 +351,13 @@ def finish(counters: dict[str, int], args: argparse.Namespace, staging: str) -> 
 def run(argv: Sequence[str] | None = None, progress: bool = False) -> BiosRun:
     """Parse strictly (a usage error before anything runs), lock the output, build and run the pipeline, assemble
     its outputs and finish on the driver; `progress` shows a bar on the local runners."""
-    args, beam_args = parse_pipeline_args(make_parser(), sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    args, beam_args = parse_pipeline_args(parser, sys.argv[1:] if argv is None else argv)
+    try:  # before anything loads: a profile the backend, scope or label set cannot make is a usage error
+        check_profile(args.profile, args.backend, PREFILL_OUTPUTS.get(args.backend, ()), args.mode,
+                      LABEL_SETS[args.dataset].labels if args.dataset else None)
+    except ValueError as err:
+        parser.error(str(err))
     with output_lock(args.output):
         for name in remove_leftovers(args.output):
             logger.warning("removed %s left in %s by an earlier run that did not finish", name, args.output)

@@ -129,7 +129,7 @@ def test_bios_on_dask_match_the_in_process_runner(cluster, tmp_path):
         outs[name] = {"bios": by_content(list(read_jsonl(str(out / "bios.jsonl")))),
                       "dead": by_content(list(read_jsonl(str(out / "dead_letter.jsonl")))),
                       "paper": json.loads((out / "bios.paper.json").read_text()), "counters": run.counters}
-    assert outs["dask"] == outs["local"]
+    assert outs["dask"] == outs["local"] and outs["dask"]["bios"]
     c = outs["dask"]["counters"]
     pairs = sum(len(conv.speakers) for conv in read_items(str(DEMO)))
     assert c["conversations_read"] == len(outs["dask"]["paper"]) == 8

@@ -43,6 +43,15 @@ class Generation:
     error: str | None = None  # this prompt alone failed (e.g. the server refused it); the batch's others did not
 
 
+@dataclass(slots=True)
+class LastState:
+    """What the model computed at the last token of one prompt: the source of the `scores` and `latent` profiles."""
+
+    logits: Any  # numpy float32 (vocab,): next-token scores after the prompt
+    hidden: Any | None  # numpy float32 (hidden size,): final-layer hidden state there; None unless asked for
+    prompt_tokens: int
+
+
 class LLMBackend(ABC):
     """One loaded model. `model_id` names it in outputs; `identity()` names it in cache keys."""
 
@@ -73,6 +82,18 @@ class LLMBackend(ABC):
         A prompt that fails on its own comes back with `error` set while the others still succeed; an exception
         means the whole batch failed.
         """
+
+    def prefill_outputs(self) -> tuple[str, ...]:
+        """What `prefill_last` can return: "logits" and/or "hidden"; empty for backends that only return text."""
+        return ()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens; backends without a local tokenizer cannot say."""
+        raise NotImplementedError(f"the {self.name} backend has no local tokenizer")
+
+    def prefill_last(self, batch: list[Messages], hidden: bool = False) -> list[LastState]:
+        """One prefill per prompt, no decoding: the last token's logits (and final hidden state when `hidden`)."""
+        raise NotImplementedError(f"the {self.name} backend only returns generated text")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release servers, sessions or GPU memory; a no-op by default."""

@@ -2,25 +2,30 @@
 
 `plan` turns a conversation into cached results plus generation requests; `generate` runs a batch of requests on a
 backend and returns one `BioResult` per (conversation, speaker), successful or with an error reason, never fewer.
+The profile source (`bioserc.bios.profiles`) picks the prompt and whether a result is generated text (`bio`) or a
+vector read from one prefill (`vector`, with `bio` empty).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bioserc.bios.backend import GenerationConfig, LLMBackend
 from bioserc.bios.cache import BioCache, bio_key
 from bioserc.bios.postprocess import clean_bio, degenerate_reason
-from bioserc.prompts.bio import (
-    BIO_PROMPT_VERSION,
-    BioPrompt,
-    conversation_prompt,
-    parse_group_answer,
-    speaker_prompt,
-    transcript_text,
+from bioserc.bios.profiles import (
+    PROMPT_VERSIONS,
+    VECTOR_PROFILES,
+    check_profile,
+    label_probabilities,
+    label_token_ids,
+    profile_prompt,
+    rounded,
 )
+from bioserc.prompts.bio import BioPrompt, conversation_prompt, parse_group_answer, transcript_text
 from bioserc.schema import Conversation
 
 
@@ -42,9 +47,16 @@ class BioResult:
     new_tokens: int = 0
     cached: bool = False
     error: str | None = None  # set when no usable bio came out; the result then belongs in the dead-letter output
+    profile: str = "text"  # the profile source (`bioserc.bios.profiles`)
+    vector: list[float] | None = None  # scores/latent profiles; `bio` is then ""
+    seconds: float = 0.0  # this result's share of its backend call's wall time (0 when cached)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The bios.jsonl row; `vector` only for the vector profiles."""
+        row = asdict(self)
+        if self.vector is None:
+            del row["vector"]
+        return row
 
 
 @dataclass(slots=True)
@@ -64,24 +76,38 @@ class BioExtractor:
             falling back to per-speaker prompts for speakers whose bio could not be parsed).
         words: word limit asked for in the prompt.
         cache: optional `BioCache`; cached bios are returned without generating.
+        profile: the profile source, one of `bioserc.bios.profiles.PROFILES` ("text": the bio).
+        labels: the label words the scores profile scores, in the order of its vectors; the latent profile lists them
+            in its question when given.
     """
 
     def __init__(self, backend: LLMBackend, config: GenerationConfig | None = None, mode: str = "per-speaker",
-                 words: int = 60, cache: BioCache | None = None):
+                 words: int = 60, cache: BioCache | None = None, profile: str = "text",
+                 labels: Sequence[str] | None = None):
         if mode not in MODES:
             raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+        check_profile(profile, backend.name, backend.prefill_outputs(), mode, labels)
         self.backend, self.config, self.mode, self.words, self.cache = backend, config or GenerationConfig(), mode, \
             words, cache
-        self.budget = backend.max_context - self.config.max_new_tokens
+        self.profile, self.labels, self.version = profile, list(labels) if labels else None, PROMPT_VERSIONS[profile]
+        self.label_ids = label_token_ids(backend.encode, self.labels) if profile == "scores" else None
+        vectors = profile in VECTOR_PROFILES  # a prefill only: the whole context holds the prompt
+        self.budget = backend.max_context - (1 if vectors else self.config.max_new_tokens)
         self.identity = backend.identity()  # hashes a local model folder's files once, not once per bio
 
     def key(self, conv: Conversation, speaker: str) -> str:
-        params = {**self.config.to_dict(), "mode": self.mode, "words": self.words}
-        return bio_key(transcript_text(conv), speaker, self.identity, BIO_PROMPT_VERSION, params)
+        """The cache key; a text bio's is the same as before profiles existed, so existing caches stay valid."""
+        if self.profile == "text":
+            params = {**self.config.to_dict(), "mode": self.mode, "words": self.words}
+        elif self.profile == "emotion":
+            params = {**self.config.to_dict(), "profile": self.profile, "words": self.words}
+        else:  # no decoding: generation settings do not matter, the label words do
+            params = {"profile": self.profile, "labels": self.labels}
+        return bio_key(transcript_text(conv), speaker, self.identity, self.version, params)
 
     def result(self, conv: Conversation, speaker: str, **fields) -> BioResult:
-        return BioResult(conv.id, speaker, fields.pop("bio", ""), self.backend.model_id, BIO_PROMPT_VERSION,
-                         fields.pop("mode", self.mode), **fields)
+        return BioResult(conv.id, speaker, fields.pop("bio", ""), self.backend.model_id, self.version,
+                         fields.pop("mode", self.mode), profile=self.profile, **fields)
 
     def plan(self, conv: Conversation) -> tuple[list[BioResult], list[BioRequest]]:
         done: list[BioResult] = []
@@ -91,7 +117,7 @@ class BioExtractor:
             hit = self.cache.get(key) if self.cache is not None else None
             if hit:
                 done.append(self.result(conv, speaker, bio=hit["bio"], truncated=hit.get("truncated", False),
-                                        cached=True))
+                                        vector=hit.get("vector"), cached=True))
             else:
                 todo[speaker] = key
         if not todo:
@@ -105,21 +131,25 @@ class BioExtractor:
             return done + [self.result(conv, s, error=str(err)) for s in todo], []
 
     def speaker_request(self, conv: Conversation, speaker: str, key: str) -> BioRequest:
-        prompt = speaker_prompt(conv, speaker, self.words, self.backend.count_tokens, self.budget)
+        prompt = profile_prompt(self.profile, conv, speaker, self.words, self.labels, self.backend.count_tokens,
+                                self.budget)
         return BioRequest(conv, [speaker], "per-speaker", prompt, {speaker: key})
 
     def generate(self, requests: list[BioRequest]) -> list[BioResult]:
         if not requests:
             return []
+        if self.profile in VECTOR_PROFILES:
+            return self.prefill(requests)
+        start = time.perf_counter()
         try:
             gens = self.backend.generate([r.prompt.messages for r in requests], self.config)
         except Exception as err:  # noqa: BLE001 - a failed batch becomes dead-letter results, not a crashed run
-            return [self.result(r.conversation, s, error=f"{GENERATION_FAILED} {type(err).__name__}: {err}")
-                    for r in requests for s in r.speakers]
+            return self.failed(requests, err)
+        seconds = round((time.perf_counter() - start) / sum(len(r.speakers) for r in requests), 4)
         results, fallbacks = [], []
         for req, gen in zip(requests, gens, strict=True):
             stats = {"truncated": req.prompt.truncated, "prompt_tokens": gen.prompt_tokens,
-                     "new_tokens": gen.new_tokens, "mode": req.mode}
+                     "new_tokens": gen.new_tokens, "mode": req.mode, "seconds": seconds}
             if gen.error is not None:  # this prompt alone failed; the batch's other prompts stand
                 results += [self.result(req.conversation, s, error=f"{REQUEST_FAILED} {gen.error}", **stats)
                             for s in req.speakers]
@@ -137,6 +167,30 @@ class BioExtractor:
                 else:
                     fallbacks.append(self.speaker_request(req.conversation, speaker, req.keys[speaker]))
         return results + self.generate(fallbacks)
+
+    def failed(self, requests: list[BioRequest], err: Exception) -> list[BioResult]:
+        return [self.result(r.conversation, s, error=f"{GENERATION_FAILED} {type(err).__name__}: {err}")
+                for r in requests for s in r.speakers]
+
+    def prefill(self, requests: list[BioRequest]) -> list[BioResult]:
+        """The vector profiles: one prefill per request (shared transcripts once, by the backend), no decoding."""
+        start = time.perf_counter()
+        try:
+            states = self.backend.prefill_last([r.prompt.messages for r in requests], hidden=self.profile == "latent")
+        except Exception as err:  # noqa: BLE001 - as in `generate`
+            return self.failed(requests, err)
+        seconds = round((time.perf_counter() - start) / len(requests), 4)
+        results = []
+        for req, state in zip(requests, states, strict=True):
+            speaker = req.speakers[0]
+            vector = rounded(label_probabilities(state.logits, self.label_ids) if self.label_ids is not None
+                             else state.hidden)
+            if self.cache is not None:
+                self.cache.put(req.keys[speaker], {"conversation_id": req.conversation.id, "speaker": speaker,
+                                                   "bio": "", "vector": vector, "truncated": req.prompt.truncated})
+            results.append(self.result(req.conversation, speaker, vector=vector, truncated=req.prompt.truncated,
+                                       prompt_tokens=state.prompt_tokens, seconds=seconds))
+        return results
 
     def finish(self, req: BioRequest, speaker: str, bio: str, stats: dict) -> BioResult:
         reason = degenerate_reason(bio)
@@ -188,7 +242,13 @@ def prompt_chars(request: BioRequest) -> int:
     return sum(len(m["content"]) for m in request.prompt.messages)
 
 
-def paper_bios(conversations: Iterable[Conversation], results: Iterable[BioResult]) -> dict[str, list[str]]:
-    """The reference code's format: {conv_id: [bio of the speaker of utterance i for each i]}; "" where none."""
-    by_pair = {(r.conversation_id, r.speaker): r.bio for r in results if r.error is None}
-    return {c.id: [by_pair.get((c.id, u.speaker), "") for u in c.utterances] for c in conversations}
+def paper_bios(conversations: Iterable[Conversation], results: Iterable[BioResult]) -> dict[str, list[Any]]:
+    """The reference code's format: {conv_id: [bio of the speaker of utterance i for each i]}; "" where none.
+
+    For the vector profiles each entry is the speaker's vector instead, null where none.
+    """
+    results = list(results)
+    vectors = any(r.profile in VECTOR_PROFILES for r in results)
+    by_pair = {(r.conversation_id, r.speaker): r.vector if vectors else r.bio for r in results if r.error is None}
+    missing = None if vectors else ""
+    return {c.id: [by_pair.get((c.id, u.speaker), missing) for u in c.utterances] for c in conversations}

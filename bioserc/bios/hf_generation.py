@@ -9,16 +9,32 @@ whose KV cache is then copied to every member (`bioserc.bios.prefix`). A batch h
 The attention mask hides both pad runs and position ids count only real tokens, so every row sees exactly its own
 prompt; the generated part is everything after the padded prompt (sliced by tokens, so the prompt never leaks into a
 bio). Both runtimes see identical token sequences and decoding settings. `counts` adds up the tokens computed.
+
+`prefill_last` lays out the same rows but does not decode: after the shared prefill, one forward pass over the rest
+gives each prompt's last-token logits (and final hidden state), the `scores` and `latent` speaker profiles.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend, Messages
+from bioserc.bios.backend import Generation, GenerationConfig, LastState, LLMBackend, Messages
 from bioserc.bios.chat import render_chat
 from bioserc.bios.prefix import PrefixGroup, pack_groups, prefix_groups
+
+
+class Layout(NamedTuple):
+    """A chunk's padded rows: `width` prefix columns, then `tail` columns that end with each prompt's last token."""
+
+    input_ids: Any
+    attention_mask: Any
+    masks: list[list[int]]
+    width: int
+    tail: int
+    rest_tokens: int  # real tokens after the prefixes, all rows together
 
 
 class HFGenerationBackend(LLMBackend):
@@ -39,7 +55,25 @@ class HFGenerationBackend(LLMBackend):
     def count_tokens(self, messages: Messages) -> int:
         return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prefill_outputs(self) -> tuple[str, ...]:
+        """A PyTorch model returns hidden states; an ONNX export (optimum) returns logits and the KV cache only."""
+        import torch
+
+        return ("logits", "hidden") if isinstance(self.model, torch.nn.Module) else ("logits",)
+
     def generate(self, batch: list[Messages], config: GenerationConfig) -> list[Generation]:
+        return self._by_chunks(batch, lambda chunk, ids: self._generate_chunk(chunk, ids, config))
+
+    def prefill_last(self, batch: list[Messages], hidden: bool = False) -> list[LastState]:
+        if hidden and "hidden" not in self.prefill_outputs():
+            raise ValueError(f"the {self.name} backend returns logits but no hidden states")
+        return self._by_chunks(batch, lambda chunk, ids: self._last_chunk(chunk, ids, hidden))
+
+    def _by_chunks(self, batch: list[Messages], run: Callable[[list[PrefixGroup], list[list[int]]], list]) -> list:
+        """Tokenize, group by shared prefix, pack into batches and `run` each; results in input order."""
         if not batch:
             return []
         ids = self.tokenizer([self.render(m) for m in batch], add_special_tokens=False)["input_ids"]
@@ -47,12 +81,11 @@ class HFGenerationBackend(LLMBackend):
         results: list[Any] = [None] * len(ids)
         for chunk in pack_groups(groups, [len(s) for s in ids], self.batch_size):
             members = [i for g in chunk for i in g.members]
-            for i, gen in zip(members, self._generate_chunk(chunk, ids, config), strict=True):
-                results[i] = gen
+            for i, out in zip(members, run(chunk, ids), strict=True):
+                results[i] = out
         return results
 
-    def _generate_chunk(self, groups: list[PrefixGroup], ids: list[list[int]],
-                        config: GenerationConfig) -> list[Generation]:
+    def _layout(self, groups: list[PrefixGroup], ids: list[list[int]]) -> Layout:
         import torch
 
         pad = self.tokenizer.pad_token_id
@@ -67,8 +100,21 @@ class HFGenerationBackend(LLMBackend):
                 rows.append([pad] * lead + ids[i][:g.shared] + [pad] * gap + rests[i])
                 masks.append([0] * lead + [1] * g.shared + [0] * gap + [1] * len(rests[i]))
         device = self.model.device
-        input_ids = torch.tensor(rows, device=device)
-        attention_mask = torch.tensor(masks, device=device)
+        return Layout(torch.tensor(rows, device=device), torch.tensor(masks, device=device), masks, width, tail,
+                      sum(len(r) for r in rests.values()))
+
+    def _keep_last_logits(self) -> dict[str, Any]:
+        """Skip the vocabulary projection of all but the last position where the model can (transformers models with
+        `logits_to_keep`): a prefill of a long transcript otherwise materialises vocab x tokens logits. Optimum's ONNX
+        models always return them all."""
+        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+
+    def _generate_chunk(self, groups: list[PrefixGroup], ids: list[list[int]],
+                        config: GenerationConfig) -> list[Generation]:
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        input_ids, attention_mask, masks, width, tail, rest_tokens = self._layout(groups, ids)
         kwargs: dict[str, Any] = {
             "max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample, "pad_token_id": pad,
             "repetition_penalty": config.repetition_penalty, "no_repeat_ngram_size": config.no_repeat_ngram_size,
@@ -92,11 +138,30 @@ class HFGenerationBackend(LLMBackend):
                 prompt_tokens=sum(mask), new_tokens=n, finish_reason="stop" if n < len(row) else "length",
             ))
         self.counts.update(
-            prompts=len(rows), prompt_tokens=sum(map(sum, masks)), generated_tokens=sum(g.new_tokens for g in gens),
-            prefilled_tokens=sum(g.shared for g in groups) + sum(len(r) for r in rests.values()),
-            prefill_slots=len(groups) * width + len(rows) * tail, decode_slots=len(rows) * new.shape[1],
+            prompts=len(masks), prompt_tokens=sum(map(sum, masks)), generated_tokens=sum(g.new_tokens for g in gens),
+            prefilled_tokens=sum(g.shared for g in groups) + rest_tokens,
+            prefill_slots=len(groups) * width + len(masks) * tail, decode_slots=len(masks) * new.shape[1],
         )
         return gens
+
+    def _last_chunk(self, groups: list[PrefixGroup], ids: list[list[int]], hidden: bool) -> list[LastState]:
+        """The shared prefixes prefilled once, then one forward pass over every row's rest; its last column is each
+        prompt's last token (rows are left-padded), with position ids counting only real tokens as in generation."""
+        import torch
+
+        input_ids, attention_mask, masks, width, tail, rest_tokens = self._layout(groups, ids)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        with torch.inference_mode():
+            past = self._prefill(groups, input_ids[:, :width], attention_mask[:, :width]) if width else None
+            out = self.model(input_ids=input_ids[:, width:], attention_mask=attention_mask,
+                             position_ids=position_ids[:, width:], past_key_values=past, output_hidden_states=hidden,
+                             **self._keep_last_logits())
+        logits = out.logits[:, -1].float().cpu().numpy()
+        states = out.hidden_states[-1][:, -1].float().cpu().numpy() if hidden else [None] * len(masks)
+        self.counts.update(prompts=len(masks), prompt_tokens=sum(map(sum, masks)),
+                           prefilled_tokens=sum(g.shared for g in groups) + rest_tokens,
+                           prefill_slots=len(groups) * width + len(masks) * tail)
+        return [LastState(row, state, sum(mask)) for row, state, mask in zip(logits, states, masks, strict=True)]
 
     def _prefill(self, groups: list[PrefixGroup], prefix_ids: Any, prefix_mask: Any) -> Any:
         """Run each group's shared prefix once (one row per group), then repeat its KV cache for every member."""
@@ -109,7 +174,8 @@ class HFGenerationBackend(LLMBackend):
             start += len(g.members)
         ids, mask = prefix_ids[firsts], prefix_mask[firsts]
         position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                         **self._keep_last_logits())
         return repeat_rows(out.past_key_values, torch.tensor(index, device=ids.device))
 
 

@@ -3,6 +3,8 @@
 Transcripts are untrusted text, so the conversation is fenced as data, the system message says never to follow it,
 and the assistant turn is pre-filled with the speaker's name: whatever a caller says, the model continues a
 description of that speaker. Conversations longer than the context lose their middle turns, keeping both ends.
+Beside the bio (`bio-v1`), the speaker profiles of `bioserc.bios.profiles` have their own versioned prompts: an
+emotion-focused bio (`emotion-v1`) and a one-word feeling question read without decoding (`scores-v1`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from bioserc.schema import Conversation
 
 
 BIO_PROMPT_VERSION = "bio-v1"
+EMOTION_PROMPT_VERSION = "emotion-v1"  # the `emotion` profile: three fixed fields about the speaker's feelings
+SCORES_PROMPT_VERSION = "scores-v1"  # the `scores` and `latent` profiles: a one-word question, no decoding
 MAX_LINE_CHARS = 600  # one runaway utterance (an ASR glitch, a pasted document) must not eat the whole context
 
 SYSTEM = (
@@ -32,6 +36,22 @@ PER_CONVERSATION = (
     "Conversation transcript:\n<transcript>\n{transcript}\n</transcript>\n\n"
     "For each speaker ({names}), describe their personality, mood and way of speaking in this conversation, "
     "in at most {words} words each. Write one line per speaker, starting with the speaker's name and a colon."
+)
+
+
+# Three fields in a short fixed order. The answer is pre-filled "Overall mood: NAME feels": without the name and verb,
+# SmolLM2-135M drifts into retelling the call; with them it describes feelings (often in the first field only).
+EMOTION = (
+    "Conversation transcript:\n<transcript>\n{transcript}\n</transcript>\n\n"
+    "How does {name} feel in this conversation? Answer in at most {words} words, in three short lines:\n"
+    "Overall mood: {name}'s main feeling\nMood changes: what makes {name} feel better or worse\n"
+    "Reactions: how {name} reacts to the others"
+)
+
+# The answer is pre-filled up to the emotion word, so the next token's probabilities are the model's answer.
+FEELING = (
+    "Conversation transcript:\n<transcript>\n{transcript}\n</transcript>\n\n"
+    "Overall, how does {name} feel in this conversation?{choices} Answer with one word."
 )
 
 
@@ -73,6 +93,29 @@ def per_conversation_messages(transcript: str, names: list[str], words: int) -> 
     ]
 
 
+def emotion_messages(transcript: str, name: str, words: int) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": EMOTION.format(transcript=transcript, name=name, words=words)},
+        {"role": "assistant", "content": f"Overall mood: {name} feels"},
+    ]
+
+
+def feeling_messages(transcript: str, name: str, labels: tuple[str, ...] | None) -> list[dict[str, str]]:
+    """`labels` (lower-cased) are listed as the choices; the answer ends right before the emotion word."""
+    choices = f" Choose one of: {', '.join(label_words(labels))}." if labels else ""
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": FEELING.format(transcript=transcript, name=name, choices=choices)},
+        {"role": "assistant", "content": f"{name}'s overall emotion:"},
+    ]
+
+
+def label_words(labels: tuple[str, ...]) -> list[str]:
+    """The words the feeling prompt offers and scores: labels as written in running text."""
+    return [label.lower() for label in labels]
+
+
 def fit_lines(lines: list[str], build: Callable[[str], list[dict[str, str]]], count_tokens, budget: int):
     """Drop middle lines until the prompt fits `budget` tokens; returns (messages, omitted line count)."""
     messages = build("\n".join(lines))
@@ -95,6 +138,18 @@ def fit_lines(lines: list[str], build: Callable[[str], list[dict[str, str]]], co
 def speaker_prompt(conv: Conversation, name: str, words: int, count_tokens, budget: int) -> BioPrompt:
     messages, omitted = fit_lines(render_lines(conv), lambda t: per_speaker_messages(t, name, words),
                                   count_tokens, budget)
+    return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
+
+
+def emotion_prompt(conv: Conversation, name: str, words: int, count_tokens, budget: int) -> BioPrompt:
+    messages, omitted = fit_lines(render_lines(conv), lambda t: emotion_messages(t, name, words), count_tokens, budget)
+    return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
+
+
+def feeling_prompt(conv: Conversation, name: str, labels: tuple[str, ...] | None, count_tokens,
+                   budget: int) -> BioPrompt:
+    messages, omitted = fit_lines(render_lines(conv), lambda t: feeling_messages(t, name, labels), count_tokens,
+                                  budget)
     return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
 
 
