@@ -197,6 +197,14 @@ def check_classifier(where: str, manifest: dict[str, Any], read: Callable[[str],
     if manifest.get("bio_mode") != config.get("bio_mode"):
         raise ArtifactError(f"{where!r}: {MANIFEST} bio_mode {manifest.get('bio_mode')!r} differs from "
                             f"{CONFIG_FILE}'s {config.get('bio_mode')!r}; re-export the artifact")
+    if profile_of(manifest) != profile_of(config):  # what the speaker inputs are: bio text or a profile vector
+        raise ArtifactError(f"{where!r}: {MANIFEST} profile {profile_of(manifest)} differs from {CONFIG_FILE}'s "
+                            f"{profile_of(config)}; re-export the artifact")
+
+
+def profile_of(fields: dict[str, Any]) -> tuple[str, int]:
+    """(profile, vector size) of a classifier's manifest or config.json; artifacts from before profiles read text."""
+    return fields.get("profile") or "text", int(fields.get("profile_dim") or 0)
 
 
 def manifest_hash(directory: str) -> str:

@@ -316,6 +316,9 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
     source = verify_artifact(model_dir, "pytorch-classifier")
     model = BiosercBert.from_pretrained(model_dir).eval()
     config = model.config
+    if config.profile != "text":
+        raise ValueError(f"{model_dir} reads {config.profile} profile vectors; the ONNX export takes bio text only so "
+                         "far: evaluate and serve this model with PyTorch (`bioserc evaluate --model DIR`)")
     tmp = staging_dir(out_dir)
     try:
         encoder, head = EncoderGraph(model).eval(), HeadGraph(model).eval()

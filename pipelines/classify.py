@@ -33,6 +33,7 @@ from bioserc.artifacts import (
     check_classifier,
     check_manifest,
     parse_manifest,
+    profile_of,
     verify_artifact,
 )
 from bioserc.errors import RAW_LIMIT
@@ -83,7 +84,7 @@ def check_model(path: str) -> dict[str, Any]:
     if "://" not in path:
         if not os.path.isdir(path):
             raise ArtifactError(missing_model_help(path))
-        return verify_artifact(path, LABEL_KINDS)
+        return refuse_profiles(path, verify_artifact(path, LABEL_KINDS))
     manifest_path = FileSystems.join(path, MANIFEST)
     if not FileSystems.exists(manifest_path):
         raise ArtifactError(f"{missing_model_help(path)} (no {MANIFEST} found there)")
@@ -104,6 +105,16 @@ def check_model(path: str) -> dict[str, Any]:
         check_classifier(path, manifest, read)
     elif not manifest.get("labels"):
         raise ArtifactError(f"{path!r}: the {manifest['kind']} manifest names no labels")
+    return refuse_profiles(path, manifest)
+
+
+def refuse_profiles(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A model that reads profile vectors (scores, latent) would get none from this pipeline yet: refuse it rather
+    than label with empty profiles."""
+    profile, _ = profile_of(manifest)
+    if profile != "text":
+        raise ArtifactError(f"{path!r} reads {profile} speaker profiles, which `bioserc label` cannot make or pass "
+                            "yet; evaluate it with `bioserc evaluate --model DIR --data FILE --bios PROFILES`")
     return manifest
 
 

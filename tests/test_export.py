@@ -302,7 +302,7 @@ def test_onnx_llm_export_generates_like_pytorch(merged, tmp_path):
     manifest = export_llm(merged, str(out))
     assert verify_artifact(str(out), "onnx-llm") == manifest
     assert manifest["prompt_version"] == "erc-llm-v1" and manifest["labels"] == MELD
-    assert manifest["source_checkpoint"] == manifest_hash(merged) and manifest["max_context"] == 256
+    assert manifest["source_checkpoint"] == manifest_hash(merged) and manifest["max_context"] == 2048
     assert "model.onnx" in manifest["files"] and isinstance(manifest["opset"], int)
 
     tokenizer = AutoTokenizer.from_pretrained(out)

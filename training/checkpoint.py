@@ -45,7 +45,8 @@ def save_best(directory: str, model, report: dict, step: int) -> None:
     _write_json(os.path.join(tmp, DEV_REPORT), {**report, "step": step})
     cfg = model.config
     write_manifest(tmp, "pytorch-classifier", model_family="bioserc-bert", label_set=cfg.label_set,
-                   labels=list(cfg.labels), window=cfg.window, bio_mode=cfg.bio_mode, step=step,
+                   labels=list(cfg.labels), window=cfg.window, bio_mode=cfg.bio_mode, profile=cfg.profile,
+                   profile_dim=cfg.profile_dim, step=step,
                    metrics={"dev_weighted_f1": report.get("weighted_f1")})
     replace_dir(tmp, directory)
 

@@ -14,6 +14,8 @@ or a label order that disagrees with config.json is an `error:` line and exit st
 BERT classifier (`best/` or its ONNX export), or an LLM, either a LoRA adapter from `train_llm` (loaded on the base
 model its manifest names, or --base-model), a merged folder from `merge_llm` or its ONNX export (`bioserc export
 onnx-llm`, run on ONNX Runtime).
+A BERT classifier trained on scores/latent profiles reads the vectors of the --bios rows (`bioserc bios --profile`);
+a row of another profile or vector size is such an error too, naming the file and line.
 LLMs are scored by label likelihood (--mode score, always a valid label) or by free generation as in the paper
 (--mode generate): answers that are not exactly a label count as wrong, as their own "<invalid>" class, and the
 report adds their count and rate. --scoring picks the label score: the answer's summed token log-probs (sum, which
@@ -27,13 +29,15 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from bioserc.artifacts import ArtifactError, read_manifest
+from bioserc.artifacts import ArtifactError, artifact_file, read_manifest
 from bioserc.errors import FILE_ERRORS
 from bioserc.metrics import classification_report, render_report
 from bioserc.models import Prediction, load_bios, missing_bios
+from bioserc.models.bioserc_bert import CONFIG_FILE
 from bioserc.models.classifier import load_classifier
-from bioserc.models.collate import BioKey
+from bioserc.models.collate import Bio, BioKey
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training.config_files import HelpFormatter
@@ -52,6 +56,14 @@ def score(conversations: Sequence[Conversation], predictions: Sequence[Predictio
     return classification_report(y_true, y_pred, labels)
 
 
+def bio_profile(model_dir: str, manifest: dict[str, Any]) -> tuple[str, int | None]:
+    """The profile (and vector size) a BiosERC-BERT artifact's bios must have: its config.json's, or text for a
+    folder written before profiles existed."""
+    with open(artifact_file(model_dir, manifest, CONFIG_FILE), encoding="utf-8") as fh:
+        config = json.load(fh)
+    return config.get("profile", "text"), config.get("profile_dim") or None
+
+
 def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None,
                batch_size: int = 8, progress: bool = False) -> dict:
     """The report of a `bioserc.models.llm_scoring.LlmClassifier` in its mode; generate mode adds `invalid` (count
@@ -68,7 +80,7 @@ def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[
 
 
 def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
-             bios: str | Sequence[str] | Mapping[BioKey, str] | None = None, batch_size: int = 8,
+             bios: str | Sequence[str] | Mapping[BioKey, Bio] | None = None, batch_size: int = 8,
              device: str = "cpu", progress: bool = False, mode: str = "score", base_model: str | None = None,
              threads: int | None = None, scoring: str = "sum") -> dict:
     """Load `model_dir` (verified against its manifest), predict `data` and return the report.
@@ -77,7 +89,8 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
         model_dir: a classifier artifact: training's `<output_dir>/best`, an ONNX export, an LLM adapter, a merged
             LLM or its ONNX export. Its manifest, checksums and label order are checked before any input is read.
         data: input files/directories/globs (any supported format) or already-read conversations.
-        bios: bios.jsonl path(s) or a {(conversation_id, speaker): bio} mapping; None when the model uses no bios.
+        bios: bios.jsonl path(s) or a {(conversation_id, speaker): bio} mapping (bio text, or the vector of a
+            scores/latent profile model); None when the model uses no bios.
         mode: LLMs only: "score" (label likelihoods) or "generate" (free generation, exact match).
         base_model: LLM adapters only: the base model folder, if not the one its manifest names.
         threads: CPU threads for inference (`load_classifier`); None: every CPU this process may use.
@@ -95,7 +108,8 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
     if scoring not in SCORINGS:
         raise ValueError(f"scoring {scoring!r} is not one of {SCORINGS}")
-    llm = read_manifest(model_dir).get("kind") in LLM_KINDS
+    manifest = read_manifest(model_dir)
+    llm = manifest.get("kind") in LLM_KINDS
     if not llm and (mode != "score" or base_model or scoring != "sum"):
         raise ValueError("--mode generate, --scoring and --base-model apply to LLM artifacts only; "
                          f"{model_dir!r} holds an utterance classifier")
@@ -106,7 +120,7 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
     if isinstance(data, str) or (data and isinstance(data[0], str)):
         data = read_conversations(data)
     if isinstance(bios, str) or (isinstance(bios, Sequence) and not isinstance(bios, Mapping)):
-        bios = load_bios(bios)
+        bios = load_bios(bios) if llm else load_bios(bios, *bio_profile(model_dir, manifest))
     if llm:
         report = llm_report(classifier, data, bios, batch_size, progress)
     else:

@@ -5,11 +5,14 @@
     python -m bioserc.training.train_bert --config training/configs/meld_minilm.yaml --resume
     python -m bioserc.training.train_bert --config training/configs/meld_roberta_large_paper.yaml --dry-run
 
-Bios come from `bioserc bios DATA -o DIR` (DIR/bios.jsonl). Outputs in output_dir: metrics.jsonl (one row per dev
-evaluation), best/ (the best dev weighted-F1 model, `BiosercBert.from_pretrained`-loadable, with dev_report.json),
-last/ (the resumable checkpoint), train_config.json, training_curve.png, confusion_dev.png and, once training has
-ended, done.json (the run's summary: what a sweep checks to skip a finished run). `--resume` with no last/ starts
-fresh.
+Bios come from `bioserc bios DATA -o DIR` (DIR/bios.jsonl); `profile` says which kind the model reads: bio text
+(text or emotion rows, encoded by the encoder) or the scores/latent vectors of `bioserc bios --profile scores|latent`,
+whose size is read from the train bios and saved in the model's config (profile_dim).
+
+Outputs in output_dir: metrics.jsonl (one row per dev evaluation), best/ (the best dev weighted-F1 model,
+`BiosercBert.from_pretrained`-loadable, with dev_report.json), last/ (the resumable checkpoint), train_config.json,
+training_curve.png, confusion_dev.png and, once training has ended, done.json (the run's summary: what a sweep
+checks to skip a finished run). `--resume` with no last/ starts fresh.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from bioserc.models import (
     missing_bios,
     predict,
 )
-from bioserc.models.collate import IGNORE, BioKey
+from bioserc.models.bioserc_bert import PROFILES
+from bioserc.models.collate import IGNORE, Bio, BioKey
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training import config_files
@@ -66,7 +70,10 @@ class TrainBertConfig:
     # model
     encoder: str = field(default="minilm", metadata={"help": "embedded model name or local HF folder (no Hub)"})
     window: int = field(default=2, metadata={"help": "± utterances of context around the target"})
-    bio_mode: str = field(default="mlp", metadata={"help": "mlp | attn | none"})
+    bio_mode: str = field(default="mlp", metadata={"help": "mlp | attn | none: how the bio head fuses profiles"})
+    profile: str = field(default="text", metadata={"help": "the speaker profiles read: text (bio text, also emotion "
+                                                           "bios) | scores | latent (vectors from `bioserc bios "
+                                                           "--profile`); ignored with bio_mode none"})
     max_length: int = field(default=256, metadata={"help": "tokens per utterance window"})
     bio_max_length: int = field(default=128, metadata={"help": "tokens per bio"})
     freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers"})
@@ -99,10 +106,16 @@ class TrainBertConfig:
                 setattr(self, f.name, [value])
             elif f.type == "float":  # YAML reads 3e-5 (no dot) as a string
                 setattr(self, f.name, float(value))
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
 
-    def model_config(self) -> BiosercBertConfig:
+    def model_config(self, profile_dim: int = 0) -> BiosercBertConfig:
+        """The model's settings; `profile_dim` is the train bios' vector size (scores/latent profiles). A bio_mode
+        none model reads no profile, so its config says text, as every model's did before profiles."""
+        profile = self.profile if self.bio_mode != "none" else "text"
         return BiosercBertConfig(encoder=self.encoder, label_set=self.label_set, window=self.window,
-                                 bio_mode=self.bio_mode, dropout=self.dropout, max_length=self.max_length,
+                                 bio_mode=self.bio_mode, profile=profile, profile_dim=profile_dim,
+                                 dropout=self.dropout, max_length=self.max_length,
                                  bio_max_length=self.bio_max_length, freeze_layers=self.freeze_layers)
 
 
@@ -118,7 +131,9 @@ def class_weights(conversations: Sequence[Conversation], labels: Sequence[str]) 
     return torch.tensor([math.log(total / counts[y]) if counts[y] else 0.0 for y in labels])
 
 
-def _load_split(config: TrainBertConfig, name: str) -> tuple[list[Conversation], dict[BioKey, str]]:
+def _load_split(config: TrainBertConfig, name: str,
+                dim: int | None = None) -> tuple[list[Conversation], dict[BioKey, Bio]]:
+    """`{name}_data` and its bios of the configured profile; vectors must have `dim` entries (None: any one size)."""
     data, bios_paths = getattr(config, f"{name}_data"), getattr(config, f"{name}_bios")
     if not data:
         raise ValueError(f"no {name} data: set {name}_data in the config or pass --{name}_data PATH")
@@ -128,10 +143,13 @@ def _load_split(config: TrainBertConfig, name: str) -> tuple[list[Conversation],
     if not bios_paths:
         raise ValueError(f"bio_mode={config.bio_mode} needs {name}_bios (bios.jsonl from `bioserc bios`); "
                          "or set bio_mode: none")
-    bios = load_bios(bios_paths)
+    bios = load_bios(bios_paths, config.profile, dim)
+    if config.profile != "text" and not bios:
+        raise ValueError(f"{name}_bios {bios_paths} hold no {config.profile} vector to train with")
     missing = missing_bios(conversations, bios)
     if missing:
-        logger.warning("%s: %d speaker(s) have no bio and get an empty one, e.g. %s", name, len(missing), missing[:3])
+        logger.warning("%s: %d speaker(s) have no bio and get %s, e.g. %s", name, len(missing),
+                       "an empty one" if config.profile == "text" else f"a zero {config.profile} vector", missing[:3])
     return conversations, bios
 
 
@@ -163,9 +181,9 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     train_convs: list[Conversation]
-    train_bios: dict[BioKey, str]
+    train_bios: dict[BioKey, Bio]
     dev_convs: list[Conversation]
-    dev_bios: dict[BioKey, str]
+    dev_bios: dict[BioKey, Bio]
     steps_per_epoch: int
     total: int  # optimiser steps of the whole run
     resuming: bool
@@ -186,7 +204,7 @@ class Run:
     def metrics_path(self) -> str:
         return os.path.join(self.config.output_dir, "metrics.jsonl")
 
-    def loss(self, conversations: Sequence[Conversation], bios: dict[BioKey, str]) -> torch.Tensor:
+    def loss(self, conversations: Sequence[Conversation], bios: dict[BioKey, Bio]) -> torch.Tensor:
         batch = self.collator(conversations, bios).to(self.device)
         return self.loss_fn(self.model(**batch.inputs).flatten(0, 1), batch.labels.flatten())
 
@@ -199,10 +217,11 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
     torch.manual_seed(config.seed)
     device = torch.device(resolve_device(config.device))
     train_convs, train_bios = _load_split(config, "train")
+    profile_dim = len(next(iter(train_bios.values()))) if config.profile != "text" and train_bios else 0
     train_convs = [c for c in train_convs if any(u.label is not None for u in c.utterances)]
     if not train_convs or config.epochs < 1 and not config.max_steps:
         raise ValueError("nothing to train: the train data has no labelled conversation, or epochs < 1")
-    dev_convs, dev_bios = _load_split(config, "dev")
+    dev_convs, dev_bios = _load_split(config, "dev", profile_dim or None)
     if not any(u.label is not None for c in dev_convs for u in c.utterances):
         raise ValueError("the dev data has no gold labels to select the best checkpoint with")
     last = os.path.join(config.output_dir, "last")
@@ -211,9 +230,14 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
         raise ValueError(f"{config.output_dir} already holds a checkpoint: pass --resume to continue it, or another "
                          "output_dir")
     model = BiosercBert.from_pretrained(last, device=device) if resuming else \
-        BiosercBert.from_encoder(config.model_config()).to(device)
-    saved = model.config.settings()
-    if resuming and saved | {"encoder": ""} != config.model_config().settings() | {"encoder": ""}:
+        BiosercBert.from_encoder(config.model_config(profile_dim)).to(device)
+    saved, wanted = model.config.settings(), config.model_config(profile_dim).settings()
+    if resuming and (saved["profile"], saved["profile_dim"]) != (wanted["profile"], wanted["profile_dim"]):
+        # the bios were read for the config, not for the checkpoint
+        raise ValueError(f"{last} reads profile {saved['profile']} (profile_dim {saved['profile_dim']}), but the "
+                         f"config and bios give {wanted['profile']} ({wanted['profile_dim']}): resume with the same "
+                         "profile and bios")
+    if resuming and saved | {"encoder": ""} != wanted | {"encoder": ""}:
         logger.warning("resuming with the checkpoint's model settings %s; the config's differ", saved)
     weights = class_weights(train_convs, model.config.labels).to(device) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE, label_smoothing=config.label_smoothing)

@@ -5,6 +5,10 @@
     intra-speaker / inter-speaker masked multi-head attention over the context vectors
     logits = W_ctx(ctx) + W_utt(utt) + W_intra(intra) + W_inter(inter) [+ bio head]
 
+The bio head reads each speaker's profile (`profile`): a text bio mean-pooled by the same encoder ("text"), or a
+vector from `bioserc bios --profile scores|latent` through LayerNorm + Linear + tanh to the encoder width; either
+way the result is fused the same way (`bio_mode` mlp or attn), so the two fusions compare across profiles.
+
 The reference code's defects are fixed here: every parameter is optimised (not only the encoder), the loss takes
 logits (no softmax before cross-entropy), speaker masks are built per conversation so batches > 1 are correct, bios
 work with batches > 1, and bios are mean-pooled instead of read through the randomly initialised pooler.
@@ -27,10 +31,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.labels import get_label_set
 
 
 BIO_MODES = ("mlp", "attn", "none")
+PROFILES = ("text", *VECTOR_PROFILES)  # what the bio head reads; "text" also covers emotion bios (text too)
 CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE = "config.json", "model.safetensors", "labels.txt"
 MODEL_TYPE = "bioserc-bert"
 
@@ -44,6 +50,9 @@ class BiosercBertConfig(PretrainedConfig):
         labels: label names in logit order; empty = the label set's order.
         window: ± neighbours around the target, past and future (paper: 2 for MELD/EmoryNLP, 4 for IEMOCAP).
         bio_mode: "mlp" (the paper's `static` head), "attn" (attention over the conversation's bios), "none".
+        profile: the speaker profiles the bio head reads: "text" (bio text, encoded by the encoder) or "scores" /
+            "latent" (a vector per speaker, projected); ignored with bio_mode none.
+        profile_dim: entries of each profile vector (set from the train data); 0 for text.
         speaker_hidden: intra/inter attention width; None = half the encoder width (paper: 512).
         ctx_ffn: FFN width of the context Transformer; None = twice the encoder width (paper: 2048).
         heads: attention heads of the context layer and the speaker/bio attentions.
@@ -58,16 +67,22 @@ class BiosercBertConfig(PretrainedConfig):
     """
 
     model_type = MODEL_TYPE
-    FIELDS = ("encoder", "label_set", "labels", "window", "bio_mode", "speaker_hidden", "ctx_ffn", "heads", "dropout",
-              "ctx_dropout", "max_length", "bio_max_length", "freeze_layers", "encode_chunk")
+    FIELDS = ("encoder", "label_set", "labels", "window", "bio_mode", "profile", "profile_dim", "speaker_hidden",
+              "ctx_ffn", "heads", "dropout", "ctx_dropout", "max_length", "bio_max_length", "freeze_layers",
+              "encode_chunk")
 
     def __init__(self, encoder: str = "minilm", label_set: str = "meld", labels: list[str] | None = None,
-                 window: int = 2, bio_mode: str = "mlp", speaker_hidden: int | None = None, ctx_ffn: int | None = None,
-                 heads: int = 8, dropout: float = 0.2, ctx_dropout: float = 0.1, max_length: int = 256,
-                 bio_max_length: int = 128, freeze_layers: int = 0, encode_chunk: int = 256,
-                 encoder_config: PretrainedConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 window: int = 2, bio_mode: str = "mlp", profile: str = "text", profile_dim: int = 0,
+                 speaker_hidden: int | None = None, ctx_ffn: int | None = None, heads: int = 8, dropout: float = 0.2,
+                 ctx_dropout: float = 0.1, max_length: int = 256, bio_max_length: int = 128, freeze_layers: int = 0,
+                 encode_chunk: int = 256, encoder_config: PretrainedConfig | dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         if bio_mode not in BIO_MODES:
             raise ValueError(f"bio_mode must be one of {BIO_MODES}, got {bio_mode!r}")
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        if profile in VECTOR_PROFILES and bio_mode != "none" and profile_dim < 1:
+            raise ValueError(f"profile {profile} needs profile_dim, the size of its vectors, got {profile_dim}")
         if encode_chunk < 1:
             raise ValueError(f"encode_chunk must be at least 1, got {encode_chunk}")
         labels = list(labels or get_label_set(label_set).labels)
@@ -76,6 +91,7 @@ class BiosercBertConfig(PretrainedConfig):
         super().__init__(id2label=dict(enumerate(labels)), label2id={y: i for i, y in enumerate(labels)}, **kwargs)
         self.encoder, self.label_set, self.labels, self.window = encoder, label_set, labels, window
         self.bio_mode, self.speaker_hidden, self.ctx_ffn, self.heads = bio_mode, speaker_hidden, ctx_ffn, heads
+        self.profile, self.profile_dim = profile, profile_dim
         self.dropout, self.ctx_dropout, self.freeze_layers = dropout, ctx_dropout, freeze_layers
         self.max_length, self.bio_max_length, self.encode_chunk = max_length, bio_max_length, encode_chunk
         if isinstance(encoder_config, dict):
@@ -168,6 +184,9 @@ class BiosercBert(PreTrainedModel):
             self.bio_attn = nn.MultiheadAttention(hidden, config.heads, dropout=config.dropout, batch_first=True)
         if config.bio_mode != "none":
             self.head_bio = nn.Linear(hidden, n)
+            if config.profile in VECTOR_PROFILES:  # LayerNorm: probabilities and hidden states differ in scale
+                self.profile_proj = nn.Sequential(nn.LayerNorm(config.profile_dim),
+                                                  nn.Linear(config.profile_dim, hidden), nn.Tanh())
         self.freeze(config.freeze_layers)
         self.post_init()
 
@@ -218,7 +237,8 @@ class BiosercBert(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
                 utt_position: torch.Tensor, utt_mask: torch.Tensor, utt_speaker: torch.Tensor,
                 bio_input_ids: torch.Tensor | None = None, bio_attention_mask: torch.Tensor | None = None,
-                speaker_bio: torch.Tensor | None = None, speaker_mask: torch.Tensor | None = None) -> torch.Tensor:
+                speaker_bio: torch.Tensor | None = None, speaker_mask: torch.Tensor | None = None,
+                speaker_profile: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, L, C) for B conversations padded to L utterances; see `Collator` for the inputs."""
         n_conv, n_utt = utt_mask.shape
         utt = torch.tanh(self.utt_proj(self.encode(input_ids, attention_mask, target_mask)))  # (N, H)
@@ -233,8 +253,11 @@ class BiosercBert(PreTrainedModel):
                   + self.head_inter(drop(inter)))
         if self.config.bio_mode == "none":
             return logits
-        bios = self.encode(bio_input_ids, bio_attention_mask, bio_attention_mask)  # (U, H): each distinct bio once
-        conv_bios = bios[speaker_bio]  # (B, S, H)
+        if self.config.profile in VECTOR_PROFILES:
+            conv_bios = self.profile_proj(speaker_profile)  # (B, S, D) -> (B, S, H)
+        else:
+            bios = self.encode(bio_input_ids, bio_attention_mask, bio_attention_mask)  # (U, H): each bio once
+            conv_bios = bios[speaker_bio]  # (B, S, H)
         own = conv_bios.gather(1, utt_speaker.unsqueeze(-1).expand(-1, -1, hidden))  # (B, L, H)
         if self.config.bio_mode == "mlp":
             return logits + self.head_bio(drop(own))

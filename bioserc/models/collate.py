@@ -4,40 +4,103 @@ Every utterance becomes one encoder sequence: its ±window neighbours as " SPEAK
 with the target wrapped in the tokenizer's separator token before and after it, as the paper does. Each piece is
 tokenised once per conversation and windows are assembled from token ids, so truncation trims the far context first
 and never cuts a target marker (string-level truncation, as in the reference code, can drop the second `</s>`).
+Speaker profiles are bio texts (tokenised here, encoded by the model) or, for the scores/latent profiles, vectors
+passed as they are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from bioserc.jsonio import read_jsonl
+from bioserc.bios.profiles import PROFILES as ROW_PROFILES
+from bioserc.bios.profiles import VECTOR_PROFILES
+from bioserc.errors import RecordError
+from bioserc.jsonio import open_text
 from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
 
 BioKey = tuple[str, str]  # (conversation_id, speaker)
+Bio = str | Sequence[float]  # a bio text, or a scores/latent profile vector
 IGNORE = -100  # label of padding and unlabelled utterances; cross-entropy skips it
+# The `profile` of the bios.jsonl rows each classifier profile reads: any text profile is a bio text.
+ROW_KINDS = {"text": tuple(p for p in ROW_PROFILES if p not in VECTOR_PROFILES), **{p: (p,) for p in VECTOR_PROFILES}}
 
 
-def load_bios(paths: str | Iterable[str]) -> dict[BioKey, str]:
-    """`bios.jsonl` rows written by `bioserc bios` (plain or .gz) -> {(conversation_id, speaker): bio}."""
-    bios: dict[BioKey, str] = {}
+def load_bios(paths: str | Iterable[str], profile: str = "text", dim: int | None = None) -> dict[BioKey, Bio]:
+    """`bios.jsonl` rows written by `bioserc bios` (plain or .gz) -> {(conversation_id, speaker): bio}.
+
+    `profile` is the model's: "text" reads the `bio` of text and emotion rows, "scores" / "latent" read each row's
+    `vector`, which must hold `dim` finite numbers (None: as many as the first vector read). A row of another profile
+    or a vector of another size is a `RecordError` naming the file, line and field: a model silently fed profiles it
+    was not trained on would still predict, only worse. Failed rows (`error` set) belong to the dead-letter output
+    and are skipped.
+    """
+    if profile not in ROW_KINDS:
+        raise ValueError(f"profile must be one of {tuple(ROW_KINDS)}, got {profile!r}")
+    bios: dict[BioKey, Bio] = {}
+    first = "the model's profile_dim"  # what fixed `dim`, for the error message
     for path in [paths] if isinstance(paths, str) else paths:
-        for row in read_jsonl(path):
-            if row.get("error") or not row.get("bio"):  # failed bios belong to the dead-letter output
-                continue
-            bios[(str(row["conversation_id"]), str(row["speaker"]))] = str(row["bio"])
+        with open_text(path) as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                row, where = _bio_row(path, number, line), f"line {number}"
+                if (kind := row.get("profile", "text")) not in ROW_KINDS[profile]:
+                    raise RecordError(path, where, "profile", f"{kind!r} rows cannot feed a model of profile "
+                                      f"{profile} (it reads {' or '.join(ROW_KINDS[profile])} rows, from `bioserc "
+                                      f"bios --profile`)")
+                if row.get("error") or (profile == "text" and not row.get("bio")):
+                    continue  # failed bios belong to the dead-letter output
+                key = _bio_key(path, where, row)
+                if profile == "text":
+                    bios[key] = str(row["bio"])
+                    continue
+                vector = _vector(path, where, row.get("vector"))
+                if dim is None:
+                    dim, first = len(vector), f"the first vector, {path} line {number}"
+                if len(vector) != dim:
+                    raise RecordError(path, where, "vector", f"has {len(vector)} entries, expected {dim} ({first})")
+                bios[key] = vector
     return bios
 
 
-def missing_bios(conversations: Iterable[Conversation], bios: Mapping[BioKey, str] | None) -> list[BioKey]:
-    """The (conversation, speaker) pairs without a bio: they are encoded as an empty bio, which users should know."""
+def _bio_row(path: str, number: int, line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except ValueError as err:
+        raise RecordError(path, f"line {number}", None, f"not JSON: {err}") from None
+    if not isinstance(row, dict):
+        raise RecordError(path, f"line {number}", None, f"a bio row is a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _bio_key(path: str, where: str, row: dict[str, Any]) -> BioKey:
+    for name in ("conversation_id", "speaker"):
+        if name not in row:
+            raise RecordError(path, where, name, "missing")
+    return str(row["conversation_id"]), str(row["speaker"])
+
+
+def _vector(path: str, where: str, value: Any) -> list[float]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise RecordError(path, where, "vector", "must be a non-empty list of finite numbers")
+    return [float(v) for v in value]
+
+
+def missing_bios(conversations: Iterable[Conversation], bios: Mapping[BioKey, Bio] | None) -> list[BioKey]:
+    """The (conversation, speaker) pairs without a bio: they are encoded as an empty bio (a zero profile vector),
+    which users should know."""
     bios = bios or {}
     return [(c.id, s) for c in conversations for s in c.speakers if (c.id, s) not in bios]
 
@@ -80,7 +143,7 @@ class Batch:
     utterance_indices: list[list[int]]  # Utterance.index of each real position, per conversation
     inputs: dict[str, torch.Tensor]  # keyword arguments of BiosercBert.forward
     labels: torch.Tensor  # (B, L) label ids, IGNORE for padding and unlabelled utterances
-    bio_missing: list[BioKey]  # speakers of this batch encoded with an empty bio
+    bio_missing: list[BioKey]  # speakers of this batch encoded with an empty bio (or a zero profile vector)
 
     def to(self, device: torch.device | str) -> Batch:
         inputs = {k: v.to(device) for k, v in self.inputs.items()}
@@ -88,12 +151,14 @@ class Batch:
 
 
 class Collator:
-    """Builds `Batch`es for one tokenizer and model config (window, lengths, bio mode, label order)."""
+    """Builds `Batch`es for one tokenizer and model config (window, lengths, bio mode, profile, label order)."""
 
     def __init__(self, tokenizer, config) -> None:
         self.tokenizer, self.window = tokenizer, config.window
         self.max_length, self.bio_max_length = config.max_length, config.bio_max_length
         self.use_bios = config.bio_mode != "none"
+        self.vectors = self.use_bios and config.profile in VECTOR_PROFILES
+        self.profile, self.profile_dim = config.profile, config.profile_dim
         self.label_ids = {name: i for i, name in enumerate(config.labels)}
         self.sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         if self.sep is None:
@@ -123,7 +188,7 @@ class Collator:
         start = len(self.prefix) + len(left)
         return ids, start, start + len(target) + 2
 
-    def __call__(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None) -> Batch:
+    def __call__(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None = None) -> Batch:
         assert conversations and all(c.utterances for c in conversations), "every conversation needs an utterance"
         n_conv, n_utt = len(conversations), max(len(c.utterances) for c in conversations)
         windows: list[tuple[list[int], int, int]] = []
@@ -157,7 +222,9 @@ class Collator:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "target_mask": target_mask,
                   "utt_position": torch.tensor(positions), "utt_mask": utt_mask, "utt_speaker": utt_speaker}
         missing: list[BioKey] = []
-        if self.use_bios:
+        if self.vectors:
+            inputs.update(self.profile_inputs(conversations, bios or {}, missing))
+        elif self.use_bios:
             inputs.update(self.bio_inputs(conversations, bios or {}, missing))
         return Batch([c.id for c in conversations], [[u.index for u in c.utterances] for c in conversations],
                      inputs, labels, missing)
@@ -181,3 +248,23 @@ class Collator:
                              return_tensors="pt")
         return {"bio_input_ids": enc["input_ids"], "bio_attention_mask": enc["attention_mask"],
                 "speaker_bio": speaker_bio, "speaker_mask": speaker_mask}
+
+    def profile_inputs(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio],
+                       missing: list[BioKey]) -> dict[str, torch.Tensor]:
+        """Each speaker's profile vector, zeros for a speaker without one (as a missing text bio is encoded empty)."""
+        n_spk = max(len(c.speakers) for c in conversations)
+        speaker_profile = torch.zeros(len(conversations), n_spk, self.profile_dim)
+        speaker_mask = torch.zeros(len(conversations), n_spk, dtype=torch.bool)
+        for b, conv in enumerate(conversations):
+            for k, speaker in enumerate(conv.speakers):
+                vector = bios.get((conv.id, speaker))
+                if vector is None:
+                    missing.append((conv.id, speaker))
+                elif isinstance(vector, str) or len(vector) != self.profile_dim:
+                    got = "a text bio" if isinstance(vector, str) else f"{len(vector)} numbers"
+                    raise ValueError(f"conversation {conv.id} speaker {speaker}: the model reads {self.profile} "
+                                     f"profiles of {self.profile_dim} numbers, got {got}")
+                else:
+                    speaker_profile[b, k] = torch.as_tensor(vector, dtype=speaker_profile.dtype)
+                speaker_mask[b, k] = True
+        return {"speaker_profile": speaker_profile, "speaker_mask": speaker_mask}

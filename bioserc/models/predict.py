@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from bioserc.models.bioserc_bert import BiosercBert
-from bioserc.models.collate import Batch, BioKey, Collator, length_sorted_batches, missing_bios
+from bioserc.models.collate import Batch, Bio, BioKey, Collator, length_sorted_batches, missing_bios
 from bioserc.schema import Conversation
 
 
@@ -65,13 +65,14 @@ def pieces(conversations: Sequence[Conversation], max_context: int = MAX_CONTEXT
     return out
 
 
-def predict_conversations(conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None,
+def predict_conversations(conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None,
                           collator: Collator, labels: Sequence[str], logits: Callable[[Batch], torch.Tensor],
                           batch_size: int = 8, max_utterances: int | None = None,
                           progress: bool = False) -> list[Prediction]:
     """One `Prediction` per utterance, in input order; `logits(batch)` returns (B, L, C) for one `Collator` batch.
 
-    Speakers without a bio are encoded with an empty one (as training does) and counted in a warning.
+    Speakers without a bio are encoded with an empty one (a zero vector for the scores/latent profiles, as training
+    does) and counted in a warning.
     """
     parts = pieces(conversations)
     found: dict[int, list[tuple[int, Prediction]]] = {i: [] for i in range(len(conversations))}
@@ -85,12 +86,13 @@ def predict_conversations(conversations: Sequence[Conversation], bios: Mapping[B
                 found[piece.source].append((piece.start + k, Prediction(piece.conversation.id, u.index,
                                                                          labels[int(p.argmax())], p.tolist())))
     if collator.use_bios and (n_missing := len(missing_bios(conversations, bios))):
-        logger.warning("%d speaker(s) had no bio and were classified with an empty one", n_missing)
+        logger.warning("%d speaker(s) had no bio and were classified with %s", n_missing,
+                       f"a zero {collator.profile} vector" if collator.vectors else "an empty one")
     return [p for i in range(len(conversations)) for _, p in sorted(found[i], key=lambda kp: kp[0])]
 
 
 @torch.inference_mode()
-def predict(model: BiosercBert, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
+def predict(model: BiosercBert, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None = None,
             batch_size: int = 8, progress: bool = False, max_utterances: int | None = None) -> list[Prediction]:
     """`predict_conversations` with a PyTorch `BiosercBert` (in eval mode for the call)."""
     was_training = model.training
