@@ -51,6 +51,7 @@ from bioserc.pipelines.outputs import (
     discard,
     keep_failed,
     output_lock,
+    print_summary,
     promote,
     read_ledger,
     remove_leftovers,
@@ -382,11 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result.counters, indent=2, sort_keys=True), file=sys.stderr)
-    print(f"bios: {output_path(result.where, BIOS)}  dead letters: {output_path(result.where, DEAD)}", file=sys.stderr)
-    if result.where != result.output:
-        print(f"this run's files were kept in {result.where}; the previous outputs are unchanged", file=sys.stderr)
-    print(result.message, file=sys.stderr)
+    print_summary(result.counters, f"bios: {output_path(result.where, BIOS)}  dead letters: "
+                  f"{output_path(result.where, DEAD)}", result.where, result.output, result.message)
     return result.exit_code
 
 

@@ -103,6 +103,7 @@ from bioserc.pipelines.outputs import (
     discard,
     keep_failed,
     output_lock,
+    print_summary,
     promote,
     remove_leftovers,
     staging_folder,
@@ -428,13 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ArtifactError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(outcome.counters, indent=2, sort_keys=True), file=sys.stderr)
-    names = (UTTERANCES, PARQUET, CONVERSATIONS)
-    print("labels: " + ", ".join(output_path(outcome.where, n) for n in names) +
-          f"\ndead letters: {output_path(outcome.where, DEAD)}", file=sys.stderr)
-    if outcome.where != outcome.output:
-        print(f"this run's files were kept in {outcome.where}; the previous outputs are unchanged", file=sys.stderr)
-    print(outcome.message, file=sys.stderr)
+    files = "labels: " + ", ".join(output_path(outcome.where, n) for n in (UTTERANCES, PARQUET, CONVERSATIONS))
+    print_summary(outcome.counters, f"{files}\ndead letters: {output_path(outcome.where, DEAD)}", outcome.where,
+                  outcome.output, outcome.message)
     return outcome.exit_code
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -304,3 +305,13 @@ def keep_failed(staging: str, output: str) -> str:
     target = output_path(output, "failed-" + staging.rstrip("/").rsplit("/", 1)[-1].removeprefix(".staging-"))
     FileSystems.rename([staging], [target])
     return target
+
+
+def print_summary(counters: dict[str, int], outputs: str, where: str, output: str, message: str) -> None:
+    """What a finished `bioserc bios`/`label` run prints to stderr: its counters, where its files are (`outputs`
+    names them), whether they were kept aside, and its one-line summary last."""
+    print(json.dumps(counters, indent=2, sort_keys=True), file=sys.stderr)
+    print(outputs, file=sys.stderr)
+    if where != output:
+        print(f"this run's files were kept in {where}; the previous outputs are unchanged", file=sys.stderr)
+    print(message, file=sys.stderr)
