@@ -62,6 +62,10 @@ def sum_ledger(rows: Iterable[dict[str, Any]], totals: dict[str, int] | None = N
     return totals
 
 
+KEEP = 2  # models one process keeps loaded: a label run with bio generation has two model steps
+_LOADED: dict[str, Any] = {}  # handler settings -> the model this process loaded with them, oldest first
+
+
 class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, PredictionT, ModelT]):
     """Runs `inner` on each batch as it comes: Batch[example] -> Batch[(example, prediction)], same key.
 
@@ -73,7 +77,22 @@ class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, 
         self.inner = inner
 
     def load_model(self) -> ModelT:
-        return self.inner.load_model()
+        """The inner handler's model, loaded once per process and then kept.
+
+        Beam's Dask runner sets up (and tears down) every DoFn once per Dask partition, and RunInference keeps its
+        model only through a weak reference, so without this every partition loaded its model again: slower, and
+        the worker's heap grew with the archive. Keyed by the handler's settings (its public attributes), so steps
+        or pipelines with different models or options never share one; the last `KEEP` models stay loaded. A
+        handler that shows a progress bar runs in-process, where the DoFn lives for the whole run: it loads directly.
+        """
+        if getattr(self.inner, "progress_total", None):
+            return self.inner.load_model()
+        key = repr(sorted((k, v) for k, v in vars(self.inner).items() if not k.startswith("_")))
+        if key not in _LOADED:
+            while len(_LOADED) >= KEEP:
+                _LOADED.pop(next(iter(_LOADED)))  # the oldest goes before the next one loads
+            _LOADED[key] = self.inner.load_model()
+        return _LOADED[key]
 
     def run_inference(self, batch: Batch, model: ModelT,
                       inference_args: dict[str, Any] | None = None) -> Iterable[Batch]:
