@@ -2,8 +2,8 @@
 
     python bench/bios_bench.py --conversations 24 --out docs/bench/bios.json
 
-Measures, on the same conversations: batched vs one-at-a-time generation, per-speaker vs per-conversation prompts,
-ONNX Runtime vs PyTorch, and a rerun against a warm cache. Prints one JSON object.
+Measures, on the same conversations: batched vs one-at-a-time generation, ONNX Runtime vs PyTorch, and a rerun
+against a warm cache. Prints one JSON object. (Shared-prefix generation and threads: bench/bios_speed.py.)
 """
 
 from __future__ import annotations
@@ -72,8 +72,6 @@ def main() -> None:
     small = convs[: args.single]
     rows.append(measure("pytorch batched, single subset", BioExtractor(batched, config), small))
     rows.append(measure("pytorch one-at-a-time, single subset", BioExtractor(single, config), small))
-    rows.append(measure("pytorch batched per-conversation",
-                        BioExtractor(batched, config, mode="per-conversation"), convs))
     with tempfile.TemporaryDirectory() as cache_dir:
         cold = measure("pytorch batched, cold cache", BioExtractor(batched, config, cache=BioCache(cache_dir)), convs)
         warm = measure("pytorch batched, warm cache", BioExtractor(batched, config, cache=BioCache(cache_dir)), convs)
@@ -85,8 +83,6 @@ def main() -> None:
         "batched_vs_single_bios_per_s": round(by["pytorch batched, single subset"]["bios_per_s"]
                                               / by["pytorch one-at-a-time, single subset"]["bios_per_s"], 2),
         "warm_cache_wall_fraction": round(warm["wall_s"] / cold["wall_s"], 4),
-        "per_conversation_vs_per_speaker_wall": round(by["pytorch batched per-conversation"]["wall_s"]
-                                                      / rows[0]["wall_s"], 2),
     })
     emit(report, args.out)
 

@@ -3,9 +3,9 @@
     python bench/bios_speed.py --parts prefix batch roof threads --out docs/bench/bios_speed.json
 
 prefix   shared-prefix generation (a conversation's transcript prefilled once, its KV cache branched per speaker) vs
-         every prompt prefilled on its own, and vs one prompt for all speakers (`--scope per-conversation`),
-         alternating on chunks of --chunk conversations so load drift hits all alike; shared and per-speaker
-         prefill must give the same bios; the tokens each computes are counted.
+         every prompt prefilled on its own, alternating on chunks of --chunk conversations so load drift hits both
+         alike; both must give the same bios; the tokens each computes are counted. (One prompt for all of a
+         conversation's speakers was measured here too, lost, and was removed: docs/BENCHMARKS.md.)
 batch    bios/s at batch sizes --batch-sizes on the same >= 64 prompts (batch 1 is one-at-a-time; batch 1 without
          prefix sharing is today's one-at-a-time path), with padding waste in prefill and decode slots.
 roof     a batched matmul of the model's shape (tokens x hidden x intermediate) on this CPU: the FLOP/s the model's
@@ -39,17 +39,15 @@ def conversations(path: str, n: int, skip: int = 0):
     return read_conversations(path)[skip:skip + n]
 
 
-def run_bios(backend, convs, config, chunk: int, mode: str = "per-speaker") -> tuple[list, float]:
+def run_bios(backend, convs, config, chunk: int) -> tuple[list, float]:
     from bioserc.bios.extract import BioExtractor
 
     start = time.perf_counter()
-    results = list(BioExtractor(backend, config, mode=mode).run(convs, chunk=chunk))
+    results = list(BioExtractor(backend, config).run(convs, chunk=chunk))
     return results, time.perf_counter() - start
 
 
-# variant: (share_prefix, --scope)
-PREFIX_VARIANTS = {"per-speaker prefill": (False, "per-speaker"), "shared prefix": (True, "per-speaker"),
-                   "one prompt per conversation, shared prefix": (True, "per-conversation")}
+PREFIX_VARIANTS = {"per-speaker prefill": False, "shared prefix": True}  # variant: the backend's share_prefix
 
 
 def prefix_part(args, backend, config) -> dict:
@@ -57,9 +55,9 @@ def prefix_part(args, backend, config) -> dict:
     wall, counts = Counter(), {name: Counter() for name in PREFIX_VARIANTS}
     bios: dict[str, list] = {name: [] for name in PREFIX_VARIANTS}
     for start in range(0, len(convs), args.chunk):
-        for name, (share, mode) in PREFIX_VARIANTS.items():
+        for name, share in PREFIX_VARIANTS.items():
             backend.share_prefix, backend.counts = share, counts[name]
-            results, w = run_bios(backend, convs[start:start + args.chunk], config, args.batch_size, mode)
+            results, w = run_bios(backend, convs[start:start + args.chunk], config, args.batch_size)
             wall[name] += w
             bios[name] += sorted((r.conversation_id, r.speaker, r.bio, r.error) for r in results)
             print(json.dumps({"chunk": start, "variant": name, "wall_s": round(w, 1)}), flush=True)
@@ -70,9 +68,7 @@ def prefix_part(args, backend, config) -> dict:
     return {"conversations": len(convs), "batch_size": args.batch_size, "rows": rows,
             "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)), "bios": len(new),
             "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5],
-            "shared_vs_per_speaker_wall": round(wall["per-speaker prefill"] / wall["shared prefix"], 2),
-            "per_conversation_vs_shared_wall": round(wall["one prompt per conversation, shared prefix"]
-                                                     / wall["shared prefix"], 2)}
+            "shared_vs_per_speaker_wall": round(wall["per-speaker prefill"] / wall["shared prefix"], 2)}
 
 
 def batch_part(args, backend, config) -> dict:

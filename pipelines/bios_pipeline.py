@@ -1,7 +1,7 @@
 """Beam pipeline: transcript archive -> one biography per (conversation, speaker).
 
     bioserc bios examples/transcripts -o out/bios
-    bioserc bios examples/transcripts -o out/bios --scope per-conversation --batch-size 32
+    bioserc bios examples/transcripts -o out/bios --batch-size 32 --threads 2
     bioserc bios examples/transcripts -o out/profiles --profile scores --dataset meld   # label probabilities
     bioserc bios 'gs://bucket/calls/*.json' -o gs://bucket/bios --runner DataflowRunner --project P \\
         --region europe-west1 --temp_location gs://bucket/tmp --extra_package dist/bioserc-0.1.0-py3-none-any.whl
@@ -37,7 +37,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
-from bioserc.bios.extract import MODES, BioExtractor, BioResult, paper_bios
+from bioserc.bios.extract import BioExtractor, BioResult, paper_bios
 from bioserc.bios.profiles import PREFILL_OUTPUTS, PROFILES, check_profile
 from bioserc.labels import LABEL_SETS
 from bioserc.pipelines.io import FileGroups, ParseFiles, output_path
@@ -72,17 +72,21 @@ DASK_PARTITION_FLAGS = {"--dask_npartitions", "--dask_partition_size"}
 DASK_PARTITION_GROUPS = 4  # default Dask partition: 4 file groups (64 calls in one-call files at the default batch)
 GENERATION_FAILED = "generation failed:"  # how `BioExtractor.generate` marks the results of a batch the backend failed
 THREADED = ("transformers", "onnx")  # in-process CPU runtimes; a server or TensorRT-LLM picks its own threads
+# The usage error of the removed --scope/--mode (bios) and --bio-scope/--bio-mode (label) flags.
+SCOPE_REMOVED = ("removed: every speaker gets its own prompt, and a conversation's prompts share the transcript's "
+                 "prefill, which is faster than one prompt per conversation was (see docs/BENCHMARKS.md); drop the "
+                 "flag")
 
 
 class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor]):
     """Loads one LLM backend per worker process and turns a batch of conversations into bio results."""
 
     def __init__(self, backend: str, model: str, backend_options: dict[str, Any], config: GenerationConfig,
-                 mode: str, words: int, cache_dir: str | None, max_batch_size: int = 4, progress_total: int = 0,
+                 words: int, cache_dir: str | None, max_batch_size: int = 4, progress_total: int = 0,
                  profile: str = "text", labels: Sequence[str] | None = None):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.backend, self.model, self.backend_options = backend, model, backend_options
-        self.config, self.mode, self.words, self.cache_dir = config, mode, words, cache_dir
+        self.config, self.words, self.cache_dir = config, words, cache_dir
         self.profile, self.labels = profile, labels
         self.progress_total = progress_total
         self._bar = None
@@ -97,7 +101,7 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.progress_total, desc="bios", unit="bio")
-        return BioExtractor(backend, self.config, self.mode, self.words, cache, self.profile, self.labels)
+        return BioExtractor(backend, self.config, self.words, cache, self.profile, self.labels)
 
     def run_inference(self, batch: Sequence[Conversation], model: BioExtractor,
                       inference_args: dict[str, Any] | None = None) -> Iterable[list[BioResult]]:
@@ -168,8 +172,6 @@ def make_parser() -> argparse.ArgumentParser:
                    "changes it, reactions to others; emotion-v1), scores (no decoding: each --dataset label's "
                    "probability as the answer to how the speaker feels overall; scores-v1) or latent (the LLM's "
                    "final hidden state at the end of that question); scores and latent need a local backend")
-    g.add_argument("--scope", default="per-speaker", choices=MODES, dest="mode",
-                   help="per-speaker: one prompt per speaker (the paper); per-conversation: one prompt for all")
     g.add_argument("--words", type=at_least(1), default=60, help="word limit asked for in the prompt")
     g.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation limit per bio")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (use with --seed)")
@@ -181,7 +183,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="conversations Beam hands to one inference call")
     g.add_argument("--cache", metavar="DIR",
                    help="bio cache directory shared across runs; 'none' disables it (default: OUTPUT/cache)")
-    add_renamed(g, "--mode", "use --scope per-speaker|per-conversation (bio_mode is the model's bio head)")
+    add_renamed(g, "--scope", SCOPE_REMOVED)
+    add_renamed(g, "--mode", SCOPE_REMOVED)
     g = p.add_argument_group("run")
     g.add_argument("--allow-skips", action="store_true",
                    help="exit 0 even if some bios or input records were dead-lettered")
@@ -241,7 +244,7 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progr
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
     cache = None if args.cache == "none" else (args.cache or output_path(args.output, "cache"))
     labels = LABEL_SETS[args.dataset].labels if args.dataset else None
-    handler = BioModelHandler(args.backend, args.model, backend_options(args), config, args.mode, args.words, cache,
+    handler = BioModelHandler(args.backend, args.model, backend_options(args), config, args.words, cache,
                               max_batch_size=args.conversations_per_batch, progress_total=progress_total,
                               profile=args.profile, labels=labels)
     _ = (pipeline
@@ -354,8 +357,8 @@ def run(argv: Sequence[str] | None = None, progress: bool = False) -> BiosRun:
     its outputs and finish on the driver; `progress` shows a bar on the local runners."""
     parser = make_parser()
     args, beam_args = parse_pipeline_args(parser, sys.argv[1:] if argv is None else argv)
-    try:  # before anything loads: a profile the backend, scope or label set cannot make is a usage error
-        check_profile(args.profile, args.backend, PREFILL_OUTPUTS.get(args.backend, ()), args.mode,
+    try:  # before anything loads: a profile the backend or label set cannot make is a usage error
+        check_profile(args.profile, args.backend, PREFILL_OUTPUTS.get(args.backend, ()),
                       LABEL_SETS[args.dataset].labels if args.dataset else None)
     except ValueError as err:
         parser.error(str(err))

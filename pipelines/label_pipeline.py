@@ -69,9 +69,9 @@ from bioserc import __version__
 from bioserc.artifacts import ArtifactError, default_model_dir, manifest_hash
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
-from bioserc.bios.extract import MODES
 from bioserc.labels import LABEL_SETS
 from bioserc.pipelines.bios_pipeline import (
+    SCOPE_REMOVED,
     BioModelHandler,
     add_server_args,
     backend_options,
@@ -146,8 +146,6 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--bio-model", default="smollm2", help="LLM: embedded name, local folder or served name "
                    "(bios --model)")
     add_server_args(g, "bio-")
-    g.add_argument("--bio-scope", default="per-speaker", choices=MODES,
-                   help="one prompt per speaker (the paper) or one per conversation (bios --scope)")
     g.add_argument("--bio-words", type=at_least(1), default=60, help="word limit asked for (bios --words)")
     g.add_argument("--bio-max-new-tokens", type=at_least(1), default=96,
                    help="generation limit per bio (bios --max-new-tokens)")
@@ -157,7 +155,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="CPU threads of the LLM per worker process (default 0: automatic; bios --threads)")
     g.add_argument("--bio-cache", metavar="DIR",
                    help="bio cache shared across runs; 'none' disables it (default: OUTPUT/cache; bios --cache)")
-    add_renamed(g, "--bio-mode", "use --bio-scope per-speaker|per-conversation (bio_mode is the model's bio head)")
+    add_renamed(g, "--bio-scope", SCOPE_REMOVED)
+    add_renamed(g, "--bio-mode", SCOPE_REMOVED)
     g = p.add_argument_group("classifier")
     g.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda[:N]; tensorrt for ONNX")
     g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
@@ -280,8 +279,8 @@ def _bio_requests(convs, args: argparse.Namespace, plan: Plan, hints: dict, prog
     cache = None if args.bio_cache == "none" else (args.bio_cache or output_path(args.output, "cache"))
     backend = backend_options(args, "bio_")
     total = plan.expected.speakers if progress and plan.expected else 0
-    handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_scope, args.bio_words,
-                              cache, max_batch_size=args.conversations_per_batch, progress_total=total)
+    handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_words, cache,
+                              max_batch_size=args.conversations_per_batch, progress_total=total)
     generate = RunInference(BatchedModelHandler(handler))  # batch of conversations -> (conversation, bios) pairs
     return (convs | "Bios" >> (generate.with_resource_hints(**hints) if hints else generate)
             | "AttachGeneratedBios" >> beam.ParDo(AttachGeneratedBios(expected)))

@@ -1,4 +1,4 @@
-"""Bio extraction: prompts, truncation, parsing, cache, dead letters and the Beam pipeline (with a scripted backend),
+"""Bio extraction: prompts, truncation, cache, dead letters and the Beam pipeline (with a scripted backend),
 plus one end-to-end run of the embedded SmolLM2 (slow)."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 
 from bioserc.artifacts import write_manifest
 from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend
-from bioserc.bios.cache import BioCache, model_fingerprint
+from bioserc.bios.cache import BioCache, bio_key, model_fingerprint
 from bioserc.bios.extract import BioExtractor, paper_bios
 from bioserc.bios.postprocess import clean_bio, degenerate_reason
 from bioserc.bios.prefix import pack_groups, prefix_groups
 from bioserc.jsonio import read_jsonl
-from bioserc.prompts.bio import parse_group_answer, speaker_prompt
+from bioserc.prompts.bio import BIO_PROMPT_VERSION, speaker_prompt, transcript_text
 from bioserc.schema import Conversation, Utterance
 
 
@@ -39,8 +39,8 @@ class ScriptedBackend(LLMBackend):
     name = "scripted"
     model_id = "scripted-1"
 
-    def __init__(self, max_context: int = 4096, group_answer: str | None = None, fail_on: str | None = None):
-        self.max_context, self.group_answer, self.fail_on = max_context, group_answer, fail_on
+    def __init__(self, max_context: int = 4096, fail_on: str | None = None):
+        self.max_context, self.fail_on = max_context, fail_on
         self.calls: list[int] = []
         self.lock = threading.Lock()
 
@@ -52,14 +52,10 @@ class ScriptedBackend(LLMBackend):
             self.calls.append(len(batch))
         out = []
         for messages in batch:
-            prefix = messages[-1]["content"]
             if self.fail_on and self.fail_on in messages[1]["content"]:
                 raise RuntimeError("backend exploded")
-            if prefix.endswith(":"):  # per-conversation prompt
-                out.append(Generation(self.group_answer or "", 50, 20, "stop"))
-            else:
-                name = prefix[: -len(" is")]
-                out.append(Generation(f" a calm and polite speaker; {name} talks about the bill.", 50, 12, "stop"))
+            name = messages[-1]["content"][: -len(" is")]  # the answer is pre-filled "NAME is"
+            out.append(Generation(f" a calm and polite speaker; {name} talks about the bill.", 50, 12, "stop"))
         return out
 
 
@@ -123,18 +119,22 @@ def test_injection_text_still_yields_bio_of_named_speaker():
         assert r.error is None and r.bio.startswith(f"{r.speaker} is a calm")
 
 
-def test_group_answer_parsing_and_fallback_to_per_speaker():
-    answer = " a patient helper.\nCUSTOMER: an annoyed but reasonable caller who wants the bill fixed.\n"
-    assert parse_group_answer("AGENT:" + answer, ["AGENT", "CUSTOMER"]) == {
-        "AGENT": "a patient helper.", "CUSTOMER": "an annoyed but reasonable caller who wants the bill fixed."}
-    # the model forgot CUSTOMER and AGENT's bio is too short: both fall back to per-speaker prompts
-    backend = ScriptedBackend(group_answer=" ok")
-    results = list(BioExtractor(backend, mode="per-conversation").run([CALL]))
-    assert sorted((r.speaker, r.mode, r.error) for r in results) == [
-        ("AGENT", "per-speaker", None), ("CUSTOMER", "per-speaker", None)]
-    good = ScriptedBackend(group_answer=answer.replace("a patient helper.", "a patient and friendly helper today."))
-    results = list(BioExtractor(good, mode="per-conversation").run([CALL]))
-    assert {r.mode for r in results} == {"per-conversation"} and good.calls == [1]
+def test_every_speaker_gets_its_own_prompt_and_rows_name_no_scope():
+    """One prompt per (conversation, speaker) is the only way bios are made, so a row no longer says which."""
+    backend = ScriptedBackend()
+    rows = [r.to_dict() for r in BioExtractor(backend).run([CALL])]
+    assert backend.calls == [2] and sorted(row["speaker"] for row in rows) == ["AGENT", "CUSTOMER"]
+    assert all("mode" not in row and row["bio"].startswith(f"{row['speaker']} is") for row in rows)
+
+
+@pytest.mark.parametrize("config, words", [(GenerationConfig(), 60),
+                                           (GenerationConfig(max_new_tokens=7, do_sample=True, seed=3), 30)])
+def test_text_cache_keys_are_those_written_while_the_scope_flag_existed(config, words):
+    """Caches from before `--scope` was removed stay valid: a text key still holds "mode": "per-speaker"."""
+    backend = ScriptedBackend()
+    old = bio_key(transcript_text(CALL), "AGENT", backend.identity(), BIO_PROMPT_VERSION,
+                  {**config.to_dict(), "mode": "per-speaker", "words": words})
+    assert BioExtractor(backend, config, words=words).key(CALL, "AGENT") == old
 
 
 def test_cache_skips_generation_and_survives_torn_lines(tmp_path):

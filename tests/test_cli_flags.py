@@ -89,14 +89,23 @@ def test_prefixes_and_misspelt_beam_flags_are_refused(capsys, tmp_path, argv, wa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command, old, new", [
-    ("label", "--bio-mode", "--bio-scope"),
-    ("label", "--batch-size", "--batch-utterances"),
-    ("bios", "--mode", "--scope"),
+def test_renamed_flags_point_to_their_new_name(capsys, tmp_path):
+    err = usage_error(capsys, ["label", str(CALLS), "-o", str(tmp_path / "out"), "--batch-size", "8"])
+    assert "--batch-size was renamed: use --batch-utterances" in err
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("bios", ["--scope", "per-conversation"]), ("bios", ["--mode", "per-speaker"]),
+    ("label", ["--bio-scope", "per-conversation"]), ("label", ["--bio_scope=per-conversation"]),
+    ("label", ["--bio-mode", "per-speaker"]),
 ])
-def test_renamed_flags_point_to_their_new_name(capsys, tmp_path, command, old, new):
-    err = usage_error(capsys, [command, str(CALLS), "-o", str(tmp_path / "out"), old, "per-speaker"])
-    assert f"{old} was renamed: use {new}" in err
+def test_removed_scope_flags_say_why(capsys, tmp_path, command, argv):
+    """One prompt per conversation lost to per-speaker prompts sharing the transcript's prefill, so it is gone."""
+    err = usage_error(capsys, [command, str(CALLS), "-o", str(tmp_path / "out"), *argv])
+    flag = argv[0].partition("=")[0].replace("_", "-")
+    assert flag in err and "removed: every speaker gets its own prompt" in err
+    assert "faster than one prompt per conversation was (see docs/BENCHMARKS.md)" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("parser", [label_pipeline.make_parser, bios_pipeline.make_parser])
@@ -131,13 +140,13 @@ def test_a_runner_that_cannot_be_imported_is_a_usage_error(capsys, tmp_path):
 
 def test_snake_case_spellings_of_application_flags_are_accepted(tmp_path):
     argv = [str(CALLS), "-o", str(tmp_path), "--skip_existing", "--conversations_per_batch", "4",
-            "--bio_scope=per-conversation", "--speaker_roles", "1=agent", "--batch_utterances", "64"]
+            "--bio_words=30", "--speaker_roles", "1=agent", "--batch_utterances", "64"]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
-    assert (args.skip_existing, args.conversations_per_batch, args.bio_scope) == (True, 4, "per-conversation")
+    assert (args.skip_existing, args.conversations_per_batch, args.bio_words) == (True, 4, 30)
     assert (args.speaker_roles, args.batch_utterances, beam_args) == ({"1": "agent"}, 64, [])
     args, _ = parse_pipeline_args(bios_pipeline.make_parser(), [str(CALLS), "-o", str(tmp_path), "--max_new_tokens",
-                                                                "8", "--scope", "per-conversation"])
-    assert (args.max_new_tokens, args.mode) == (8, "per-conversation")
+                                                                "8", "--batch_size", "4"])
+    assert (args.max_new_tokens, args.batch_size) == (8, 4)
 
 
 def test_one_meaning_per_name_and_shared_defaults():
@@ -145,9 +154,10 @@ def test_one_meaning_per_name_and_shared_defaults():
     bios = bios_pipeline.make_parser().parse_args([str(CALLS), "-o", "x"])
     assert label.conversations_per_batch == bios.conversations_per_batch == 16
     assert label.bio_batch_size == bios.batch_size  # prompts per generate call; label's --bio-X is bios' --X
-    assert (label.bio_scope, label.batch_utterances, label.threads, label.max_file_mb) == ("per-speaker", 256, 0,
-                                                                                            256)
-    assert not hasattr(label, "batch_size") and not hasattr(label, "bio_mode")
+    assert (label.batch_utterances, label.threads, label.max_file_mb) == (256, 0, 256)
+    removed = ("bio_mode", "bio_scope", "mode", "scope")  # test_removed_scope_flags_say_why
+    assert not any(hasattr(args, name) for args in (label, bios) for name in removed)
+    assert not hasattr(label, "batch_size")
 
 
 @pytest.mark.parametrize("flag, value", [("--threads", "-1"), ("--batch-utterances", "0"),

@@ -164,7 +164,6 @@ def test_labels_sharing_a_first_token_are_refused_by_name(backend):
     (["--profile", "latent", "--backend", "trtllm"], "profile latent needs a local backend (transformers or onnx)"),
     (["--profile", "latent", "--backend", "onnx"], "profile latent needs the transformers backend"),
     (["--profile", "scores"], "profile scores needs the label set whose words it scores (--dataset"),
-    (["--profile", "emotion", "--scope", "per-conversation"], "profile emotion takes --scope per-speaker only"),
 ])
 def test_profiles_a_backend_cannot_make_are_usage_errors_before_anything_loads(flags, message, tmp_path, capsys):
     from bioserc import cli
@@ -191,7 +190,7 @@ def test_bios_profile_scores_end_to_end(llm_dir, backend, tmp_path, monkeypatch,
     expected = profiles(backend, "scores")
     assert rows.keys() == expected.keys()
     for pair, row in rows.items():
-        assert set(row) == {"conversation_id", "speaker", "bio", "model", "prompt_version", "mode", "truncated",
+        assert set(row) == {"conversation_id", "speaker", "bio", "model", "prompt_version", "truncated",
                             "prompt_tokens", "new_tokens", "cached", "error", "profile", "vector", "seconds"}
         assert (row["profile"], row["prompt_version"], row["bio"], row["cached"]) == ("scores", "scores-v1", "", False)
         assert row["vector"] == expected[pair].vector and abs(sum(row["vector"]) - 1) < 1e-5

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bioserc.bios.backend import GenerationConfig, LLMBackend
@@ -25,11 +25,13 @@ from bioserc.bios.profiles import (
     profile_prompt,
     rounded,
 )
-from bioserc.prompts.bio import BioPrompt, conversation_prompt, parse_group_answer, transcript_text
+from bioserc.prompts.bio import BioPrompt, transcript_text
 from bioserc.schema import Conversation
 
 
-MODES = ("per-speaker", "per-conversation")
+# Text bios' cache keys keep the "mode" entry they had while `--scope per-conversation` existed, with the value every
+# bio had by default and has now: existing caches stay valid.
+TEXT_KEY_SCOPE = "per-speaker"
 # Error prefixes: the backend failed the whole batch, or refused one prompt (already retried by the backend).
 GENERATION_FAILED, REQUEST_FAILED = "generation failed:", "request failed:"
 
@@ -41,7 +43,6 @@ class BioResult:
     bio: str
     model: str
     prompt_version: str
-    mode: str
     truncated: bool = False
     prompt_tokens: int = 0
     new_tokens: int = 0
@@ -61,19 +62,18 @@ class BioResult:
 
 @dataclass(slots=True)
 class BioRequest:
+    """One speaker's prompt; `key` is its cache key."""
+
     conversation: Conversation
-    speakers: list[str]  # one speaker, or every speaker for a per-conversation prompt
-    mode: str
+    speaker: str
     prompt: BioPrompt
-    keys: dict[str, str] = field(default_factory=dict)
+    key: str
 
 
 class BioExtractor:
     """Args:
         backend: the loaded LLM.
         config: decoding settings (greedy by default).
-        mode: "per-speaker" (the paper: one prompt per speaker) or "per-conversation" (one prompt for all speakers,
-            falling back to per-speaker prompts for speakers whose bio could not be parsed).
         words: word limit asked for in the prompt.
         cache: optional `BioCache`; cached bios are returned without generating.
         profile: the profile source, one of `bioserc.bios.profiles.PROFILES` ("text": the bio).
@@ -81,14 +81,10 @@ class BioExtractor:
             in its question when given.
     """
 
-    def __init__(self, backend: LLMBackend, config: GenerationConfig | None = None, mode: str = "per-speaker",
-                 words: int = 60, cache: BioCache | None = None, profile: str = "text",
-                 labels: Sequence[str] | None = None):
-        if mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
-        check_profile(profile, backend.name, backend.prefill_outputs(), mode, labels)
-        self.backend, self.config, self.mode, self.words, self.cache = backend, config or GenerationConfig(), mode, \
-            words, cache
+    def __init__(self, backend: LLMBackend, config: GenerationConfig | None = None, words: int = 60,
+                 cache: BioCache | None = None, profile: str = "text", labels: Sequence[str] | None = None):
+        check_profile(profile, backend.name, backend.prefill_outputs(), labels)
+        self.backend, self.config, self.words, self.cache = backend, config or GenerationConfig(), words, cache
         self.profile, self.labels, self.version = profile, list(labels) if labels else None, PROMPT_VERSIONS[profile]
         self.label_ids = label_token_ids(backend.encode, self.labels) if profile == "scores" else None
         vectors = profile in VECTOR_PROFILES  # a prefill only: the whole context holds the prompt
@@ -98,7 +94,7 @@ class BioExtractor:
     def key(self, conv: Conversation, speaker: str) -> str:
         """The cache key; a text bio's is the same as before profiles existed, so existing caches stay valid."""
         if self.profile == "text":
-            params = {**self.config.to_dict(), "mode": self.mode, "words": self.words}
+            params = {**self.config.to_dict(), "mode": TEXT_KEY_SCOPE, "words": self.words}
         elif self.profile == "emotion":
             params = {**self.config.to_dict(), "profile": self.profile, "words": self.words}
         else:  # no decoding: generation settings do not matter, the label words do
@@ -107,7 +103,7 @@ class BioExtractor:
 
     def result(self, conv: Conversation, speaker: str, **fields) -> BioResult:
         return BioResult(conv.id, speaker, fields.pop("bio", ""), self.backend.model_id, self.version,
-                         fields.pop("mode", self.mode), profile=self.profile, **fields)
+                         profile=self.profile, **fields)
 
     def plan(self, conv: Conversation) -> tuple[list[BioResult], list[BioRequest]]:
         done: list[BioResult] = []
@@ -123,9 +119,6 @@ class BioExtractor:
         if not todo:
             return done, []
         try:
-            if self.mode == "per-conversation" and len(todo) > 1:
-                prompt = conversation_prompt(conv, self.words, self.backend.count_tokens, self.budget)
-                return done, [BioRequest(conv, list(todo), self.mode, prompt, todo)]
             return done, [self.speaker_request(conv, s, k) for s, k in todo.items()]
         except ValueError as err:  # cannot fit even the two end turns into the context
             return done + [self.result(conv, s, error=str(err)) for s in todo], []
@@ -133,7 +126,7 @@ class BioExtractor:
     def speaker_request(self, conv: Conversation, speaker: str, key: str) -> BioRequest:
         prompt = profile_prompt(self.profile, conv, speaker, self.words, self.labels, self.backend.count_tokens,
                                 self.budget)
-        return BioRequest(conv, [speaker], "per-speaker", prompt, {speaker: key})
+        return BioRequest(conv, speaker, prompt, key)
 
     def generate(self, requests: list[BioRequest]) -> list[BioResult]:
         if not requests:
@@ -145,32 +138,22 @@ class BioExtractor:
             gens = self.backend.generate([r.prompt.messages for r in requests], self.config)
         except Exception as err:  # noqa: BLE001 - a failed batch becomes dead-letter results, not a crashed run
             return self.failed(requests, err)
-        seconds = round((time.perf_counter() - start) / sum(len(r.speakers) for r in requests), 4)
-        results, fallbacks = [], []
+        seconds = round((time.perf_counter() - start) / len(requests), 4)
+        results = []
         for req, gen in zip(requests, gens, strict=True):
             stats = {"truncated": req.prompt.truncated, "prompt_tokens": gen.prompt_tokens,
-                     "new_tokens": gen.new_tokens, "mode": req.mode, "seconds": seconds}
+                     "new_tokens": gen.new_tokens, "seconds": seconds}
             if gen.error is not None:  # this prompt alone failed; the batch's other prompts stand
-                results += [self.result(req.conversation, s, error=f"{REQUEST_FAILED} {gen.error}", **stats)
-                            for s in req.speakers]
+                results.append(self.result(req.conversation, req.speaker, error=f"{REQUEST_FAILED} {gen.error}",
+                                           **stats))
                 continue
-            text = req.prompt.answer_prefix + gen.text
-            if req.mode == "per-speaker":
-                bio = clean_bio(text, gen.finish_reason == "length")
-                results.append(self.finish(req, req.speakers[0], bio, stats))
-                continue
-            parsed = parse_group_answer(text, req.speakers)
-            for speaker in req.speakers:
-                bio = clean_bio(f"{speaker} {parsed.get(speaker, '')}", gen.finish_reason == "length")
-                if speaker in parsed and degenerate_reason(bio) is None:
-                    results.append(self.finish(req, speaker, bio, stats))
-                else:
-                    fallbacks.append(self.speaker_request(req.conversation, speaker, req.keys[speaker]))
-        return results + self.generate(fallbacks)
+            bio = clean_bio(req.prompt.answer_prefix + gen.text, gen.finish_reason == "length")
+            results.append(self.finish(req, bio, stats))
+        return results
 
     def failed(self, requests: list[BioRequest], err: Exception) -> list[BioResult]:
-        return [self.result(r.conversation, s, error=f"{GENERATION_FAILED} {type(err).__name__}: {err}")
-                for r in requests for s in r.speakers]
+        return [self.result(r.conversation, r.speaker, error=f"{GENERATION_FAILED} {type(err).__name__}: {err}")
+                for r in requests]
 
     def prefill(self, requests: list[BioRequest]) -> list[BioResult]:
         """The vector profiles: one prefill per request (shared transcripts once, by the backend), no decoding."""
@@ -182,24 +165,23 @@ class BioExtractor:
         seconds = round((time.perf_counter() - start) / len(requests), 4)
         results = []
         for req, state in zip(requests, states, strict=True):
-            speaker = req.speakers[0]
             vector = rounded(label_probabilities(state.logits, self.label_ids) if self.label_ids is not None
                              else state.hidden)
             if self.cache is not None:
-                self.cache.put(req.keys[speaker], {"conversation_id": req.conversation.id, "speaker": speaker,
-                                                   "bio": "", "vector": vector, "truncated": req.prompt.truncated})
-            results.append(self.result(req.conversation, speaker, vector=vector, truncated=req.prompt.truncated,
+                self.cache.put(req.key, {"conversation_id": req.conversation.id, "speaker": req.speaker, "bio": "",
+                                         "vector": vector, "truncated": req.prompt.truncated})
+            results.append(self.result(req.conversation, req.speaker, vector=vector, truncated=req.prompt.truncated,
                                        prompt_tokens=state.prompt_tokens, seconds=seconds))
         return results
 
-    def finish(self, req: BioRequest, speaker: str, bio: str, stats: dict) -> BioResult:
+    def finish(self, req: BioRequest, bio: str, stats: dict) -> BioResult:
         reason = degenerate_reason(bio)
         if reason:
-            return self.result(req.conversation, speaker, bio=bio, error=reason, **stats)
+            return self.result(req.conversation, req.speaker, bio=bio, error=reason, **stats)
         if self.cache is not None:
-            self.cache.put(req.keys[speaker], {"conversation_id": req.conversation.id, "speaker": speaker,
-                                               "bio": bio, "truncated": stats["truncated"]})
-        return self.result(req.conversation, speaker, bio=bio, **stats)
+            self.cache.put(req.key, {"conversation_id": req.conversation.id, "speaker": req.speaker, "bio": bio,
+                                     "truncated": stats["truncated"]})
+        return self.result(req.conversation, req.speaker, bio=bio, **stats)
 
     def generate_chunks(self, requests: list[BioRequest], size: int | None = None,
                         progress: Callable[[int], Any] | None = None) -> Iterator[BioResult]:

@@ -40,17 +40,13 @@ PREFILL_OUTPUTS = {"transformers": ("logits", "hidden"), "onnx": ("logits",)}
 ANSWER_END = "emotion:"  # how the feeling prompt's pre-filled answer ends (`bioserc.prompts.bio.feeling_messages`)
 
 
-def check_profile(profile: str, backend: str, outputs: Sequence[str], mode: str,
-                  labels: Sequence[str] | None) -> None:
-    """Raise ValueError when `profile` cannot be made with this backend, scope and label set.
+def check_profile(profile: str, backend: str, outputs: Sequence[str], labels: Sequence[str] | None) -> None:
+    """Raise ValueError when `profile` cannot be made with this backend and label set.
 
     `outputs` is what the backend's `prefill_last` returns (`LLMBackend.prefill_outputs` or `PREFILL_OUTPUTS`).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    if profile != "text" and mode != "per-speaker":
-        raise ValueError(f"profile {profile} takes --scope per-speaker only (per-conversation asks for one free-text "
-                         f"answer covering every speaker)")
     if profile == "scores" and not labels:
         raise ValueError("profile scores needs the label set whose words it scores (--dataset meld, emorynlp, ...)")
     if profile in VECTOR_PROFILES and not outputs:

@@ -9,7 +9,6 @@ emotion-focused bio (`emotion-v1`) and a one-word feeling question read without 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,13 +30,6 @@ PER_SPEAKER = (
     "Describe {name}'s personality, mood and way of speaking in this conversation, in at most {words} words. "
     "Write only about {name}."
 )
-
-PER_CONVERSATION = (
-    "Conversation transcript:\n<transcript>\n{transcript}\n</transcript>\n\n"
-    "For each speaker ({names}), describe their personality, mood and way of speaking in this conversation, "
-    "in at most {words} words each. Write one line per speaker, starting with the speaker's name and a colon."
-)
-
 
 # Three fields in a short fixed order. The answer is pre-filled "Overall mood: NAME feels": without the name and verb,
 # SmolLM2-135M drifts into retelling the call; with them it describes feelings (often in the first field only).
@@ -81,15 +73,6 @@ def per_speaker_messages(transcript: str, name: str, words: int) -> list[dict[st
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": PER_SPEAKER.format(transcript=transcript, name=name, words=words)},
         {"role": "assistant", "content": f"{name} is"},
-    ]
-
-
-def per_conversation_messages(transcript: str, names: list[str], words: int) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": PER_CONVERSATION.format(transcript=transcript, names=", ".join(names),
-                                                             words=words)},
-        {"role": "assistant", "content": f"{names[0]}:"},
     ]
 
 
@@ -152,25 +135,3 @@ def feeling_prompt(conv: Conversation, name: str, labels: tuple[str, ...] | None
                                   budget)
     return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
 
-
-def conversation_prompt(conv: Conversation, words: int, count_tokens, budget: int) -> BioPrompt:
-    names = conv.speakers
-    messages, omitted = fit_lines(render_lines(conv), lambda t: per_conversation_messages(t, names, words),
-                                  count_tokens, budget)
-    return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
-
-
-def parse_group_answer(text: str, names: list[str]) -> dict[str, str]:
-    """Split a per-conversation answer into {name: bio}; speakers the model skipped are simply absent."""
-    pattern = re.compile(r"^\W*(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) +
-                         r")\W*\s*[:\-]\s*(.*)$")
-    bios: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        m = pattern.match(line.strip())
-        if m:
-            current = m.group(1)
-            bios.setdefault(current, []).append(m.group(2))
-        elif current and line.strip():
-            bios[current].append(line.strip())
-    return {name: " ".join(parts).strip() for name, parts in bios.items() if " ".join(parts).strip()}
