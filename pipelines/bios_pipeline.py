@@ -73,7 +73,7 @@ DASK_PARTITION_GROUPS = 4  # default Dask partition: 4 file groups (64 calls in 
 GENERATION_FAILED = "generation failed:"  # how `BioExtractor.generate` marks the results of a batch the backend failed
 THREADED = ("transformers", "onnx")  # in-process CPU runtimes; a server or TensorRT-LLM picks its own threads
 # The usage error of the removed --scope/--mode (bios) and --bio-scope/--bio-mode (label) flags.
-SCOPE_REMOVED = ("removed: every speaker gets its own prompt, and a conversation's prompts share the transcript's "
+SCOPE_REMOVED = ("every speaker gets its own prompt, and a conversation's prompts share the transcript's "
                  "prefill, which is faster than one prompt per conversation was (see docs/BENCHMARKS.md); drop the "
                  "flag")
 
@@ -183,8 +183,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="conversations Beam hands to one inference call")
     g.add_argument("--cache", metavar="DIR",
                    help="bio cache directory shared across runs; 'none' disables it (default: OUTPUT/cache)")
-    add_renamed(g, "--scope", SCOPE_REMOVED)
-    add_renamed(g, "--mode", SCOPE_REMOVED)
+    add_renamed(g, "--scope", SCOPE_REMOVED, removed=True)
+    add_renamed(g, "--mode", SCOPE_REMOVED, removed=True)
     g = p.add_argument_group("run")
     g.add_argument("--allow-skips", action="store_true",
                    help="exit 0 even if some bios or input records were dead-lettered")

@@ -155,8 +155,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="CPU threads of the LLM per worker process (default 0: automatic; bios --threads)")
     g.add_argument("--bio-cache", metavar="DIR",
                    help="bio cache shared across runs; 'none' disables it (default: OUTPUT/cache; bios --cache)")
-    add_renamed(g, "--bio-scope", SCOPE_REMOVED)
-    add_renamed(g, "--bio-mode", SCOPE_REMOVED)
+    add_renamed(g, "--bio-scope", SCOPE_REMOVED, removed=True)
+    add_renamed(g, "--bio-mode", SCOPE_REMOVED, removed=True)
     g = p.add_argument_group("classifier")
     g.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda[:N]; tensorrt for ONNX")
     g.add_argument("--threads", type=at_least(0), default=0, metavar="N",

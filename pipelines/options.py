@@ -51,9 +51,10 @@ def pipeline_parser(prog: str, description: str | None) -> argparse.ArgumentPars
                                    usage=f"{prog} INPUT... -o DIR [options] [Beam/runner flags]  (see --help)")
 
 
-def add_renamed(parser: argparse.ArgumentParser, old: str, advice: str) -> None:
-    """A removed flag that stops with `advice` instead of being mistaken for a Beam flag or silently ignored."""
-    parser.add_argument(old, nargs="?", action=_Renamed, advice=advice, dest=argparse.SUPPRESS,
+def add_renamed(parser: argparse.ArgumentParser, old: str, advice: str, removed: bool = False) -> None:
+    """A renamed (or `removed`) flag that stops with `advice` instead of being mistaken for a Beam flag or silently
+    ignored."""
+    parser.add_argument(old, nargs="?", action=_Renamed, advice=advice, removed=removed, dest=argparse.SUPPRESS,
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
@@ -75,12 +76,12 @@ def at_least(minimum: int | float, kind: type = int) -> Callable[[str], int | fl
 class _Renamed(argparse.Action):
     """Fails the parse with the new spelling as soon as the old flag is seen."""
 
-    def __init__(self, *args, advice: str, **kwargs):
+    def __init__(self, *args, advice: str, removed: bool, **kwargs):
         super().__init__(*args, **kwargs)
-        self.advice = advice
+        self.advice, self.removed = advice, removed
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} was renamed: {self.advice}")
+        parser.error(f"{option_string} was {'removed' if self.removed else 'renamed'}: {self.advice}")
 
 
 class _BeamFlag(argparse.Action):

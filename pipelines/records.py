@@ -17,6 +17,7 @@ sink applied last, and collects no metrics. Hence:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -63,7 +64,7 @@ def sum_ledger(rows: Iterable[dict[str, Any]], totals: dict[str, int] | None = N
 
 
 KEEP = 2  # models one process keeps loaded: a label run with bio generation has two model steps
-_LOADED: dict[str, Any] = {}  # handler settings -> the model this process loaded with them, oldest first
+_LOADED: dict[str, Any] = {}  # step handle -> the model this process loaded for it, oldest first
 
 
 class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, PredictionT, ModelT]):
@@ -75,19 +76,20 @@ class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, 
     def __init__(self, inner: ModelHandler[ExampleT, PredictionT, ModelT]):
         super().__init__()
         self.inner = inner
+        self.handle = uuid.uuid4().hex  # travels with every pickled copy of this step, and only with those
 
     def load_model(self) -> ModelT:
         """The inner handler's model, loaded once per process and then kept.
 
         Beam's Dask runner sets up (and tears down) every DoFn once per Dask partition, and RunInference keeps its
         model only through a weak reference, so without this every partition loaded its model again: slower, and
-        the worker's heap grew with the archive. Keyed by the handler's settings (its public attributes), so steps
-        or pipelines with different models or options never share one; the last `KEEP` models stay loaded. A
+        the worker's heap grew with the archive. Keyed by this step's `handle`, made when the pipeline was built,
+        so no other step or later pipeline in the process gets its model; the last `KEEP` models stay loaded. A
         handler that shows a progress bar runs in-process, where the DoFn lives for the whole run: it loads directly.
         """
         if getattr(self.inner, "progress_total", None):
             return self.inner.load_model()
-        key = repr(sorted((k, v) for k, v in vars(self.inner).items() if not k.startswith("_")))
+        key = self.handle
         if key not in _LOADED:
             while len(_LOADED) >= KEEP:
                 _LOADED.pop(next(iter(_LOADED)))  # the oldest goes before the next one loads
