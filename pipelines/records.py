@@ -17,7 +17,6 @@ sink applied last, and collects no metrics. Hence:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -63,10 +62,6 @@ def sum_ledger(rows: Iterable[dict[str, Any]], totals: dict[str, int] | None = N
     return totals
 
 
-KEEP = 2  # models one process keeps loaded: a label run with bio generation has two model steps
-_LOADED: dict[str, Any] = {}  # step handle -> the model this process loaded for it, oldest first
-
-
 class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, PredictionT, ModelT]):
     """Runs `inner` on each batch as it comes: Batch[example] -> Batch[(example, prediction)], same key.
 
@@ -76,25 +71,9 @@ class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, 
     def __init__(self, inner: ModelHandler[ExampleT, PredictionT, ModelT]):
         super().__init__()
         self.inner = inner
-        self.handle = uuid.uuid4().hex  # travels with every pickled copy of this step, and only with those
 
     def load_model(self) -> ModelT:
-        """The inner handler's model, loaded once per process and then kept.
-
-        Beam's Dask runner sets up (and tears down) every DoFn once per Dask partition, and RunInference keeps its
-        model only through a weak reference, so without this every partition loaded its model again: slower, and
-        the worker's heap grew with the archive. Keyed by this step's `handle`, made when the pipeline was built,
-        so no other step or later pipeline in the process gets its model; the last `KEEP` models stay loaded. A
-        handler that shows a progress bar runs in-process, where the DoFn lives for the whole run: it loads directly.
-        """
-        if getattr(self.inner, "progress_total", None):
-            return self.inner.load_model()
-        key = self.handle
-        if key not in _LOADED:
-            while len(_LOADED) >= KEEP:
-                _LOADED.pop(next(iter(_LOADED)))  # the oldest goes before the next one loads
-            _LOADED[key] = self.inner.load_model()
-        return _LOADED[key]
+        return self.inner.load_model()
 
     def run_inference(self, batch: Batch, model: ModelT,
                       inference_args: dict[str, Any] | None = None) -> Iterable[Batch]:

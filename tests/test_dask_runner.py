@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from apache_beam.ml.inference.base import ModelHandler
 from test_label_pipeline import make_artifact
 from tiny_llm import tiny_llama
 
@@ -156,35 +155,3 @@ def test_a_row_lost_on_the_way_from_the_workers_is_caught(cluster, tmp_path):
     assert outcome.exit_code == 1 and outcome.where != str(out)
     assert outcome.problems == ["76 utterances were labelled but 75 rows were written"]
     assert not (out / "utterances.jsonl").exists()
-
-
-class CountingHandler(ModelHandler):
-    """Counts its model loads (class-wide, as a worker process would see them)."""
-
-    loads = 0
-
-    def __init__(self, model: str):
-        super().__init__()
-        self.model = model
-
-    def load_model(self):
-        type(self).loads += 1
-        return {"model": self.model, "load": type(self).loads}
-
-    def run_inference(self, batch, model, inference_args=None):
-        return [model] * len(batch)
-
-
-def test_a_worker_loads_each_model_once_across_tasks():
-    """Beam's Dask runner sets up a fresh copy of every DoFn per partition (each task unpickles it): the model must
-    still load once per worker process, and another step (or pipeline) must get its own model."""
-    import pickle
-
-    from bioserc.pipelines.records import BatchedModelHandler
-
-    handler = BatchedModelHandler(CountingHandler("a"))
-    models = [pickle.loads(pickle.dumps(handler)).load_model() for _ in range(3)]  # three partitions' copies
-    assert CountingHandler.loads == 1 and models[0] is models[1] is models[2]
-    other = pickle.loads(pickle.dumps(BatchedModelHandler(CountingHandler("a")))).load_model()
-    assert CountingHandler.loads == 2 and other is not models[0]  # same settings, another pipeline
-    assert pickle.loads(pickle.dumps(handler)).load_model() is models[0]  # two models stay loaded
