@@ -113,25 +113,16 @@ class HFGenerationBackend(LLMBackend):
                         config: GenerationConfig) -> list[Generation]:
         import torch
 
-        pad = self.tokenizer.pad_token_id
         input_ids, attention_mask, masks, width, tail, rest_tokens = self._layout(groups, ids)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample, "pad_token_id": pad,
-            "repetition_penalty": config.repetition_penalty, "no_repeat_ngram_size": config.no_repeat_ngram_size,
-        }
-        if config.do_sample:
-            torch.manual_seed(config.seed)
-            kwargs.update(temperature=config.temperature, top_p=config.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
-            if width:
-                kwargs["past_key_values"] = self._prefill(groups, input_ids[:, :width], attention_mask[:, :width])
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        new = out[:, width + tail:]
-        stop = {self.tokenizer.eos_token_id, pad}
+            past = self._prefill(groups, input_ids[:, :width], attention_mask[:, :width]) if width else None
+            if config.do_sample:
+                rows, decode_slots = self._sample(input_ids, attention_mask, past, config)
+            else:
+                rows, decode_slots = self._greedy(input_ids, attention_mask, past, width, config)
+        stop = self._stop_ids()
         gens = []
-        for row, mask in zip(new.tolist(), masks, strict=True):
+        for row, mask in zip(rows, masks, strict=True):
             n = next((k for k, t in enumerate(row) if t in stop), len(row))
             gens.append(Generation(
                 text=self.tokenizer.decode(row[:n], skip_special_tokens=True),
@@ -140,9 +131,69 @@ class HFGenerationBackend(LLMBackend):
         self.counts.update(
             prompts=len(masks), prompt_tokens=sum(map(sum, masks)), generated_tokens=sum(g.new_tokens for g in gens),
             prefilled_tokens=sum(g.shared for g in groups) + rest_tokens,
-            prefill_slots=len(groups) * width + len(masks) * tail, decode_slots=len(masks) * new.shape[1],
+            prefill_slots=len(groups) * width + len(masks) * tail, decode_slots=decode_slots,
         )
         return gens
+
+    def _stop_ids(self) -> set[int]:
+        """Tokens that end a bio: the model's end-of-sequence id(s), as `generate` stops on them, and the pad token."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        return {t for t in [*eos, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id] if t is not None}
+
+    def _greedy(self, input_ids: Any, attention_mask: Any, past: Any, width: int,
+                config: GenerationConfig) -> tuple[list[list[int]], int]:
+        """Greedy decoding, each row leaving the batch at its first stop token, so later steps compute only the bios
+        still being written (`generate` keeps computing finished rows until the longest ends: 21-24% of decode
+        slots on MELD). Same logits processors as `generate` (repetition penalty, then no-repeat n-grams) over the
+        same token rows, so the tokens are the same. Returns each row's new tokens and the decode slots computed."""
+        import torch
+        from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+        processors = LogitsProcessorList()
+        if config.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if config.no_repeat_ngram_size:
+            processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        stop = torch.tensor(sorted(self._stop_ids()), device=input_ids.device)
+        position = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        step_ids, step_positions = input_ids[:, width:], position[:, width:]  # the first step: the unshared rest
+        seqs, mask, alive = input_ids, attention_mask, list(range(len(input_ids)))
+        new: list[list[int]] = [[] for _ in alive]
+        slots = 0
+        for step in range(config.max_new_tokens):
+            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
+                             past_key_values=past, use_cache=True, **self._keep_last_logits())
+            tokens = processors(seqs, out.logits[:, -1].float()).argmax(-1)
+            slots += len(alive)
+            for row, token in zip(alive, tokens.tolist(), strict=True):
+                new[row].append(token)
+            going = ~torch.isin(tokens, stop)
+            if step == config.max_new_tokens - 1 or not bool(going.any()):
+                break
+            seqs = torch.cat([seqs, tokens[:, None]], dim=-1)
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=-1)
+            past = out.past_key_values
+            if not bool(going.all()):
+                keep = going.nonzero().squeeze(1)
+                alive = [alive[k] for k in keep.tolist()]
+                seqs, mask, tokens, past = seqs[keep], mask[keep], tokens[keep], repeat_rows(past, keep)
+            step_ids, step_positions = tokens[:, None], mask.long().sum(-1, keepdim=True) - 1
+        return new, slots
+
+    def _sample(self, input_ids: Any, attention_mask: Any, past: Any,
+                config: GenerationConfig) -> tuple[list[list[int]], int]:
+        """Sampling through `generate` (seeded), whose random draws depend on the whole batch staying together."""
+        import torch
+
+        torch.manual_seed(config.seed)
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, past_key_values=past, do_sample=True,
+            max_new_tokens=config.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            temperature=config.temperature, top_p=config.top_p, repetition_penalty=config.repetition_penalty,
+            no_repeat_ngram_size=config.no_repeat_ngram_size)
+        new = out[:, input_ids.shape[1]:]
+        return new.tolist(), new.numel()
 
     def _last_chunk(self, groups: list[PrefixGroup], ids: list[list[int]], hidden: bool) -> list[LastState]:
         """The shared prefixes prefilled once, then one forward pass over every row's rest; its last column is each

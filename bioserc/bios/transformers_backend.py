@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bioserc.bios.hf_generation import HFGenerationBackend
 from bioserc.devices import resolve_device
+from bioserc.models import grouped_attention
 
 
 class TransformersBackend(HFGenerationBackend):
@@ -22,7 +23,8 @@ class TransformersBackend(HFGenerationBackend):
         batch_size: prompts per `generate` call.
         device: "auto", "cpu", "cuda", "cuda:1", ...
         dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16".
-        attn_implementation: None picks "eager" on CPU (sdpa is much slower there with batch > 1) and sdpa on CUDA.
+        attn_implementation: None picks sdpa on CUDA and, on CPU, eager attention that reads each KV head once
+            (`bioserc.models.grouped_attention`; sdpa with padding masks is much slower there with batch > 1).
         trust_remote_code: only when the user asks for it.
         threads: torch's intra-op CPU threads (process-wide); None leaves torch's default (every usable CPU).
         share_prefix: prefill the prompt prefix a batch's prompts share once (`HFGenerationBackend`).
@@ -38,7 +40,7 @@ class TransformersBackend(HFGenerationBackend):
         self.device = resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
-        attn = attn_implementation or ("sdpa" if self.device.startswith("cuda") else "eager")
+        attn = attn_implementation or ("sdpa" if self.device.startswith("cuda") else grouped_attention.register())
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
