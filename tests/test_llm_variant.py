@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -375,3 +376,27 @@ def test_cli_dry_run_applies_config_then_flags(corpus, tmp_path, capsys):
     assert out["dry_run"] is True and out["trainable_parameters"] > 0
     with pytest.raises(ValueError, match="unknown training config"):
         load_config(None, encoder="minilm")
+
+
+def test_class_quotas_move_from_the_corpus_mix_towards_equal_labels():
+    counts = {"neutral": 470, "joy": 170, "fear": 30, "disgust": 5}
+    assert llm_setup.class_quotas(counts, 100, 0.0) == {"neutral": 70, "joy": 25, "fear": 4, "disgust": 1}
+    half = llm_setup.class_quotas(counts, 100, 0.5)
+    equal = llm_setup.class_quotas(counts, 100, 1.0)
+    assert sum(half.values()) == sum(equal.values()) == 100
+    # fear and disgust hold fewer than an equal share: all of them are taken, the rest split evenly
+    assert equal == {"neutral": 32, "joy": 33, "fear": 30, "disgust": 5}
+    assert equal["neutral"] < half["neutral"] < 70 and 4 < half["fear"] <= equal["fear"]
+
+
+def test_balanced_subset_takes_its_quotas_from_each_label(corpus):
+    encoder = encoder_for(corpus)
+    targets = [u.label for c in corpus["convs"] for u in c.utterances if u.label is not None]
+    quotas = llm_setup.class_quotas(Counter(targets), 14, 1.0)
+    features, dropped = llm_setup.build_features(corpus["convs"], corpus["bios"], encoder, 14, seed=3,
+                                                 class_balance=1.0)
+    answers = Counter(encoder.tokenizer.decode([t for t in f["labels"] if t != -100]).split("<")[0].strip()
+                      for f in features)
+    assert dropped == 0 and answers == {label: n for label, n in quotas.items() if n}
+    again, _ = llm_setup.build_features(corpus["convs"], corpus["bios"], encoder, 14, seed=3, class_balance=1.0)
+    assert again == features

@@ -170,13 +170,46 @@ def estimate_memory_gib(counts: Mapping[str, int], model_config, precision: str,
     return {k: round(v / 2**30, 2) for k, v in {**parts, "total": sum(parts.values())}.items()}
 
 
+def class_quotas(counts: Mapping[str, int], total: int, balance: float) -> dict[str, int]:
+    """How many samples of each label a `total`-sample subset takes: shares proportional to count**(1 - balance),
+    so 0 keeps the corpus's mix, 1 is equal per label and 0.5 is in between (MELD train is 47% neutral, which a short
+    LoRA run otherwise learns to answer always). A label with too few samples gives its rest to the others."""
+    quotas, left = {}, dict(counts)
+    while left:
+        room = total - sum(quotas.values())
+        weights = {label: n ** (1.0 - balance) for label, n in left.items()}
+        scale = room / sum(weights.values())
+        full = [label for label, n in left.items() if weights[label] * scale >= n]
+        if not full:
+            shares = {label: weights[label] * scale for label in left}
+            floors = {label: int(share) for label, share in shares.items()}
+            # largest remainders fill the rounding gap, ties broken by label for determinism
+            rest = sorted(left, key=lambda label: (floors[label] - shares[label], label))
+            for label in rest[:room - sum(floors.values())]:
+                floors[label] += 1
+            return {**quotas, **floors}
+        for label in full:
+            quotas[label] = left.pop(label)
+    return quotas
+
+
 def build_features(conversations: Sequence[Conversation], bios: Mapping[BioKey, str], encoder: ChatEncoder,
-                   max_samples: int = 0, seed: int = 42) -> tuple[list[dict[str, list[int]]], int]:
-    """One training sample per labelled utterance (a seeded random subset of `max_samples` if set); returns the
-    samples and how many were dropped for not fitting max_length."""
+                   max_samples: int = 0, seed: int = 42,
+                   class_balance: float = 0.0) -> tuple[list[dict[str, list[int]]], int]:
+    """One training sample per labelled utterance (a seeded random subset of `max_samples` if set, its label mix
+    set by `class_balance`, see `class_quotas`); returns the samples and how many were dropped for not fitting
+    max_length."""
     targets = [(c, i) for c in conversations for i, u in enumerate(c.utterances) if u.label is not None]
     if max_samples and max_samples < len(targets):
-        keep = sorted(random.Random(seed).sample(range(len(targets)), max_samples))
+        rng = random.Random(seed)
+        if class_balance:
+            by_label: dict[str, list[int]] = {}
+            for k, (c, i) in enumerate(targets):
+                by_label.setdefault(c.utterances[i].label, []).append(k)
+            quotas = class_quotas({label: len(ks) for label, ks in by_label.items()}, max_samples, class_balance)
+            keep = sorted(k for label in sorted(by_label) for k in rng.sample(by_label[label], quotas[label]))
+        else:
+            keep = sorted(rng.sample(range(len(targets)), max_samples))
         targets = [targets[k] for k in keep]
     features = [encoder.train_features(c, i, utterance_bio(bios, c, i)) for c, i in targets]
     kept = [f for f in features if f is not None]

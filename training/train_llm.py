@@ -59,6 +59,8 @@ class TrainLlmConfig:
     dev_bios: list[str] = field(default_factory=list, metadata={"help": "bios.jsonl(.gz) for the dev data"})
     label_set: str = field(default="meld", metadata={"help": "meld | emorynlp | iemocap"})
     max_train_samples: int = field(default=0, metadata={"help": "train on a seeded random subset (0: all)"})
+    class_balance: float = field(default=0.0, metadata={"help": "label mix of the subset: 0 the corpus's, 1 equal "
+                                                                 "per label, 0.5 between (count**0.5)"})
     max_eval_samples: int = field(default=0, metadata={"help": "dev utterances to evaluate, whole conversations "
                                                                "(0: all)"})
     # prompt
@@ -188,7 +190,8 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
     apply_template_choice(tokenizer, config.chat_template)
     encoder = ChatEncoder(tokenizer, labels, config.prompt(), config.max_seq_length)
     train_convs, train_bios = setup.load_split(config, "train")
-    features, dropped = setup.build_features(train_convs, train_bios, encoder, config.max_train_samples, config.seed)
+    features, dropped = setup.build_features(train_convs, train_bios, encoder, config.max_train_samples, config.seed,
+                                              config.class_balance)
     if not features:
         raise ValueError("nothing to train: no labelled utterance in train_data fits max_seq_length")
     if dropped:

@@ -83,10 +83,17 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
     return ids.to(device), mask.to(device)
 
 
-@torch.inference_mode()
 def label_loglik(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
                  scoring: str = "sum") -> torch.Tensor:
-    """(B, K) scores of K answers after each of B prompts (token ids; prompts left-padded here), per `scoring`.
+    """(B, K) scores of K answers after each of B prompts (token ids; prompts left-padded here), per `scoring`."""
+    return label_logliks(model, prompts, answers, pad_id, first_only=scoring == "first")[scoring]
+
+
+@torch.inference_mode()
+def label_logliks(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
+                  first_only: bool = False) -> dict[str, torch.Tensor]:
+    """Every scoring's (B, K) label scores from one pass ({"first", "sum", "mean"}; only "first" if `first_only`),
+    so a benchmark compares scorings on identical forward passes.
 
     Forward 1 runs the prompts and keeps their KV cache ("first" stops there). Forward 2 feeds the
     T = sum(len(answer)) answer tokens of every label as one block per row: mask[t, s] lets block token t see the
@@ -95,11 +102,12 @@ def label_loglik(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=scoring != "first",
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=not first_only,
                 logits_to_keep=1)
     first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): the distribution of every answer's first token
-    if scoring == "first":
-        return first_token_scores(first, answers).cpu()
+    scores = {"first": first_token_scores(first, answers).cpu()}
+    if first_only:
+        return scores
 
     owner = torch.tensor([k for k, a in enumerate(answers) for _ in a], device=device)
     offset = torch.tensor([j for a in answers for j in range(len(a))], device=device)
@@ -121,7 +129,7 @@ def label_loglik(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence
     inner = later[:, prev, :].gather(-1, block.expand(batch, n_block)[..., None]).squeeze(-1)
     token_lp = torch.where(offset[None, :] == 0, token_lp, inner)
     sums = torch.zeros(batch, len(answers), device=device).index_add_(1, owner, token_lp)
-    return per_label(sums, answers, scoring).cpu()
+    return {**scores, **{scoring: per_label(sums, answers, scoring).cpu() for scoring in ("sum", "mean")}}
 
 
 @torch.inference_mode()
