@@ -75,6 +75,7 @@ from bioserc.pipelines.bios_pipeline import (
     BioModelHandler,
     add_server_args,
     backend_options,
+    grouping_options,
     pipeline_options,
     shows_progress,
     wait,
@@ -317,7 +318,8 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     if args.skip_existing and not merge:
         logger.warning("--skip-existing: no %s yet, labelling everything", output_path(args.output, CONVERSATIONS))
     staging = staging_folder(args.output)
-    plan = Plan(beam.Pipeline(options=pipeline.options), args.output, staging, handler.manifest,
+    # The first pipeline groups ids: on Dask it gets a fixed partition count (see `grouping_options`).
+    plan = Plan(beam.Pipeline(options=grouping_options(pipeline.options)), args.output, staging, handler.manifest,
                 _model_id(args.model), bios, merge, expected)
     _prepare(plan.prepare, args, plan)
     hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}

@@ -155,3 +155,40 @@ def test_a_row_lost_on_the_way_from_the_workers_is_caught(cluster, tmp_path):
     assert outcome.exit_code == 1 and outcome.where != str(out)
     assert outcome.problems == ["76 utterances were labelled but 75 rows were written"]
     assert not (out / "utterances.jsonl").exists()
+
+
+def dask_tasks(pipeline) -> int:
+    """Tasks in the graph Beam's Dask runner submits for `pipeline`, translated as `DaskRunner.run_pipeline` does."""
+    import dask
+    from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
+    from apache_beam.runners.dask.overrides import dask_overrides
+
+    options = pipeline.options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    pipeline.replace_all(dask_overrides())
+    visitor = DaskRunner.to_dask_bag_visitor(DaskOptions._extract_bag_kwargs(options))
+    pipeline.visit(visitor)
+    (bag,) = dask.optimize(list(visitor.bags.values())[-1])
+    return len(bag.__dask_graph__())
+
+
+def test_the_grouping_pipeline_has_the_same_graph_for_any_archive_size(cluster, tmp_path):
+    """On Dask the first pipeline's GroupByKey is a task shuffle of ~n·√n tasks for n partitions, each held by the
+    scheduler and the workers: its partition count is fixed, so 4x the files give the same graph. The labelling
+    pipeline's chain is fused into one task per partition (of 4 file groups): linear, and released as it runs."""
+    import apache_beam as beam
+
+    tasks = {}
+    with distributed.Client(cluster):  # as in the runner: with a client connected dask shuffles a bag by tasks
+        for files in (256, 1024):  # 32 partitions of the file groups for both
+            folder = tmp_path / f"calls-{files}"
+            folder.mkdir()
+            for i in range(files):
+                shutil.copy(DEMO / "ccai-moving-house-6631.json", folder / f"call-{i:04d}.json")
+            argv = [str(folder), "-o", str(tmp_path / f"out-{files}"), "--model", DEFAULT_MODEL, "--no-bios",
+                    "--conversations-per-batch", "1", *on_dask(cluster)]
+            args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
+            pipeline = beam.Pipeline(options=label_pipeline.pipeline_options(beam_args))
+            plan = label_pipeline.build(pipeline, args)
+            tasks[files] = dask_tasks(plan.prepare), dask_tasks(pipeline)
+    assert tasks[1024][0] == tasks[256][0]
+    assert tasks[1024][1] == 4 * tasks[256][1]
