@@ -8,9 +8,11 @@ The export boundary (why two graphs, and where the cut is):
                    -> pooled [N, H]: the HF encoder and the masked mean over `pool_mask` (`BiosercBert.encode`)
     head.onnx      utterances [B, L, H] (pooled windows scattered per conversation, zeros for padding),
                    utterance_mask [B, L] bool, utterance_speaker [B, L] int64,
-                   speaker_bios [B, S, H] + speaker_mask [B, S] bool (only when bio_mode != "none")
+                   speaker_bios [B, S, H] + speaker_mask [B, S] bool (only when bio_mode != "none"), or for a
+                   scores/latent profile model speaker_profiles [B, S, D] float32 (the profile vectors) in place
+                   of speaker_bios
                    -> logits [B, L, C]: utterance MLP (Linear+tanh), positions, the context Transformer,
-                   intra/inter-speaker attention, every head and the bio head
+                   intra/inter-speaker attention, every head, the profile projection and the bio head
 
   * One encoder graph serves both inputs the model encodes: utterance windows (pool_mask = the marked target span)
     and bios (pool_mask = the attention mask, i.e. every real token, exactly as `BiosercBert.forward` pools bios).
@@ -23,7 +25,9 @@ The export boundary (why two graphs, and where the cut is):
     lists, lets the encoder batch be padded or bucketed independently of the conversation batch, and lets
     `--quantize` quantize only the encoder, which holds nearly all the weights and FLOPs; the small head stays fp32
     (its attention masks and sums gain nothing from int8).
-  * Dynamic axes: N and T for the encoder; B, L and S for the head. H and C are fixed by the checkpoint.
+  * A profile model's vectors need no encoder: the head takes them as they are and projects them itself
+    (`profile_proj`), so they cross the boundary as plain float inputs, like the pooled bios of the text path.
+  * Dynamic axes: N and T for the encoder; B, L and S for the head. H, D and C are fixed by the checkpoint.
 
 The head graph re-states `BiosercBert.forward` after the encoder call with the same submodules and helpers. Two
 things are written differently, with identical values: the scatter of utterance vectors moved into the runtime, and
@@ -62,11 +66,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
+from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.export._staging import check_target, publish
 from bioserc.export.int8_weights import BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.export.model_card import write_model_card
 from bioserc.fsutil import staging_dir
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean, sinusoid
+from bioserc.models.collate import Bio
 from bioserc.schema import Conversation, Utterance
 
 
@@ -98,7 +104,8 @@ class HeadGraph(nn.Module):
         self.model = model
 
     def forward(self, utterances: torch.Tensor, utterance_mask: torch.Tensor, utterance_speaker: torch.Tensor,
-                speaker_bios: torch.Tensor | None = None, speaker_mask: torch.Tensor | None = None) -> torch.Tensor:
+                speakers: torch.Tensor | None = None, speaker_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`speakers`: the pooled bios (B, S, H), or a profile model's vectors (B, S, D)."""
         m = self.model
         # PyTorch scatters projected vectors into zeros; here padding rows are projected too, then zeroed.
         utt = torch.tanh(m.utt_proj(utterances)) * utterance_mask.unsqueeze(-1).to(utterances.dtype)
@@ -111,11 +118,12 @@ class HeadGraph(nn.Module):
         logits = m.head_ctx(ctx) + m.head_utt(utt) + m.head_intra(intra) + m.head_inter(inter)
         if m.config.bio_mode == "none":
             return logits
-        own = speaker_bios.gather(1, utterance_speaker.unsqueeze(-1).expand(-1, -1, hidden))
+        if m.config.profile in VECTOR_PROFILES:
+            speakers = m.profile_proj(speakers)
+        own = speakers.gather(1, utterance_speaker.unsqueeze(-1).expand(-1, -1, hidden))
         if m.config.bio_mode == "mlp":
             return logits + m.head_bio(own)
-        attended = m.bio_attn(utt + own, speaker_bios, speaker_bios, key_padding_mask=~speaker_mask,
-                              need_weights=False)[0]
+        attended = m.bio_attn(utt + own, speakers, speakers, key_padding_mask=~speaker_mask, need_weights=False)[0]
         return logits + m.head_bio(attended)
 
     @staticmethod
@@ -177,7 +185,10 @@ def _head_sample(model: BiosercBert, b: int, length: int, speakers: int, seed: i
               "utterance_mask": mask,
               "utterance_speaker": torch.randint(0, speakers, (b, length), generator=gen) * mask}
     if model.config.bio_mode != "none":
-        sample["speaker_bios"] = torch.randn(b, speakers, hidden, generator=gen)
+        if model.config.profile in VECTOR_PROFILES:
+            sample["speaker_profiles"] = torch.rand(b, speakers, model.config.profile_dim, generator=gen)
+        else:
+            sample["speaker_bios"] = torch.randn(b, speakers, hidden, generator=gen)
         sample["speaker_mask"] = torch.ones(b, speakers, dtype=torch.bool)
     return sample
 
@@ -213,8 +224,9 @@ def _max_diff(module: nn.Module, path: str, samples: list[dict[str, torch.Tensor
 PARITY_TOLERANCE = 1e-3  # max abs logit difference an fp32 export may show against PyTorch
 
 
-def _synthetic_batch() -> tuple[list[Conversation], dict[tuple[str, str], str]]:
-    """Two conversations of different lengths (one with a single speaker) and bios, one speaker without one."""
+def _synthetic_batch(config) -> tuple[list[Conversation], dict[tuple[str, str], Bio]]:
+    """Two conversations of different lengths (one with a single speaker) and bios (profile vectors for a profile
+    model), one speaker without one."""
     words = "okay wow really fine why yes no sure hello well what the you we".split()
 
     def conv(cid: str, n: int, speakers: int) -> Conversation:
@@ -223,7 +235,11 @@ def _synthetic_batch() -> tuple[list[Conversation], dict[tuple[str, str], str]]:
                                   for i in range(n)])
 
     convs = [conv("a", 6, 3), conv("b", 2, 1)]
-    bios = {("a", "S0"): "S0 is calm and kind", ("a", "S1"): "S1 is loud", ("b", "S0"): "S0 is tired"}
+    bios: dict[tuple[str, str], Bio] = {("a", "S0"): "S0 is calm and kind", ("a", "S1"): "S1 is loud",
+                                        ("b", "S0"): "S0 is tired"}
+    if config.profile in VECTOR_PROFILES:
+        gen = torch.Generator().manual_seed(0)
+        bios = {key: torch.rand(config.profile_dim, generator=gen).tolist() for key in bios}
     return convs, bios
 
 
@@ -233,7 +249,7 @@ def _end_to_end_diff(model: BiosercBert, directory: str, fields: dict[str, Any])
     from bioserc.models.collate import Collator
     from bioserc.models.onnx_classifier import OnnxClassifier
 
-    convs, bios = _synthetic_batch()
+    convs, bios = _synthetic_batch(model.config)
     batch = Collator(model.tokenizer, model.config)(convs, bios)
     with torch.no_grad():
         expected = model(**batch.inputs)
@@ -316,9 +332,6 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
     source = verify_artifact(model_dir, "pytorch-classifier")
     model = BiosercBert.from_pretrained(model_dir).eval()
     config = model.config
-    if config.profile != "text":
-        raise ValueError(f"{model_dir} reads {config.profile} profile vectors; the ONNX export takes bio text only so "
-                         "far: evaluate and serve this model with PyTorch (`bioserc evaluate --model DIR`)")
     tmp = staging_dir(out_dir)
     try:
         encoder, head = EncoderGraph(model).eval(), HeadGraph(model).eval()
@@ -333,6 +346,7 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
                                                    "utterance_mask": {0: "conversations", 1: "utterances"},
                                                    "utterance_speaker": {0: "conversations", 1: "utterances"},
                                                    "speaker_bios": {0: "conversations", 1: "speakers"},
+                                                   "speaker_profiles": {0: "conversations", 1: "speakers"},
                                                    "speaker_mask": {0: "conversations", 1: "speakers"}},
                 "logits", {0: "conversations", 1: "utterances"}, opset)
         model.tokenizer.save_pretrained(tmp)
@@ -341,7 +355,8 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
                 shutil.copy2(os.path.join(model_dir, name), os.path.join(tmp, name))
         fields = dict(model_family=source.get("model_family", "bioserc-bert"), label_set=config.label_set,
                       labels=list(config.labels), window=config.window, bio_mode=config.bio_mode,
-                      max_length=config.max_length, bio_max_length=config.bio_max_length,
+                      profile=config.profile, profile_dim=config.profile_dim, max_length=config.max_length,
+                      bio_max_length=config.bio_max_length,
                       graphs={"encoder": ENCODER_FILE, "head": HEAD_FILE}, opset=opset)
         parity = {"fp32_encoder_max_abs_diff": _max_diff(encoder, enc_path, enc_samples),
                   "fp32_head_max_abs_diff": _max_diff(head, head_path, head_samples),

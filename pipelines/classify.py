@@ -33,11 +33,11 @@ from bioserc.artifacts import (
     check_classifier,
     check_manifest,
     parse_manifest,
-    profile_of,
     verify_artifact,
 )
 from bioserc.errors import RAW_LIMIT
 from bioserc.models.classifier import UtteranceClassifier, load_classifier
+from bioserc.models.collate import Bio
 from bioserc.models.llm_scoring import LLM_KINDS
 from bioserc.models.predict import Prediction
 from bioserc.pipelines.outputs import CONVERSATIONS, PARQUET, UTTERANCES
@@ -84,7 +84,7 @@ def check_model(path: str) -> dict[str, Any]:
     if "://" not in path:
         if not os.path.isdir(path):
             raise ArtifactError(missing_model_help(path))
-        return refuse_profiles(path, verify_artifact(path, LABEL_KINDS))
+        return verify_artifact(path, LABEL_KINDS)
     manifest_path = FileSystems.join(path, MANIFEST)
     if not FileSystems.exists(manifest_path):
         raise ArtifactError(f"{missing_model_help(path)} (no {MANIFEST} found there)")
@@ -105,16 +105,6 @@ def check_model(path: str) -> dict[str, Any]:
         check_classifier(path, manifest, read)
     elif not manifest.get("labels"):
         raise ArtifactError(f"{path!r}: the {manifest['kind']} manifest names no labels")
-    return refuse_profiles(path, manifest)
-
-
-def refuse_profiles(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """A model that reads profile vectors (scores, latent) would get none from this pipeline yet: refuse it rather
-    than label with empty profiles."""
-    profile, _ = profile_of(manifest)
-    if profile != "text":
-        raise ArtifactError(f"{path!r} reads {profile} speaker profiles, which `bioserc label` cannot make or pass "
-                            "yet; evaluate it with `bioserc evaluate --model DIR --data FILE --bios PROFILES`")
     return manifest
 
 
@@ -150,7 +140,8 @@ def fetch_artifact(path: str, cache_root: str | None = None) -> str:
 @dataclass(slots=True)
 class LabelRequest:
     conversation: Conversation
-    bios: dict[str, str] = field(default_factory=dict)  # speaker -> bio; speakers without one are encoded empty
+    # speaker -> bio text, or profile vector for a scores/latent model; speakers without one are encoded empty (zeros)
+    bios: dict[str, Bio] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -242,8 +233,10 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
 
 def utterance_rows(outcome: LabelOutcome) -> list[dict[str, Any]]:
     """One row per utterance, with what joins it back to the call: source file and format, the vendor's own turn id
-    (`source_id`), the text exactly as the source had it, and the times."""
-    conv, bios = outcome.request.conversation, outcome.request.bios
+    (`source_id`), the text exactly as the source had it, and the times. `bio` is the speaker's bio text (null for a
+    profile vector, which is no text to read)."""
+    conv = outcome.request.conversation
+    bios = {s: b for s, b in outcome.request.bios.items() if isinstance(b, str)}
     assert outcome.predictions is not None, f"conversation {conv.id} has no predictions"
     source = {"source_path": conv.metadata.get("source_path"), "source_format": conv.metadata.get("source_format")}
     return [{"conversation_id": conv.id, "index": u.index, "speaker": u.speaker, "role": u.role, "text": u.text,

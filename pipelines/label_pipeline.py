@@ -15,7 +15,11 @@ labelled before; it also parses a --bios file. Then: read (any reader; local pat
 --conversations-per-batch calls cut from groups of files) -> duplicates and calls labelled before are set aside ->
 bios: `--bios FILE` (a `bioserc bios` output), generated here with the bio pipeline's `BioModelHandler` (`--bio-*`
 flags; the default), or none (`--no-bios`) -> `RunInference(BatchedModelHandler(ClassifierModelHandler))` -> outputs
-in -o DIR:
+in -o DIR. A model trained on scores/latent speaker profiles (`profile` in its manifest) gets vectors the same ways:
+the `vector`s of a --bios file of its profile and size (checked on the driver for local files: a row of another
+profile or size is an error naming the file, line and field), made here by the bio LLM as `bioserc bios --profile P`
+makes them (scores: the model's own label words, as `--dataset` gives them; latent: no label list, as without
+`--dataset`; cached alike), or zeros with --no-bios.
 
     utterances.jsonl / .parquet  one row per labelled utterance: label, probs {label: p}, bio (or null), model_id
     conversations.jsonl          per call: emotion counts, each speaker's trajectory [[index, label], ...], dominants
@@ -66,9 +70,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
 from bioserc import __version__
-from bioserc.artifacts import ArtifactError, default_model_dir, manifest_hash
+from bioserc.artifacts import ArtifactError, default_model_dir, manifest_hash, profile_of
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
+from bioserc.bios.profiles import PREFILL_OUTPUTS, check_profile
+from bioserc.errors import RecordError
 from bioserc.labels import LABEL_SETS
 from bioserc.pipelines.bios_pipeline import (
     SCOPE_REMOVED,
@@ -90,6 +96,7 @@ from bioserc.pipelines.label_steps import (
     NoBios,
     ParseBio,
     SelectConversations,
+    check_bios,
     existing_id,
 )
 from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
@@ -229,6 +236,13 @@ def _model_id(path: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()[:16]
 
 
+def scored_labels(manifest: dict) -> list[str] | None:
+    """The label words a scores profile model's vectors hold, in its logit order (the order `bioserc bios --profile
+    scores --dataset` writes them); None for the other profiles, whose prompts then list no labels, as `bioserc bios`
+    writes them without --dataset."""
+    return list(manifest["labels"]) if profile_of(manifest)[0] == "scores" else None
+
+
 def _bio_source(args: argparse.Namespace, manifest: dict) -> str:
     if args.bios and args.no_bios:
         raise SystemExit("--bios and --no-bios exclude each other")
@@ -238,10 +252,18 @@ def _bio_source(args: argparse.Namespace, manifest: dict) -> str:
         return "none"
     if args.no_bios:
         return "none"
+    profile, dim = profile_of(manifest)
     if args.bios:
-        if "://" not in args.bios and not glob.glob(args.bios):
-            raise SystemExit(f"--bios {args.bios}: no such file (write one with `bioserc bios INPUT -o DIR`)")
+        if "://" not in args.bios:
+            paths = sorted(glob.glob(args.bios))
+            if not paths:
+                raise SystemExit(f"--bios {args.bios}: no such file (write one with `bioserc bios INPUT -o DIR`)")
+            check_bios(paths, profile, dim)
         return "file"
+    try:  # a profile the bio backend cannot make is a usage error before anything loads, as in `bioserc bios`
+        check_profile(profile, args.bio_backend, PREFILL_OUTPUTS.get(args.bio_backend, ()), scored_labels(manifest))
+    except ValueError as err:
+        raise SystemExit(f"--model {args.model}: {err}") from None
     return "generate"
 
 
@@ -280,8 +302,10 @@ def _bio_requests(convs, args: argparse.Namespace, plan: Plan, hints: dict, prog
     cache = None if args.bio_cache == "none" else (args.bio_cache or output_path(args.output, "cache"))
     backend = backend_options(args, "bio_")
     total = plan.expected.speakers if progress and plan.expected else 0
+    profile, _ = profile_of(plan.manifest)
     handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_words, cache,
-                              max_batch_size=args.conversations_per_batch, progress_total=total)
+                              max_batch_size=args.conversations_per_batch, progress_total=total, profile=profile,
+                              labels=scored_labels(plan.manifest))
     generate = RunInference(BatchedModelHandler(handler))  # batch of conversations -> (conversation, bios) pairs
     return (convs | "Bios" >> (generate.with_resource_hints(**hints) if hints else generate)
             | "AttachGeneratedBios" >> beam.ParDo(AttachGeneratedBios(expected)))
@@ -299,7 +323,8 @@ def _prepare(prepare: beam.Pipeline, args: argparse.Namespace, plan: Plan) -> No
         seen = (seen, old) | "WithExisting" >> beam.Flatten()
     records = [seen | "GroupIds" >> beam.GroupByKey() | "Decide" >> beam.ParDo(Decide())]
     if plan.bios == "file":
-        records.append(prepare | "ReadBios" >> TextLines(args.bios) | "ParseBios" >> beam.ParDo(ParseBio(args.bios)))
+        parse = ParseBio(args.bios, *profile_of(plan.manifest))
+        records.append(prepare | "ReadBios" >> TextLines(args.bios) | "ParseBios" >> beam.ParDo(parse))
     _ = tuple(records) | "Lookups" >> beam.Flatten() | "WriteLookups" >> WriteShards(plan.staging)
 
 
@@ -405,7 +430,8 @@ def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: f
 
 
 def run(argv: Sequence[str] | None = None, progress: bool = False) -> Outcome:
-    """Lock the output, build and run the pipeline, then finish on the driver; ArtifactError for a bad model."""
+    """Lock the output, build and run the pipeline, then finish on the driver; ArtifactError for a bad model,
+    RecordError for a --bios row the model cannot read."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parse_pipeline_args(make_parser(), argv)
     started = time.time()
@@ -427,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         outcome = run(argv, progress=True)
-    except (ArtifactError, OutputError) as err:
+    except (ArtifactError, OutputError, RecordError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     files = "labels: " + ", ".join(output_path(outcome.where, n) for n in (UTTERANCES, PARQUET, CONVERSATIONS))

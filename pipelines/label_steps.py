@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 
 from bioserc.errors import RAW_LIMIT
+from bioserc.jsonio import open_text
+from bioserc.models.collate import Bio, BioKey, row_bio
 from bioserc.pipelines.classify import LabelRequest
 from bioserc.pipelines.io import open_raw
 from bioserc.pipelines.outputs import BIO_PAIRS, DECISIONS, shard_rows
@@ -94,9 +96,10 @@ def load_decisions(staging: str) -> dict[str, tuple[str, Any]]:
 
 
 @functools.lru_cache(maxsize=1)
-def load_bio_pairs(staging: str) -> dict[str, list[tuple[str, str]]]:
-    """conversation id -> [(speaker, bio)] from the bio-pair shards (a --bios file, parsed once); once per process."""
-    bios: dict[str, list[tuple[str, str]]] = {}
+def load_bio_pairs(staging: str) -> dict[str, list[tuple[str, Bio]]]:
+    """conversation id -> [(speaker, bio or profile vector)] from the bio-pair shards (a --bios file, parsed once);
+    once per process."""
+    bios: dict[str, list[tuple[str, Bio]]] = {}
     for row in shard_rows(staging, BIO_PAIRS):
         bios.setdefault(row["conversation_id"], []).append((row["speaker"], row["bio"]))
     return bios
@@ -145,30 +148,53 @@ class SelectConversations(beam.DoFn):
                                               utterances_dead_lettered=c["utterances_duplicated"]))
 
 
-class ParseBio(beam.DoFn):
-    """A `bioserc bios` output line -> a bio-pair record (conversation_id, speaker, bio); the rule of `load_bios`."""
+def bio_row(line: str) -> tuple[dict[str, Any], BioKey]:
+    """A bios.jsonl line -> (row, (conversation_id, speaker)); ValueError, KeyError or TypeError when unreadable."""
+    row = json.loads(line)
+    return row, (str(row["conversation_id"]), str(row["speaker"]))
 
-    def __init__(self, path: str):
-        self.path = path
+
+class ParseBio(beam.DoFn):
+    """A `bioserc bios` output line -> a bio-pair record (conversation_id, speaker, bio: text, or the vector of a
+    `profile` model); the rule of `load_bios` (`row_bio`). An unreadable line is a dead letter; a row of another
+    profile or vector size than the model's (`dim`) raises, since the model would label with wrong profiles: the
+    driver checks local files first (`check_bios`), so that error comes before any work."""
+
+    def __init__(self, path: str, profile: str = "text", dim: int = 0):
+        self.path, self.profile, self.dim = path, profile, dim
 
     def process(self, line: str):
         try:
-            row = json.loads(line)
-            key = (str(row["conversation_id"]), str(row["speaker"]))
+            row, key = bio_row(line)
         except (ValueError, KeyError, TypeError) as err:
             yield DEAD, {"stage": "read-bios", "path": self.path, "record": None, "field": None,
                          "reason": f"unreadable bio row: {err}", "utterances": 0, "raw": line[:RAW_LIMIT]}
             yield from ledger("read-bios", line[:RAW_LIMIT], bio_rows_unreadable=1)
             return
-        if not row.get("error") and row.get("bio"):  # failed bios are in that run's dead letter already
-            yield BIO_PAIRS, {"conversation_id": key[0], "speaker": key[1], "bio": str(row["bio"])}
+        bio = row_bio(self.path, f"conversation {key[0]} speaker {key[1]}", row, self.profile, self.dim or None)
+        if bio is not None:  # failed bios are in that run's dead letter already
+            yield BIO_PAIRS, {"conversation_id": key[0], "speaker": key[1], "bio": bio}
+
+
+def check_bios(paths: Iterable[str], profile: str, dim: int) -> None:
+    """Every readable row of these local bios files suits a model of `profile` (`ParseBio`'s rule), or a
+    `RecordError` naming the file, line and field: checked on the driver before anything runs, where the pipeline
+    would only fail inside a worker."""
+    for path in paths:
+        with open_text(path) as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    row, _ = bio_row(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # blank or unreadable: `ParseBio` dead-letters it
+                row_bio(path, f"line {number}", row, profile, dim or None)
 
 
 class _Requests(beam.DoFn):
     def __init__(self, bios_expected: bool):
         self.bios_expected = bios_expected
 
-    def requests(self, batch: Batch, convs: list[Conversation], bios: list[Iterable[tuple[str, str]]],
+    def requests(self, batch: Batch, convs: list[Conversation], bios: list[Iterable[tuple[str, Bio]]],
                  *records: tuple[str, Any], **counts: int) -> Batch:
         """The batch's label requests, with `records` and the step's ledger row (speakers left without a bio,
         `counts`)."""
@@ -202,7 +228,8 @@ class NoBios(_Requests):
 
 
 class AttachGeneratedBios(_Requests):
-    """(conversation, its bio results) pairs from the bio model -> label requests; failed bios are dead letters."""
+    """(conversation, its bio results) pairs from the bio model -> label requests with each speaker's bio (a vector for
+    the scores/latent profiles); failed bios are dead letters."""
 
     def process(self, batch: Batch):
         c, dead = dict.fromkeys(("bios_generated", "bios_cached", "bios_dead_lettered"), 0), []
@@ -215,4 +242,5 @@ class AttachGeneratedBios(_Requests):
                 else:
                     c["bios_cached" if r.cached else "bios_generated"] += 1
         yield self.requests(batch, [conv for conv, _ in batch],
-                            [[(r.speaker, r.bio) for r in results if not r.error] for _, results in batch], *dead, **c)
+                            [[(r.speaker, r.bio if r.vector is None else r.vector) for r in results if not r.error]
+                             for _, results in batch], *dead, **c)

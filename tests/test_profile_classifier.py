@@ -193,23 +193,20 @@ def test_profile_settings_are_checked():
     assert load_config(None, profile="scores", bio_mode="none").model_config().profile == "text"
 
 
-def test_a_profile_model_is_refused_where_vectors_are_not_fed_yet(data, tmp_path):
-    """The manifest states the profile and must agree with config.json; the ONNX export and `bioserc label` do not
-    feed vectors yet, so they refuse such a model instead of running it on empty profiles."""
+def test_the_manifest_states_the_profile_and_must_agree_with_the_config(data, tmp_path):
+    """Pipelines plan the speaker inputs (bio text or vectors) from the manifest, the model computes with config.json:
+    they must agree. `bioserc label` takes a profile model (tests/test_profile_pipeline.py feeds it)."""
     from bioserc.artifacts import ArtifactError, read_manifest, verify_artifact, write_manifest
-    from bioserc.export.onnx_classifier import export_classifier
     from bioserc.pipelines.classify import check_model
 
     best = tmp_path / "best"
     save_best(str(best), make_model(data), {"weighted_f1": 0.5}, step=1)
     manifest = verify_artifact(str(best), "pytorch-classifier")
     assert (manifest["profile"], manifest["profile_dim"]) == ("scores", len(MELD))
-    with pytest.raises(ValueError, match="scores profile vectors.*ONNX export takes bio text only"):
-        export_classifier(str(best), str(tmp_path / "onnx"))
-    assert not (tmp_path / "onnx").exists()
-    with pytest.raises(ArtifactError, match="reads scores speaker profiles.*bioserc evaluate"):
-        check_model(str(best))
+    assert check_model(str(best))["profile"] == "scores"
     fields = {k: v for k, v in read_manifest(str(best)).items() if k not in ("files", "kind", "schema_version")}
     write_manifest(str(best), "pytorch-classifier", **{**fields, "profile": "text", "profile_dim": 0})
     with pytest.raises(ArtifactError, match=r"profile \('text', 0\) differs from config.json's \('scores', 7\)"):
         verify_artifact(str(best), "pytorch-classifier")
+    with pytest.raises(ArtifactError, match=r"profile \('text', 0\) differs"):
+        check_model(str(best))

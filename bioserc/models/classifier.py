@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from bioserc.artifacts import CLASSIFIER_KINDS, artifact_file, manifest_hash, verify_artifact
 from bioserc.devices import resolve_device
-from bioserc.models.collate import BioKey
+from bioserc.models.collate import Bio, BioKey
 from bioserc.models.llm_scoring import LLM_KINDS, TORCH_LLM_KINDS, LlmClassifier
 from bioserc.models.predict import Prediction
 from bioserc.schema import Conversation
@@ -24,7 +24,7 @@ class UtteranceClassifier(Protocol):
     model_id: str  # manifest hash: which exact artifact produced a prediction
     bio_mode: str
 
-    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
+    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None = None,
                 batch_size: int = 8, progress: bool = False,
                 max_utterances: int | None = None) -> list[Prediction]: ...
 

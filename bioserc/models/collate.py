@@ -41,9 +41,8 @@ def load_bios(paths: str | Iterable[str], profile: str = "text", dim: int | None
 
     `profile` is the model's: "text" reads the `bio` of text and emotion rows, "scores" / "latent" read each row's
     `vector`, which must hold `dim` finite numbers (None: as many as the first vector read). A row of another profile
-    or a vector of another size is a `RecordError` naming the file, line and field: a model silently fed profiles it
-    was not trained on would still predict, only worse. Failed rows (`error` set) belong to the dead-letter output
-    and are skipped.
+    or a vector of another size is a `RecordError` naming the file, line and field (`row_bio`). Failed rows (`error`
+    set) belong to the dead-letter output and are skipped.
     """
     if profile not in ROW_KINDS:
         raise ValueError(f"profile must be one of {tuple(ROW_KINDS)}, got {profile!r}")
@@ -55,23 +54,33 @@ def load_bios(paths: str | Iterable[str], profile: str = "text", dim: int | None
                 if not line.strip():
                     continue
                 row, where = _bio_row(path, number, line), f"line {number}"
-                if (kind := row.get("profile", "text")) not in ROW_KINDS[profile]:
-                    raise RecordError(path, where, "profile", f"{kind!r} rows cannot feed a model of profile "
-                                      f"{profile} (it reads {' or '.join(ROW_KINDS[profile])} rows, from `bioserc "
-                                      f"bios --profile`)")
-                if row.get("error") or (profile == "text" and not row.get("bio")):
-                    continue  # failed bios belong to the dead-letter output
-                key = _bio_key(path, where, row)
-                if profile == "text":
-                    bios[key] = str(row["bio"])
+                bio = row_bio(path, where, row, profile, dim, first)
+                if bio is None:
                     continue
-                vector = _vector(path, where, row.get("vector"))
-                if dim is None:
-                    dim, first = len(vector), f"the first vector, {path} line {number}"
-                if len(vector) != dim:
-                    raise RecordError(path, where, "vector", f"has {len(vector)} entries, expected {dim} ({first})")
-                bios[key] = vector
+                key = _bio_key(path, where, row)
+                if dim is None and not isinstance(bio, str):
+                    dim, first = len(bio), f"the first vector, {path} line {number}"
+                bios[key] = bio
     return bios
+
+
+def row_bio(path: str, where: str, row: dict[str, Any], profile: str, dim: int | None = None,
+            source: str = "the model's profile_dim") -> Bio | None:
+    """What one bios.jsonl row gives a model of `profile`: its bio text, its vector (of `dim` numbers unless None;
+    `source` says where `dim` came from), or None for a failed row. A row of another profile or a bad vector is a
+    `RecordError` (the record is `where`): a model silently fed profiles it was not trained on would still predict,
+    only worse. Shared by `load_bios` and the labelling pipeline's reading of `--bios`."""
+    if (kind := row.get("profile", "text")) not in ROW_KINDS[profile]:
+        raise RecordError(path, where, "profile", f"{kind!r} rows cannot feed a model of profile {profile} (it reads "
+                          f"{' or '.join(ROW_KINDS[profile])} rows, from `bioserc bios --profile`)")
+    if row.get("error") or (profile == "text" and not row.get("bio")):
+        return None  # failed bios belong to the dead-letter output
+    if profile == "text":
+        return str(row["bio"])
+    vector = _vector(path, where, row.get("vector"))
+    if dim is not None and len(vector) != dim:
+        raise RecordError(path, where, "vector", f"has {len(vector)} entries, expected {dim} ({source})")
+    return vector
 
 
 def _bio_row(path: str, number: int, line: str) -> dict[str, Any]:

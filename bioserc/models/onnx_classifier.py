@@ -3,7 +3,8 @@
 The same `Collator` and the same length-sorted conversation batches as `predict.predict` build the inputs, so a
 conversation is cut into exactly the windows, speakers and bios the PyTorch model sees. Per batch: the encoder graph
 pools every window (and, once, every distinct bio of the batch), numpy scatters the window vectors into
-(conversations x utterances) slots, and the head graph returns the logits.
+(conversations x utterances) slots, and the head graph returns the logits. A scores/latent profile model's speaker
+vectors go to the head as they are (it projects them).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
 from bioserc.batching import length_sorted_chunks
 from bioserc.models.bioserc_bert import CONFIG_FILE, BiosercBertConfig
-from bioserc.models.collate import BioKey, Collator
+from bioserc.models.collate import Bio, BioKey, Collator
 from bioserc.models.predict import Prediction, predict_conversations
 from bioserc.runtime import make_session, ort_providers
 from bioserc.schema import Conversation
@@ -98,13 +99,16 @@ class OnnxClassifier:
         feeds: dict[str, Any] = {"utterances": slots.reshape(n_conv, n_utt, -1), "utterance_mask": x["utt_mask"],
                                  "utterance_speaker": x["utt_speaker"]}
         if self.bio_mode != "none":
-            bios = self.encode(x["bio_input_ids"], x["bio_attention_mask"], x["bio_attention_mask"],
-                               self.config.bio_max_length if self.pad_to_max else None)
-            feeds["speaker_bios"] = bios[x["speaker_bio"]]  # (B, S, H): each distinct bio was encoded once
             feeds["speaker_mask"] = x["speaker_mask"]
+            if self.collator.vectors:
+                feeds["speaker_profiles"] = x["speaker_profile"]  # (B, S, D): the head projects them
+            else:
+                bios = self.encode(x["bio_input_ids"], x["bio_attention_mask"], x["bio_attention_mask"],
+                                   self.config.bio_max_length if self.pad_to_max else None)
+                feeds["speaker_bios"] = bios[x["speaker_bio"]]  # (B, S, H): each distinct bio was encoded once
         return self.head.run(None, {k: v for k, v in feeds.items() if k in self._head_inputs})[0]
 
-    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
+    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None = None,
                 batch_size: int = 8, progress: bool = False, max_utterances: int | None = None) -> list[Prediction]:
         """One `Prediction` per utterance, in input order (as `bioserc.models.predict.predict`)."""
         return predict_conversations(conversations, bios, self.collator, self.labels,
