@@ -10,6 +10,9 @@ batch    bios/s at batch sizes --batch-sizes on the same >= 64 prompts (batch 1 
          prefix sharing is today's one-at-a-time path), with padding waste in prefill and decode slots.
 roof     a batched matmul of the model's shape (tokens x hidden x intermediate) on this CPU: the FLOP/s the model's
          matmuls could reach, turned into tokens/s (2 FLOP per parameter per token) to compare generation against.
+before   today's shared-prefix path vs the code before this work (a git revision, --before-rev: per-speaker prefill,
+         transformers' `generate`, eager attention), which runs in a child process on a worktree of that revision;
+         the two alternate on chunks of --chunk conversations; both must give the same bios.
 threads  the same small workloads (bios; the default classifier labelling utterances) in fresh processes, idle and
          next to a CPU-heavy competitor (a PyTorch matmul loop with its default threads, as another training would
          be), for each thread setting: the loss under load is loaded wall / idle wall.
@@ -69,6 +72,57 @@ def prefix_part(args, backend, config) -> dict:
             "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)), "bios": len(new),
             "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5],
             "shared_vs_per_speaker_wall": round(wall["per-speaker prefill"] / wall["shared prefix"], 2)}
+
+
+BEFORE = r"""
+import json, sys, time
+from bioserc.bios.backend import GenerationConfig
+from bioserc.bios.backends import make_backend
+from bioserc.bios.extract import BioExtractor
+from bioserc.readers import read_conversations
+data, skip, n, batch, new_tokens = sys.argv[1], *map(int, sys.argv[2:])
+convs = read_conversations(data)[skip:skip + n]
+backend = make_backend("transformers", "smollm2", batch_size=batch)
+backend.share_prefix = False  # the per-speaker prefill of before
+start = time.perf_counter()
+results = list(BioExtractor(backend, GenerationConfig(max_new_tokens=new_tokens)).run(convs, chunk=batch))
+wall = time.perf_counter() - start
+print(json.dumps({"wall_s": wall, "bios": sorted([r.conversation_id, r.speaker, r.bio, r.error] for r in results)}))
+"""
+
+
+def before_part(args, backend, config) -> dict:
+    """Chunks alternate between a child process running --before-rev (its own checkout first on the path) and this
+    process's shared-prefix path; the child's wall covers generation only, as this side's does."""
+    import tempfile
+
+    convs = conversations(args.data, args.conversations)
+    root = tempfile.mkdtemp(prefix="bios-before-")
+    tree = os.path.join(root, "tree")
+    subprocess.run(["git", "worktree", "add", "--detach", tree, args.before_rev], check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": tree}
+    wall, bios = Counter(), {"before": [], "now": []}
+    try:
+        for start in range(0, len(convs), args.chunk):
+            out = subprocess.run([sys.executable, "-c", BEFORE, os.path.abspath(args.data), str(start),
+                                  str(min(args.chunk, len(convs) - start)), str(args.batch_size),
+                                  str(config.max_new_tokens)], env=env, check=True, capture_output=True, text=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            wall["before"] += row["wall_s"]
+            bios["before"] += [tuple(b) for b in row["bios"]]
+            backend.share_prefix, backend.counts = True, Counter()
+            results, w = run_bios(backend, convs[start:start + args.chunk], config, args.batch_size)
+            wall["now"] += w
+            bios["now"] += sorted((r.conversation_id, r.speaker, r.bio, r.error) for r in results)
+            print(json.dumps({"chunk": start, "before_s": round(row["wall_s"], 1), "now_s": round(w, 1)}), flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", tree], check=False, capture_output=True)
+    old, new = bios["before"], bios["now"]
+    return {"before_rev": args.before_rev, "conversations": len(convs), "batch_size": args.batch_size,
+            "before_wall_s": round(wall["before"], 1), "now_wall_s": round(wall["now"], 1),
+            "before_vs_now_wall": round(wall["before"] / wall["now"], 2), "bios": len(new),
+            "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)),
+            "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5]}
 
 
 def batch_part(args, backend, config) -> dict:
@@ -186,7 +240,7 @@ def threads_part(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DATA)
-    p.add_argument("--parts", nargs="+", choices=["prefix", "batch", "roof", "threads"],
+    p.add_argument("--parts", nargs="+", choices=["prefix", "before", "batch", "roof", "threads"],
                    default=["prefix", "batch", "roof", "threads"])
     p.add_argument("--backend", default="transformers", choices=["transformers", "onnx"])
     p.add_argument("--model", default="smollm2", help="embedded name or folder (an ONNX export for --backend onnx)")
@@ -196,6 +250,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=64, help="batch part: at least this many prompts")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     p.add_argument("--max-new-tokens", type=int, default=96, help="as `bioserc bios` (its default)")
+    p.add_argument("--before-rev", default="9d05741", help="before part: the git revision to compare against")
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args()
 
@@ -207,10 +262,12 @@ def main() -> None:
     report: dict = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "loadavg_before": os.getloadavg(), "backend": args.backend, "config": config.to_dict()}
     backend = None
-    if {"prefix", "batch"} & set(args.parts):
+    if {"prefix", "before", "batch"} & set(args.parts):
         backend = make_backend(args.backend, args.model, batch_size=args.batch_size)
     if "prefix" in args.parts:
         report["prefix"] = prefix_part(args, backend, config)
+    if "before" in args.parts:
+        report["before"] = before_part(args, backend, config)
     if "batch" in args.parts:
         report["batch"] = batch_part(args, backend, replace(config))
     if "roof" in args.parts:

@@ -1,11 +1,12 @@
 """The LLM variant's MELD valid score on this CPU (issue 16), resumable: rerun the same command after a stop.
 
     python bench/llm_meld.py --out docs/bench/llm_meld.json
+    python bench/llm_meld.py --bio-mode none --root runs/llm-meld-nobio --out docs/bench/llm_meld_nobio.json
 
 Stages, each skipped when ROOT/results.json already holds it (training continues from its last checkpoint-N):
 train  LoRA on the embedded SmolLM2 with training/configs/meld_smollm2_lora.yaml (a class-balanced MELD train
-       subset, bios in the prompt), the committed bios of data/bios/ (--bios-dir); the loss curve is read from the
-       Trainer's log.
+       subset, bios in the prompt; `--bio-mode none`: the paper's "LoRA without bios"), the committed bios of
+       data/bios/ (--bios-dir); the loss curve is read from the Trainer's log.
 eval   every MELD valid utterance scored twice, with each speaker's bio and with the bio left out; each pass gives
        the sum, mean and first-token scorings from the same forward passes (`label_logliks`): weighted and macro
        F1, and the share of the most-predicted label (1.0 would be the one-label collapse).
@@ -48,7 +49,8 @@ def train_stage(args) -> dict[str, Any]:
                              dev_data=[os.path.join(args.data, "meld.valid.json")],
                              train_bios=[os.path.join(args.bios_dir, "meld.train.bios.jsonl.gz")],
                              dev_bios=[os.path.join(args.bios_dir, "meld.valid.bios.jsonl.gz")],
-                             eval_mode="none", logging_steps=1, threads=args.threads, output_dir=out, resume=resume)
+                             bio_mode=args.bio_mode, eval_mode="none", logging_steps=1, threads=args.threads,
+                             output_dir=out, resume=resume)
         train(config)
     with open(os.path.join(out, "train_config.json"), encoding="utf-8") as fh:
         config = json.load(fh)
@@ -112,7 +114,9 @@ def eval_stage(args, results: dict) -> None:
     classifier = LlmClassifier.from_pretrained(results["train"]["adapter"], device="cpu")
     bios = load_bios(os.path.join(args.bios_dir, "meld.valid.bios.jsonl.gz"))
     evals = results.setdefault("eval", {})
-    for name, condition in (("with bios", bios), ("bios left out", None)):
+    conditions = (("with bios", bios), ("bios left out", None)) if classifier.bio_mode != "none" else \
+        (("trained and scored without bios", None),)
+    for name, condition in conditions:
         if name in evals:
             continue
         labels, seconds, tokens = predictions(classifier, convs, condition, args.batch_size)
@@ -177,6 +181,7 @@ def main() -> None:
     p.add_argument("--root", default=os.path.join(ROOT, "runs", "llm-meld"), help="checkpoints, exports, results")
     p.add_argument("--stages", nargs="+", default=["train", "eval", "bert", "speed"],
                    choices=["train", "eval", "bert", "speed"])
+    p.add_argument("--bio-mode", default="prompt", choices=["prompt", "none"], help="train with bios or without")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per scoring pass")
     p.add_argument("--speed-utterances", type=int, default=150)
     p.add_argument("--rounds", type=int, default=2)
