@@ -178,7 +178,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation limit per bio")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (use with --seed)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
-    g.add_argument("--batch-size", type=at_least(1), default=16, metavar="N", help="prompts per LLM generate call")
+    g.add_argument("--batch-size", type=at_least(1), default=32, metavar="N",
+                   help="prompts per LLM generate call (32: 5.1x one-at-a-time on MELD, docs/BENCHMARKS.md)")
     g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
                    help="CPU threads of the LLM per worker process (default 0: automatic)")
     g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",

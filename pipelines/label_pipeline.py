@@ -157,7 +157,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--bio-words", type=at_least(1), default=60, help="word limit asked for (bios --words)")
     g.add_argument("--bio-max-new-tokens", type=at_least(1), default=96,
                    help="generation limit per bio (bios --max-new-tokens)")
-    g.add_argument("--bio-batch-size", type=at_least(1), default=16,
+    g.add_argument("--bio-batch-size", type=at_least(1), default=32,
                    help="prompts per LLM generate call (bios --batch-size)")
     g.add_argument("--bio-threads", type=at_least(0), default=0, metavar="N",
                    help="CPU threads of the LLM per worker process (default 0: automatic; bios --threads)")

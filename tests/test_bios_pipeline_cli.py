@@ -86,7 +86,7 @@ def test_a_second_run_on_a_locked_output_exits_2_and_touches_nothing(bios_cli, t
 ])
 def test_threads_reach_the_local_llm_backends(kind, flags, threads):
     args = make_parser().parse_args(["calls.jsonl", "-o", "out", "--backend", kind, *flags])
-    assert backend_options(args) == {"batch_size": 16, "threads": threads}
+    assert backend_options(args) == {"batch_size": 32, "threads": threads}
 
 
 @pytest.mark.parametrize("kind, flags", [("openai", ["--base-url", "http://127.0.0.1:9"]), ("trtllm", [])])
@@ -99,4 +99,4 @@ def test_label_bio_threads_is_bios_threads():
     """`bioserc label` has --threads for the classifier; the LLM's are --bio-threads, through the same options."""
     args = label_pipeline.make_parser().parse_args(["calls.jsonl", "-o", "out", "--threads", "1",
                                                     "--bio-backend", "onnx", "--bio-threads", "4"])
-    assert (args.threads, backend_options(args, "bio_")) == (1, {"batch_size": 16, "threads": 4})
+    assert (args.threads, backend_options(args, "bio_")) == (1, {"batch_size": 32, "threads": 4})
