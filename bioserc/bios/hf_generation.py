@@ -156,7 +156,7 @@ class HFGenerationBackend(LLMBackend):
         if config.no_repeat_ngram_size:
             processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
         stop = torch.tensor(sorted(self._stop_ids()), device=input_ids.device)
-        position = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        position = positions(attention_mask)
         step_ids, step_positions = input_ids[:, width:], position[:, width:]  # the first step: the unshared rest
         seqs, mask, alive = input_ids, attention_mask, list(range(len(input_ids)))
         new: list[list[int]] = [[] for _ in alive]
@@ -201,7 +201,7 @@ class HFGenerationBackend(LLMBackend):
         import torch
 
         input_ids, attention_mask, masks, width, tail, rest_tokens = self._layout(groups, ids)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        position_ids = positions(attention_mask)
         with torch.inference_mode():
             past = self._prefill(groups, input_ids[:, :width], attention_mask[:, :width]) if width else None
             out = self.model(input_ids=input_ids[:, width:], attention_mask=attention_mask,
@@ -224,10 +224,16 @@ class HFGenerationBackend(LLMBackend):
             index += [n] * len(g.members)
             start += len(g.members)
         ids, mask = prefix_ids[firsts], prefix_mask[firsts]
-        position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        position_ids = positions(mask)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
                          **self._keep_last_logits())
         return repeat_rows(out.past_key_values, torch.tensor(index, device=ids.device))
+
+
+def positions(mask: Any) -> Any:
+    """Position ids that count only a row's real tokens (pads, anywhere in the row, get a dummy 1), as `generate`
+    derives them from the attention mask."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
 def repeat_rows(cache: Any, index: Any) -> Any:
