@@ -3,6 +3,7 @@
     python bench/sweep.py bench/sweeps/meld_profiles.yaml --dry-run                  # cells and their status
     python bench/sweep.py bench/sweeps/meld_profiles.yaml --threads 2                # train what is not done
     python bench/sweep.py bench/sweeps/meld_profiles.yaml --set meld.train_data=DIR/meld.train.json
+    python bench/sweep.py bench/sweeps/meld_profiles.yaml --only 'meld/*'            # train some cells only
     python bench/sweep.py bench/sweeps/meld_profiles.yaml --report-only              # rebuild the table
 
 A grid file (YAML):
@@ -11,6 +12,7 @@ A grid file (YAML):
     datasets: [meld, emorynlp]
     seeds: [1, 2, 3]
     variants: {nobio: {bio_mode: none}, text: {bio_mode: mlp}}   # config overrides per variant
+    # a string value may name its dataset: scores: {profile: scores, train_bios: data/profiles/{dataset}.train.jsonl}
     reference: nobio                                             # the variant the others are compared with
     overrides: {epochs: 4}                                       # optional: every cell
     root: runs/sweeps/meld_profiles
@@ -32,6 +34,7 @@ reference variant. Unfinished cells are listed as missing, never averaged.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -125,6 +128,14 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def _for_dataset(settings: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """`{dataset}` in a string value becomes the dataset's name, so one variant can point at per-dataset files."""
+    def fill(value: Any) -> Any:
+        return value.replace("{dataset}", dataset) if isinstance(value, str) else value
+    return {name: [fill(v) for v in value] if isinstance(value, list) else fill(value)
+            for name, value in settings.items()}
+
+
 def parse_sets(sets: Sequence[str], datasets: Sequence[str]) -> dict[str | None, dict[str, Any]]:
     """`KEY=VALUE` (every dataset) and `DATASET.KEY=VALUE`, values read as YAML: {None or dataset: {key: value}}."""
     parsed: dict[str | None, dict[str, Any]] = {}
@@ -174,8 +185,8 @@ def load_grid(path: str, root: str | None = None, sets: Sequence[str] = ()) -> G
     for dataset in datasets:
         if not os.path.isfile(bases[dataset]):
             raise ValueError(f"{path}: base_config of {dataset}: no file {bases[dataset]}")
-        settings = {name: {**overrides, **scoped.get(None, {}), **scoped.get(dataset, {}), **variant}
-                    for name, variant in variants.items()}
+        settings = {name: _for_dataset({**overrides, **scoped.get(None, {}), **scoped.get(dataset, {}), **variant},
+                                       dataset) for name, variant in variants.items()}
         configs = {}
         for name, values in settings.items():
             try:
@@ -240,8 +251,9 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner) -> list[str]:
-    """Train every cell that is not done (resuming partial ones); returns the keys of the cells that failed."""
+def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, only: Sequence[str] = ()) -> list[str]:
+    """Train every cell that is not done (resuming partial ones) and whose key matches one of the `only` patterns
+    (all when none); returns the keys of the cells that failed."""
     os.makedirs(grid.root, exist_ok=True)
     handler = logging.FileHandler(os.path.join(grid.root, "sweep.log"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -251,6 +263,8 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner) 
     try:
         logger.info("sweep %s: %d cells in %s", grid.path, len(grid.cells), grid.root)
         for i, cell in enumerate(grid.cells, 1):
+            if only and not any(fnmatch.fnmatchcase(cell.key, pattern) for pattern in only):
+                continue
             before = describe(cell_status(cell))
             if before == "done":
                 logger.info("[%d/%d] %s: done, skipped", i, len(grid.cells), cell.key)
@@ -401,6 +415,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="[DATASET.]KEY=VALUE",
                         help="a config override for every cell (or one dataset's), e.g. train_data=PATH; repeatable")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per cell (0: train_bert's default)")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="train only the cells whose DATASET/VARIANT/seed-S key matches this glob, e.g. "
+                             "'meld/*' or '*/scores/*'; repeatable (the table still covers every cell)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the cells, their status and command; train nothing")
     mode.add_argument("--report-only", action="store_true", help="rebuild results.json and the table; train nothing")
@@ -416,7 +433,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
             print(f"{cell.key:<32} {describe(cell_status(cell)):<28} "
                   f"{shlex.join(['python', '-m', TRAINER, *cell.argv(args.threads)])}")
         return 0
-    failed = [] if args.report_only else run_sweep(grid, args.threads, runner)
+    failed = [] if args.report_only else run_sweep(grid, args.threads, runner, args.only)
     write_results(grid)
     return 1 if failed else 0
 

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).parents[1]
 BASE = str(REPO / "training" / "configs" / "meld_minilm.yaml")  # points at ../shared data: --set replaces it
+EMORY = str(REPO / "training" / "configs" / "emorynlp_minilm.yaml")
 _spec = importlib.util.spec_from_file_location("sweep", REPO / "bench" / "sweep.py")
 sweep = sys.modules["sweep"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(sweep)
@@ -248,3 +249,28 @@ def test_resume_without_a_checkpoint_starts_fresh_applies_threads_and_marks_done
     done = json.loads((tmp_path / "done.json").read_text())
     assert done["steps"] == 3 and done["best_dev_weighted_f1"] == pytest.approx(result["best_dev_weighted_f1"])
     assert "history" not in done and not (tmp_path / "done.json.tmp").exists()
+
+
+def test_a_variant_names_per_dataset_files_with_the_dataset_placeholder(tiny, tmp_path):
+    grid = write_grid(tmp_path, tiny, variants={"scores": {"profile": "scores",
+                                                           "train_bios": "profiles/{dataset}.train.jsonl",
+                                                           "dev_bios": ["profiles/{dataset}.valid.jsonl", "x.jsonl"]}},
+                      base_config={"meld": BASE, "emorynlp": EMORY}, datasets=["meld", "emorynlp"], reference=None)
+    cells = {c.dataset: c for c in sweep.load_grid(grid).cells}
+    for dataset in ("meld", "emorynlp"):
+        assert cells[dataset].settings["train_bios"] == f"profiles/{dataset}.train.jsonl"
+        assert cells[dataset].config["dev_bios"] == [f"profiles/{dataset}.valid.jsonl", "x.jsonl"]
+        assert cells[dataset].config["profile"] == "scores"
+
+
+def test_only_trains_the_matching_cells(tiny, tmp_path):
+    grid = write_grid(tmp_path, tiny, seeds=(1, 2))
+    calls: list[str] = []
+
+    def runner(argv: list[str], log_path: str) -> int:
+        calls.append(argv[argv.index("--output_dir") + 1])
+        return 1  # nothing trained: the cell stays todo and counts as failed
+
+    assert sweep.main([grid, *data_sets(tiny), "--only", "*/text/*", "--only", "meld/nobio/seed-2"], runner) == 1
+    root = tmp_path / "sweep" / "meld"
+    assert calls == [str(root / "text" / "seed-1"), str(root / "nobio" / "seed-2"), str(root / "text" / "seed-2")]
