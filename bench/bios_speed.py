@@ -12,7 +12,11 @@ roof     a batched matmul of the model's shape (tokens x hidden x intermediate) 
          matmuls could reach, turned into tokens/s (2 FLOP per parameter per token) to compare generation against.
 before   today's shared-prefix path vs the code before this work (a git revision, --before-rev: per-speaker prefill,
          transformers' `generate`, eager attention), which runs in a child process on a worktree of that revision;
-         the two alternate on chunks of --chunk conversations; both must give the same bios.
+         the two alternate on chunks of --chunk conversations (as `bioserc bios --conversations-per-batch`); both must
+         give the same bios; --before-batch-size gives the revision its own batch size.
+profiles every profile source of `bioserc bios --profile` (--profiles; scores with the MELD label words) on the same
+         first --conversations conversations, alternating on chunks of --chunk conversations: seconds per
+         conversation, tokens prefilled and generated per conversation, and each one's wall against text bios.
 threads  the same small workloads (bios; the default classifier labelling utterances) in fresh processes, idle and
          next to a CPU-heavy competitor (a PyTorch matmul loop with its default threads, as another training would
          be), for each thread setting: the loss under load is loaded wall / idle wall.
@@ -101,11 +105,12 @@ def before_part(args, backend, config) -> dict:
     tree = os.path.join(root, "tree")
     subprocess.run(["git", "worktree", "add", "--detach", tree, args.before_rev], check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": tree}
+    before_batch = args.before_batch_size or args.batch_size
     wall, bios = Counter(), {"before": [], "now": []}
     try:
         for start in range(0, len(convs), args.chunk):
             out = subprocess.run([sys.executable, "-c", BEFORE, os.path.abspath(args.data), str(start),
-                                  str(min(args.chunk, len(convs) - start)), str(args.batch_size),
+                                  str(min(args.chunk, len(convs) - start)), str(before_batch),
                                   str(config.max_new_tokens)], env=env, check=True, capture_output=True, text=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             wall["before"] += row["wall_s"]
@@ -118,11 +123,38 @@ def before_part(args, backend, config) -> dict:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", tree], check=False, capture_output=True)
     old, new = bios["before"], bios["now"]
-    return {"before_rev": args.before_rev, "conversations": len(convs), "batch_size": args.batch_size,
+    return {"before_rev": args.before_rev, "conversations": len(convs), "chunk": args.chunk,
+            "batch_size": args.batch_size, "before_batch_size": before_batch,
             "before_wall_s": round(wall["before"], 1), "now_wall_s": round(wall["now"], 1),
             "before_vs_now_wall": round(wall["before"] / wall["now"], 2), "bios": len(new),
             "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)),
             "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5]}
+
+
+def profiles_part(args, backend, config) -> dict:
+    from bioserc.bios.extract import BioExtractor
+    from bioserc.labels import get_label_set
+
+    convs = conversations(args.data, args.conversations)
+    labels = get_label_set("meld").labels
+    wall, counts, done = Counter(), {p: Counter() for p in args.profiles}, Counter()
+    backend.share_prefix = True
+    for start in range(0, len(convs), args.chunk):
+        for profile in args.profiles:
+            backend.counts = counts[profile]
+            extractor = BioExtractor(backend, config, profile=profile, labels=labels)
+            begin = time.perf_counter()
+            results = list(extractor.run(convs[start:start + args.chunk], chunk=args.batch_size))
+            wall[profile] += time.perf_counter() - begin
+            done[profile] += sum(r.error is None for r in results)
+            print(json.dumps({"chunk": start, "profile": profile, "wall_s": round(wall[profile], 1)}), flush=True)
+    n = len(convs)
+    rows = [{"profile": p, "profiles_made": done[p], "wall_s": round(wall[p], 1),
+             "s_per_conversation": round(wall[p] / n, 3),
+             "prefilled_tokens_per_conversation": round(counts[p]["prefilled_tokens"] / n, 1),
+             "generated_tokens_per_conversation": round(counts[p]["generated_tokens"] / n, 1),
+             "wall_vs_text": round(wall[p] / wall["text"], 3) if wall["text"] else None} for p in args.profiles]
+    return {"conversations": n, "batch_size": args.batch_size, "rows": rows}
 
 
 def batch_part(args, backend, config) -> dict:
@@ -240,7 +272,7 @@ def threads_part(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DATA)
-    p.add_argument("--parts", nargs="+", choices=["prefix", "before", "batch", "roof", "threads"],
+    p.add_argument("--parts", nargs="+", choices=["prefix", "before", "batch", "roof", "profiles", "threads"],
                    default=["prefix", "batch", "roof", "threads"])
     p.add_argument("--backend", default="transformers", choices=["transformers", "onnx"])
     p.add_argument("--model", default="smollm2", help="embedded name or folder (an ONNX export for --backend onnx)")
@@ -249,8 +281,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="prefix part: prompts per generate call")
     p.add_argument("--prompts", type=int, default=64, help="batch part: at least this many prompts")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    p.add_argument("--profiles", nargs="+", default=["text", "emotion", "scores", "latent"],
+                   help="profiles part: the sources to compare (text first: the others' wall is against it)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="as `bioserc bios` (its default)")
     p.add_argument("--before-rev", default="9d05741", help="before part: the git revision to compare against")
+    p.add_argument("--before-batch-size", type=int, default=0,
+                   help="before part: the revision's prompts per generate call (0: --batch-size); each side at its "
+                        "own `bioserc bios` default is --batch-size 32 --before-batch-size 16 --chunk 16")
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args()
 
@@ -262,12 +299,14 @@ def main() -> None:
     report: dict = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "loadavg_before": os.getloadavg(), "backend": args.backend, "config": config.to_dict()}
     backend = None
-    if {"prefix", "before", "batch"} & set(args.parts):
+    if {"prefix", "before", "batch", "profiles"} & set(args.parts):
         backend = make_backend(args.backend, args.model, batch_size=args.batch_size)
     if "prefix" in args.parts:
         report["prefix"] = prefix_part(args, backend, config)
     if "before" in args.parts:
         report["before"] = before_part(args, backend, config)
+    if "profiles" in args.parts:
+        report["profiles"] = profiles_part(args, backend, config)
     if "batch" in args.parts:
         report["batch"] = batch_part(args, backend, replace(config))
     if "roof" in args.parts:

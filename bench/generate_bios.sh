@@ -2,6 +2,7 @@
 # Generate speaker profiles for MELD and EmoryNLP train + valid with the embedded SmolLM2, resumably.
 #   nohup bash bench/generate_bios.sh > runs/generate_bios.log 2>&1 &                  # text bios (bio-v1)
 #   PROFILE=scores nohup bash bench/generate_bios.sh > runs/generate_scores.log 2>&1 &  # scores-v1 vectors
+#   PROFILE=scores SPLITS="meld/meld.valid meld/meld.train" bash bench/generate_bios.sh          # some splits only
 # PROFILE is any `bioserc bios --profile` (text, emotion, scores, latent). Text bios run on ONNX Runtime (the same
 # bios as PyTorch, 1.84x faster here: docs/BENCHMARKS.md); the other profiles on BACKEND (default transformers, the
 # only one that gives latent's hidden states). The cache (data/bios/cache/ for text, data/profiles/cache/ otherwise;
@@ -25,7 +26,7 @@ if [ "$PROFILE" = text ]; then
 else
   dest=data/profiles suffix="$PROFILE" dead="$PROFILE.dead_letter" backend=(--backend "${BACKEND:-transformers}")
 fi
-for split in meld/meld.valid meld/meld.train emorynlp/emorynlp.valid emorynlp/emorynlp.train; do
+for split in ${SPLITS:-meld/meld.valid meld/meld.train emorynlp/emorynlp.valid emorynlp/emorynlp.train}; do
   name=$(basename "$split")
   out="runs/$suffix/$name"
   start=$(date +%s)

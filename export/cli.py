@@ -57,8 +57,13 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
     if args.per_channel and args.quantize != "dynamic":
         raise ValueError("--per-channel only applies with --quantize dynamic (--quantize weights has finer scales)")
+    if (args.seed_results is None) != (args.seed_variant is None):
+        missing = "--seed-variant" if args.seed_results else "--seed-results"
+        raise ValueError(f"--seed-results and --seed-variant go together (the results.json and its DATASET/VARIANT "
+                         f"row): {missing} is missing")
     manifest = export_classifier(args.model, args.output, quantize=args.quantize, optimize=args.optimize,
-                                 opset=args.opset, per_channel=args.per_channel)
+                                 opset=args.opset, per_channel=args.per_channel, seed_results=args.seed_results,
+                                 seed_variant=args.seed_variant)
     print(summarize(args.output, manifest))
     return 0
 
@@ -112,6 +117,12 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     p.add_argument("--per-channel", action="store_true", help="with --quantize dynamic: scales per output channel")
     p.add_argument("--optimize", action="store_true", help="fuse attention/LayerNorm/GELU in the encoder graph")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--seed-results", metavar="RESULTS.json",
+                   help="a bench/sweep.py results.json: the model card states weighted F1 as mean ± std over the "
+                        "seeds of --seed-variant's row (and the manifest records them); None: this checkpoint only")
+    p.add_argument("--seed-variant", metavar="DATASET/VARIANT",
+                   help="with --seed-results: the row of the settings this checkpoint was trained with "
+                        "(e.g. meld/scores)")
     p.set_defaults(func=cmd_onnx)
 
     p = sub.add_parser("onnx-llm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

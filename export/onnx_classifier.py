@@ -1,6 +1,8 @@
 """Export a trained `BiosercBert` folder to ONNX: two graphs, optionally int8, with a checksummed manifest.
 
     bioserc export onnx --model runs/meld-minilm/best -o serving_artifacts/meld-minilm-onnx [--quantize] [--optimize]
+    bioserc export onnx --model runs/sweeps/meld_profiles/meld/scores/seed-2/best -o serving_artifacts/meld-onnx \\
+        --quantize --seed-results runs/sweeps/meld_profiles/results.json --seed-variant meld/scores  # W-F1 mean ± std
 
 The export boundary (why two graphs, and where the cut is):
 
@@ -69,7 +71,7 @@ from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.export._staging import check_target, publish
 from bioserc.export.int8_weights import BLOCK_SIZE, OPSET, quantize_weights
-from bioserc.export.model_card import write_model_card
+from bioserc.export.model_card import load_seed_results, write_model_card
 from bioserc.fsutil import staging_dir
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean, sinusoid
 from bioserc.models.collate import Bio
@@ -308,7 +310,8 @@ def _versions() -> dict[str, str]:
 
 
 def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None, optimize: bool = False,
-                      opset: int = 17, per_channel: bool = False) -> dict[str, Any]:
+                      opset: int = 17, per_channel: bool = False, seed_results: str | None = None,
+                      seed_variant: str | None = None) -> dict[str, Any]:
     """Export `model_dir` (a verified pytorch-classifier artifact) into `out_dir`; return the new manifest.
 
     Args:
@@ -317,6 +320,9 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
             activations quantized per call too, MatMul/Attention only).
         optimize: fuse attention/LayerNorm/GELU in the encoder first (onnxruntime.transformers.optimizer).
         per_channel: with "dynamic", int8 scales per output channel instead of per tensor.
+        seed_results, seed_variant: a `bench/sweep.py` results.json and its row "DATASET/VARIANT" (the settings this
+            checkpoint was trained with): the model card then states weighted F1 as mean ± std over the row's seeds,
+            and the manifest records them (`seed_results`). Both or neither; read before any export work.
 
     `out_dir` is written beside itself and renamed into place, so a failed export never leaves a half folder.
     """
@@ -328,8 +334,16 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
         raise ValueError(f"quantize={quantize!r}: choose one of {QUANT_MODES}")
     if per_channel and quantize != "dynamic":
         raise ValueError("per_channel only applies to quantize='dynamic' (weight-only int8 has finer scales)")
+    if (seed_results is None) != (seed_variant is None):
+        raise ValueError("seed_results (a results.json) and seed_variant (its DATASET/VARIANT row) go together")
+    seeds = None
+    if seed_results is not None and seed_variant is not None:
+        seeds = load_seed_results(seed_results, seed_variant)
     check_target(out_dir)
     source = verify_artifact(model_dir, "pytorch-classifier")
+    if seeds and seeds["dataset"] != source.get("label_set"):
+        raise ValueError(f"seed results {seed_results}: row {seed_variant} is for {seeds['dataset']}, but "
+                         f"{model_dir} is a {source.get('label_set')} model")
     model = BiosercBert.from_pretrained(model_dir).eval()
     config = model.config
     tmp = staging_dir(out_dir)
@@ -380,14 +394,14 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
             parity["int8_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
             parity["int8_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
         precision = "int8" if quantize else "fp32"
-        write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir)
+        write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds)
         manifest = write_manifest(
             tmp, "onnx-classifier", **fields,
             precision=precision, quantized=[ENCODER_FILE] if quantize else [],
             quantization=quantization,
             optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
             source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),
-            metrics=source.get("metrics", {}))
+            metrics=source.get("metrics", {}), seed_results=seeds)
         publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import sys
 import types
 from pathlib import Path
@@ -425,6 +426,167 @@ def test_cli_exports_onnx_with_a_summary(exported, tmp_path, capsys):
     assert "onnx-classifier artifact written to" in out and "encoder.onnx" in out
     assert "fp32_head_max_abs_diff" in out
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["precision"] == "fp32"
+
+
+# ------------------------------------------------------------------------------------ model card: profile and seeds
+
+def summary(per_seed: dict[int, float]) -> dict:
+    """What bench/sweep.py `_summary` stores: mean and sample std (n - 1), None where undefined."""
+    values = list(per_seed.values())
+    return {"n": len(values), "mean": statistics.mean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+            "per_seed": {str(s): v for s, v in per_seed.items()}}
+
+
+def sweep_results(path: Path) -> str:
+    """A small results.json shaped as `bench/sweep.py collect` writes it: meld/scores is the row under test, the other
+    rows are there to be told apart from it."""
+    row = {"settings": {}, "missing_seeds": [], "per_class_f1": {}, "train_wall_s": None, "train_wall_complete": True}
+    table = [
+        {**row, "dataset": "meld", "variant": "nobio", "seeds": [1, 2, 3],
+         "weighted_f1": summary({1: 59.7, 2: 60.0, 3: 59.9}), "macro_f1": summary({1: 39.8, 2: 42.4, 3: 40.2}),
+         "vs_reference": None},
+        {**row, "dataset": "meld", "variant": "scores", "seeds": [1, 2, 3],
+         "weighted_f1": summary({1: 61.2, 2: 62.5, 3: 60.4}), "macro_f1": summary({1: 40.0, 2: 42.0, 3: 41.0}),
+         "vs_reference": {"reference": "nobio", "seeds": [1, 2, 3],  # paired with nobio, as the sweep pairs
+                          "weighted_f1": summary({1: 1.5, 2: 2.5, 3: 0.5}),
+                          "macro_f1": summary({1: 0.2, 2: -0.4, 3: 0.8})}},
+        {**row, "dataset": "emorynlp", "variant": "scores", "seeds": [1, 2],
+         "weighted_f1": summary({1: 38.0, 2: 40.0}), "macro_f1": summary({1: 30.0, 2: 31.0}), "vs_reference": None},
+        {**row, "dataset": "meld", "variant": "text", "seeds": [], "missing_seeds": [1, 2, 3],
+         "weighted_f1": summary({}), "macro_f1": summary({}), "vs_reference": None},
+    ]
+    path.write_text(json.dumps({"grid": "bench/sweeps/meld_profiles.yaml", "root": "runs/sweeps/meld_profiles",
+                                "datasets": ["meld", "emorynlp"], "seeds": [1, 2, 3], "reference": "nobio",
+                                "table": table, "cells": [], "missing": []}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def scores_checkpoint(encoder, tmp_path_factory) -> str:
+    """A scores-profile mlp checkpoint saved as training saves its best: meld/scores seed 2 above (dev W-F1 62.5)."""
+    from bioserc.training.checkpoint import save_best
+
+    torch.manual_seed(2)
+    model = BiosercBert.from_encoder(BiosercBertConfig(encoder=encoder, bio_mode="mlp", profile="scores",
+                                                       profile_dim=len(MELD), max_length=48, heads=2))
+    out = str(tmp_path_factory.mktemp("scores") / "best")
+    save_best(out, model, {"n": 12, "weighted_f1": 62.5, "accuracy": 66.67, "macro_f1": 42.0, "per_class": {}},
+              step=40)
+    return out
+
+
+def test_card_and_manifest_state_weighted_f1_across_seeds_and_the_scores_profile(scores_checkpoint, tmp_path):
+    import yaml
+
+    from bioserc.export.cli import main
+
+    results = sweep_results(tmp_path / "results.json")
+    out = tmp_path / "onnx"
+    assert main(["onnx", "--model", scores_checkpoint, "-o", str(out), "--seed-results", results,
+                 "--seed-variant", "meld/scores"]) == 0
+    manifest = verify_artifact(str(out), "onnx-classifier")  # the card is covered by the checksums
+    seeds = manifest["seed_results"]
+    assert {k: seeds[k] for k in ("dataset", "variant", "n", "macro_f1_mean", "macro_f1_std", "source")} == {
+        "dataset": "meld", "variant": "scores", "n": 3, "macro_f1_mean": 41.0, "macro_f1_std": 1.0,
+        "source": "results.json"}
+    # by hand: 61.2 / 62.5 / 60.4 sum to 184.1, mean 61.3667; squared deviations 0.0278 + 1.2844 + 0.9344 = 2.2467,
+    # / (3 - 1), sqrt: 1.0599. Macro 40 / 42 / 41: 41 ± 1. Paired differences +1.5 / +2.5 / +0.5: 1.5 ± 1;
+    # macro +0.2 / -0.4 / +0.8: mean 0.2, squared deviations 0 + 0.36 + 0.36, / 2, sqrt: 0.6
+    assert seeds["weighted_f1_mean"] == pytest.approx(61.3667, abs=1e-4)
+    assert seeds["weighted_f1_std"] == pytest.approx(1.0599, abs=1e-4)
+    assert seeds["per_seed"] == {"1": 61.2, "2": 62.5, "3": 60.4}
+    assert seeds["vs_reference"]["reference"] == "nobio"
+    assert seeds["vs_reference"]["weighted_f1_mean"] == pytest.approx(1.5)
+    assert seeds["vs_reference"]["macro_f1_std"] == pytest.approx(0.6)
+    assert (manifest["profile"], manifest["profile_dim"]) == ("scores", 7)
+
+    text = (out / "README.md").read_text()
+    metric = yaml.safe_load(text.split("---\n")[1])["model-index"][0]["results"][0]["metrics"][0]
+    assert metric == {"type": "f1", "name": "weighted F1 (mean of 3 seeds)", "value": 61.37}
+    assert "## Across seeds (meld/scores, results.json)" in text
+    assert ("weighted F1 61.37 ± 1.06 over 3 seeds (per seed: 61.20 / 62.50 / 60.40, seeds 1 / 2 / 3); "
+            "macro F1 41.00 ± 1.00") in text
+    assert ("vs the reference variant nobio, paired per seed over 3 seeds: weighted F1 +1.50 ± 1.00, "
+            "macro F1 +0.20 ± 0.60") in text
+    assert "The shipped checkpoint is seed 2." in text  # its dev W-F1 is seed 2's value
+    assert "## Dev results of the shipped checkpoint, seed 2 (12 utterances)" in text
+    assert "weighted F1 62.50 · accuracy 66.67 · macro F1 42.00" in text
+    assert ("- speaker profile: `scores` vectors (7 label probabilities per speaker from the bio LLM, in the label "
+            "order above: `bioserc bios --profile scores`, or made by `bioserc label` in the pipeline)") in text
+    assert "biography" not in text and "(bios 128)" not in text  # no bio text is read
+    assert "emotion-label probabilities scored by an LLM" in text.split("\n\n")[1]
+
+
+def test_card_without_seed_results_keeps_the_single_checkpoint_and_names_text_bios(exported):
+    import yaml
+
+    text = (Path(exported["fp32"]) / "README.md").read_text()
+    metric = yaml.safe_load(text.split("---\n")[1])["model-index"][0]["results"][0]["metrics"][0]
+    assert metric == {"type": "f1", "name": "weighted F1 (source checkpoint)", "value": 0.5}
+    assert "Across seeds" not in text and "seed_results" in exported["fp32_manifest"]
+    assert exported["fp32_manifest"]["seed_results"] is None
+    assert "using a short biography of each speaker written by an LLM (`bioserc bios`)." in text
+    assert "- speaker profile: text bios (`bioserc bios`: the free-text `--profile text` or the emotion-focused " \
+           "`--profile emotion`" in text
+
+
+def test_card_reads_no_profile_without_bios_and_says_when_the_checkpoint_is_no_averaged_seed(tmp_path):
+    from bioserc.export.model_card import load_seed_results, write_model_card
+
+    fields = {"label_set": "meld", "labels": MELD, "bio_mode": "none", "profile": "latent", "profile_dim": 48,
+              "window": 2, "max_length": 48, "bio_max_length": 24}
+    (tmp_path / "dev_report.json").write_text(json.dumps({"n": 5, "weighted_f1": 61.0, "accuracy": 60.0,
+                                                          "macro_f1": 40.0, "per_class": {}}))
+    seeds = load_seed_results(sweep_results(tmp_path / "results.json"), "meld/nobio")
+    text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x",
+                                 seeds)).read_text()
+    assert "from the utterances and their conversation alone (no bios)." in text
+    assert "speaker profile" not in text and "(bios 24)" in text  # bio_mode none: today's wording
+    # 59.7 / 60.0 / 59.9: mean 59.8667; squared deviations 0.0278 + 0.0178 + 0.0011 = 0.0467, / 2, sqrt: 0.1528
+    assert "weighted F1 59.87 ± 0.15 over 3 seeds (per seed: 59.70 / 60.00 / 59.90, seeds 1 / 2 / 3)" in text
+    assert "vs the reference" not in text
+    assert "The shipped checkpoint is not one of these seeds" in text
+    assert "## Dev results of the shipped checkpoint (not an averaged seed) (5 utterances)" in text
+    latent = {**fields, "bio_mode": "attn"}
+    text = Path(write_model_card(str(tmp_path), latent, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x"))
+    text = text.read_text()
+    assert "- speaker profile: `latent` vectors (48 floats per speaker" in text and "biography" not in text
+
+
+def test_seed_results_errors_name_the_file_and_row_before_any_export_work(exported, tmp_path, monkeypatch, capsys):
+    from bioserc.export import onnx_classifier
+    from bioserc.export.cli import main
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the model was loaded for an export that cannot be described")
+
+    monkeypatch.setattr(onnx_classifier.BiosercBert, "from_pretrained", no_export)
+    results, out = sweep_results(tmp_path / "results.json"), str(tmp_path / "out")
+    missing = str(tmp_path / "nowhere.json")
+    cases = [(missing, "meld/scores", r"nowhere\.json: no such file.*meld/scores"),
+             (results, "meld/latent", r"results\.json has no row meld/latent \(it has meld/nobio, meld/scores"),
+             (results, "meld/text", r"results\.json: meld/text has no finished seed \(n == 0"),
+             (results, "scores", r"seed variant 'scores' is not DATASET/VARIANT"),
+             (results, "emorynlp/scores", r"row emorynlp/scores is for emorynlp, but .* is a meld model")]
+    for path, key, message in cases:
+        with pytest.raises(ValueError, match=message):
+            onnx_classifier.export_classifier(exported["source"], out, seed_results=path, seed_variant=key)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad\.json: not readable as JSON.*meld/scores"):
+        onnx_classifier.export_classifier(exported["source"], out, seed_results=str(tmp_path / "bad.json"),
+                                          seed_variant="meld/scores")
+    with pytest.raises(ValueError, match="seed_results .* and seed_variant .* go together"):
+        onnx_classifier.export_classifier(exported["source"], out, seed_results=results)
+    capsys.readouterr()
+    assert main(["onnx", "--model", exported["source"], "-o", out, "--seed-results", results]) == 1
+    assert "--seed-variant is missing" in capsys.readouterr().err
+    assert main(["onnx", "--model", exported["source"], "-o", out, "--seed-variant", "meld/scores"]) == 1
+    assert "--seed-results is missing" in capsys.readouterr().err
+    assert main(["onnx", "--model", exported["source"], "-o", out, "--seed-results", missing,
+                 "--seed-variant", "meld/scores"]) == 1
+    assert "nowhere.json: no such file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "results.json"]  # no output, no staging
 
 
 def test_evaluate_scores_an_onnx_artifact_like_its_source(exported):
