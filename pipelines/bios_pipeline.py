@@ -59,7 +59,7 @@ from bioserc.pipelines.outputs import (
     shards,
     staging_folder,
 )
-from bioserc.pipelines.records import DEAD, Batch, BatchedModelHandler, ledger
+from bioserc.pipelines.records import DEAD, Batch, BatchedModelHandler, ledger, release_dask_outputs
 from bioserc.readers import reader_names
 from bioserc.readers.roles import add_role_args
 from bioserc.readers.sources import reader_options
@@ -244,6 +244,7 @@ def backend_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any
 
 
 def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progress_total: int = 0) -> None:
+    release_dask_outputs(pipeline.options)  # before the graph is built
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
     cache = None if args.cache == "none" else (args.cache or output_path(args.output, "cache"))
     labels = LABEL_SETS[args.dataset].labels if args.dataset else None

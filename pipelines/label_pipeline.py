@@ -116,7 +116,7 @@ from bioserc.pipelines.outputs import (
     remove_leftovers,
     staging_folder,
 )
-from bioserc.pipelines.records import DEAD, BatchedModelHandler
+from bioserc.pipelines.records import DEAD, BatchedModelHandler, release_dask_outputs
 from bioserc.readers import reader_names
 from bioserc.readers.roles import add_role_args
 from bioserc.readers.sources import reader_options
@@ -343,6 +343,7 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     if args.skip_existing and not merge:
         logger.warning("--skip-existing: no %s yet, labelling everything", output_path(args.output, CONVERSATIONS))
     staging = staging_folder(args.output)
+    release_dask_outputs(pipeline.options)  # before either pipeline's graph is built
     # The first pipeline groups ids: on Dask it gets a fixed partition count (see `grouping_options`).
     plan = Plan(beam.Pipeline(options=grouping_options(pipeline.options)), args.output, staging, handler.manifest,
                 _model_id(args.model), bios, merge, expected)

@@ -12,15 +12,18 @@ sink applied last, and collects no metrics. Hence:
 * batches are cut by the reader from groups of files, never by buffering across elements; RunInference runs on them
   as they are (`BatchedModelHandler`);
 * counts are ledger records (`ledger`), written into the staging folder beside the rows and summed by the driver, so
-  reconciliation does not depend on a runner's metrics.
+  reconciliation does not depend on a runner's metrics;
+* that runner also keeps every step's outputs of every partition on the workers until the whole run ends (memory
+  grows with the archive): `release_dask_outputs` lets them go when the partition is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 
 DEAD = "dead_letter.jsonl"
@@ -94,3 +97,39 @@ class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, 
 
     def model_copies(self) -> int:
         return self.inner.model_copies()
+
+
+_beam_apply_dofn: Callable[..., list] | None = None  # Beam's, where `release_dask_outputs` replaced it
+
+
+def _apply_dofn_and_release(items: Iterable[Any], invoker_args: list, invoker_kwargs: dict, receivers: Any) -> list:
+    """Beam's `apply_dofn_to_bundle` (one DoFn over one Dask partition), then the outputs it collected in `receivers`
+    dropped: the partition's results are what it returns."""
+    apply = _beam_apply_dofn
+    if apply is None:  # a worker process: Beam's function was replaced only where the graph was built
+        from apache_beam.runners.dask.transform_evaluator import apply_dofn_to_bundle as apply
+    try:
+        return apply(items, invoker_args, invoker_kwargs, receivers)
+    finally:
+        receivers.values.clear()
+
+
+def release_dask_outputs(options: PipelineOptions) -> None:
+    """On Beam's Dask runner, let each step's outputs go when its partition is done (other runners: nothing to do).
+
+    Beam 2.77 translates a ParDo into a Dask task whose arguments include a receiver list that collects the step's
+    outputs and is never emptied, and a Dask worker keeps a finished task's arguments (its run spec) until the task is
+    released, which for Beam's graph (one bag, computed to its final concatenation) is when the whole run ends. So a
+    worker held the outputs of every step of every partition it ran: every call it read, as conversations, requests,
+    predictions and rows, several KB a call. This swaps the function the translation puts in the graph (before the
+    graph is built: `pipeline.run()`) for one that empties the list after the partition; the results are the same.
+    Process-wide and idempotent; the workers import the replacement from this module (bioserc is installed there).
+    """
+    global _beam_apply_dofn
+    if not (options.view_as(StandardOptions).runner or "").endswith("DaskRunner"):
+        return
+    from apache_beam.runners.dask import transform_evaluator
+
+    if transform_evaluator.apply_dofn_to_bundle is not _apply_dofn_and_release:
+        _beam_apply_dofn = transform_evaluator.apply_dofn_to_bundle
+        transform_evaluator.apply_dofn_to_bundle = _apply_dofn_and_release

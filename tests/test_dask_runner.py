@@ -157,6 +157,38 @@ def test_a_row_lost_on_the_way_from_the_workers_is_caught(cluster, tmp_path):
     assert not (out / "utterances.jsonl").exists()
 
 
+def test_workers_keep_no_step_outputs_of_finished_partitions(cluster, tmp_path):
+    """Beam's Dask runner collects each step's outputs in a list among the task's arguments, and a worker keeps a
+    finished task's arguments until the run's result is released: unless `release_dask_outputs` empties the lists,
+    every call a worker labelled stays in its memory to the end (worker RSS grew with the archive). Checked after a
+    run whose result is still held: Beam's receivers are still alive on the workers, and empty."""
+    import gc
+
+    import apache_beam as beam
+
+    def held() -> tuple[int, int]:  # on a worker (nested, so sent by value): Beam's receivers, the outputs they hold
+        receivers = [o for o in gc.get_objects() if type(o).__name__ == "OneReceiver"]
+        return len(receivers), sum(len(r.values) for r in receivers)
+
+    argv = [str(DEMO), "-o", str(tmp_path / "out"), "--model", DEFAULT_MODEL, "--no-bios", "--report-calls", "0",
+            "--conversations-per-batch", "1", *on_dask(cluster)]
+    args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
+    pipeline = beam.Pipeline(options=label_pipeline.pipeline_options(beam_args))
+    plan = label_pipeline.build(pipeline, args)
+    bios_pipeline.wait(plan.prepare.run())
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+        with distributed.Client(cluster) as client:
+            found = client.run(held)
+    finally:
+        result.client.close()
+    assert sum(n for n, _ in found.values()) > 0, "no worker kept a finished task's arguments: nothing was checked"
+    assert [outputs for _, outputs in found.values()] == [0, 0]
+    outcome = label_pipeline.finish(plan, args, argv, time.time())
+    assert outcome.problems == [] and outcome.counters["utterances_labeled"] == 76
+
+
 def dask_tasks(pipeline) -> int:
     """Tasks in the graph Beam's Dask runner submits for `pipeline`, translated as `DaskRunner.run_pipeline` does."""
     import dask
