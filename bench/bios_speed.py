@@ -46,11 +46,12 @@ def conversations(path: str, n: int, skip: int = 0):
     return read_conversations(path)[skip:skip + n]
 
 
-def run_bios(backend, convs, config, chunk: int) -> tuple[list, float]:
+def run_bios(backend, convs, config, chunk: int, **extractor) -> tuple[list, float]:
+    """Results and wall of one extraction; `extractor`: BioExtractor options such as profile and labels."""
     from bioserc.bios.extract import BioExtractor
 
     start = time.perf_counter()
-    results = list(BioExtractor(backend, config).run(convs, chunk=chunk))
+    results = list(BioExtractor(backend, config, **extractor).run(convs, chunk=chunk))
     return results, time.perf_counter() - start
 
 
@@ -132,7 +133,6 @@ def before_part(args, backend, config) -> dict:
 
 
 def profiles_part(args, backend, config) -> dict:
-    from bioserc.bios.extract import BioExtractor
     from bioserc.labels import get_label_set
 
     convs = conversations(args.data, args.conversations)
@@ -142,10 +142,9 @@ def profiles_part(args, backend, config) -> dict:
     for start in range(0, len(convs), args.chunk):
         for profile in args.profiles:
             backend.counts = counts[profile]
-            extractor = BioExtractor(backend, config, profile=profile, labels=labels)
-            begin = time.perf_counter()
-            results = list(extractor.run(convs[start:start + args.chunk], chunk=args.batch_size))
-            wall[profile] += time.perf_counter() - begin
+            results, w = run_bios(backend, convs[start:start + args.chunk], config, args.batch_size,
+                                  profile=profile, labels=labels)
+            wall[profile] += w
             done[profile] += sum(r.error is None for r in results)
             print(json.dumps({"chunk": start, "profile": profile, "wall_s": round(wall[profile], 1)}), flush=True)
     n = len(convs)
