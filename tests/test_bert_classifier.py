@@ -22,6 +22,7 @@ from bioserc.labels import LABEL_SETS
 from bioserc.metrics import classification_report, weighted_f1
 from bioserc.models import BiosercBert, BiosercBertConfig, Collator, load_bios, predict
 from bioserc.schema import Conversation, Utterance
+from bioserc.training import train_bert
 from bioserc.training.evaluate import evaluate
 from bioserc.training.train_bert import load_config, main, make_optimizer, train
 
@@ -128,6 +129,28 @@ def test_resume_continues_the_step_count(corpus, tmp_path):
     assert resumed["steps"] == 4
     assert [row["step"] for row in resumed["history"]] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "last" / "trainer_state.json").read_text())["step"] == 4
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed(corpus, tmp_path, monkeypatch):
+    def weights(folder: Path) -> dict[str, torch.Tensor]:
+        return BiosercBert.from_pretrained(str(folder)).state_dict()
+
+    straight = train(train_config(corpus, tmp_path / "straight", max_steps=4, eval_every=1, ema_decay=0.5))
+    raw, averaged = weights(tmp_path / "straight" / "last"), weights(tmp_path / "straight" / "last" / "ema")
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)  # the average lags the trained weights
+    best = weights(tmp_path / "straight" / "best")
+    if straight["best_step"] == 4:  # best/ holds the averaged weights, not the trained ones
+        assert all(torch.equal(best[k], averaged[k]) for k in best)
+    report = evaluate(straight["best_dir"], corpus["dev"], corpus["dev_bios"])
+    assert report["weighted_f1"] == pytest.approx(straight["best_dev_weighted_f1"])
+
+    unfinished = train_bert.finished
+    monkeypatch.setattr(train_bert, "finished", lambda run: run.state.step >= 2)  # a run stopped at step 2 of 4
+    train(train_config(corpus, tmp_path / "resumed", max_steps=4, eval_every=1, ema_decay=0.5))
+    monkeypatch.setattr(train_bert, "finished", unfinished)
+    train(train_config(corpus, tmp_path / "resumed", max_steps=4, eval_every=1, ema_decay=0.5, resume=True))
+    resumed = weights(tmp_path / "resumed" / "last" / "ema")
+    assert all(torch.allclose(resumed[k], averaged[k], atol=1e-6) for k in averaged)
 
 
 def test_save_and_reload_predict_identically(corpus, tmp_path):

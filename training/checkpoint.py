@@ -13,12 +13,14 @@ import shutil
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from bioserc.artifacts import write_manifest
 from bioserc.fsutil import replace_dir
 
 
 STATE_TENSORS, STATE_JSON, DEV_REPORT = "trainer_state.pt", "trainer_state.json", "dev_report.json"
+EMA_DIR = "ema"  # last/ema: the averaged weights (`ema_decay`), a model folder like best/
 
 
 @dataclass
@@ -56,10 +58,13 @@ def load_dev_report(directory: str) -> dict:
         return json.load(fh)
 
 
-def save_last(directory: str, model, optimizer, scheduler, state: TrainState) -> None:
+def save_last(directory: str, model, optimizer, scheduler, state: TrainState,
+              ema: AveragedModel | None = None) -> None:
     tmp = f"{directory}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    if ema is not None:
+        ema.module.save_pretrained(os.path.join(tmp, EMA_DIR))
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
                os.path.join(tmp, STATE_TENSORS))
@@ -67,8 +72,16 @@ def save_last(directory: str, model, optimizer, scheduler, state: TrainState) ->
     replace_dir(tmp, directory)
 
 
-def load_last(directory: str, optimizer, scheduler) -> TrainState:
-    """Restore the optimiser, scheduler and RNG state in place and return the counters (the model loads separately)."""
+def load_last(directory: str, optimizer, scheduler, ema: AveragedModel | None = None) -> TrainState:
+    """Restore the optimiser, scheduler, RNG state and averaged weights in place and return the counters (the model
+    loads separately)."""
+    if ema is not None:
+        ema_dir = os.path.join(directory, EMA_DIR)
+        if not os.path.isdir(ema_dir):
+            raise ValueError(f"{directory} has no {EMA_DIR}/ (trained without ema_decay): resume with the same "
+                             "ema_decay")
+        ema.module.load_state_dict(type(ema.module).from_pretrained(ema_dir).state_dict())
+        ema.n_averaged.fill_(1)  # already started: later updates average into these weights
     saved = torch.load(os.path.join(directory, STATE_TENSORS), weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from bioserc.devices import resolve_device
@@ -90,6 +91,9 @@ class TrainBertConfig:
     label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing"})
     class_weights: bool = field(default=True, metadata={"help": "weigh class c by ln(N / N_c) of the train labels"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    ema_decay: float = field(default=0.0, metadata={"help": "evaluate and save an exponential moving average of the "
+                                                           "weights with this decay per step (e.g. 0.99; 0: off): "
+                                                           "it smooths the noisy epoch-to-epoch dev curve"})
     # evaluation, checkpoints
     eval_every: int = field(default=0, metadata={"help": "evaluate on dev every N optimiser steps (0: per epoch)"})
     patience: int = field(default=3, metadata={"help": "stop after N evaluations without a better dev F1 (0: off)"})
@@ -191,6 +195,11 @@ class Run:
     history: list[dict] = field(default_factory=list)  # one row per dev evaluation (metrics.jsonl)
     running: list[float] = field(default_factory=list)  # train losses since the last evaluation
     start: float = 0.0
+    ema: AveragedModel | None = None  # the weights evaluated and saved when `ema_decay` is set
+
+    @property
+    def eval_model(self) -> BiosercBert:
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def last_dir(self) -> str:
@@ -244,8 +253,9 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
     steps_per_epoch = math.ceil(math.ceil(len(train_convs) / config.batch_size) / config.grad_accum)
     total = config.max_steps or steps_per_epoch * config.epochs
     optimizer, scheduler = make_optimizer(model, config, total)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
     return Run(config, device, model, Collator(model.tokenizer, model.config), loss_fn, optimizer, scheduler,
-               train_convs, train_bios, dev_convs, dev_bios, steps_per_epoch, total, resuming)
+               train_convs, train_bios, dev_convs, dev_bios, steps_per_epoch, total, resuming, ema=ema)
 
 
 def dry_run_report(run: Run) -> dict[str, Any]:
@@ -267,7 +277,7 @@ def begin(run: Run) -> None:
         json.dump(asdict(run.config), fh, indent=2)
     logger.info("training config: %s", json.dumps(asdict(run.config)))
     if run.resuming:
-        run.state = load_last(run.last_dir, run.optimizer, run.scheduler)
+        run.state = load_last(run.last_dir, run.optimizer, run.scheduler, run.ema)
         with open(run.metrics_path, encoding="utf-8") as fh:  # drop rows logged after the checkpoint was written
             run.history = [row for row in map(json.loads, fh) if row["step"] <= run.state.step]
         logger.info("resuming %s at step %d (epoch %d, batch %d)", out, run.state.step, run.state.epoch,
@@ -299,6 +309,8 @@ def train_epoch(run: Run, bar: tqdm) -> None:
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         state.step, state.batch_in_epoch = state.step + 1, i + 1
         bar.update()
         bar.set_postfix(loss=f"{run.running[-1]:.3f}")
@@ -315,7 +327,7 @@ def train_epoch(run: Run, bar: tqdm) -> None:
 def evaluate_and_checkpoint(run: Run) -> str:
     """Score dev, save best/ when it improved and last/ always, log the metrics row; returns the progress line."""
     state = run.state
-    report = score(run.dev_convs, predict(run.model, run.dev_convs, run.dev_bios, run.config.batch_size),
+    report = score(run.dev_convs, predict(run.eval_model, run.dev_convs, run.dev_bios, run.config.batch_size),
                    run.model.config.labels)
     row = {"step": state.step, "epoch": round(state.step / run.steps_per_epoch, 3),
            "train_loss": sum(run.running) / len(run.running), "lr": run.scheduler.get_last_lr()[0],
@@ -324,10 +336,10 @@ def evaluate_and_checkpoint(run: Run) -> str:
     run.running = []
     if report["weighted_f1"] > state.best_f1:
         state.best_f1, state.best_step, state.bad_evals = report["weighted_f1"], state.step, 0
-        save_best(run.best_dir, run.model, report, state.step)
+        save_best(run.best_dir, run.eval_model, report, state.step)
     else:
         state.bad_evals += 1
-    save_last(run.last_dir, run.model, run.optimizer, run.scheduler, state)
+    save_last(run.last_dir, run.model, run.optimizer, run.scheduler, state, run.ema)
     run.history.append(row)
     _write_history(run.metrics_path, run.history)
     return (f"step {state.step}: train loss {row['train_loss']:.4f}, dev W-F1 {row['dev_weighted_f1']:.2f} "
