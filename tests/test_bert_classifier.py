@@ -151,6 +151,8 @@ def test_ema_weights_are_evaluated_saved_and_resumed(corpus, tmp_path, monkeypat
     train(train_config(corpus, tmp_path / "resumed", max_steps=4, eval_every=1, ema_decay=0.5, resume=True))
     resumed = weights(tmp_path / "resumed" / "last" / "ema")
     assert all(torch.allclose(resumed[k], averaged[k], atol=1e-6) for k in averaged)
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_config(corpus, tmp_path / "bad", ema_decay=1.0)
 
 
 def test_save_and_reload_predict_identically(corpus, tmp_path):
