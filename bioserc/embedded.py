@@ -193,10 +193,9 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def default_classifier() -> dict:
-    """The default classifier (installed with bioserc, or `$BIOSERC_DEFAULT_MODEL`): where it is, whether its files
-    still match their checksums (verified / MODIFIED / missing) and its dev weighted-F1 from the manifest."""
-    path = Path(artifacts.default_model_dir())
+def classifier_row(name: str, path: Path, source: str) -> dict:
+    """A classifier artifact's `models list` row: where it is, whether its files still match their checksums
+    (verified / MODIFIED / missing, with the problem) and its dev weighted-F1 from the manifest."""
     manifest: dict = {}
     try:
         manifest = artifacts.read_manifest(str(path))
@@ -205,18 +204,27 @@ def default_classifier() -> dict:
     except artifacts.ArtifactError as err:
         status, problem = ("MODIFIED" if (path / artifacts.MANIFEST).is_file() else "missing"), str(err)
     f1 = (manifest.get("metrics") or {}).get("dev_weighted_f1")
-    env = artifacts.DEFAULT_MODEL_ENV
-    source = f"${env}" if os.environ.get(env) else f"bioserc=={importlib.metadata.version('bioserc')}"
-    row = {"name": "default", "kind": manifest.get("kind", "classifier"), "package": source,
+    row = {"name": name, "kind": manifest.get("kind", "classifier"), "package": source,
            "installed": path.is_dir(), "converted": None, "path": str(path), "size_mb": round(_size(path) / 2**20, 1),
            "label_set": manifest.get("label_set"), "weighted_f1": round(f1, 2) if isinstance(f1, float) else f1,
            "status": status}
     return {**row, "problem": problem} if problem else row
 
 
+def shipped_classifiers() -> list[dict]:
+    """One row per classifier shipped with bioserc: the default (installed, or `$BIOSERC_DEFAULT_MODEL`, which
+    overrides this row only) first, then the others by name."""
+    package = f"bioserc=={importlib.metadata.version('bioserc')}"
+    env = artifacts.DEFAULT_MODEL_ENV
+    rows = [classifier_row("default", Path(artifacts.default_model_dir()),
+                           f"${env}" if os.environ.get(env) else package)]
+    return rows + [classifier_row(name, Path(path), package)
+                   for name, path in artifacts.shipped_models().items() if name != "default"]
+
+
 def list_models() -> list[dict]:
-    """The default classifier, then one row per embedded model; fast (no torch/transformers import, no conversion)."""
-    rows = [default_classifier()]
+    """The shipped classifiers, then one row per embedded model; fast (no torch/transformers import, no conversion)."""
+    rows = shipped_classifiers()
     for spec in MODELS.values():
         installed = _installed(spec)
         if spec.gguf:

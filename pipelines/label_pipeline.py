@@ -1,6 +1,7 @@
 """Beam pipeline: transcript archive -> an emotion label for every utterance (BiosERC: bios, then a classifier).
 
     bioserc label examples/transcripts -o out/demo --model serving_artifacts/default
+    bioserc label examples/transcripts -o out/emorynlp --model emorynlp    # a shipped classifier, by name
     bioserc label calls/ -o out/labels --model runs/bert/best --bios out/bios/bios.jsonl   # bios from `bioserc bios`
     bioserc label calls/ -o out/labels --skip-existing                  # label only calls not yet in utterances.jsonl
     bioserc label calls/ -o out/labels --direct_num_workers 2 --direct_running_mode multi_processing
@@ -70,7 +71,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
 from bioserc import __version__
-from bioserc.artifacts import ArtifactError, default_model_dir, manifest_hash, profile_of
+from bioserc.artifacts import (
+    ArtifactError,
+    default_model_dir,
+    manifest_hash,
+    profile_of,
+    resolve_model_arg,
+    shipped_names,
+)
 from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import KINDS
 from bioserc.bios.profiles import PREFILL_OUTPUTS, check_profile
@@ -139,8 +147,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = pipeline_parser("bioserc label", __doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs; local or gs://")
     p.add_argument("-o", "--output", required=True, help="output directory (local or gs://)")
-    p.add_argument("--model", default=model_default, required=model_default is None,
-                   help="classifier artifact folder with manifest.json, local or gs:// (default: the model "
+    p.add_argument("--model", default=model_default, required=model_default is None, type=resolve_model_arg,
+                   help="classifier artifact folder with manifest.json, local or gs://, or the name of one shipped "
+                   f"with bioserc ({shipped_names()}; a local folder of that name wins) (default: the model "
                    "installed with bioserc, serving_artifacts/default; $BIOSERC_DEFAULT_MODEL overrides it)")
     p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
                    help="input format; auto detects it per file from its name and first bytes")

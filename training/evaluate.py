@@ -2,6 +2,7 @@
 confusion matrix.
 
     bioserc evaluate --model serving_artifacts/default --data ../shared/data/raw/meld/meld.valid.json
+    bioserc evaluate --model emorynlp --data ../shared/data/raw/emorynlp/emorynlp.valid.json   # shipped, by name
     bioserc evaluate --model runs/meld-minilm/best --data meld.valid.json --bios out/meld-valid-bios/bios.jsonl \
         --output runs/meld-minilm/valid_report.json
     bioserc evaluate --model runs/meld-smollm2-lora/adapter --data meld.valid.json --mode generate --json
@@ -31,7 +32,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bioserc.artifacts import ArtifactError, artifact_file, read_manifest
+from bioserc.artifacts import ArtifactError, artifact_file, read_manifest, resolve_model_arg, shipped_names
 from bioserc.errors import FILE_ERRORS
 from bioserc.metrics import classification_report, render_report
 from bioserc.models import Prediction, load_bios, missing_bios
@@ -146,9 +147,10 @@ def render(report: dict) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bioserc evaluate", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", required=True, dest="model_dir",
+    parser.add_argument("--model", required=True, dest="model_dir", type=resolve_model_arg,
                         help="classifier artifact: <output_dir>/best, an ONNX export, an LLM adapter, a merged LLM "
-                             "or its ONNX export")
+                             "or its ONNX export; or the name of a classifier shipped with bioserc "
+                             f"({shipped_names()}; a local folder of that name wins)")
     parser.add_argument("--data", required=True, nargs="+", help="labelled conversations: files, directories, globs")
     parser.add_argument("--bios", nargs="*", default=[],
                         help="bios.jsonl file(s) from `bioserc bios`, for models that use bios")
