@@ -18,6 +18,7 @@ from bioserc.bios.backends import make_backend
 from bioserc.bios.cache import BioCache, bio_key
 from bioserc.bios.chat import render_chat
 from bioserc.bios.extract import BioExtractor, paper_bios
+from bioserc.bios.prefix import prefix_groups
 from bioserc.bios.profiles import label_probabilities, label_token_ids
 from bioserc.jsonio import read_jsonl
 from bioserc.labels import LABEL_SETS, LabelSet
@@ -104,6 +105,14 @@ def test_shared_prefix_prefill_equals_each_prompt_alone(backend):
     finally:
         backend.share_prefix = True
     assert shared_counts["prefilled_tokens"] < sum(a.prompt_tokens for a in alone) * 0.6
+    # On CPU each call's transcript is a forward pass of its own: the only pad columns computed are those that line
+    # up the questions of one call's speakers, never a shorter transcript padded to a longer one.
+    tokens = [backend.encode(render_chat(backend.tokenizer, p)) for p in prompts]
+    groups = prefix_groups(tokens)
+    assert len(groups) == len(CALLS)
+    rests = [[len(tokens[i]) - g.shared for i in g.members] for g in groups]
+    assert shared_counts["prefill_slots"] - shared_counts["prefilled_tokens"] == sum(
+        max(r) * len(r) - sum(r) for r in rests)
     for s, a in zip(shared, alone, strict=True):
         assert s.prompt_tokens == a.prompt_tokens
         assert np.abs(s.logits - a.logits).max() < 1e-5 and np.abs(s.hidden - a.hidden).max() < 1e-5

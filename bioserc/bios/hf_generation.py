@@ -11,7 +11,9 @@ prompt; the generated part is everything after the padded prompt (sliced by toke
 bio). Both runtimes see identical token sequences and decoding settings. `counts` adds up the tokens computed.
 
 `prefill_last` lays out the same rows but does not decode: after the shared prefill, one forward pass over the rest
-gives each prompt's last-token logits (and final hidden state), the `scores` and `latent` speaker profiles.
+gives each prompt's last-token logits (and final hidden state), the `scores` and `latent` speaker profiles. On CPU
+it runs one group (one conversation) per forward pass: without decoding there is nothing for a batch to amortise
+there, and packing transcripts of different lengths into one batch only adds pad columns to compute.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, NamedTuple
 
 from bioserc.bios.backend import Generation, GenerationConfig, LastState, LLMBackend, Messages
 from bioserc.bios.chat import render_chat
-from bioserc.bios.prefix import PrefixGroup, pack_groups, prefix_groups
+from bioserc.bios.prefix import PrefixGroup, pack_groups, prefix_groups, split_groups
 
 
 class Layout(NamedTuple):
@@ -70,16 +72,21 @@ class HFGenerationBackend(LLMBackend):
     def prefill_last(self, batch: list[Messages], hidden: bool = False) -> list[LastState]:
         if hidden and "hidden" not in self.prefill_outputs():
             raise ValueError(f"the {self.name} backend returns logits but no hidden states")
-        return self._by_chunks(batch, lambda chunk, ids: self._last_chunk(chunk, ids, hidden))
+        alone = self.share_prefix and self.model.device.type == "cpu"
+        return self._by_chunks(batch, lambda chunk, ids: self._last_chunk(chunk, ids, hidden), alone)
 
-    def _by_chunks(self, batch: list[Messages], run: Callable[[list[PrefixGroup], list[list[int]]], list]) -> list:
-        """Tokenize, group by shared prefix, pack into batches and `run` each; results in input order."""
+    def _by_chunks(self, batch: list[Messages], run: Callable[[list[PrefixGroup], list[list[int]]], list],
+                   group_alone: bool = False) -> list:
+        """Tokenize, group by shared prefix, pack into batches (or one group per batch) and `run` each; results in
+        input order."""
         if not batch:
             return []
         ids = self.tokenizer([self.render(m) for m in batch], add_special_tokens=False)["input_ids"]
         groups = prefix_groups(ids) if self.share_prefix else [PrefixGroup([i], 0) for i in range(len(ids))]
         results: list[Any] = [None] * len(ids)
-        for chunk in pack_groups(groups, [len(s) for s in ids], self.batch_size):
+        chunks = ([[g] for g in split_groups(groups, self.batch_size)] if group_alone
+                  else pack_groups(groups, [len(s) for s in ids], self.batch_size))
+        for chunk in chunks:
             members = [i for g in chunk for i in g.members]
             for i, out in zip(members, run(chunk, ids), strict=True):
                 results[i] = out
