@@ -5,7 +5,7 @@
     bioserc label calls/ -o out/labels --model runs/bert/best --bios out/bios/bios.jsonl   # bios from `bioserc bios`
     bioserc label calls/ -o out/labels --skip-existing                  # label only calls not yet in utterances.jsonl
     bioserc label calls/ -o out/labels --direct_num_workers 2 --direct_running_mode multi_processing
-    bioserc label calls/ -o /shared/labels --runner apache_beam.runners.dask.dask_runner.DaskRunner \
+    bioserc label calls/ -o /shared/labels --runner apache_beam.runners.dask.dask_runner.DaskRunner \\
         --dask_client_address SCHEDULER:8786                            # a Dask cluster (pip install 'bioserc[dask]')
     bioserc label 'gs://bucket/calls/*.json' -o gs://bucket/labels --model gs://bucket/models/bert \\
         --runner DataflowRunner --project P --region europe-west1 --temp_location gs://bucket/tmp \\

@@ -3,7 +3,7 @@ confusion matrix.
 
     bioserc evaluate --model serving_artifacts/default --data ../shared/data/raw/meld/meld.valid.json
     bioserc evaluate --model emorynlp --data ../shared/data/raw/emorynlp/emorynlp.valid.json   # shipped, by name
-    bioserc evaluate --model runs/meld-minilm/best --data meld.valid.json --bios out/meld-valid-bios/bios.jsonl \
+    bioserc evaluate --model runs/meld-minilm/best --data meld.valid.json --bios out/meld-valid-bios/bios.jsonl \\
         --output runs/meld-minilm/valid_report.json
     bioserc evaluate --model runs/meld-smollm2-lora/adapter --data meld.valid.json --mode generate --json
     bioserc evaluate --model serving_artifacts/smollm2-merged-onnx --data meld.valid.json --scoring mean
