@@ -182,9 +182,11 @@ def test_gs_paths_without_the_gcp_extra_get_a_one_line_hint(capsys, tmp_path, co
 
 
 def _help(*args: str) -> subprocess.CompletedProcess:
+    """`--help` in a fresh process; the timeout allows for a loaded machine, where a niced import can take
+    minutes."""
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "bioserc.cli", *args, "--help"], capture_output=True, text=True,
-                          timeout=120, env=env)
+                          timeout=600, env=env)
 
 
 def _flag_entries(text: str) -> dict[str, str]:
