@@ -2,7 +2,7 @@
 
 For trying an LLM that only a package registry carries, as a GGUF file (docs/BENCHMARKS.md, "A larger LLM"). The
 embedded SmolLM2 has its own converter (`bioserc models pull smollm2`), which also fixes that model's BOS/EOS tokens;
-this one keeps whatever the GGUF file's tokenizer says.
+this one keeps whatever the GGUF file's tokenizer says. Both dequantise with `bioserc.embedded.dequantised`.
 
     python bench/convert_gguf.py /tmp/qwen/qwen.gguf -o /tmp/qwen/hf
 """
@@ -16,18 +16,13 @@ from pathlib import Path
 
 def convert(gguf: Path, out: Path) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from bioserc.embedded import dequantised
 
     start = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                     local_files_only=True)
-    config = quantised.config.to_dict()
-    config.pop("quantization_config", None)  # else save_pretrained refuses ("quantized with gguf")
-    config.pop("_name_or_path", None)
-    model = type(quantised)(type(quantised.config)(**config))
-    model.load_state_dict(quantised.state_dict())
-    model.generation_config = quantised.generation_config
+    model = dequantised(gguf)
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"architecture": type(model).__name__, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6),

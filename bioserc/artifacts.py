@@ -69,8 +69,8 @@ def shipped_models() -> dict[str, str]:
         root = shipped_root()
     except ArtifactError:
         return {}
-    names = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and (entry / MANIFEST).is_file())
-    return {name: str(root / name) for name in sorted(names, key=lambda name: name != "default")}
+    names = [entry.name for entry in root.iterdir() if entry.is_dir() and (entry / MANIFEST).is_file()]
+    return {name: str(root / name) for name in sorted(names, key=lambda name: (name != "default", name))}
 
 
 def shipped_names() -> str:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bioserc import artifacts
 
@@ -131,12 +132,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def dequantised(gguf: Path) -> Any:
+    """A GGUF causal LM as a plain fp32 transformers model of its own architecture, which `save_pretrained` writes
+    as a normal folder (the GGUF-loaded one carries a quantization_config that save_pretrained refuses)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                     local_files_only=True)
+    config = quantised.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)
+    model = type(quantised)(type(quantised.config)(**config))
+    model.load_state_dict(quantised.state_dict())
+    model.generation_config = quantised.generation_config
+    return model
+
+
 def _convert(spec: EmbeddedModel, target: Path, progress: bool) -> None:
     """GGUF -> HF folder (recipe: offline-models.md 2.2), built in a temp dir and renamed into place when complete."""
     import torch
     import transformers
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     gguf = _source(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,17 +172,9 @@ def _convert(spec: EmbeddedModel, target: Path, progress: bool) -> None:
             tok.eos_token = tok.pad_token = IM_END
             bar.update()
             bar.set_postfix_str("dequantise")
-            quantised = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True)
-            config = quantised.config.to_dict()
-            config.pop("quantization_config", None)  # else save_pretrained refuses ("quantized with gguf")
-            config.pop("_name_or_path", None)
-            model = LlamaForCausalLM(LlamaConfig(**config))
-            model.load_state_dict(quantised.state_dict())
-            model.generation_config = quantised.generation_config
+            model = dequantised(gguf)
             im_end = tok.convert_tokens_to_ids(IM_END)  # 2
             model.generation_config.eos_token_id = model.generation_config.pad_token_id = im_end
-            del quantised
             bar.update()
             bar.set_postfix_str("save")
             # bf16 halves the disk (~260 MB): greedy outputs matched the fp32 model on 7/7 prompts x 48 tokens.
