@@ -20,9 +20,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bioserc import artifacts
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,7 +136,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dequantised(gguf: Path) -> Any:
+def dequantised(gguf: Path) -> PreTrainedModel:
     """A GGUF causal LM as a plain fp32 transformers model of its own architecture, which `save_pretrained` writes
     as a normal folder (the GGUF-loaded one carries a quantization_config that save_pretrained refuses)."""
     import torch
