@@ -16,6 +16,7 @@ A grid file (YAML):
     reference: nobio                                             # the variant the others are compared with
     overrides: {epochs: 4}                                       # optional: every cell
     root: runs/sweeps/meld_profiles
+    record: docs/bench/meld_profiles_cells.jsonl                 # optional: the finished cells, kept in the repo
 
 Every cell runs `python -m bioserc.training.train_bert --config BASE --FIELD VALUE ... --seed S
 --output_dir ROOT/DATASET/VARIANT/seed-S --resume [--threads N]`, its output in that folder's train.log. Settings
@@ -29,6 +30,11 @@ ROOT/sweep.log logs the progress, ROOT/cells.jsonl one row per attempt start and
 ROOT/results.json the table: per (dataset, variant) weighted and macro F1 of best/dev_report.json as mean ± sample
 std over the finished seeds, the per-seed values, the mean train wall, and the paired per-seed differences to the
 reference variant. Unfinished cells are listed as missing, never averaged.
+
+ROOT holds checkpoints and is not committed, so a fresh checkout has none; `record` is the committed JSONL of every
+finished cell (its scores, wall and full train config), rewritten with each report. A cell with no run folder whose
+recorded config is the one the grid asks for now counts as done from the record: it is averaged, not retrained
+(delete its row to train it again); a recorded cell of another config is retrained and its row replaced.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ logger = logging.getLogger("bench.sweep")
 TRAINER = "bioserc.training.train_bert"
 MANAGED = ("seed", "output_dir", "resume", "threads")  # the sweep sets these for every cell
 UNCOMPARED = ("output_dir", "resume", "threads")  # may differ between the runs of one cell
-GRID_KEYS = {"base_config", "datasets", "seeds", "variants", "reference", "overrides", "root"}
+GRID_KEYS = {"base_config", "datasets", "seeds", "variants", "reference", "overrides", "root", "record"}
 
 Runner = Callable[[list[str], str], int]  # (train_bert arguments, log file) -> exit status
 
@@ -73,6 +79,7 @@ class Cell:
     settings: dict[str, Any]  # on top of the base config: overrides, --set, the variant
     output_dir: str
     config: dict[str, Any]  # the full train_bert config the cell must have been trained with
+    recorded: dict[str, Any] | None = None  # its row in the grid's record, when trained with this config
 
     @property
     def key(self) -> str:
@@ -95,6 +102,7 @@ class Grid:
     seeds: list[int]
     variants: dict[str, dict[str, Any]]
     reference: str | None
+    record: str | None = None
     cells: list[Cell] = field(default_factory=list)
 
 
@@ -181,7 +189,8 @@ def load_grid(path: str, root: str | None = None, sets: Sequence[str] = ()) -> G
         raise ValueError(f"{path}: no `root` for the cells' outputs (set it in the grid or pass --root)")
     overrides = _mapping(f"{path}: overrides", raw.get("overrides"))
     scoped = parse_sets(sets, datasets)
-    grid = Grid(path, root, datasets, seeds, variants, reference)
+    grid = Grid(path, root, datasets, seeds, variants, reference, raw.get("record"))
+    recorded = read_record(grid.record)
     for dataset in datasets:
         if not os.path.isfile(bases[dataset]):
             raise ValueError(f"{path}: base_config of {dataset}: no file {bases[dataset]}")
@@ -195,10 +204,43 @@ def load_grid(path: str, root: str | None = None, sets: Sequence[str] = ()) -> G
                 raise ValueError(f"{path}: dataset {dataset}, variant {name}: {err}") from err
             for key in UNCOMPARED:
                 del configs[name][key]
-        grid.cells += [Cell(dataset, name, seed, bases[dataset], settings[name],
+        for seed in seeds:
+            for name in variants:
+                cell = Cell(dataset, name, seed, bases[dataset], settings[name],
                             os.path.join(root, dataset, name, f"seed-{seed}"), {**configs[name], "seed": seed})
-                       for seed in seeds for name in variants]
+                row = recorded.get(cell.key)
+                cell.recorded = row if row and not _differs(row["config"], cell.config) else None
+                grid.cells.append(cell)
     return grid
+
+
+def _record_key(row: dict[str, Any]) -> str:
+    return f"{row['dataset']}/{row['variant']}/seed-{row['seed']}"
+
+
+def read_record(path: str | None) -> dict[str, dict[str, Any]]:
+    """The record's rows by cell key (none when there is no record yet)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return {_record_key(row): row for row in rows}
+
+
+def write_record(grid: Grid, cells: Sequence[dict[str, Any]]) -> None:
+    """Keep every recorded row (cells of other grids' variants too) and replace those of the finished `cells`."""
+    if not grid.record:
+        return
+    rows = {**read_record(grid.record), **{_record_key(c): {k: v for k, v in c.items() if k != "recorded"}
+                                           for c in cells}}
+    os.makedirs(os.path.dirname(grid.record) or ".", exist_ok=True)
+    with open(grid.record, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(rows[key], sort_keys=True) + "\n" for key in sorted(rows))
+
+
+def _differs(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Fields of `config` with another value in `saved` (fields added since, absent from `saved`, do not count)."""
+    return sorted(k for k, v in config.items() if k in saved and saved[k] != v)
 
 
 def _changed(cell: Cell) -> list[str]:
@@ -207,13 +249,13 @@ def _changed(cell: Cell) -> list[str]:
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as fh:
-        saved = json.load(fh)
-    return sorted(k for k, v in cell.config.items() if k in saved and saved[k] != v)  # fields added since: no change
+        return _differs(json.load(fh), cell.config)
 
 
 def cell_status(cell: Cell) -> dict[str, Any]:
     """stale (trained with another config: never mixed in, never continued), done (done.json written), partial
-    (last/ holds a checkpoint: completed epochs and steps) or todo."""
+    (last/ holds a checkpoint: completed epochs and steps), recorded (no run here, but the record holds it) or
+    todo."""
     changed = _changed(cell)
     if changed:
         return {"state": "stale", "fields": changed}
@@ -224,7 +266,7 @@ def cell_status(cell: Cell) -> dict[str, Any]:
         with open(state, encoding="utf-8") as fh:
             saved = json.load(fh)
         return {"state": "partial", "epoch": saved["epoch"], "step": saved["step"]}
-    return {"state": "todo"}
+    return {"state": "recorded" if cell.recorded else "todo"}
 
 
 def describe(status: dict[str, Any]) -> str:
@@ -232,6 +274,8 @@ def describe(status: dict[str, Any]) -> str:
         return f"partial epoch {status['epoch']}, step {status['step']}"
     if status["state"] == "stale":
         return f"stale: trained with another {', '.join(status['fields'])}"
+    if status["state"] == "recorded":
+        return "done (recorded; no run folder)"
     return status["state"]
 
 
@@ -266,7 +310,7 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, 
             if only and not any(fnmatch.fnmatchcase(cell.key, pattern) for pattern in only):
                 continue
             before = describe(cell_status(cell))
-            if before == "done":
+            if before.startswith("done"):
                 logger.info("[%d/%d] %s: done, skipped", i, len(grid.cells), cell.key)
                 continue
             if before.startswith("stale"):
@@ -287,6 +331,7 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, 
                 _append_jsonl(cells_log, {"event": "end", **ids, "status": after, "rc": rc, "wall_s": wall,
                                           "time": _now()})
                 logger.info("[%d/%d] %s: %s after %.1f s (exit %s)", i, len(grid.cells), cell.key, after, wall, rc)
+                write_record(grid, collect(grid)["cells"])  # a sweep killed later keeps this cell's result
             if rc != 0 or after != "done":
                 logger.error("%s failed (exit %s, %s): see %s/train.log", cell.key, rc, after, cell.output_dir)
                 failed.append(cell.key)
@@ -319,13 +364,16 @@ def _walls(root: str) -> dict[tuple[str, str, int], dict[str, Any]]:
 
 
 def collect(grid: Grid) -> dict[str, Any]:
-    """results.json's content from the finished cells' best/dev_report.json and cells.jsonl."""
+    """results.json's content from the finished cells' best/dev_report.json and cells.jsonl, or their record."""
     walls = _walls(grid.root)
     cells, missing = [], []
     for cell in grid.cells:
         report_path = os.path.join(cell.output_dir, "best", DEV_REPORT)
         status = cell_status(cell)
         ids = {"dataset": cell.dataset, "variant": cell.variant, "seed": cell.seed}
+        if status["state"] == "recorded":
+            cells.append({**cell.recorded, "recorded": True})
+            continue
         if status["state"] != "done" or not os.path.isfile(report_path):
             missing.append({**ids, "status": describe(status) if status["state"] != "done" else f"no {report_path}"})
             continue
@@ -336,7 +384,7 @@ def collect(grid: Grid) -> dict[str, Any]:
                       "accuracy": report["accuracy"], "best_step": report.get("step"),
                       "per_class_f1": {label: row["f1"] for label, row in report["per_class"].items()},
                       "train_wall_s": round(wall["wall_s"], 1) if wall else None,
-                      "wall_complete": bool(wall) and wall["open"] == 0})
+                      "wall_complete": bool(wall) and wall["open"] == 0, "config": cell.config})
     table = []
     for dataset in grid.datasets:
         done = {(c["variant"], c["seed"]): c for c in cells if c["dataset"] == dataset}
@@ -360,8 +408,8 @@ def collect(grid: Grid) -> dict[str, Any]:
                     metric: _summary({s: mine[s][metric] - ref[s][metric] for s in paired})
                     for metric in ("weighted_f1", "macro_f1")}}
             table.append(row)
-    return {"grid": grid.path, "root": grid.root, "datasets": grid.datasets, "seeds": grid.seeds,
-            "reference": grid.reference, "table": table, "cells": cells, "missing": missing}
+    return {"grid": grid.path, "root": grid.root, "record": grid.record, "datasets": grid.datasets,
+            "seeds": grid.seeds, "reference": grid.reference, "table": table, "cells": cells, "missing": missing}
 
 
 def _fmt(summary: dict[str, Any], signed: bool = False) -> str:
@@ -393,6 +441,9 @@ def markdown(results: dict[str, Any]) -> str:
             _per_seed(diff["weighted_f1"], seeds, True) if diff else "—", f"{wall} |"]))
     lines += ["", "Mean ± sample std (n − 1) over the finished seeds; Δ: paired per seed against "
               f"{ref}; train wall: mean per seed over the sweep's attempts (≥: an attempt was killed unlogged)."]
+    recorded = [_record_key(c) for c in results["cells"] if c.get("recorded")]
+    if recorded:
+        lines.append(f"From the record {results['record']} (no run folder here): {', '.join(recorded)}")
     if results["missing"]:
         lines.append("Missing (not averaged): " + ", ".join(
             f"{m['dataset']}/{m['variant']}/seed-{m['seed']} ({m['status']})" for m in results["missing"]))
@@ -401,6 +452,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write_results(grid: Grid) -> dict[str, Any]:
     results = collect(grid)
+    write_record(grid, results["cells"])
     os.makedirs(grid.root, exist_ok=True)
     with open(os.path.join(grid.root, "results.json"), "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -202,6 +203,37 @@ def test_results_average_finished_seeds_only_and_pair_differences_by_seed(tiny, 
     assert "| meld | text | 2/2" not in table and "| meld | text | 2/3 | 53.00 ± 2.83 |" in table
     assert "| +2.00 ± 1.41 |" in table and "| +1.00 / +3.00 / — |" in table
     assert "Missing (not averaged): meld/text/seed-3 (partial epoch 1, step 5)" in table
+
+
+def test_a_fresh_checkout_keeps_finished_cells_from_the_record(tiny, tmp_path, capsys):
+    record = tmp_path / "docs" / "cells.jsonl"
+    grid = [write_grid(tmp_path, tiny, seeds=(1, 2), record=str(record)), *data_sets(tiny)]
+    root = tmp_path / "sweep"
+    for key, weighted in [("meld/nobio/seed-1", 50.0), ("meld/nobio/seed-2", 52.0), ("meld/text/seed-1", 53.0)]:
+        fake_cell(root, key, weighted, 30.0)
+    assert sweep.main([*grid, "--report-only"]) == 0
+    before = json.loads((root / "results.json").read_text())
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(r["variant"], r["seed"], r["weighted_f1"]) for r in rows] == [
+        ("nobio", 1, 50.0), ("nobio", 2, 52.0), ("text", 1, 53.0)]
+    assert [(r["config"]["seed"], r["config"]["bio_mode"], r["config"]["epochs"]) for r in rows] == [
+        (1, "none", 2), (2, "none", 2), (1, "mlp", 2)]
+
+    shutil.rmtree(root)  # a fresh checkout: no run folders, only the committed record
+    recorded = "done (recorded; no run folder)"
+    assert statuses(capsys, grid) == {"meld/nobio/seed-1": recorded, "meld/text/seed-1": recorded,
+                                      "meld/nobio/seed-2": recorded, "meld/text/seed-2": "todo"}
+    calls: list[str] = []
+    assert sweep.main(grid, runner=lambda argv, log: calls.append(argv[argv.index("--output_dir") + 1]) or 1) == 1
+    assert calls == [str(root / "meld" / "text" / "seed-2")]  # only the cell never finished is trained
+    after = json.loads((root / "results.json").read_text())
+    assert after["table"] == before["table"] and after["missing"] == before["missing"]
+    assert "From the record" in capsys.readouterr().out
+
+    longer = [*grid, "--set", "epochs=3"]  # another schedule: recorded cells are not its results
+    assert set(statuses(capsys, longer).values()) == {"todo"}
+    assert sweep.main([*longer, "--report-only"]) == 0
+    assert [json.loads(line) for line in record.read_text().splitlines()] == rows  # kept until retrained
 
 
 @pytest.mark.parametrize(("change", "sets", "message"), [
