@@ -222,9 +222,18 @@ def read_record(path: str | None) -> dict[str, dict[str, Any]]:
     """The record's rows by cell key (none when there is no record yet)."""
     if not path or not os.path.isfile(path):
         return {}
+    rows = {}
     with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    return {_record_key(row): row for row in rows}
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row["config"], dict):
+                        raise TypeError("config is not a mapping")
+                    rows[_record_key(row)] = row
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"{path} line {number}: not a sweep record row ({err!r})") from err
+    return rows
 
 
 def write_record(grid: Grid, cells: Sequence[dict[str, Any]]) -> None:

@@ -235,6 +235,10 @@ def test_a_fresh_checkout_keeps_finished_cells_from_the_record(tiny, tmp_path, c
     assert sweep.main([*longer, "--report-only"]) == 0
     assert [json.loads(line) for line in record.read_text().splitlines()] == rows  # kept until retrained
 
+    record.write_text(record.read_text() + '{"dataset": "meld"}\n')
+    assert sweep.main([*grid, "--dry-run"]) == 2
+    assert f"{record} line 4: not a sweep record row" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(("change", "sets", "message"), [
     ({"variants": {"nobio": {"bio_mod": "none"}}, "reference": "nobio"}, [], r"variant nobio: unknown .*'bio_mod'"),
