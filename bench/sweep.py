@@ -318,11 +318,12 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, 
         for i, cell in enumerate(grid.cells, 1):
             if only and not any(fnmatch.fnmatchcase(cell.key, pattern) for pattern in only):
                 continue
-            before = describe(cell_status(cell))
-            if before.startswith("done"):
+            status = cell_status(cell)
+            before = describe(status)
+            if status["state"] in ("done", "recorded"):
                 logger.info("[%d/%d] %s: done, skipped", i, len(grid.cells), cell.key)
                 continue
-            if before.startswith("stale"):
+            if status["state"] == "stale":
                 logger.error("[%d/%d] %s: %s; delete %s or sweep into another root", i, len(grid.cells), cell.key,
                              before, cell.output_dir)
                 failed.append(cell.key)
