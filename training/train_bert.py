@@ -12,7 +12,9 @@ whose size is read from the train bios and saved in the model's config (profile_
 Outputs in output_dir: metrics.jsonl (one row per dev evaluation), best/ (the best dev weighted-F1 model,
 `BiosercBert.from_pretrained`-loadable, with dev_report.json), last/ (the resumable checkpoint), train_config.json,
 training_curve.png, confusion_dev.png and, once training has ended, done.json (the run's summary: what a sweep
-checks to skip a finished run). `--resume` with no last/ starts fresh.
+checks to skip a finished run). `--resume` with no last/ starts fresh. With `--teachers` (distillation,
+`bioserc.training.distill`) also the teachers' cached train probabilities, teacher_probs.jsonl.gz, unless
+`--teacher_cache` puts them elsewhere.
 """
 
 from __future__ import annotations
@@ -50,13 +52,21 @@ from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training import config_files
 from bioserc.training.checkpoint import TrainState, load_dev_report, load_last, save_best, save_last
+from bioserc.training.distill import (
+    TEACHER_FILE,
+    UtteranceKey,
+    check_teachers,
+    distill_loss,
+    soft_targets,
+    teacher_probs,
+)
 from bioserc.training.evaluate import score
 from bioserc.training.plots import plot_confusion, plot_training_curve
 
 
 logger = logging.getLogger(__name__)
 
-LIST_FIELDS = ("train_data", "dev_data", "train_bios", "dev_bios")
+LIST_FIELDS = ("train_data", "dev_data", "train_bios", "dev_bios", "teachers")
 DONE_MARKER = "done.json"  # written last: its presence means the run ended (budget spent or early stop)
 
 
@@ -95,6 +105,14 @@ class TrainBertConfig:
                                                            "weights with this decay per step (e.g. 0.99; 0: off): "
                                                            "it smooths the noisy epoch-to-epoch dev curve, but did "
                                                            "not beat the raw weights on MELD over 3 seeds"})
+    teachers: list[str] = field(default_factory=list, metadata={
+        "help": "distil from these trained classifiers (best/ folders or ONNX exports; DIR=BIOS for one that reads "
+                "profiles): their mean probabilities on the train data become a second target"})
+    distill_weight: float = field(default=0.5, metadata={"help": "with teachers: the loss is (1 - w) x the gold "
+                                                                 "labels' + w x the teachers' (0 < w <= 1)"})
+    teacher_cache: str = field(default="", metadata={
+        "help": "file caching the teachers' train probabilities (default: output_dir/teacher_probs.jsonl.gz); runs "
+                "with the same teachers and train data (a sweep's seeds) can share one"})
     # evaluation, checkpoints
     eval_every: int = field(default=0, metadata={"help": "evaluate on dev every N optimiser steps (0: per epoch)"})
     patience: int = field(default=3, metadata={"help": "stop after N evaluations without a better dev F1 (0: off)"})
@@ -115,6 +133,8 @@ class TrainBertConfig:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        if self.teachers and not 0.0 < self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in (0, 1] with teachers, got {self.distill_weight}")
 
     def model_config(self, profile_dim: int = 0) -> BiosercBertConfig:
         """The model's settings; `profile_dim` is the train bios' vector size (scores/latent profiles). A bio_mode
@@ -199,6 +219,7 @@ class Run:
     running: list[float] = field(default_factory=list)  # train losses since the last evaluation
     start: float = 0.0
     ema: AveragedModel | None = None  # the weights evaluated and saved when `ema_decay` is set
+    teacher: dict[UtteranceKey, list[float]] | None = None  # the teachers' mean train probabilities (`begin`)
 
     @property
     def eval_model(self) -> BiosercBert:
@@ -218,7 +239,14 @@ class Run:
 
     def loss(self, conversations: Sequence[Conversation], bios: dict[BioKey, Bio]) -> torch.Tensor:
         batch = self.collator(conversations, bios).to(self.device)
-        return self.loss_fn(self.model(**batch.inputs).flatten(0, 1), batch.labels.flatten())
+        logits = self.model(**batch.inputs)
+        flat, labels = logits.flatten(0, 1), batch.labels.flatten()
+        loss = self.loss_fn(flat, labels)
+        if self.teacher is None:
+            return loss
+        targets = soft_targets(batch.conversation_ids, batch.utterance_indices, self.teacher, *logits.shape[1:])
+        soft = distill_loss(flat, targets.to(self.device).flatten(0, 1), labels, IGNORE, self.loss_fn.weight)
+        return (1 - self.config.distill_weight) * loss + self.config.distill_weight * soft
 
 
 def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
@@ -251,6 +279,7 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
                          "profile and bios")
     if resuming and saved | {"encoder": ""} != wanted | {"encoder": ""}:
         logger.warning("resuming with the checkpoint's model settings %s; the config's differ", saved)
+    check_teachers(config.teachers)
     weights = class_weights(train_convs, model.config.labels).to(device) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE, label_smoothing=config.label_smoothing)
     steps_per_epoch = math.ceil(math.ceil(len(train_convs) / config.batch_size) / config.grad_accum)
@@ -286,6 +315,10 @@ def begin(run: Run) -> None:
         logger.info("resuming %s at step %d (epoch %d, batch %d)", out, run.state.step, run.state.epoch,
                     run.state.batch_in_epoch)
     _write_history(run.metrics_path, run.history)
+    if run.config.teachers:
+        cache = run.config.teacher_cache or os.path.join(out, TEACHER_FILE)
+        run.teacher = teacher_probs(run.config.teachers, run.config.train_data, run.train_convs,
+                                    run.model.config.labels, cache)
     run.start = time.monotonic()
 
 
