@@ -70,10 +70,13 @@ def test_soft_loss_is_weighted_cross_entropy_and_skips_unlabelled_rows():
     assert distill_loss(logits, soft, labels, -100) == pytest.approx(unweighted.item(), rel=1e-6)
 
 
-def test_a_teacher_that_reads_profiles_needs_its_bios_and_the_weight_is_checked(corpus, teachers, tmp_path):  # noqa: F811
+def test_teachers_must_share_the_labels_and_get_their_profiles_and_the_weight_is_checked(corpus, teachers, tmp_path):  # noqa: F811
     with_bios = train(train_config(corpus, tmp_path / "bios", bio_mode="mlp", max_steps=1, eval_every=1))["best_dir"]
     with pytest.raises(ValueError, match="reads speaker profiles"):
         train(train_config(corpus, tmp_path / "s", bio_mode="none", teachers=[with_bios]), dry_run=True)
+    with pytest.raises(ValueError, match="predicts"):  # MELD teachers for an EmoryNLP student
+        train(train_config(corpus, tmp_path / "s", bio_mode="none", label_set="emorynlp", teachers=teachers),
+              dry_run=True)
     with pytest.raises(ValueError, match="distill_weight"):
         train_config(corpus, tmp_path / "s", teachers=teachers, distill_weight=0.0)
     with_its_bios = f"{with_bios}={corpus['train_bios']}"

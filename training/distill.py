@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from bioserc.artifacts import CLASSIFIER_KINDS, artifact_file, read_manifest
+from bioserc.artifacts import CLASSIFIER_KINDS, read_manifest
 from bioserc.models import load_bios
-from bioserc.models.bioserc_bert import CONFIG_FILE
 from bioserc.models.classifier import load_classifier
 from bioserc.schema import Conversation
 from bioserc.training.evaluate import bio_profile
@@ -37,29 +36,25 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return model_dir, bios or None
 
 
-def check_teachers(specs: Sequence[str]) -> None:
-    """Fail before training starts: every teacher is a verified artifact, and one that reads profiles has them."""
+def check_teachers(specs: Sequence[str], labels: Sequence[str]) -> None:
+    """Fail before training starts: every teacher is a classifier of the student's labels, and one that reads
+    speaker profiles is given them."""
     for spec in specs:
         model_dir, bios = split_spec(spec)
         manifest = read_manifest(model_dir)
         if manifest.get("kind") not in CLASSIFIER_KINDS:
             raise ValueError(f"teacher {model_dir}: a {manifest.get('kind')} artifact; teachers are utterance "
                              "classifiers (training's best/ folders or their ONNX exports)")
-        if bios is None and _reads_profiles(model_dir, manifest):
+        if set(manifest.get("labels") or ()) != set(labels):
+            raise ValueError(f"teacher {model_dir} predicts {manifest.get('labels')}, the student {list(labels)}")
+        if bios is None and manifest.get("bio_mode", "none") != "none":
             raise ValueError(f"teacher {model_dir} reads speaker profiles: pass it as {model_dir}=BIOS with the "
                              "bios.jsonl of the train data")
-
-
-def _reads_profiles(model_dir: str, manifest: dict) -> bool:
-    with open(artifact_file(model_dir, manifest, CONFIG_FILE), encoding="utf-8") as fh:
-        return json.load(fh).get("bio_mode", "mlp") != "none"
 
 
 def _label(spec: str, conversations: Sequence[Conversation], labels: Sequence[str]) -> dict[UtteranceKey, list[float]]:
     model_dir, bios_path = split_spec(spec)
     classifier = load_classifier(model_dir)
-    if set(classifier.labels) != set(labels):
-        raise ValueError(f"teacher {model_dir} predicts {list(classifier.labels)}, the student {list(labels)}")
     order = [list(classifier.labels).index(y) for y in labels]
     bios = load_bios([bios_path], *bio_profile(model_dir, read_manifest(model_dir))) if bios_path else None
     logger.info("teacher %s: labelling %d train conversations", model_dir, len(conversations))

@@ -279,7 +279,7 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
                          "profile and bios")
     if resuming and saved | {"encoder": ""} != wanted | {"encoder": ""}:
         logger.warning("resuming with the checkpoint's model settings %s; the config's differ", saved)
-    check_teachers(config.teachers)
+    check_teachers(config.teachers, model.config.labels)
     weights = class_weights(train_convs, model.config.labels).to(device) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE, label_smoothing=config.label_smoothing)
     steps_per_epoch = math.ceil(math.ceil(len(train_convs) / config.batch_size) / config.grad_accum)
