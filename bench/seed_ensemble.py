@@ -22,18 +22,8 @@ from report_io import emit
 
 from bioserc.artifacts import read_manifest
 from bioserc.metrics import classification_report
-from bioserc.models import load_bios
-from bioserc.models.classifier import load_classifier
 from bioserc.readers import read_conversations
-from bioserc.training.evaluate import bio_profile
-
-
-def probabilities(model_dir: str, bios_path: str | None, convs) -> tuple[list[str], np.ndarray]:
-    """(labels, (utterances, labels) softmax) of one model over every utterance of `convs`, in input order."""
-    classifier = load_classifier(model_dir, threads=2)
-    bios = load_bios([bios_path], *bio_profile(model_dir, read_manifest(model_dir))) if bios_path else None
-    preds = classifier.predict(convs, bios)
-    return list(classifier.labels), np.array([p.probs for p in preds])
+from bioserc.training.distill import check_teachers, member_probs, split_spec
 
 
 def main() -> None:
@@ -44,15 +34,14 @@ def main() -> None:
     p.add_argument("--out", help="write the report here as JSON (and print it)")
     args = p.parse_args()
     convs = read_conversations(args.data)
+    keys = [(c.id, u.index) for c in convs for u in c.utterances]
     gold = [u.label for c in convs for u in c.utterances]
+    labels = read_manifest(split_spec(args.model[0])[0])["labels"]
+    check_teachers(args.model, labels)  # the same labels; a member that reads profiles has them
     members: dict[str, np.ndarray] = {}
-    labels: list[str] | None = None
     for spec in args.model:
-        model_dir, _, bios_path = spec.partition("=")
-        model_labels, probs = probabilities(model_dir, bios_path or None, convs)
-        if labels is not None and model_labels != labels:
-            raise SystemExit(f"{model_dir}: labels {model_labels} differ from the first model's {labels}")
-        labels, members[model_dir] = model_labels, probs
+        probs = member_probs(spec, convs, labels)
+        members[split_spec(spec)[0]] = np.array([probs[k] for k in keys])
 
     def wf1(names: tuple[str, ...]) -> float:
         mean = sum(members[n] for n in names) / len(names)

@@ -49,7 +49,7 @@ def test_the_student_learns_from_the_teachers_mean_and_resumes_and_seeds_reuse_i
     def relabel(*_):
         raise AssertionError("a resumed run labelled the train data again instead of reading its cache")
 
-    monkeypatch.setattr(distill, "_label", relabel)
+    monkeypatch.setattr(distill, "member_probs", relabel)
     resumed = train(train_config(corpus, tmp_path, bio_mode="none", max_steps=4, eval_every=1, teachers=teachers,
                                  resume=True))
     assert resumed["steps"] == 4

@@ -52,7 +52,10 @@ def check_teachers(specs: Sequence[str], labels: Sequence[str]) -> None:
                              "bios.jsonl of the train data")
 
 
-def _label(spec: str, conversations: Sequence[Conversation], labels: Sequence[str]) -> dict[UtteranceKey, list[float]]:
+def member_probs(spec: str, conversations: Sequence[Conversation],
+                 labels: Sequence[str]) -> dict[UtteranceKey, list[float]]:
+    """One classifier's ("DIR" or "DIR=BIOS", `check_teachers`-checked) probabilities, in `labels` order, for every
+    utterance of `conversations`; also what `bench/seed_ensemble.py` averages."""
     model_dir, bios_path = split_spec(spec)
     classifier = load_classifier(model_dir)
     order = [list(classifier.labels).index(y) for y in labels]
@@ -76,7 +79,7 @@ def teacher_probs(specs: Sequence[str], train_data: Sequence[str], conversations
         logger.warning("%s was made by other teachers, data or labels (%s): labelling again", cache, header)
     summed: dict[UtteranceKey, list[float]] = {}
     for spec in specs:
-        for k, probs in _label(spec, conversations, labels).items():
+        for k, probs in member_probs(spec, conversations, labels).items():
             summed[k] = [a + b for a, b in zip(summed.get(k, [0.0] * len(probs)), probs, strict=True)]
     mean = {k: [v / len(specs) for v in probs] for k, probs in summed.items()}
     os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
