@@ -123,14 +123,14 @@ def _source(spec: EmbeddedModel) -> Path:
     return path
 
 
-def _converted(path: Path, gguf: bool = True) -> bool:
+def _converted(spec: EmbeddedModel, path: Path) -> bool:
     """Complete, and (for a GGUF conversion) made by the transformers major version we run (the tokenizer files it
     writes differ between 4.x and 5.x; an assembled zip is copied as it is)."""
     try:
         made_with = json.loads((path / MARKER).read_text())["transformers_version"]
     except (OSError, ValueError, KeyError):
         return False
-    return not gguf or made_with.split(".")[0] == importlib.metadata.version("transformers").split(".")[0]
+    return not spec.gguf or made_with.split(".")[0] == importlib.metadata.version("transformers").split(".")[0]
 
 
 def _say(progress: bool, message: str) -> None:
@@ -144,7 +144,7 @@ def model_path(name: str, progress: bool = True) -> Path:
     if not spec.cache_name:
         return _source(spec)
     target = cache_dir() / spec.cache_name
-    if not _converted(target, bool(spec.gguf)):
+    if not _converted(spec, target):
         _build(spec, target, progress)
     return target
 
@@ -155,7 +155,7 @@ def pull(names: Iterable[str] | None = None, force: bool = False, progress: bool
     for name in names or [n for n, m in MODELS.items() if not m.optional]:
         spec = _spec(name)
         target = cache_dir() / spec.cache_name if spec.cache_name else None
-        if target and (force or not _converted(target, bool(spec.gguf))):
+        if target and (force or not _converted(spec, target)):
             _build(spec, target, progress)
             paths[name] = target
         else:
@@ -325,7 +325,7 @@ def list_models() -> list[dict]:
         installed = _installed(spec)
         if spec.cache_name:
             path = cache_dir() / spec.cache_name
-            converted = _converted(path, bool(spec.gguf))
+            converted = _converted(spec, path)
         else:
             path, converted = (_source(spec) if installed else None), None  # used in place: nothing to convert
         rows.append({"name": spec.name, "kind": spec.kind, "package": f"{spec.package}=={spec.version}",
