@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from bioserc import embedded
 from bioserc.training import config_files
 from bioserc.training.checkpoint import DEV_REPORT, STATE_JSON
 from bioserc.training.train_bert import DONE_MARKER, TrainBertConfig
@@ -248,8 +249,14 @@ def write_record(grid: Grid, cells: Sequence[dict[str, Any]]) -> None:
 
 
 def _differs(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """Fields of `config` with another value in `saved` (fields added since, absent from `saved`, do not count)."""
-    return sorted(k for k, v in config.items() if k in saved and saved[k] != v)
+    """Fields of `config` with another value in `saved` (fields added since, absent from `saved`, do not count; an
+    encoder given by its embedded name or by the folder that name resolves to is the same encoder)."""
+    return sorted(k for k, v in config.items()
+                  if k in saved and saved[k] != v and not (k == "encoder" and _folder(saved[k]) == _folder(v)))
+
+
+def _folder(encoder: str) -> str:
+    return os.path.realpath(embedded.folder(encoder) if encoder in embedded.MODELS else os.path.expanduser(encoder))
 
 
 def _changed(cell: Cell) -> list[str]:

@@ -143,10 +143,17 @@ def model_path(name: str, progress: bool = True) -> Path:
     spec = _spec(name)
     if not spec.cache_name:
         return _source(spec)
-    target = cache_dir() / spec.cache_name
+    target = folder(name)
     if not _converted(spec, target):
         _build(spec, target, progress)
     return target
+
+
+def folder(name: str) -> Path:
+    """Where an embedded model's folder is, or will be once pulled; builds nothing (for comparing configs that name
+    the model with configs that give its folder)."""
+    spec = _spec(name)
+    return cache_dir() / spec.cache_name if spec.cache_name else _source(spec)
 
 
 def pull(names: Iterable[str] | None = None, force: bool = False, progress: bool = True) -> dict[str, Path]:

@@ -310,3 +310,13 @@ def test_only_trains_the_matching_cells(tiny, tmp_path):
     assert sweep.main([grid, *data_sets(tiny), "--only", "*/text/*", "--only", "meld/nobio/seed-2"], runner) == 1
     root = tmp_path / "sweep" / "meld"
     assert calls == [str(root / "text" / "seed-1"), str(root / "nobio" / "seed-2"), str(root / "text" / "seed-2")]
+
+
+def test_an_embedded_encoder_and_its_folder_are_the_same_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOSERC_CACHE", str(tmp_path))  # mpnet's folder: where `models pull mpnet` would put it
+    folder = str(tmp_path / "all-mpnet-base-v2")
+    assert sweep._differs({"encoder": folder, "epochs": 4}, {"encoder": "mpnet", "epochs": 4}) == []
+    assert sweep._differs({"encoder": "mpnet"}, {"encoder": folder + "/"}) == []
+    assert sweep._differs({"encoder": str(tmp_path / "other")}, {"encoder": "mpnet"}) == ["encoder"]
+    changed = sweep._differs({"encoder": "minilm", "epochs": 4}, {"encoder": "mpnet", "epochs": 3})
+    assert changed == ["encoder", "epochs"]
