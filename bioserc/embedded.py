@@ -161,7 +161,7 @@ def pull(names: Iterable[str] | None = None, force: bool = False, progress: bool
     paths = {}
     for name in names or [n for n, m in MODELS.items() if not m.optional]:
         spec = _spec(name)
-        target = cache_dir() / spec.cache_name if spec.cache_name else None
+        target = folder(name) if spec.cache_name else None
         if target and (force or not _converted(spec, target)):
             _build(spec, target, progress)
             paths[name] = target
@@ -331,7 +331,7 @@ def list_models() -> list[dict]:
     for spec in MODELS.values():
         installed = _installed(spec)
         if spec.cache_name:
-            path = cache_dir() / spec.cache_name
+            path = folder(spec.name)
             converted = _converted(spec, path)
         else:
             path, converted = (_source(spec) if installed else None), None  # used in place: nothing to convert
