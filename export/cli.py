@@ -57,12 +57,15 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
     if args.per_channel and args.quantize != "dynamic":
         raise ValueError("--per-channel only applies with --quantize dynamic (--quantize weights has finer scales)")
+    if args.bits != 8 and args.quantize != "weights":
+        raise ValueError(f"--bits {args.bits} only applies with --quantize weights (dynamic int8 is 8-bit)")
     if (args.seed_results is None) != (args.seed_variant is None):
         missing = "--seed-variant" if args.seed_results else "--seed-results"
         raise ValueError(f"--seed-results and --seed-variant go together (the results.json and its DATASET/VARIANT "
                          f"row): {missing} is missing")
     manifest = export_classifier(args.model, args.output, quantize=args.quantize, optimize=args.optimize,
-                                 opset=args.opset, per_channel=args.per_channel, seed_results=args.seed_results,
+                                 opset=args.opset, per_channel=args.per_channel, bits=args.bits,
+                                 seed_results=args.seed_results,
                                  seed_variant=args.seed_variant)
     print(summarize(args.output, manifest))
     return 0
@@ -114,6 +117,9 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
                    help="int8 encoder: 'weights' (what a bare --quantize means: int8 weights, fp32 activations, "
                         "4x smaller, >=99%% labels kept on MELD) or 'dynamic' (activations int8 too; loses labels); "
                         "None: fp32")
+    p.add_argument("--bits", type=int, choices=(8, 4), default=8,
+                   help="with --quantize weights: bits per weight; 4 halves the encoder again (for encoders over "
+                        "~100M parameters, e.g. mpnet: 115 -> 74 MB) at some accuracy (docs/BENCHMARKS.md)")
     p.add_argument("--per-channel", action="store_true", help="with --quantize dynamic: scales per output channel")
     p.add_argument("--optimize", action="store_true", help="fuse attention/LayerNorm/GELU in the encoder graph")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")

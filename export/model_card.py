@@ -156,7 +156,7 @@ def _dev_table(report: dict[str, Any]) -> list[str]:
 
 def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dict[str, Any],
                      parity: dict[str, float], precision: str, final_dir: str,
-                     seed_results: dict[str, Any] | None = None) -> str:
+                     seed_results: dict[str, Any] | None = None, head_precision: str = "fp32") -> str:
     """Write `directory`/README.md from the manifest fields, the source's metrics and the export's parity checks.
 
     `final_dir` is where the artifact will live (`directory` may be a staging folder), for the usage lines.
@@ -192,11 +192,12 @@ def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dic
     lines += [
         f"- context window: ±{fields['window']} utterances; max tokens {fields['max_length']}"
         + ("" if vector else f" (bios {fields['bio_max_length']})"),
-        f"- graphs: `encoder.onnx` (encoder + pooling, {precision}), `head.onnx` (conversation head, fp32)",
+        f"- graphs: `encoder.onnx` (encoder + pooling, {precision}), "
+        f"`head.onnx` (conversation head, {head_precision})",
     ]
-    if "int8_logits_max_abs_diff" in parity:
-        diff = parity["int8_logits_max_abs_diff"]
-        lines.append(f"- int8 vs PyTorch on a synthetic batch: max |logit diff| {diff:.3g} "
+    if f"{precision}_logits_max_abs_diff" in parity:
+        diff = parity[f"{precision}_logits_max_abs_diff"]
+        lines.append(f"- {precision} vs PyTorch on a synthetic batch: max |logit diff| {diff:.3g} "
                      "(label agreement on real data: docs/BENCHMARKS.md)")
     lines.append(f"- fp32 export vs PyTorch: max |logit diff| {parity['fp32_logits_max_abs_diff']:.3g}")
     checkpoint = "the source checkpoint"

@@ -25,8 +25,8 @@ The export boundary (why two graphs, and where the cut is):
     scattered into B x L slots, each distinct bio is encoded once and indexed per speaker). Doing that bookkeeping
     in numpy between two graphs keeps both graphs free of data-dependent scatter/gather over Python-built index
     lists, lets the encoder batch be padded or bucketed independently of the conversation batch, and lets
-    `--quantize` quantize only the encoder, which holds nearly all the weights and FLOPs; the small head stays fp32
-    (its attention masks and sums gain nothing from int8).
+    `--quantize` treat the encoder, which holds nearly all the FLOPs, on its own terms; the head's masks and sums
+    stay fp32 and only its weights are stored in int8 (mpnet's head: 27 -> 10 MB, MELD valid W-F1 unchanged).
   * A profile model's vectors need no encoder: the head takes them as they are and projects them itself
     (`profile_proj`), so they cross the boundary as plain float inputs, like the pooled bios of the text path.
   * Dynamic axes: N and T for the encoder; B, L and S for the head. H, D and C are fixed by the checkpoint.
@@ -43,12 +43,13 @@ change to the model's forward that this file does not follow fails loudly.
 Export uses `torch.onnx.export(dynamo=False)` (the TorchScript exporter, as optimum-onnx does) with PyTorch's MHA /
 Transformer fast paths switched off, since their fused kernels have no ONNX form. `--optimize` runs onnxruntime's
 transformer optimizer (fused attention/LayerNorm/GELU) on the encoder. `--quantize weights` (the release format)
-stores the encoder's MatMul weights (per block of 32) and embedding tables (per row) in int8 (int8_weights.py);
-`--quantize dynamic` runs `onnxruntime.quantization.quantize_dynamic` (activations quantized per call too,
-per-tensor unless `per_channel`, MatMul/Attention only). Either is written in place of the fp32 graph (manifest
-`precision: "int8"`). On the measured 2-vCPU AVX2 machine neither optimisation nor dynamic int8 made ONNX Runtime
-faster than PyTorch (shared/docs/dependencies.md section 6); bench/export_bench.py measures speed and int8's label
-agreement for a trained model and docs/BENCHMARKS.md records them: dynamic int8 misses the 99% agreement bar, hence
+stores the encoder's MatMul weights (per block of 32) and embedding tables (per row) in int8 (weight_only.py), and
+the head's MatMul weights too; `--bits 4` makes the encoder's MatMul weights 4-bit (manifest `precision: "int4"`).
+`--quantize dynamic` runs `onnxruntime.quantization.quantize_dynamic` on the encoder (activations quantized per call
+too, per-tensor unless `per_channel`, MatMul/Attention only; manifest `precision: "int8"`). On the measured 2-vCPU
+AVX2 machine neither optimisation nor dynamic int8 made ONNX Runtime faster than PyTorch
+(shared/docs/dependencies.md section 6); bench/export_bench.py measures speed and int8's label agreement for a
+trained model and docs/BENCHMARKS.md records them: dynamic int8 misses the 99% agreement bar, hence
 weight-only int8 for the default artifact.
 """
 
@@ -70,8 +71,8 @@ from torch import nn
 from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.export._staging import check_target, publish
-from bioserc.export.int8_weights import BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.export.model_card import load_seed_results, write_model_card
+from bioserc.export.weight_only import BITS, BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.fsutil import staging_dir
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean, sinusoid
 from bioserc.models.collate import Bio
@@ -310,16 +311,18 @@ def _versions() -> dict[str, str]:
 
 
 def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None, optimize: bool = False,
-                      opset: int = 17, per_channel: bool = False, seed_results: str | None = None,
+                      opset: int = 17, per_channel: bool = False, bits: int = 8, seed_results: str | None = None,
                       seed_variant: str | None = None) -> dict[str, Any]:
     """Export `model_dir` (a verified pytorch-classifier artifact) into `out_dir`; return the new manifest.
 
     Args:
         quantize: an int8 encoder in place of the fp32 one: "weights" (int8 weights with per-block / per-row
-            scales; int8_weights.py says why this is the release format) or "dynamic" (onnxruntime's quantize_dynamic:
+            scales; weight_only.py says why this is the release format) or "dynamic" (onnxruntime's quantize_dynamic:
             activations quantized per call too, MatMul/Attention only).
         optimize: fuse attention/LayerNorm/GELU in the encoder first (onnxruntime.transformers.optimizer).
         per_channel: with "dynamic", int8 scales per output channel instead of per tensor.
+        bits: with "weights", 8 or 4 bits per weight; 4 keeps a 109M-parameter encoder (mpnet) under GitHub's
+            100 MB per file, where its int8 graph is 115 MB.
         seed_results, seed_variant: a `bench/sweep.py` results.json and its row "DATASET/VARIANT" (the settings this
             checkpoint was trained with): the model card then states weighted F1 as mean ± std over the row's seeds,
             and the manifest records them (`seed_results`). Both or neither; read before any export work.
@@ -334,6 +337,10 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
         raise ValueError(f"quantize={quantize!r}: choose one of {QUANT_MODES}")
     if per_channel and quantize != "dynamic":
         raise ValueError("per_channel only applies to quantize='dynamic' (weight-only int8 has finer scales)")
+    if bits != 8 and quantize != "weights":
+        raise ValueError(f"bits={bits} only applies to quantize='weights' (weight-only); dynamic int8 is 8-bit")
+    if bits not in BITS:
+        raise ValueError(f"bits={bits}: choose one of {BITS}")
     if (seed_results is None) != (seed_variant is None):
         raise ValueError("seed_results (a results.json) and seed_variant (its DATASET/VARIANT row) go together")
     seeds = None
@@ -382,22 +389,25 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
             _optimize_encoder(enc_path, model.encoder.config)
             parity["optimized_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
             parity["optimized_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
-        quantization = None
+        quantization, quantized, precision = None, [], f"int{bits}" if quantize else "fp32"
         if quantize == "weights":
-            quantization = {"method": "weights", "weight_type": "int8", "block_size": BLOCK_SIZE,
-                            "encoder_opset": OPSET, "tensors": len(quantize_weights(enc_path))}
+            quantized = [ENCODER_FILE, HEAD_FILE]
+            quantization = {"method": "weights", "weight_type": precision, "block_size": BLOCK_SIZE,
+                            "encoder_opset": OPSET, "tensors": len(quantize_weights(enc_path, bits)),
+                            "head_weight_type": "int8", "head_tensors": len(quantize_weights(head_path, 8))}
         elif quantize == "dynamic":
             _quantize(enc_path, per_channel)
+            quantized = [ENCODER_FILE]
             quantization = {"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel,
                             "op_types": QUANT_OPS}
         if quantize:
-            parity["int8_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
-            parity["int8_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
-        precision = "int8" if quantize else "fp32"
-        write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds)
+            parity[f"{precision}_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
+            parity[f"{precision}_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
+        write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds,
+                         head_precision="int8 weights" if HEAD_FILE in quantized else "fp32")
         manifest = write_manifest(
             tmp, "onnx-classifier", **fields,
-            precision=precision, quantized=[ENCODER_FILE] if quantize else [],
+            precision=precision, quantized=quantized,
             quantization=quantization,
             optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
             source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),

@@ -156,15 +156,19 @@ def test_onnx_predictions_equal_pytorch_predictions(exported):
 
 
 def test_int8_export_agrees_with_fp32(exported):
+    import onnx
+
     from bioserc.models.onnx_classifier import OnnxClassifier
 
     manifest = verify_artifact(exported["int8"], "onnx-classifier")
-    assert manifest["precision"] == "int8" and manifest["quantized"] == ["encoder.onnx"]
+    assert manifest["precision"] == "int8" and manifest["quantized"] == ["encoder.onnx", "head.onnx"]
     assert manifest["quantization"]["method"] == "weights" and "int8_logits_max_abs_diff" in manifest["parity"]
     assert sorted(p.name for p in Path(exported["int8"]).glob("*.onnx")) == ["encoder.onnx", "head.onnx"]
     fp32_size = (Path(exported["fp32"]) / "encoder.onnx").stat().st_size
     assert (Path(exported["int8"]) / "encoder.onnx").stat().st_size < fp32_size
-    assert manifest["quantization"]["tensors"] > 0
+    head = onnx.load(str(Path(exported["int8"]) / "head.onnx"))  # this tiny head's graph outweighs its weights
+    assert onnx.TensorProto.INT8 in {i.data_type for i in head.graph.initializer}
+    assert manifest["quantization"]["tensors"] > 0 and manifest["quantization"]["head_tensors"] > 0
     card = (Path(exported["int8"]) / "README.md").read_text()  # the model card, covered by the checksums
     assert "README.md" in manifest["files"] and "bio mode: mlp" in card and "| class |" not in card
     convs = [c for seed in range(6) for c in conversations(seed)]  # 18 conversations, 72 utterances
@@ -426,6 +430,31 @@ def test_cli_exports_onnx_with_a_summary(exported, tmp_path, capsys):
     assert "onnx-classifier artifact written to" in out and "encoder.onnx" in out
     assert "fp32_head_max_abs_diff" in out
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["precision"] == "fp32"
+
+
+def test_cli_exports_four_bit_weights_that_agree_with_fp32(exported, tmp_path, capsys):
+    import onnx
+
+    from bioserc.export.cli import main
+    from bioserc.models.onnx_classifier import OnnxClassifier
+
+    assert main(["onnx", "--model", exported["source"], "-o", str(tmp_path / "x"), "--bits", "4"]) == 1
+    assert "--bits 4 only applies with --quantize weights" in capsys.readouterr().err
+    assert main(["onnx", "--model", exported["source"], "-o", str(tmp_path / "int4"), "--quantize", "--bits",
+                 "4"]) == 0
+    assert "int4_logits_max_abs_diff" in capsys.readouterr().out
+    manifest = verify_artifact(str(tmp_path / "int4"), "onnx-classifier")
+    assert manifest["precision"] == "int4" and manifest["quantization"]["weight_type"] == "int4"
+    types = {i.data_type for i in onnx.load(str(tmp_path / "int4" / "encoder.onnx")).graph.initializer}
+    assert onnx.TensorProto.INT4 in types and onnx.TensorProto.INT8 in types  # MatMul weights; embedding tables
+    int8_size = (Path(exported["int8"]) / "encoder.onnx").stat().st_size
+    assert (tmp_path / "int4" / "encoder.onnx").stat().st_size < int8_size
+    assert "(encoder + pooling, int4), `head.onnx` (conversation head, int8 weights)" in (
+        tmp_path / "int4" / "README.md").read_text()
+    convs = [c for seed in range(6) for c in conversations(seed)]
+    fp32 = OnnxClassifier(exported["fp32"], provider="cpu", threads=1).predict(convs, {})
+    int4 = OnnxClassifier(str(tmp_path / "int4"), provider="cpu", threads=1).predict(convs, {})
+    assert np.mean([a.label == b.label for a, b in zip(fp32, int4, strict=True)]) >= 0.8
 
 
 # ------------------------------------------------------------------------------------ model card: profile and seeds

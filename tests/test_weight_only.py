@@ -1,4 +1,4 @@
-"""Weight-only int8: the rewritten graph computes what the fp32 one does, within the int8 rounding error."""
+"""Weight-only int8/int4: the rewritten graph computes what the fp32 one does, within the rounding error."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from bioserc.export.int8_weights import quantize_weights  # noqa: E402
+from bioserc.export.weight_only import quantize_weights  # noqa: E402
 
 
 def embed_and_project(path: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -58,6 +58,33 @@ def test_weights_become_int8_and_outputs_stay_close(tmp_path):
     assert np.abs(after - before).max() < 0.02 * np.abs(before).max()
     # ORT's fused kernel quantizes activations in blocks by default: a zero channel is zero up to that rounding
     assert np.allclose(after[:, 5], weights["bias"][5], atol=1e-3)
+
+
+def test_four_bit_matmul_weights_are_packed_and_tables_stay_int8(tmp_path):
+    import ml_dtypes
+
+    rng = np.random.default_rng(1)
+    paths = {bits: str(tmp_path / f"g{bits}.onnx") for bits in (8, 4)}
+    for path in paths.values():
+        weights = embed_and_project(path, np.random.default_rng(1))
+    ids = rng.integers(0, 200, 30)
+    before = run(paths[4], ids)
+    for bits, path in paths.items():
+        assert sorted(quantize_weights(path, bits)) == ["table", "w"]
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(paths[4]).graph.initializer}
+    assert stored["w_int4"].dtype == ml_dtypes.int4 and stored["table_int8"].dtype == np.int8
+    assert stored["w_scale"].shape == (2, 64) and stored["table_scale"].shape == (200,)
+    values = stored["w_int4"].astype(np.int8)
+    assert values.min() >= -7 and values.max() <= 7 and not values[:, 5].any()
+    step = np.repeat(stored["w_scale"], 32, axis=0)[:48]
+    assert np.all(np.abs(values * step - weights["w"]) <= step / 2 + 1e-6)
+    # packed two per byte: the 4-bit weight takes half the int8 one's bytes (the table is the same in both)
+    raw = {b: {i.name: len(i.raw_data) for i in onnx.load(p).graph.initializer} for b, p in paths.items()}
+    assert raw[4]["w_int4"] == raw[8]["w_int8"] // 2 and raw[4]["table_int8"] == raw[8]["table_int8"]
+    after = run(paths[4], ids)
+    assert np.abs(after - before).max() < 0.15 * np.abs(before).max()  # int8: under 0.02
+    with pytest.raises(ValueError, match="bits=3"):
+        quantize_weights(paths[8], 3)
 
 
 def test_shared_or_non_weight_initializers_are_left_alone(tmp_path):
