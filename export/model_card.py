@@ -154,6 +154,13 @@ def _dev_table(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _model_arg(final_dir: str) -> str:
+    """How the usage lines name the model: a folder of serving_artifacts/ by its shipped name (which works from any
+    directory once bioserc is installed), any other folder by its path."""
+    path = os.path.abspath(final_dir)
+    return os.path.basename(path) if os.path.basename(os.path.dirname(path)) == "serving_artifacts" else final_dir
+
+
 def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dict[str, Any],
                      parity: dict[str, float], precision: str, final_dir: str,
                      seed_results: dict[str, Any] | None = None, head_precision: str = "fp32") -> str:
@@ -211,8 +218,9 @@ def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dic
                   f"macro F1 {report['macro_f1']:.2f}", "", *_dev_table(report)]
     elif source_metrics:
         lines += ["", "## Source metrics", "", *(f"- {k}: {v}" for k, v in source_metrics.items())]
-    lines += ["", "## Use", "", "```bash", f"bioserc label calls/ -o runs/labels --model {final_dir}",
-              f"bioserc evaluate --model {final_dir} --data DATA.json [--bios BIOS.jsonl]", "```", "",
+    model = _model_arg(final_dir)
+    lines += ["", "## Use", "", "```bash", f"bioserc label calls/ -o runs/labels --model {model}",
+              f"bioserc evaluate --model {model} --data DATA.json [--bios BIOS.jsonl]", "```", "",
               "## Limits", "",
               "Trained on the data named above (MELD and EmoryNLP are both dialogue from the TV series Friends), not",
               "on call-centre speech: treat labels on customer calls as indicative and validate on your own annotated",

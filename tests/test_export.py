@@ -581,6 +581,10 @@ def test_card_reads_no_profile_without_bios_and_says_when_the_checkpoint_is_no_a
     text = Path(write_model_card(str(tmp_path), latent, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x"))
     text = text.read_text()
     assert "- speaker profile: `latent` vectors (48 floats per speaker" in text and "biography" not in text
+    assert "bioserc label calls/ -o runs/labels --model x\n" in text  # any folder: by its path
+    shipped = str(tmp_path / "repo" / "serving_artifacts" / "meld-fast")  # a shipped one: by name, from anywhere
+    text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", shipped))
+    assert "bioserc evaluate --model meld-fast --data" in text.read_text()
 
 
 def test_seed_results_errors_name_the_file_and_row_before_any_export_work(exported, tmp_path, monkeypatch, capsys):
