@@ -7,7 +7,7 @@
     bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
     bioserc label INPUT... -o DIR            # an emotion per utterance + report.html (Beam; `bioserc label --help`)
     bioserc train {bert,llm} --config FILE   # train the BERT-based or the LoRA LLM classifier
-    bioserc evaluate --model DIR --data FILE # weighted-F1 report (--model also a shipped name: default, emorynlp)
+    bioserc evaluate --model DIR --data FILE # weighted-F1 report (--model also a shipped name: `bioserc models list`)
     bioserc export onnx --model DIR -o OUT   # serving artifacts (also onnx-llm, trtllm)
 """
 

@@ -105,7 +105,9 @@ def _seed_section(seeds: dict[str, Any], checkpoint: str | None) -> list[str]:
                   + (f"{checkpoint}." if checkpoint else
                      "not one of these seeds (its dev weighted F1 matches none of them).")]
     if seeds["missing_seeds"]:
-        lines.append(f"Seeds {', '.join(map(str, seeds['missing_seeds']))} did not finish and are not averaged.")
+        missing = seeds["missing_seeds"]
+        lines.append(f"Seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} did not finish and "
+                     f"{'are' if len(missing) > 1 else 'is'} not averaged.")
     return lines
 
 

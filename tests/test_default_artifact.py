@@ -1,6 +1,6 @@
-"""The committed models (the default, EmoryNLP): intact, small enough for the repository, their W-F1 stated over
-seeds, labelling the demo archive; the default found from any directory and shown by `bioserc models list` with its
-checksum status."""
+"""The committed models (the default, the fast MiniLM one, EmoryNLP): intact, small enough for the repository, their
+W-F1 stated over seeds, labelling the demo archive; the default found from any directory and shown by `bioserc
+models list` with its checksum status."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from bioserc.readers import read_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "serving_artifacts" / "default"
-MAX_FILE_MB = 50
+MAX_FILE_MB = 100  # GitHub refuses a file over 100 MiB; the default's 4-bit encoder graph is 74
 
 
 def test_no_tracked_file_is_over_the_size_limit():
@@ -26,17 +26,20 @@ def test_no_tracked_file_is_over_the_size_limit():
     assert sizes and not {f: s for f, s in sizes.items() if s > MAX_FILE_MB * 2**20}
 
 
-@pytest.mark.parametrize(("name", "label_set", "min_f1"), [("default", "meld", 50), ("emorynlp", "emorynlp", 35)])
-def test_shipped_models_verify_state_their_seeds_and_label_the_demo_calls(name, label_set, min_f1):
+@pytest.mark.parametrize(("name", "label_set", "precision", "min_f1", "min_seeds"),
+                         [("default", "meld", "int4", 60, 2), ("meld-minilm", "meld", "int8", 58, 3),
+                          ("emorynlp", "emorynlp", "int8", 39, 3)])
+def test_shipped_models_verify_state_their_seeds_and_label_the_demo_calls(name, label_set, precision, min_f1,
+                                                                          min_seeds):
     pytest.importorskip("onnxruntime")
     from bioserc.models.classifier import load_classifier
 
     folder = ROOT / "serving_artifacts" / name
     manifest = verify_artifact(str(folder), "onnx-classifier")
-    assert manifest["precision"] == "int8" and manifest["label_set"] == label_set
+    assert manifest["precision"] == precision and manifest["label_set"] == label_set
     assert "README.md" in manifest["files"] and manifest["metrics"]["dev_weighted_f1"] > min_f1
     seeds = manifest["seed_results"]  # the card's W-F1 is a mean over seeds, not one lucky run
-    assert seeds["dataset"] == label_set and seeds["n"] >= 3
+    assert seeds["dataset"] == label_set and seeds["n"] >= min_seeds
     convs = read_conversations(str(ROOT / "examples" / "transcripts"))
     bios = {(c.id, s): f"{s} is patient and polite." for c in convs for s in c.speakers}
     classifier = load_classifier(str(folder))

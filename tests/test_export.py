@@ -585,6 +585,9 @@ def test_card_reads_no_profile_without_bios_and_says_when_the_checkpoint_is_no_a
     shipped = str(tmp_path / "repo" / "serving_artifacts" / "meld-fast")  # a shipped one: by name, from anywhere
     text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", shipped))
     assert "bioserc evaluate --model meld-fast --data" in text.read_text()
+    text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x",
+                                 {**seeds, "missing_seeds": [3]})).read_text()
+    assert "Seed 3 did not finish and is not averaged." in text
 
 
 def test_seed_results_errors_name_the_file_and_row_before_any_export_work(exported, tmp_path, monkeypatch, capsys):
