@@ -4,7 +4,7 @@
     bioserc export onnx-llm --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-onnx
     bioserc export trtllm   --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-trt [--serve-only]
 
-`onnx` exports the BERT-based classifier (encoder + conversation head graphs; --quantize = int8 encoder),
+`onnx` exports the BERT-based classifier (encoder + conversation head graphs; --quantize = int8 weights),
 `onnx-llm` the merged LLM with a KV cache for `bioserc bios --backend onnx`, and `trtllm` builds a TensorRT-LLM
 engine (Python 3.12 NVIDIA container with a GPU only) or, with --serve-only, writes the `trtllm-serve`
 instructions for TensorRT-LLM's engine-free PyTorch backend.
@@ -114,12 +114,13 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="trained classifier folder (e.g. runs/NAME/best)")
     p.add_argument("-o", "--output", required=True, help="artifact folder to write (replaced if it is one)")
     p.add_argument("--quantize", nargs="?", const="weights", choices=("weights", "dynamic"),
-                   help="int8 encoder: 'weights' (what a bare --quantize means: int8 weights, fp32 activations, "
-                        "4x smaller, >=99%% labels kept on MELD) or 'dynamic' (activations int8 too; loses labels); "
-                        "None: fp32")
+                   help="'weights' (what a bare --quantize means: int8 weights in both graphs, fp32 activations, "
+                        "4x smaller, >=99%% labels kept on MELD; see --bits) or 'dynamic' (the encoder's activations "
+                        "int8 too; loses labels); None: fp32")
     p.add_argument("--bits", type=int, choices=(8, 4), default=8,
-                   help="with --quantize weights: bits per weight; 4 halves the encoder again (for encoders over "
-                        "~100M parameters, e.g. mpnet: 115 -> 74 MB) at some accuracy (docs/BENCHMARKS.md)")
+                   help="with --quantize weights: bits per encoder MatMul weight; 4 for encoders over ~100M "
+                        "parameters (mpnet's graph: 115 -> 74 MB; embedding tables stay int8), at some accuracy "
+                        "(docs/BENCHMARKS.md)")
     p.add_argument("--per-channel", action="store_true", help="with --quantize dynamic: scales per output channel")
     p.add_argument("--optimize", action="store_true", help="fuse attention/LayerNorm/GELU in the encoder graph")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")

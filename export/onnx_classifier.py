@@ -316,9 +316,9 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
     """Export `model_dir` (a verified pytorch-classifier artifact) into `out_dir`; return the new manifest.
 
     Args:
-        quantize: an int8 encoder in place of the fp32 one: "weights" (int8 weights with per-block / per-row
-            scales; weight_only.py says why this is the release format) or "dynamic" (onnxruntime's quantize_dynamic:
-            activations quantized per call too, MatMul/Attention only).
+        quantize: "weights" (encoder weights in int8, or int4 with `bits`, with per-block / per-row scales, and the
+            head's weights in int8; weight_only.py says why this is the release format) or "dynamic" (onnxruntime's
+            quantize_dynamic on the encoder: activations quantized per call too, MatMul/Attention only).
         optimize: fuse attention/LayerNorm/GELU in the encoder first (onnxruntime.transformers.optimizer).
         per_channel: with "dynamic", int8 scales per output channel instead of per tensor.
         bits: with "weights", 8 or 4 bits per weight; 4 keeps a 109M-parameter encoder (mpnet) under GitHub's
