@@ -28,7 +28,7 @@ KINDS = ("pytorch-classifier", "onnx-classifier", "onnx-llm", "hf-llm", "lora-ad
 CLASSIFIER_KINDS = ("pytorch-classifier", "onnx-classifier")
 CONFIG_FILE, LABELS_FILE = "config.json", "labels.txt"  # a classifier's own statement of its labels and bio mode
 # Manifest fields that name files of the artifact itself (model_path, source_path, base_model... name other places).
-PATH_FIELDS = ("graphs", "quantized", "optimized", "tokenizer_files_copied")
+PATH_FIELDS = ("graphs", "quantized", "optimized", "external_data", "tokenizer_files_copied")
 DEFAULT_MODEL_ENV = "BIOSERC_DEFAULT_MODEL"
 DEFAULT_PACKAGE = "bioserc.serving_artifacts"  # the repository's serving_artifacts/ folder, installed with bioserc
 

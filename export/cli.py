@@ -3,8 +3,10 @@
     bioserc export onnx     --model runs/meld-minilm/best -o serving_artifacts/meld-minilm-onnx [--quantize]
     bioserc export onnx-llm --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-onnx
     bioserc export trtllm   --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-trt [--serve-only]
+    bioserc export refresh  serving_artifacts/default [--seed-results RESULTS.json --seed-variant meld/mpnet]
 
 `onnx` exports the BERT-based classifier (encoder + conversation head graphs; --quantize = int8 weights),
+`refresh` rewrites an exported classifier's card and manifest in place (more seeds finished, a newer layout),
 `onnx-llm` the merged LLM with a KV cache for `bioserc bios --backend onnx`, and `trtllm` builds a TensorRT-LLM
 engine (Python 3.12 NVIDIA container with a GPU only) or, with --serve-only, writes the `trtllm-serve`
 instructions for TensorRT-LLM's engine-free PyTorch backend.
@@ -71,6 +73,14 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from bioserc.export.refresh import refresh_classifier
+
+    manifest = refresh_classifier(args.model, seed_results=args.seed_results, seed_variant=args.seed_variant)
+    print(summarize(args.model, manifest))
+    return 0
+
+
 def cmd_onnx_llm(args: argparse.Namespace) -> int:
     from bioserc.export.onnx_llm import export_llm
 
@@ -131,6 +141,16 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
                    help="with --seed-results: the row of the settings this checkpoint was trained with "
                         "(e.g. meld/scores)")
     p.set_defaults(func=cmd_onnx)
+
+    p = sub.add_parser("refresh", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="an exported classifier, in place: graphs sharded, card and manifest rewritten (no "
+                            "checkpoint needed; weights unchanged)")
+    p.add_argument("model", metavar="ARTIFACT", help="an exported classifier folder (bioserc export onnx)")
+    p.add_argument("--seed-results", metavar="RESULTS.json",
+                   help="a newer bench/sweep.py results.json: the card states --seed-variant's row; None: keep the "
+                        "manifest's seed results")
+    p.add_argument("--seed-variant", metavar="DATASET/VARIANT", help="with --seed-results: this model's row")
+    p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("onnx-llm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx and label scoring")

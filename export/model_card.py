@@ -204,6 +204,9 @@ def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dic
         f"- graphs: `encoder.onnx` (encoder + pooling, {precision}), "
         f"`head.onnx` (conversation head, {head_precision})",
     ]
+    if shards := fields.get("external_data"):
+        lines.append("- graph weights stored beside the graphs, in shards that fit a git host's file limit: "
+                     + ", ".join(f"`{shard}`" for shard in shards))
     if f"{precision}_logits_max_abs_diff" in parity:
         diff = parity[f"{precision}_logits_max_abs_diff"]
         lines.append(f"- {precision} vs PyTorch on a synthetic batch: max |logit diff| {diff:.3g} "

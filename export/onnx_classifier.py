@@ -50,7 +50,8 @@ too, per-tensor unless `per_channel`, MatMul/Attention only; manifest `precision
 AVX2 machine neither optimisation nor dynamic int8 made ONNX Runtime faster than PyTorch
 (shared/docs/dependencies.md section 6); bench/export_bench.py measures speed and int8's label agreement for a
 trained model and docs/BENCHMARKS.md records them: dynamic int8 misses the 99% agreement bar, hence
-weight-only int8 for the default artifact.
+weight-only int8 for the default artifact. A graph file over 45 MB keeps its weights in `encoder-NN.data` shards
+beside it (sharding.py), listed in the manifest's `external_data`, so every file stays under a git host's limits.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
 from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.export._staging import check_target, publish
 from bioserc.export.model_card import load_seed_results, write_model_card
+from bioserc.export.sharding import shard_graph
 from bioserc.export.weight_only import BITS, BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.fsutil import staging_dir
 from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean, sinusoid
@@ -403,6 +405,7 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
         if quantize:
             parity[f"{precision}_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
             parity[f"{precision}_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
+        fields["external_data"] = [shard for graph in (enc_path, head_path) for shard in shard_graph(graph)]
         write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds,
                          head_precision="int8 weights" if HEAD_FILE in quantized else "fp32")
         manifest = write_manifest(

@@ -225,6 +225,30 @@ def test_tampered_onnx_is_rejected_before_any_session(exported, tmp_path, monkey
         load_classifier(str(copy))
 
 
+def test_a_sharded_export_verifies_each_shard_and_predicts_exactly(exported, tmp_path, monkeypatch):
+    """A graph over the cap keeps its weights in listed, checksummed shards; the model it loads is the same."""
+    from functools import partial
+
+    import bioserc.export.onnx_classifier as onnx_classifier
+    from bioserc.export.sharding import shard_graph
+
+    monkeypatch.setattr(onnx_classifier, "shard_graph", partial(shard_graph, max_bytes=20_000))
+    manifest = onnx_classifier.export_classifier(exported["source"], str(tmp_path / "sharded"))
+
+    shards = manifest["external_data"]
+    assert len(shards) > 2 and {s.split("-")[0] for s in shards} == {"encoder", "head"}
+    assert set(shards) <= set(verify_artifact(str(tmp_path / "sharded"))["files"])
+    assert all((tmp_path / "sharded" / s).stat().st_size <= 20_000 for s in shards)
+    convs = conversations()
+    check_parity(exported["source"], str(tmp_path / "sharded"), convs, bios_for(convs))
+
+    data = bytearray((tmp_path / "sharded" / shards[0]).read_bytes())
+    data[0] ^= 1
+    (tmp_path / "sharded" / shards[0]).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{shards[0]}.*does not match its sha256"):
+        load_classifier(str(tmp_path / "sharded"))
+
+
 def test_export_refuses_unverified_sources_and_foreign_folders(exported, tmp_path):
     from bioserc.export.cli import main
     from bioserc.export.onnx_classifier import export_classifier
@@ -545,6 +569,45 @@ def test_card_and_manifest_state_weighted_f1_across_seeds_and_the_scores_profile
             "order above: `bioserc bios --profile scores`, or made by `bioserc label` in the pipeline)") in text
     assert "biography" not in text and "(bios 128)" not in text  # no bio text is read
     assert "emotion-label probabilities scored by an LLM" in text.split("\n\n")[1]
+
+
+def test_refresh_restates_seeds_and_shards_without_the_checkpoint(scores_checkpoint, tmp_path, monkeypatch, capsys):
+    """`export refresh` on a plain export = exporting with the seed results, plus shards; the weights compute the
+    same logits; a row of another dataset is refused and leaves the folder as it was."""
+    from functools import partial
+
+    import bioserc.export.refresh as refresh
+    from bioserc.export.cli import main
+    from bioserc.export.onnx_classifier import export_classifier
+    from bioserc.export.sharding import shard_graph
+    from bioserc.models.onnx_classifier import OnnxClassifier
+
+    results = sweep_results(tmp_path / "results.json")
+    plain, seeded = tmp_path / "plain" / "onnx", tmp_path / "seeded" / "onnx"
+    export_classifier(scores_checkpoint, str(plain))
+    expected = export_classifier(scores_checkpoint, str(seeded), seed_results=results, seed_variant="meld/scores")
+    convs = conversations()
+    profiles = {(c.id, s): [0.1 * k] * len(MELD) for c in convs for k, s in enumerate(c.speakers)}
+    before = OnnxClassifier(str(plain), provider="cpu", threads=1).predict(convs, profiles)
+
+    monkeypatch.setattr(refresh, "shard_graph", partial(shard_graph, max_bytes=20_000))
+    assert main(["refresh", str(plain), "--seed-results", results, "--seed-variant", "meld/scores"]) == 0
+    assert "encoder-01.data" in capsys.readouterr().out
+
+    manifest = verify_artifact(str(plain), "onnx-classifier")
+    assert manifest["external_data"][0] == "encoder-01.data" and len(manifest["external_data"]) > 2
+    changed = {"created", "files", "external_data"}
+    assert {k: v for k, v in manifest.items() if k not in changed} == {
+        k: v for k, v in expected.items() if k not in changed}
+    card = [line for line in (plain / "README.md").read_text().splitlines() if "shards" not in line]
+    assert card == (seeded / "README.md").read_text().replace(str(seeded), str(plain)).splitlines()
+    after = OnnxClassifier(str(plain), provider="cpu", threads=1).predict(convs, profiles)
+    assert after == before
+
+    raw = (plain / "manifest.json").read_bytes()
+    assert main(["refresh", str(plain), "--seed-results", results, "--seed-variant", "emorynlp/scores"]) == 1
+    assert "row emorynlp/scores is for emorynlp" in capsys.readouterr().err
+    assert (plain / "manifest.json").read_bytes() == raw
 
 
 def test_card_without_seed_results_keeps_the_single_checkpoint_and_names_text_bios(exported):
