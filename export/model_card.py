@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -165,11 +166,12 @@ def _model_arg(final_dir: str) -> str:
 
 def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dict[str, Any],
                      parity: dict[str, float], precision: str, final_dir: str,
-                     seed_results: dict[str, Any] | None = None, head_precision: str = "fp32") -> str:
+                     seed_results: dict[str, Any] | None = None, quantized: Sequence[str] = ()) -> str:
     """Write `directory`/README.md from the manifest fields, the source's metrics and the export's parity checks.
 
     `final_dir` is where the artifact will live (`directory` may be a staging folder), for the usage lines.
     `seed_results`: the variant's row across seeds (`load_seed_results`), for the "Across seeds" section.
+    `quantized`: the manifest's quantized graphs (a quantized head has int8 weights, whatever the encoder's bits).
     """
     report = _read_json(directory, "dev_report.json")
     weighted_f1 = report.get("weighted_f1", source_metrics.get("dev_weighted_f1"))
@@ -202,7 +204,7 @@ def write_model_card(directory: str, fields: dict[str, Any], source_metrics: dic
         f"- context window: ±{fields['window']} utterances; max tokens {fields['max_length']}"
         + ("" if vector else f" (bios {fields['bio_max_length']})"),
         f"- graphs: `encoder.onnx` (encoder + pooling, {precision}), "
-        f"`head.onnx` (conversation head, {head_precision})",
+        f"`head.onnx` (conversation head, {'int8 weights' if 'head.onnx' in quantized else 'fp32'})",
     ]
     if shards := fields.get("external_data"):
         lines.append("- graph weights stored beside the graphs, in shards that fit a git host's file limit: "

@@ -406,8 +406,7 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
             parity[f"{precision}_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
             parity[f"{precision}_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
         fields["external_data"] = [shard for graph in (enc_path, head_path) for shard in shard_graph(graph)]
-        write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds,
-                         head_precision="int8 weights" if HEAD_FILE in quantized else "fp32")
+        write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds, quantized)
         manifest = write_manifest(
             tmp, "onnx-classifier", **fields,
             precision=precision, quantized=quantized,

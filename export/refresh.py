@@ -51,8 +51,7 @@ def refresh_classifier(directory: str, seed_results: str | None = None,
                                    for shard in shard_graph(os.path.join(tmp, graph))]
         precision = manifest.get("precision", "fp32")
         write_model_card(tmp, fields, manifest.get("metrics", {}), manifest["parity"], precision, directory, seeds,
-                         head_precision="int8 weights" if manifest["graphs"]["head"] in manifest.get("quantized", [])
-                         else "fp32")
+                         manifest.get("quantized", []))
         kept = {key: value for key, value in manifest.items() if key not in WRITTEN}
         new = write_manifest(tmp, "onnx-classifier", **{**kept, **fields, "seed_results": seeds})
         publish(tmp, directory)
