@@ -22,9 +22,6 @@ from bioserc.export.sharding import shard_graph
 from bioserc.fsutil import staging_dir
 
 
-# The manifest keys the model card reads (write_model_card's `fields`).
-CARD_FIELDS = ("model_family", "label_set", "labels", "window", "bio_mode", "profile", "profile_dim", "max_length",
-               "bio_max_length", "graphs", "opset")
 WRITTEN = ("manifest_version", "kind", "created", "files")  # write_manifest's own keys
 
 
@@ -46,14 +43,13 @@ def refresh_classifier(directory: str, seed_results: str | None = None,
     tmp = staging_dir(directory)
     try:
         shutil.copytree(directory, tmp, dirs_exist_ok=True)
-        fields = {key: manifest[key] for key in CARD_FIELDS if key in manifest}
+        fields = {key: value for key, value in manifest.items() if key not in WRITTEN}  # the card reads what it needs
         fields["external_data"] = [shard for graph in manifest["graphs"].values()
                                    for shard in shard_graph(os.path.join(tmp, graph))]
-        precision = manifest.get("precision", "fp32")
-        write_model_card(tmp, fields, manifest.get("metrics", {}), manifest["parity"], precision, directory, seeds,
-                         manifest.get("quantized", []))
-        kept = {key: value for key, value in manifest.items() if key not in WRITTEN}
-        new = write_manifest(tmp, "onnx-classifier", **{**kept, **fields, "seed_results": seeds})
+        fields["seed_results"] = seeds
+        write_model_card(tmp, fields, fields.get("metrics", {}), fields["parity"], fields.get("precision", "fp32"),
+                         directory, seeds, fields.get("quantized", []))
+        new = write_manifest(tmp, "onnx-classifier", **fields)
         publish(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
