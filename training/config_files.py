@@ -30,6 +30,16 @@ def load_config(cls: type[Config], path: str | None = None, **overrides: Any) ->
     return cls(**values)
 
 
+def normalize_fields(config: Any, list_fields: Sequence[str]) -> None:
+    """Fix what YAML and single flags hand a dataclass: one path where a list is meant, 3e-5 (no dot) as a string."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in list_fields and isinstance(value, str):
+            setattr(config, f.name, [value])
+        elif f.type == "float":
+            setattr(config, f.name, float(value))
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The command's docstring as written, and every optional flag's default in its --help line."""
 

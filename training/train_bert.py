@@ -28,7 +28,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -123,12 +123,7 @@ class TrainBertConfig:
     threads: int = field(default=0, metadata={"help": "torch intra-op CPU threads (0: torch's default)"})
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in LIST_FIELDS and isinstance(value, str):  # a YAML scalar or one CLI path
-                setattr(self, f.name, [value])
-            elif f.type == "float":  # YAML reads 3e-5 (no dot) as a string
-                setattr(self, f.name, float(value))
+        config_files.normalize_fields(self, LIST_FIELDS)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.profile not in PROFILES:

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -109,12 +109,7 @@ class TrainLlmConfig:
     threads: int = field(default=0, metadata={"help": "torch intra-op CPU threads (0: torch's default)"})
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in LIST_FIELDS and isinstance(value, str):  # a YAML scalar or one CLI path
-                setattr(self, f.name, [value])
-            elif f.type == "float":  # YAML reads 3e-4 (no dot) as a string
-                setattr(self, f.name, float(value))
+        config_files.normalize_fields(self, LIST_FIELDS)
         if self.eval_mode not in ("score", "generate", "none"):
             raise ValueError(f"eval_mode {self.eval_mode!r}: use score, generate or none")
         if self.eval_steps and (self.eval_mode == "none" or not self.dev_data):
