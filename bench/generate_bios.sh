@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Generate speaker profiles for MELD and EmoryNLP train + valid with the embedded SmolLM2, resumably.
+# Generate speaker profiles for MELD and EmoryNLP (or IEMOCAP, via SPLITS) train + valid with the embedded SmolLM2, resumably.
 #   nohup bash bench/generate_bios.sh > runs/generate_bios.log 2>&1 &                  # text bios (bio-v1)
 #   PROFILE=scores nohup bash bench/generate_bios.sh > runs/generate_scores.log 2>&1 &  # scores-v1 vectors
 #   PROFILE=scores SPLITS="meld/meld.valid meld/meld.train" bash bench/generate_bios.sh          # some splits only
+#   THREADS=1 PROFILE=scores SPLITS="iemocap/iemocap.valid iemocap/iemocap.train" bash bench/generate_bios.sh
+#   (THREADS: the LLM's CPU threads, e.g. 1 beside a training run; default automatic)
 # PROFILE is any `bioserc bios --profile` (text, emotion, scores, latent). Text bios run on ONNX Runtime (the same
 # bios as PyTorch, 1.84x faster here: docs/BENCHMARKS.md); the other profiles on BACKEND (default transformers, the
 # only one that gives latent's hidden states). The cache (data/bios/cache/ for text, data/profiles/cache/ otherwise;
@@ -31,7 +33,7 @@ for split in ${SPLITS:-meld/meld.valid meld/meld.train emorynlp/emorynlp.valid e
   out="runs/$suffix/$name"
   start=$(date +%s)
   "$BIOSERC" bios "$RAW/$split.json" -o "$out" --cache "$dest/cache" --batch-size 16 --profile "$PROFILE" \
-    --dataset "${name%%.*}" "${backend[@]}"
+    --dataset "${name%%.*}" "${backend[@]}" ${THREADS:+--threads "$THREADS"}
   echo "$name $PROFILE: $(( $(date +%s) - start )) s wall" | tee -a "$dest/wall_times.txt"
   gzip -9 -c "$out/bios.jsonl" > "$dest/$name.$suffix.jsonl.gz"
   gzip -9 -c "$out/bios.paper.json" > "$dest/$name.$suffix.paper.json.gz"

@@ -11,6 +11,7 @@ import pytest
 from bioserc.cli import main
 from bioserc.errors import BadRecord
 from bioserc.jsonio import read_jsonl
+from bioserc.labels import IEMOCAP_NAMES, LABEL_SETS
 from bioserc.readers import ReadReport, read_conversations, read_items, reader_for
 from bioserc.schema import Conversation
 
@@ -210,3 +211,18 @@ def test_real_json_and_csv_releases_agree(json_file, csv_file, n_conv, n_utt):
         # the paper's SPEAKER_k is the order of first appearance of the (first-listed) real speaker
         order = {s: f"SPEAKER_{k}" for k, s in enumerate(b.speakers)}
         assert [u.speaker for u in a.utterances] == [order[u.speaker] for u in b.utterances]
+
+
+@needs_raw
+@pytest.mark.parametrize(("split", "n_conv", "n_utt"), [("train", 108, 5163), ("valid", 12, 647)])
+def test_real_iemocap_splits_read_whole_with_the_paper_names_and_labels(split, n_conv, n_utt):
+    path = RAW / "iemocap" / f"iemocap.{split}.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    report = ReadReport()
+    convs = [c for c in report.track(read_items(str(path))) if isinstance(c, Conversation)]
+    assert (report.conversations, report.utterances, report.skipped) == (n_conv, n_utt, [])
+    for conv in convs:  # dyadic: the session's two pseudo-names, every label one of the six
+        assert set(conv.speakers) == set(IEMOCAP_NAMES[conv.id[:5]].values())
+        assert {u.label for u in conv.utterances} <= set(LABEL_SETS["iemocap"].labels)
+        assert conv.metadata["label_set"] == "iemocap"
