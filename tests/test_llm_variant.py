@@ -213,6 +213,16 @@ def test_resume_continues_from_the_trainer_checkpoint(corpus, tmp_path):
     assert resumed["steps"] == 4 and resumed["train_tokens"] < first["train_tokens"]  # only step 4 was trained
 
 
+def test_periodic_dev_evaluation_keeps_the_best_adapter(corpus, tmp_path):
+    result = train(small_config(corpus, tmp_path, max_steps=4, eval_steps=2))
+    history = [json.loads(line) for line in (tmp_path / "dev_metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [2, 4]
+    best = max(history, key=lambda row: row["dev_weighted_f1"])
+    report = json.loads((Path(result["adapter_dir"]) / "dev_report.json").read_text())
+    assert (result["best_step"], result["dev_weighted_f1"]) == (best["step"], best["dev_weighted_f1"])
+    assert report["weighted_f1"] == best["dev_weighted_f1"]
+
+
 def test_label_scoring_is_valid_normalised_and_equals_full_sequences(corpus):
     from transformers import AutoModelForCausalLM
 

@@ -29,17 +29,19 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from bioserc.devices import resolve_device
 from bioserc.labels import get_label_set
 from bioserc.models.llm_encoding import ChatEncoder, apply_template_choice, pack
 from bioserc.models.llm_scoring import LlmClassifier
 from bioserc.prompts.erc_llm import ErcPromptConfig
+from bioserc.schema import Conversation
 from bioserc.training import config_files
 from bioserc.training import llm_setup as setup
 from bioserc.training.evaluate import llm_report
@@ -164,10 +166,78 @@ def plan(config: TrainLlmConfig, model_dir: str, rows: Sequence[dict], precision
                                                               config.gradient_checkpointing)}
 
 
+class DevEvaluator:
+    """Scores the adapter on dev and keeps the history in output_dir/dev_metrics.jsonl (continued on --resume)."""
+
+    def __init__(self, config: TrainLlmConfig, model, encoder: ChatEncoder, convs: list[Conversation],
+                 bios: dict) -> None:
+        self.config, self.model, self.encoder, self.convs, self.bios = config, model, encoder, convs, bios
+        self.path = os.path.join(config.output_dir, "dev_metrics.jsonl")
+        self.history: list[dict[str, Any]] = []
+        if config.resume and os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as fh:
+                self.history = [json.loads(line) for line in fh]
+
+    def best_f1(self) -> float:
+        return max((row["dev_weighted_f1"] for row in self.history), default=-1.0)
+
+    def __call__(self, step: int) -> dict[str, Any]:
+        classifier = LlmClassifier(self.model, self.encoder, mode=self.config.eval_mode)
+        report = llm_report(classifier, self.convs, self.bios, self.config.eval_batch_size)
+        row = {"step": step, "dev_weighted_f1": report["weighted_f1"], "dev_accuracy": report["accuracy"]}
+        if "invalid_rate" in report:
+            row["dev_invalid_rate"] = report["invalid_rate"]
+        self.history.append(row)
+        with open(self.path, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(row) + "\n" for row in self.history)
+        logger.info("step %d: dev weighted F1 %.2f", step, report["weighted_f1"])
+        return {**report, "step": step}
+
+
+class DevEvalCallback(TrainerCallback):
+    """Every eval_steps (and at the last step): dev W-F1; a better one replaces adapter/."""
+
+    def __init__(self, evaluate: DevEvaluator, save: Callable[[dict[str, Any], int], None]) -> None:
+        self.evaluate, self.save = evaluate, save
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.evaluate.config.eval_steps and state.global_step != state.max_steps:
+            return
+        best = self.evaluate.best_f1()
+        report = self.evaluate(state.global_step)
+        if report["weighted_f1"] > best:
+            self.save(report, state.global_step)
+
+
+def _train_features(config: TrainLlmConfig, encoder: ChatEncoder) -> tuple[list[dict], int, int]:
+    """The rows to train on (samples packed when `packing`), how many samples were too long to keep, and how many
+    were kept."""
+    convs, bios = setup.load_split(config, "train")
+    features, dropped = setup.build_features(convs, bios, encoder, config.max_train_samples, config.seed,
+                                              config.class_balance)
+    if not features:
+        raise ValueError("nothing to train: no labelled utterance in train_data fits max_seq_length")
+    if dropped:
+        logger.warning("%d sample(s) longer than max_seq_length %d were dropped", dropped, config.max_seq_length)
+    return (pack(features, config.max_seq_length) if config.packing else features), dropped, len(features)
+
+
+def _start_output(config: TrainLlmConfig) -> list[str]:
+    """Make output_dir and write train_config.json; the checkpoints already there (an error without --resume)."""
+    checkpoints = glob.glob(os.path.join(config.output_dir, "checkpoint-*"))
+    if checkpoints and not config.resume:
+        raise ValueError(f"{config.output_dir} already holds checkpoints: pass --resume to continue, or another "
+                         "output_dir")
+    os.makedirs(config.output_dir, exist_ok=True)
+    with open(os.path.join(config.output_dir, "train_config.json"), "w", encoding="utf-8") as fh:
+        json.dump(asdict(config), fh, indent=2)
+    return checkpoints
+
+
 def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
     """Train; returns the plan, steps, loss, tokens/s and the adapter's dev report. `dry_run` returns the plan
     and, where this machine can load the model, one forward pass + loss; it writes nothing."""
-    from transformers import AutoTokenizer, Trainer, TrainerCallback, set_seed
+    from transformers import AutoTokenizer, Trainer, set_seed
 
     if config.threads > 0:  # torch's default (every core) thrashes when other jobs share the CPU
         torch.set_num_threads(config.threads)
@@ -180,21 +250,13 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
     precision = setup.pick_precision(config.precision, device)
     if config.load_in_4bit and device != "cuda" and config.precision == "auto":
         precision = "bf16"  # a QLoRA plan made off-GPU is for a CUDA run: auto is bf16 there (Ampere or newer)
-    labels = get_label_set(config.label_set).labels
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     apply_template_choice(tokenizer, config.chat_template)
-    encoder = ChatEncoder(tokenizer, labels, config.prompt(), config.max_seq_length)
-    train_convs, train_bios = setup.load_split(config, "train")
-    features, dropped = setup.build_features(train_convs, train_bios, encoder, config.max_train_samples, config.seed,
-                                              config.class_balance)
-    if not features:
-        raise ValueError("nothing to train: no labelled utterance in train_data fits max_seq_length")
-    if dropped:
-        logger.warning("%d sample(s) longer than max_seq_length %d were dropped", dropped, config.max_seq_length)
-    rows = pack(features, config.max_seq_length) if config.packing else features
+    encoder = ChatEncoder(tokenizer, get_label_set(config.label_set).labels, config.prompt(), config.max_seq_length)
+    rows, dropped, samples = _train_features(config, encoder)
     dev_convs, dev_bios = setup.load_split(config, "dev")
     dev_convs = setup.first_utterances(dev_convs, config.max_eval_samples)
-    summary = {"samples": len(features), "dropped": dropped, "rows": len(rows), "device": device,
+    summary = {"samples": samples, "dropped": dropped, "rows": len(rows), "device": device,
                "precision": precision, **plan(config, model_dir, rows, precision)}
     logger.info("plan: %s", json.dumps(summary))
     if dry_run and cannot_load:
@@ -211,53 +273,25 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
         return {"dry_run": True, **summary, "dev_conversations": len(dev_convs), "loss": loss.item(),
                 "answer_tokens": int((batch["labels"] != -100).sum())}
 
-    out, adapter_dir = config.output_dir, os.path.join(config.output_dir, "adapter")
-    checkpoints = glob.glob(os.path.join(out, "checkpoint-*"))
-    if checkpoints and not config.resume:
-        raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or another output_dir")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "train_config.json"), "w", encoding="utf-8") as fh:
-        json.dump(asdict(config), fh, indent=2)
-    history_path = os.path.join(out, "dev_metrics.jsonl")
-    history = []
-    if config.resume and os.path.isfile(history_path):
-        with open(history_path, encoding="utf-8") as fh:
-            history = [json.loads(line) for line in fh]
-    save = {"base_model": setup.base_model_ref(config.model), "label_set": config.label_set, "lora": config.lora(),
+    checkpoints = _start_output(config)
+    adapter_dir = os.path.join(config.output_dir, "adapter")
+    evaluate = DevEvaluator(config, model, encoder, dev_convs, dev_bios)
+    meta = {"base_model": setup.base_model_ref(config.model), "label_set": config.label_set, "lora": config.lora(),
             "chat_template": config.chat_template}
 
-    def dev_eval(step: int) -> dict:
-        classifier = LlmClassifier(model, encoder, mode=config.eval_mode)
-        report = llm_report(classifier, dev_convs, dev_bios, config.eval_batch_size)
-        history.append({"step": step, "dev_weighted_f1": report["weighted_f1"], "dev_accuracy": report["accuracy"],
-                        **({"dev_invalid_rate": report["invalid_rate"]} if "invalid_rate" in report else {})})
-        with open(history_path, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(row) + "\n" for row in history)
-        logger.info("step %d: dev weighted F1 %.2f", step, report["weighted_f1"])
-        return {**report, "step": step}
-
-    class DevEval(TrainerCallback):
-        """Every eval_steps (and at the last step): dev W-F1; a better one replaces adapter/."""
-
-        def on_step_end(self, targs, state, control, **kwargs):
-            if state.global_step % config.eval_steps and state.global_step != state.max_steps:
-                return
-            best = max((row["dev_weighted_f1"] for row in history), default=-1.0)
-            report = dev_eval(state.global_step)
-            if report["weighted_f1"] > best:
-                setup.save_adapter(model, encoder, adapter_dir, report=report, step=state.global_step, **save)
+    def save(report: dict[str, Any] | None, step: int) -> None:
+        setup.save_adapter(model, encoder, adapter_dir, report=report, step=step, **meta)
 
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, processing_class=tokenizer,
-                      callbacks=[DevEval()] if config.eval_steps else [])
+                      callbacks=[DevEvalCallback(evaluate, save)] if config.eval_steps else [])
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=bool(checkpoints) and config.resume)
     elapsed = time.monotonic() - start
-    report = None
     if not config.eval_steps:
-        report = dev_eval(trainer.state.global_step) if dev_convs and config.eval_mode != "none" else None
-        setup.save_adapter(model, encoder, adapter_dir, report=report, step=trainer.state.global_step, **save)
-    best = max(history, key=lambda row: row["dev_weighted_f1"], default={})
-    return {**summary, "output_dir": out, "adapter_dir": adapter_dir, "steps": trainer.state.global_step,
+        step = trainer.state.global_step
+        save(evaluate(step) if dev_convs and config.eval_mode != "none" else None, step)
+    best = max(evaluate.history, key=lambda row: row["dev_weighted_f1"], default={})
+    return {**summary, "output_dir": config.output_dir, "adapter_dir": adapter_dir, "steps": trainer.state.global_step,
             "train_loss": result.training_loss, "train_seconds": round(elapsed, 1), "train_tokens": collator.tokens,
             "train_tokens_per_second": round(collator.tokens / elapsed, 1) if elapsed else None,
             "dev_weighted_f1": best.get("dev_weighted_f1"), "best_step": best.get("step"),
