@@ -312,6 +312,67 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__}
 
 
+def _check_options(quantize: str | None, per_channel: bool, bits: int, seed_results: str | None,
+                   seed_variant: str | None) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ImportError("ONNX export checks the graphs with onnxruntime: pip install 'bioserc[cpu]'") from err
+    if quantize not in (None, *QUANT_MODES):
+        raise ValueError(f"quantize={quantize!r}: choose one of {QUANT_MODES}")
+    if per_channel and quantize != "dynamic":
+        raise ValueError("per_channel only applies to quantize='dynamic' (weight-only int8 has finer scales)")
+    if bits != 8 and quantize != "weights":
+        raise ValueError(f"bits={bits} only applies to quantize='weights' (weight-only); dynamic int8 is 8-bit")
+    if bits not in BITS:
+        raise ValueError(f"bits={bits}: choose one of {BITS}")
+    if (seed_results is None) != (seed_variant is None):
+        raise ValueError("seed_results (a results.json) and seed_variant (its DATASET/VARIANT row) go together")
+
+
+class _Graphs:
+    """The two exported graphs in a staging folder, with the PyTorch modules and samples that check them."""
+
+    def __init__(self, model: BiosercBert, folder: str, opset: int) -> None:
+        self.encoder, self.head = EncoderGraph(model).eval(), HeadGraph(model).eval()
+        self.enc_path, self.head_path = os.path.join(folder, ENCODER_FILE), os.path.join(folder, HEAD_FILE)
+        self.enc_samples = [_encoder_sample(model, 2, 9, 0), _encoder_sample(model, 3, 17, 1)]
+        self.head_samples = [_head_sample(model, 2, 5, 3, 2), _head_sample(model, 3, 7, 4, 3)]
+        _export(self.encoder, self.enc_samples[0], self.enc_path, {"input_ids": {0: "windows", 1: "tokens"},
+                                                                   "attention_mask": {0: "windows", 1: "tokens"},
+                                                                   "pool_mask": {0: "windows", 1: "tokens"}},
+                "pooled", {0: "windows"}, opset)
+        _export(self.head, self.head_samples[0], self.head_path,
+                {"utterances": {0: "conversations", 1: "utterances"},
+                 "utterance_mask": {0: "conversations", 1: "utterances"},
+                 "utterance_speaker": {0: "conversations", 1: "utterances"},
+                 "speaker_bios": {0: "conversations", 1: "speakers"},
+                 "speaker_profiles": {0: "conversations", 1: "speakers"},
+                 "speaker_mask": {0: "conversations", 1: "speakers"}},
+                "logits", {0: "conversations", 1: "utterances"}, opset)
+
+    def encoder_diff(self) -> float:
+        return _max_diff(self.encoder, self.enc_path, self.enc_samples)
+
+    def head_diff(self) -> float:
+        return _max_diff(self.head, self.head_path, self.head_samples)
+
+
+def _compress(graphs: _Graphs, quantize: str | None, per_channel: bool,
+              bits: int) -> tuple[dict[str, Any] | None, list[str], str]:
+    """Quantize the graphs in place: (the manifest's quantization record, the graphs changed, the precision)."""
+    precision = f"int{bits}" if quantize else "fp32"
+    if quantize == "weights":
+        return ({"method": "weights", "weight_type": precision, "block_size": BLOCK_SIZE, "encoder_opset": OPSET,
+                 "tensors": len(quantize_weights(graphs.enc_path, bits)), "head_weight_type": "int8",
+                 "head_tensors": len(quantize_weights(graphs.head_path, 8))}, [ENCODER_FILE, HEAD_FILE], precision)
+    if quantize == "dynamic":
+        _quantize(graphs.enc_path, per_channel)
+        return ({"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel, "op_types": QUANT_OPS},
+                [ENCODER_FILE], precision)
+    return None, [], precision
+
+
 def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None, optimize: bool = False,
                       opset: int = 17, per_channel: bool = False, bits: int = 8, seed_results: str | None = None,
                       seed_variant: str | None = None) -> dict[str, Any]:
@@ -331,23 +392,8 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
 
     `out_dir` is written beside itself and renamed into place, so a failed export never leaves a half folder.
     """
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as err:
-        raise ImportError("ONNX export checks the graphs with onnxruntime: pip install 'bioserc[cpu]'") from err
-    if quantize not in (None, *QUANT_MODES):
-        raise ValueError(f"quantize={quantize!r}: choose one of {QUANT_MODES}")
-    if per_channel and quantize != "dynamic":
-        raise ValueError("per_channel only applies to quantize='dynamic' (weight-only int8 has finer scales)")
-    if bits != 8 and quantize != "weights":
-        raise ValueError(f"bits={bits} only applies to quantize='weights' (weight-only); dynamic int8 is 8-bit")
-    if bits not in BITS:
-        raise ValueError(f"bits={bits}: choose one of {BITS}")
-    if (seed_results is None) != (seed_variant is None):
-        raise ValueError("seed_results (a results.json) and seed_variant (its DATASET/VARIANT row) go together")
-    seeds = None
-    if seed_results is not None and seed_variant is not None:
-        seeds = load_seed_results(seed_results, seed_variant)
+    _check_options(quantize, per_channel, bits, seed_results, seed_variant)
+    seeds = load_seed_results(seed_results, seed_variant) if seed_results and seed_variant else None
     check_target(out_dir)
     source = verify_artifact(model_dir, "pytorch-classifier")
     if seeds and seeds["dataset"] != source.get("label_set"):
@@ -357,21 +403,7 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
     config = model.config
     tmp = staging_dir(out_dir)
     try:
-        encoder, head = EncoderGraph(model).eval(), HeadGraph(model).eval()
-        enc_path, head_path = os.path.join(tmp, ENCODER_FILE), os.path.join(tmp, HEAD_FILE)
-        enc_samples = [_encoder_sample(model, 2, 9, 0), _encoder_sample(model, 3, 17, 1)]
-        head_samples = [_head_sample(model, 2, 5, 3, 2), _head_sample(model, 3, 7, 4, 3)]
-        _export(encoder, enc_samples[0], enc_path, {"input_ids": {0: "windows", 1: "tokens"},
-                                                    "attention_mask": {0: "windows", 1: "tokens"},
-                                                    "pool_mask": {0: "windows", 1: "tokens"}},
-                "pooled", {0: "windows"}, opset)
-        _export(head, head_samples[0], head_path, {"utterances": {0: "conversations", 1: "utterances"},
-                                                   "utterance_mask": {0: "conversations", 1: "utterances"},
-                                                   "utterance_speaker": {0: "conversations", 1: "utterances"},
-                                                   "speaker_bios": {0: "conversations", 1: "speakers"},
-                                                   "speaker_profiles": {0: "conversations", 1: "speakers"},
-                                                   "speaker_mask": {0: "conversations", 1: "speakers"}},
-                "logits", {0: "conversations", 1: "utterances"}, opset)
+        graphs = _Graphs(model, tmp, opset)
         model.tokenizer.save_pretrained(tmp)
         for name in (CONFIG_FILE, LABELS_FILE, *EXTRA_FILES):
             if os.path.isfile(os.path.join(model_dir, name)):
@@ -381,36 +413,24 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
                       profile=config.profile, profile_dim=config.profile_dim, max_length=config.max_length,
                       bio_max_length=config.bio_max_length,
                       graphs={"encoder": ENCODER_FILE, "head": HEAD_FILE}, opset=opset)
-        parity = {"fp32_encoder_max_abs_diff": _max_diff(encoder, enc_path, enc_samples),
-                  "fp32_head_max_abs_diff": _max_diff(head, head_path, head_samples),
+        parity = {"fp32_encoder_max_abs_diff": graphs.encoder_diff(), "fp32_head_max_abs_diff": graphs.head_diff(),
                   "fp32_logits_max_abs_diff": _end_to_end_diff(model, tmp, fields)}
         if (worst := parity["fp32_logits_max_abs_diff"]) > PARITY_TOLERANCE:
             raise RuntimeError(f"the exported logits differ from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}) "
                                "on a synthetic batch; the artifact is not written")
         if optimize:
-            _optimize_encoder(enc_path, model.encoder.config)
-            parity["optimized_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
+            _optimize_encoder(graphs.enc_path, model.encoder.config)
+            parity["optimized_encoder_max_abs_diff"] = graphs.encoder_diff()
             parity["optimized_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
-        quantization, quantized, precision = None, [], f"int{bits}" if quantize else "fp32"
-        if quantize == "weights":
-            quantized = [ENCODER_FILE, HEAD_FILE]
-            quantization = {"method": "weights", "weight_type": precision, "block_size": BLOCK_SIZE,
-                            "encoder_opset": OPSET, "tensors": len(quantize_weights(enc_path, bits)),
-                            "head_weight_type": "int8", "head_tensors": len(quantize_weights(head_path, 8))}
-        elif quantize == "dynamic":
-            _quantize(enc_path, per_channel)
-            quantized = [ENCODER_FILE]
-            quantization = {"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel,
-                            "op_types": QUANT_OPS}
+        quantization, quantized, precision = _compress(graphs, quantize, per_channel, bits)
         if quantize:
-            parity[f"{precision}_encoder_max_abs_diff"] = _max_diff(encoder, enc_path, enc_samples)
+            parity[f"{precision}_encoder_max_abs_diff"] = graphs.encoder_diff()
             parity[f"{precision}_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
-        fields["external_data"] = [shard for graph in (enc_path, head_path) for shard in shard_graph(graph)]
+        fields["external_data"] = [shard for graph in (graphs.enc_path, graphs.head_path)
+                                   for shard in shard_graph(graph)]
         write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds, quantized)
         manifest = write_manifest(
-            tmp, "onnx-classifier", **fields,
-            precision=precision, quantized=quantized,
-            quantization=quantization,
+            tmp, "onnx-classifier", **fields, precision=precision, quantized=quantized, quantization=quantization,
             optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
             source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),
             metrics=source.get("metrics", {}), seed_results=seeds)
