@@ -1,5 +1,5 @@
 """`bioserc label` on synthetic archives of growing size, in-process and on a local Dask cluster: wall, utterances/s,
-peak RSS of every process, every utterance accounted for.
+peak RSS of every process, every utterance accounted for; and what the call-centre analytics cost.
 
     python bench/archive_scale.py --data ../shared/data/raw/meld/meld.train.json --sizes 1000 10000 100000 \
         --runners inprocess dask --workers 2 --out docs/bench/archive_scale.json
@@ -22,6 +22,13 @@ against (the runs' walls include start-up, reading and writing). A run is accoun
 when the labelled rows, the rows written and the utterances the archive's readable calls hold are equal, and the
 dead letters are the archive's bad records. Goals (issue 15): peak RSS at the largest size <= 1.2x the smallest on
 both runners; in-process efficiency >= 0.8 at the largest size.
+
+Analytics (issue 33): after each run, what `bioserc summarize` does (every per-call and archive output recomputed
+from utterances.jsonl) runs alone in a child process, timed without its start-up: all the analytics work of a run
+done again on one core (summaries, calls table, archive and their writes, plus reading the rows back), an upper bound
+of what they add to the label run's wall (`analytics.share_of_label_wall`, goal <= 0.05); its peak RSS must stay flat
+from the smallest to the largest size (`analytics_rss_ratio_largest_to_smallest`). A run's analytics are reconciled
+when archive.json counts every utterance row written, and the recomputed archive.json is the run's, byte for byte.
 """
 
 from __future__ import annotations
@@ -136,6 +143,24 @@ def label(archive: Path, out: Path, extra: list[str]) -> dict:
             "problems": info["problems"]}
 
 
+def summarize(out: Path) -> dict:
+    """What `bioserc summarize` does (`recompute`), timed without its start-up, in a child process writing beside the
+    run's own files: its wall, peak RSS, and whether its archive.json is the run's."""
+    again = out.parent / "summarized"
+    again.mkdir()
+    code = ("import json, time; from bioserc.analytics.thresholds import Thresholds; "
+            "from bioserc.pipelines.analytics import recompute; start = time.perf_counter(); "
+            f"recompute({str(out / 'utterances.jsonl')!r}, {str(again)!r}, Thresholds()); "
+            "print(json.dumps(time.perf_counter() - start))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    wall = float(proc.stdout.read().split()[-1])
+    exit_code, rss = waited(proc)
+    totals = json.loads((out / "archive.json").read_text())
+    return {"exit_code": exit_code, "summarize_wall_s": round(wall, 3), "summarize_peak_rss_mb": rss,
+            "archive_utterances": totals["utterances"], "flagged_calls": totals["flagged_calls"],
+            "same_archive": (again / "archive.json").read_bytes() == (out / "archive.json").read_bytes()}
+
+
 def run_size(runner: str, archive: Path, out: Path, expected: dict, args: argparse.Namespace) -> dict:
     extra = ["--conversations-per-batch", str(args.conversations_per_batch), *args.label_args]
     if runner == "dask":
@@ -155,6 +180,10 @@ def run_size(runner: str, archive: Path, out: Path, expected: dict, args: argpar
                                  and result["dead_letter_rows"] == expected["bad_records"]
                                  and c["utterances_unreadable"] == expected["unreadable_utterances"]
                                  and not result["problems"]))
+    analytics = summarize(out)
+    analytics["share_of_label_wall"] = round(analytics["summarize_wall_s"] / result["wall_s"], 4)
+    analytics["reconciled"] = analytics["archive_utterances"] == result["rows_written"]
+    result["analytics"] = analytics
     return result
 
 
@@ -189,13 +218,16 @@ def main() -> None:
                 result["efficiency"] = round(result["utterances_per_s"] / bare["utterances_per_s"], 3)
                 rows.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "counters"}), file=sys.stderr)
-    ratios = {}
+    ratios, analytics_ratios = {}, {}
     for runner in args.runners:
         mine = [r for r in rows if r["runner"] == runner]
         peak = [max(v if isinstance(v, float) else max(v) for v in r["peak_rss_mb"].values()) for r in mine]
         ratios[runner] = round(peak[-1] / peak[0], 3)
+        summarize_peak = [r["analytics"]["summarize_peak_rss_mb"] for r in mine]
+        analytics_ratios[runner] = round(summarize_peak[-1] / summarize_peak[0], 3)
     report = {"data": args.data, "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(), "bare_loop": bare,
-              "rows": rows, "rss_ratio_largest_to_smallest": ratios}
+              "rows": rows, "rss_ratio_largest_to_smallest": ratios,
+              "analytics_rss_ratio_largest_to_smallest": analytics_ratios}
     emit(report, args.out)
 
 

@@ -6,6 +6,7 @@
     bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
     bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
     bioserc label INPUT... -o DIR            # an emotion per utterance + report.html (Beam; `bioserc label --help`)
+    bioserc summarize DIR                    # per-call analytics and archive.json again, new thresholds, no model
     bioserc train {bert,llm} --config FILE   # train the BERT-based or the LoRA LLM classifier
     bioserc evaluate --model DIR --data FILE # weighted-F1 report (--model also a shipped name: `bioserc models list`)
     bioserc export onnx --model DIR -o OUT   # serving artifacts (also onnx-llm, trtllm)
@@ -152,6 +153,12 @@ def cmd_label(argv: list[str]) -> int:
     return label_pipeline.main(argv)
 
 
+def cmd_summarize(argv: list[str]) -> int:
+    from bioserc.pipelines import summarize
+
+    return summarize.main(argv)
+
+
 def cmd_export(argv: list[str]) -> int:
     from bioserc.export import cli as export_cli
 
@@ -165,8 +172,8 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 
 # subcommands that own their parser (Beam pipelines pass unknown flags to Beam; training uses HfArgumentParser)
-PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "train": cmd_train, "evaluate": cmd_evaluate,
-               "merge": cmd_merge, "export": cmd_export}
+PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "summarize": cmd_summarize, "train": cmd_train,
+               "evaluate": cmd_evaluate, "merge": cmd_merge, "export": cmd_export}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -198,6 +205,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bios", add_help=False, help="write a biography per (conversation, speaker) with an LLM (Beam)")
     sub.add_parser("label", add_help=False, help="label every utterance with an emotion: bios + classifier (Beam)")
+    sub.add_parser("summarize", add_help=False, help="recompute a label run's per-call analytics, calls table and "
+                   "archive.json from its utterances.jsonl (new thresholds, no model)")
     sub.add_parser("train", add_help=False, help="train a classifier: `bioserc train {bert,llm} --config FILE`")
     sub.add_parser("merge", add_help=False, help="fold a LoRA adapter into its base model (`bioserc merge --help`)")
     sub.add_parser("export", add_help=False, help="serving artifacts: onnx | onnx-llm | trtllm (`bioserc export -h`)")

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +24,8 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler
 
+from bioserc.analytics.calls import calls_row, summarise
+from bioserc.analytics.thresholds import Thresholds
 from bioserc.artifacts import (
     CLASSIFIER_KINDS,
     DEFAULT_MODEL_ENV,
@@ -40,14 +41,13 @@ from bioserc.models.classifier import UtteranceClassifier, load_classifier
 from bioserc.models.collate import Bio
 from bioserc.models.llm_scoring import LLM_KINDS
 from bioserc.models.predict import Prediction
-from bioserc.pipelines.outputs import CONVERSATIONS, PARQUET, UTTERANCES
+from bioserc.pipelines.analytics import ArchiveCombineFn
+from bioserc.pipelines.outputs import ARCHIVE_PARTS, CALLS, CONVERSATIONS, PARQUET, UTTERANCES
 from bioserc.pipelines.records import DEAD, Batch, ledger
 from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
-
-NEUTRAL = {"neutral"}  # compared case-insensitively (EmoryNLP says "Neutral")
 
 # utterances.parquet; probs is a map so rows of models with different label sets can share one file
 PARQUET_SCHEMA = pa.schema([
@@ -252,48 +252,24 @@ def _source_id(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _dominant(labels: list[str]) -> str | None:
-    """The most frequent label; ties go to the one that occurred first."""
-    if not labels:
-        return None
-    counts = Counter(labels)
-    return max(dict.fromkeys(labels), key=lambda name: counts[name])
-
-
-def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """One conversation's utterance rows -> emotion counts, each speaker's trajectory and dominant emotion.
-
-    `speakers` is a list in order of first appearance (JSONL keys are written sorted; a list keeps the order).
-    """
-    rows = sorted(rows, key=lambda r: r["index"])
-    speakers: dict[str, dict[str, Any]] = {}  # in order of first appearance
-    for r in rows:
-        s = speakers.setdefault(r["speaker"], {"speaker": r["speaker"], "role": r.get("role"), "bio": r.get("bio"),
-                                               "trajectory": []})
-        s["trajectory"].append([r["index"], r["label"]])
-    for s in speakers.values():
-        labels = [label for _, label in s["trajectory"]]
-        s["utterances"], s["emotion_counts"] = len(labels), dict(Counter(labels).most_common())
-        s["dominant_emotion"] = _dominant(labels)
-        s["dominant_non_neutral"] = _dominant([x for x in labels if x.lower() not in NEUTRAL])
-    labels = [r["label"] for r in rows]
-    return {"conversation_id": rows[0]["conversation_id"], "model_id": rows[0].get("model_id"),
-            "utterances": len(rows), "emotion_counts": dict(Counter(labels).most_common()),
-            "dominant_emotion": _dominant(labels), "speakers": list(speakers.values())}
-
-
 def parquet_row(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row.get(name) for name in PARQUET_SCHEMA.names}
 
 
 class EmitResults(beam.DoFn):
-    """A batch of (request, outcome) -> the records it carries, then utterance rows (JSONL and Parquet) + a summary
-    per labelled conversation, a dead letter per utterance of a failed one, and the batch's counts."""
+    """A batch of (request, outcome) -> the records it carries, then utterance rows (JSONL and Parquet), a summary and
+    a calls-table row per labelled conversation, a dead letter per utterance of a failed one, the batch's archive
+    partial (its labelled calls in an `ArchiveCombineFn` accumulator, merged by the driver) and its counts."""
+
+    def __init__(self, thresholds: Thresholds):
+        self.thresholds = thresholds
+        self.archive = ArchiveCombineFn(thresholds)
 
     def process(self, batch: Batch):
         yield from batch.records
         c = dict.fromkeys(("conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_failed"),
                           0)
+        totals = self.archive.create_accumulator()
         for _, outcome in batch:
             conv = outcome.request.conversation
             if outcome.error is None:
@@ -303,7 +279,10 @@ class EmitResults(beam.DoFn):
                 for row in rows:
                     yield UTTERANCES, row
                     yield PARQUET, parquet_row(row)
-                yield CONVERSATIONS, summarise(rows)
+                summary = summarise(rows, self.thresholds)
+                yield CONVERSATIONS, summary
+                yield CALLS, calls_row(summary)
+                totals = self.archive.add_input(totals, summary)
                 continue
             c["conversations_failed"] += 1
             c["utterances_failed"] += len(conv.utterances)
@@ -313,8 +292,10 @@ class EmitResults(beam.DoFn):
                     f"{u.index}", "conversation_id": conv.id, "index": u.index, "field": None, "reason": outcome.error,
                     "utterances": 1, "model_id": outcome.model_id,
                     "raw": json.dumps(u.to_dict(), ensure_ascii=False)[:RAW_LIMIT]}
+        if totals.calls:
+            yield ARCHIVE_PARTS, totals.to_dict()
         yield from ledger("emit", batch.key, **c, utterances_dead_lettered=c["utterances_failed"])
 
 
 __all__ = ["ClassifierModelHandler", "EmitResults", "LabelOutcome", "LabelRequest", "PARQUET_SCHEMA", "check_model",
-           "fetch_artifact", "parquet_row", "summarise", "utterance_rows"]
+           "fetch_artifact", "parquet_row", "utterance_rows"]

@@ -23,9 +23,15 @@ makes them (scores: the model's own label words, as `--dataset` gives them; late
 `--dataset`; cached alike), or zeros with --no-bios.
 
     utterances.jsonl / .parquet  one row per labelled utterance: label, probs {label: p}, bio (or null), model_id
-    conversations.jsonl          per call: emotion counts, each speaker's trajectory [[index, label], ...], dominants
+    conversations.jsonl          per call: emotion counts, each speaker's trajectories (label and valence per turn),
+                                 dominants, and `analytics` per role: trend, call score, lowest point, escalations
+    calls.csv / calls.parquet    the flat per-call table (bioserc.analytics.calls.CALLS_COLUMNS, versioned)
+    archive.json                 totals per label and role, call-score histograms, the calls most worth reviewing
     dead_letter.jsonl            unreadable records, duplicate ids, failed bios, conversations the classifier failed
-    report.html, run.json        a page to look at the run; counters, model and arguments
+    report.html, run.json        the archive page and each call's trajectories; counters, model and arguments
+
+The analytics thresholds (--negative-threshold, --min-negative-run, --shift-delta, --end-weight, --review-calls) can
+be changed afterwards without relabelling: `bioserc summarize OUT_DIR` recomputes them from utterances.jsonl.
 
 Every input utterance ends in exactly one of utterances.jsonl and dead_letter.jsonl (`utterances` in a dead-letter row
 says how many it holds); counters: utterances_read, utterances_labeled, utterances_dead_lettered, ... (ledger rows the
@@ -35,9 +41,9 @@ Workers write shards into a staging folder in -o DIR; the driver assembles them 
 over the previous ones, so a rerun replaces them. With --skip-existing,
 conversations whose id is in the previous utterances.jsonl are not relabelled: the run writes the old rows plus the
 new ones into a staging folder, and on success renames each file over the old one, utterances.jsonl last. A crash
-leaves the previous outputs (a rerun recomputes); conversations.jsonl and the parquet file are rebuilt from the merged
-rows. The dead letter then holds this run's failures only (earlier failures are retried, since they were never
-labelled).
+leaves the previous outputs (a rerun recomputes); the parquet file is rebuilt from the merged rows, and
+conversations.jsonl, calls.csv/.parquet and archive.json are recomputed from them as `bioserc summarize` does. The
+dead letter then holds this run's failures only (earlier failures are retried, since they were never labelled).
 
 Local runs use Beam's in-process FnApiRunner with a progress bar. `--direct_num_workers N --direct_running_mode
 multi_processing` spreads bundles over N processes; each pays ~3 s start-up and loads its own model, so it only pays
@@ -71,6 +77,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
 from bioserc import __version__
+from bioserc.analytics.thresholds import Thresholds, add_analytics_args, thresholds_from
+from bioserc.analytics.valence import unmapped
 from bioserc.artifacts import (
     ArtifactError,
     default_model_dir,
@@ -84,6 +92,7 @@ from bioserc.bios.backends import KINDS
 from bioserc.bios.profiles import PREFILL_OUTPUTS, check_profile
 from bioserc.errors import RecordError
 from bioserc.labels import LABEL_SETS
+from bioserc.pipelines.analytics import archive_problems, assemble_analytics
 from bioserc.pipelines.bios_pipeline import (
     SCOPE_REMOVED,
     BioModelHandler,
@@ -109,8 +118,10 @@ from bioserc.pipelines.label_steps import (
 )
 from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
 from bioserc.pipelines.outputs import (
+    ANALYTICS,
     CONVERSATIONS,
     PARQUET,
+    REPORT,
     UTTERANCES,
     OutputError,
     WriteShards,
@@ -197,7 +208,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-file-mb", type=at_least(0, float), default=256, metavar="MB",
                    help="size limit per input file after decompression; larger files are dead-lettered")
     g.add_argument("--report-calls", type=at_least(0), default=20, metavar="N",
-                   help="calls plotted in report.html (0: no report)")
+                   help="calls plotted in report.html besides those listed for review (0: no report)")
+    add_analytics_args(p)
     return p
 
 
@@ -223,6 +235,7 @@ class Plan:
     bios: str  # "file", "generate" or "none"
     merge: bool  # --skip-existing with previous outputs: the new rows are appended to the old ones
     expected: InputCount | None  # None for remote inputs (not read on the driver)
+    thresholds: Thresholds  # of the analytics
 
 
 @dataclass
@@ -345,6 +358,9 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     handler = ClassifierModelHandler(args.model, args.device, args.batch_utterances, args.conversations_per_batch,
                                      threads=args.threads, llm_options=llm_options)
     bios = _bio_source(args, handler.manifest)
+    if missing := unmapped(handler.manifest.get("labels") or []):
+        logger.warning("--model %s: labels %s are outside MELD, EmoryNLP and IEMOCAP, so the analytics score them as "
+                       "neutral (bioserc/analytics/valence.py)", args.model, missing)
     expected = count_inputs(args)
     if progress:
         handler.progress_total = expected.utterances if expected else 0
@@ -355,7 +371,7 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     release_dask_outputs(pipeline.options)  # before either pipeline's graph is built
     # The first pipeline groups ids: on Dask it gets a fixed partition count (see `grouping_options`).
     plan = Plan(beam.Pipeline(options=grouping_options(pipeline.options)), args.output, staging, handler.manifest,
-                _model_id(args.model), bios, merge, expected)
+                _model_id(args.model), bios, merge, expected, thresholds_from(args))
     _prepare(plan.prepare, args, plan)
     hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
 
@@ -368,7 +384,7 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     # One chain, one sink (see pipelines.records): the in-process runner streams it, Dask runs all of it.
     _ = (_bio_requests(selected, args, plan, hints, progress)
          | "Classify" >> (classify.with_resource_hints(**hints) if hints else classify)
-         | "Emit" >> beam.ParDo(EmitResults())
+         | "Emit" >> beam.ParDo(EmitResults(plan.thresholds))
          | "Write" >> WriteShards(staging, PARQUET_SCHEMA))
     return plan
 
@@ -378,8 +394,9 @@ def ledger_counters(written: Written) -> dict[str, int]:
     return {**dict.fromkeys(ACCOUNTING, 0), **written.ledger}
 
 
-def reconcile(c: dict[str, int], written: Written, expected: InputCount | None) -> list[str]:
-    """Every way the run's numbers must add up; each mismatch is a sentence (an empty list: nothing was lost)."""
+def reconcile(c: dict[str, int], written: Written, expected: InputCount | None, archive: dict) -> list[str]:
+    """Every way the run's numbers must add up; each mismatch is a sentence (an empty list: nothing was lost).
+    `archive` (archive.json's content) must count every utterance row written, each under one label."""
     problems = []
     accounted = (c["utterances_labeled"] + c["utterances_duplicated"] + c["utterances_failed"]
                  + c["utterances_skipped_existing"])
@@ -397,14 +414,17 @@ def reconcile(c: dict[str, int], written: Written, expected: InputCount | None) 
         problems.append(f"the inputs hold {expected.utterances} readable and {expected.unreadable} unreadable "
                         f"utterances (counted independently) but the pipeline read {c['utterances_read']} and "
                         f"dead-lettered {c['utterances_unreadable']} as unreadable")
-    return problems
+    return problems + archive_problems(archive, written.previous_utterance_rows + written.utterance_rows)
 
 
 def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: float) -> Outcome:
     """Assemble the shards, check that every utterance is accounted for, then replace the outputs (or keep them)."""
     written = assemble(plan.staging, plan.output, PARQUET_SCHEMA, plan.merge)
+    analytics = assemble_analytics(plan.staging, plan.thresholds, plan.merge)
+    if plan.merge:
+        written.conversation_rows = analytics.calls
     totals = ledger_counters(written)
-    problems = reconcile(totals, written, plan.expected)
+    problems = reconcile(totals, written, plan.expected, analytics.archive)
     nothing = totals["utterances_labeled"] == 0 and written.dead_letter_rows > 0
     previous = FileSystems.exists(output_path(plan.output, UTTERANCES))
     where = plan.output
@@ -416,7 +436,7 @@ def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: f
     if where == plan.output and args.report_calls > 0:
         from bioserc.pipelines.report import write_report
 
-        write_report(output_path(where, CONVERSATIONS), output_path(where, "report.html"), labels, totals,
+        write_report(output_path(where, CONVERSATIONS), output_path(where, REPORT), labels, totals, analytics.archive,
                      title=f"bioserc label: {args.output}", max_calls=args.report_calls,
                      utterances_path=output_path(where, UTTERANCES))
     code = 1 if problems or nothing or (written.dead_letter_rows and not args.allow_skips) else 0
@@ -467,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     files = "labels: " + ", ".join(output_path(outcome.where, n) for n in (UTTERANCES, PARQUET, CONVERSATIONS))
+    files += "\nanalytics: " + ", ".join(output_path(outcome.where, n) for n in ANALYTICS)
     print_summary(outcome.counters, f"{files}\ndead letters: {output_path(outcome.where, DEAD)}", outcome.where,
                   outcome.output, outcome.message)
     return outcome.exit_code

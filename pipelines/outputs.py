@@ -33,12 +33,16 @@ from bioserc.pipelines.records import DEAD, LEDGER, sum_ledger
 
 
 UTTERANCES, PARQUET, CONVERSATIONS = "utterances.jsonl", "utterances.parquet", "conversations.jsonl"
+CALLS_CSV, CALLS_PARQUET, ARCHIVE, REPORT = "calls.csv", "calls.parquet", "archive.json", "report.html"
 BIOS, PAPER = "bios.jsonl", "bios.paper.json"
 DECISIONS, BIO_PAIRS = "decisions", "bio_pairs"  # lookups a first pipeline writes for the second (never outputs)
-PROMOTE_ORDER = (PARQUET, CONVERSATIONS, DEAD, UTTERANCES)  # utterances.jsonl last: it is what --skip-existing reads
+CALLS, ARCHIVE_PARTS = "calls", "archive_parts"  # calls-table rows and archive partials, assembled by the driver
+ANALYTICS = (CALLS_PARQUET, CALLS_CSV, ARCHIVE)  # the driver writes them from CALLS and ARCHIVE_PARTS records
+# utterances.jsonl last: it is what --skip-existing reads
+PROMOTE_ORDER = (PARQUET, *ANALYTICS, CONVERSATIONS, DEAD, UTTERANCES)
 DESTINATIONS = {UTTERANCES: "utterances", PARQUET: "parquet", CONVERSATIONS: "conversations", DEAD: "dead_letter",
-                LEDGER: "ledger", BIOS: "bios", PAPER: "paper", DECISIONS: "decisions",
-                BIO_PAIRS: "bio_pairs"}  # record name -> shard prefix
+                LEDGER: "ledger", BIOS: "bios", PAPER: "paper", DECISIONS: "decisions", BIO_PAIRS: "bio_pairs",
+                CALLS: "calls", ARCHIVE_PARTS: "archive_parts"}  # record name -> shard prefix
 LOCK = ".bioserc.lock"
 LEFTOVERS = (".staging-", "beam-temp-", ".temp")  # folders a killed run leaves behind in its output
 PARQUET_ROWS_PER_GROUP = 4096
@@ -107,6 +111,11 @@ def remove_leftovers(directory: str) -> list[str]:
 # -- writing shards on the workers ----------------------------------------------------------------------------------
 
 
+def json_line(row: dict) -> bytes:
+    """A row as the shards write it (keys sorted): what makes driver-side rewrites byte-identical to them."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
+
+
 class JsonSink:
     """(file name, dict) -> one JSON line."""
 
@@ -114,7 +123,7 @@ class JsonSink:
         self._fh = fh
 
     def write(self, record) -> None:
-        self._fh.write(json.dumps(record[1], ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+        self._fh.write(json_line(record[1]))
 
     def flush(self) -> None:
         self._fh.flush()
@@ -207,7 +216,8 @@ class Written:
     """What the driver copied into the final files: the counts the run is reconciled against."""
 
     utterance_rows: int = 0
-    conversation_rows: int = 0
+    previous_utterance_rows: int = 0  # --skip-existing: the rows kept from the previous utterances.jsonl
+    conversation_rows: int = 0  # --skip-existing: every call's summary, recomputed from the merged rows
     dead_letter_rows: int = 0
     dead_letter_utterances: int = 0
     ledger: dict[str, int] = field(default_factory=dict)  # what the steps counted (see `pipelines.records`)
@@ -218,11 +228,13 @@ def shards(staging: str, name: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
-def concat_jsonl(old: list[str], new: list[str], target: str, count: Callable[[bytes], None] | None = None) -> None:
-    """Lines of `old` then of `new` into `target`; `count` sees every line taken from `new`."""
+def concat_jsonl(old: list[str], new: list[str], target: str, count: Callable[[bytes], None] | None = None,
+                 count_old: Callable[[bytes], None] | None = None) -> None:
+    """Lines of `old` then of `new` into `target`; `count` sees every line taken from `new`, `count_old` every line
+    taken from `old`."""
     with FileSystems.create(target) as out:
         for src in old + new:
-            counted = count if src in new else None
+            counted = count if src in new else count_old
             with FileSystems.open(src) as fh:
                 for line in fh:
                     if line.strip():
@@ -256,7 +268,8 @@ def assemble(staging: str, output: str, schema: pa.Schema, merge: bool) -> Writt
     """Concatenate the shards of each kind into one file in `staging`; with `merge`, the previous output file first.
 
     Counts the utterance rows, summaries and dead-letter rows (and the utterances those hold) it copies from shards,
-    and sums the ledger.
+    and sums the ledger. With `merge` the summaries are left out: the driver recomputes them, with the other analytics
+    outputs, from the merged rows (`pipelines.analytics`).
     """
     written = Written()
 
@@ -272,9 +285,10 @@ def assemble(staging: str, output: str, schema: pa.Schema, merge: bool) -> Writt
         return lambda _line: setattr(written, attr, getattr(written, attr) + 1)
 
     concat_jsonl(previous(UTTERANCES), shards(staging, UTTERANCES), output_path(staging, UTTERANCES),
-                 count("utterance_rows"))
-    concat_jsonl(previous(CONVERSATIONS), shards(staging, CONVERSATIONS), output_path(staging, CONVERSATIONS),
-                 count("conversation_rows"))
+                 count("utterance_rows"), count("previous_utterance_rows"))
+    if not merge:
+        concat_jsonl([], shards(staging, CONVERSATIONS), output_path(staging, CONVERSATIONS),
+                     count("conversation_rows"))
     concat_jsonl([], shards(staging, DEAD), output_path(staging, DEAD), count_dead)
     _concat_parquet(previous(PARQUET) + shards(staging, PARQUET), output_path(staging, PARQUET), schema)
     written.ledger = read_ledger(staging)

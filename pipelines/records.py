@@ -12,7 +12,8 @@ sink applied last, and collects no metrics. Hence:
 * batches are cut by the reader from groups of files, never by buffering across elements; RunInference runs on them
   as they are (`BatchedModelHandler`);
 * counts are ledger records (`ledger`), written into the staging folder beside the rows and summed by the driver, so
-  reconciliation does not depend on a runner's metrics;
+  reconciliation does not depend on a runner's metrics; the archive summary travels the same way, as one combiner
+  accumulator per batch that the driver merges (`pipelines.analytics`), instead of a `CombineGlobally` branch;
 * that runner also keeps every step's outputs of every partition on the workers until the whole run ends (memory
   grows with the archive): `release_dask_outputs` lets them go when the partition is done.
 """

@@ -2,9 +2,10 @@
 
 A `distributed` scheduler and two worker processes are started on loopback for this module (and stopped after it).
 Each pipeline runs twice on the same inputs, in-process and with `--runner ...DaskRunner --dask_client_address`,
-and the outputs must be the same: every row, label, summary, dead letter and counter. The workers are other
-processes: nothing is monkeypatched here, the models are real folders (the committed default classifier, a tiny
-random BiosercBert with bios, a tiny random Llama for `bioserc bios`).
+and the outputs must be the same: every row, label, summary, calls-table row, dead letter and counter, and
+archive.json byte for byte (merged from partials the workers wrote). The workers are other processes: nothing is
+monkeypatched here, the models are real folders (the committed default classifier, a tiny random BiosercBert with
+bios, a tiny random Llama for `bioserc bios`).
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ def by_content(rows: list[dict]) -> list[str]:
 
 
 def label_outputs(out: Path) -> dict:
+    """Rows by content; archive.json as it is: merged from the workers' partials, it must not depend on the runner."""
     run = json.loads((out / "run.json").read_text())
     return {name: by_content(list(read_jsonl(str(out / name))))
             for name in ("utterances.jsonl", "conversations.jsonl", "dead_letter.jsonl")} | {
-        "counters": run["counters"], "written": run["written"], "problems": run["problems"],
-        "exit_code": run["exit_code"]}
+        "calls.csv": sorted((out / "calls.csv").read_text().splitlines()),
+        "archive.json": (out / "archive.json").read_text(), "counters": run["counters"], "written": run["written"],
+        "problems": run["problems"], "exit_code": run["exit_code"]}
 
 
 def label_both(tmp: Path, address: str, argv: list[str]) -> tuple[dict, dict]:
@@ -153,7 +156,8 @@ def test_a_row_lost_on_the_way_from_the_workers_is_caught(cluster, tmp_path):
     shard.write_text("".join(lines[1:]))
     outcome = label_pipeline.finish(plan, args, argv, time.time())
     assert outcome.exit_code == 1 and outcome.where != str(out)
-    assert outcome.problems == ["76 utterances were labelled but 75 rows were written"]
+    assert outcome.problems == ["76 utterances were labelled but 75 rows were written",
+                                "archive.json counts 76 utterances but 75 rows were written"]
     assert not (out / "utterances.jsonl").exists()
 
 

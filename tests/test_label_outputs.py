@@ -65,6 +65,27 @@ def test_dead_letters_exit_1_unless_allowed(broken, tmp_path, capsys):
                                                                                                      "rows.jsonl"}
 
 
+def test_the_demo_report_opens_with_the_archive_and_its_review_links_resolve(good_run, tmp_path):
+    """On the demo archive with the default model: `bioserc summarize` gives the label run's analytics byte for byte,
+    and its report (the label run here skipped it: --report-calls 0) starts with the archive page, whose review list
+    links to sections of the page."""
+    from test_summarize import parse
+
+    from bioserc import cli
+
+    again = tmp_path / "again"
+    shutil.copytree(good_run, again, ignore=shutil.ignore_patterns(".bioserc.lock"))
+    assert cli.main(["summarize", str(again), "--report-calls", "2"]) == 0
+    for name in ("conversations.jsonl", "calls.csv", "calls.parquet", "archive.json"):
+        assert (again / name).read_bytes() == (good_run / name).read_bytes(), name
+    archive = json.loads((again / "archive.json").read_text())
+    assert archive["calls"] == 8 and sum(archive["labels"].values()) == DEMO_UTTERANCES and archive["review"]
+    page = (again / "report.html").read_text()
+    assert page.index('id="archive"') < page.index("Calls to review") < page.index('<h3 id="call-')
+    anchors = parse(page)
+    assert len(anchors.review) == len(archive["review"]) and set(anchors.review) <= anchors.ids
+
+
 def test_a_run_that_labels_nothing_fails_and_keeps_the_previous_outputs(good_run, broken, capsys):
     before = {name: (good_run / name).read_bytes() for name in ("utterances.jsonl", "conversations.jsonl",
                                                                "utterances.parquet", "run.json")}

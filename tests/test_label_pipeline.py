@@ -221,18 +221,83 @@ def test_conversation_summaries_follow_the_rows(first_run):
 def test_report_and_run_record(first_run):
     page = (first_run["out"] / "report.html").read_text()
     charts = re.findall(r"<svg.*?</svg>", page, flags=re.S)
-    assert len(charts) == 1 + len(first_run["convs"])  # distribution + one per call
+    assert len(charts) == 3 + 2 * len(first_run["convs"])  # label mix, histogram, distribution + two per call
     for chart in charts:
         ElementTree.fromstring(chart)  # well-formed: transcript text inside is escaped
-    # one point per labelled utterance of the plotted calls
-    assert sum(c.count("<circle") for c in charts) == first_run["counters"]["utterances_labeled"]
+    # one point per labelled utterance of the plotted calls, in each call's label and valence charts
+    for kind in ("emotion trajectory", "valence trajectory"):
+        assert sum(c.count("<circle") for c in charts if kind in c) == first_run["counters"]["utterances_labeled"]
     assert "tca-billing-overcharge-2211" in page and "utterances_labeled" in page
     info = json.loads((first_run["out"] / "run.json").read_text())
     assert info["counters"] == first_run["counters"] and info["labels"] == MELD and info["bios"] == "file"
     assert info["version"] and info["duration_s"] > 0 and info["exit_code"] == 1
 
 
-def test_rerun_with_skip_existing_labels_only_the_rest_then_a_plain_rerun_replaces(setup, first_run):
+ANALYTICS = ("conversations.jsonl", "calls.csv", "calls.parquet", "archive.json")
+
+
+def summarized_copy(out: Path, target: Path, *extra: str) -> Path:
+    """A copy of a label run's folder in which `bioserc summarize` rewrote the analytics outputs."""
+    from bioserc import cli
+
+    shutil.copytree(out, target, ignore=shutil.ignore_patterns(".bioserc.lock", *ANALYTICS, "report.html"))
+    assert cli.main(["summarize", str(target), *extra]) == 0
+    return target
+
+
+def test_analytics_outputs_account_for_every_row(first_run):
+    import csv
+
+    import pyarrow.parquet as pq
+
+    out, rows, convs = first_run["out"], first_run["rows"], first_run["convs"]
+    archive = json.loads((out / "archive.json").read_text())
+    assert archive["utterances"] == len(rows) and archive["labels"] == dict(sorted(Counter(
+        r["label"] for r in rows).items()))
+    for role, totals in archive["roles"].items():
+        mine = [r for r in rows if (r["role"] or "unknown") == role]
+        assert totals["labels"] == dict(sorted(Counter(r["label"] for r in mine).items()))
+    assert archive["calls"] == len(convs) and sum(archive["call_scores"]["histogram"]) == len(convs)
+    assert archive["thresholds"]["negative"] == 0.5 and len(archive["review"]) <= 20
+    with open(out / "calls.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    order = [c["conversation_id"] for c in read_jsonl(str(out / "conversations.jsonl"))]
+    assert [r["conversation_id"] for r in table] == order  # one row per call, in conversations.jsonl's order
+    parquet = pq.read_table(out / "calls.parquet").to_pylist()
+    assert [r["conversation_id"] for r in parquet] == order
+    for row, conv in zip(parquet, (convs[i] for i in order), strict=True):
+        assert row["call_score"] == conv["analytics"]["call_score"] and row["utterances"] == conv["utterances"]
+    assert first_run["outcome"].problems == []
+
+
+def test_summarize_reproduces_the_label_outputs_byte_for_byte(first_run, tmp_path):
+    again = summarized_copy(first_run["out"], tmp_path / "again")
+    for name in ANALYTICS:
+        assert (again / name).read_bytes() == (first_run["out"] / name).read_bytes(), name
+    other = summarized_copy(first_run["out"], tmp_path / "other", "--negative-threshold", "0.01",
+                            "--review-calls", "2")
+    archive = json.loads((other / "archive.json").read_text())
+    assert archive["thresholds"]["negative"] == 0.01 and len(archive["review"]) == 2  # new thresholds, no model
+
+
+def test_a_lost_archive_partial_is_an_accounting_mismatch(setup, tmp_path, monkeypatch):
+    from bioserc.pipelines import outputs
+
+    real_write, dropped = outputs.JsonSink.write, []
+
+    def lossy(self, record):
+        if record[0] == outputs.ARCHIVE_PARTS and not dropped:
+            dropped.append(record)
+            return
+        real_write(self, record)
+
+    monkeypatch.setattr(outputs.JsonSink, "write", lossy)
+    outcome = label(setup, tmp_path / "out", "--report-calls", "0")
+    assert dropped and any(p.startswith("archive.json counts") for p in outcome.problems)
+    assert outcome.exit_code == 1 and outcome.where != outcome.output  # kept aside, nothing promoted
+
+
+def test_rerun_with_skip_existing_labels_only_the_rest_then_a_plain_rerun_replaces(setup, first_run, tmp_path):
     out = first_run["out"]
     before = {(r["conversation_id"], r["index"]): r for r in first_run["rows"]}
     c = label(setup, out, "--skip-existing").counters
@@ -249,6 +314,10 @@ def test_rerun_with_skip_existing_labels_only_the_rest_then_a_plain_rerun_replac
     import pyarrow.parquet as pq
 
     assert pq.read_table(out / "utterances.parquet").num_rows == len(merged["rows"])
+    archive = json.loads((out / "archive.json").read_text())  # old and new calls alike, as summarize gives them
+    assert archive["utterances"] == len(merged["rows"]) and archive["calls"] == len(merged["convs"])
+    again = summarized_copy(out, tmp_path / "again")
+    assert all((again / name).read_bytes() == (out / name).read_bytes() for name in ANALYTICS)
 
     label(setup, out)  # no --skip-existing: everything relabelled, files replaced (never appended)
     again = outputs(out)
