@@ -143,18 +143,25 @@ def label(archive: Path, out: Path, extra: list[str]) -> dict:
             "problems": info["problems"]}
 
 
-def summarize(out: Path) -> dict:
-    """What `bioserc summarize` does (`recompute`), timed without its start-up, in a child process writing beside the
-    run's own files: its wall, peak RSS, and whether its archive.json is the run's."""
-    again = out.parent / "summarized"
-    again.mkdir()
+def timed_recompute(utterances: Path, dest: Path) -> tuple[float, int, float]:
+    """What `bioserc summarize` does (`recompute` of `utterances` into `dest`), timed without its start-up, in a child
+    process: (wall seconds, exit code, peak RSS in MiB)."""
     code = ("import json, time; from bioserc.analytics.thresholds import Thresholds; "
             "from bioserc.pipelines.analytics import recompute; start = time.perf_counter(); "
-            f"recompute({str(out / 'utterances.jsonl')!r}, {str(again)!r}, Thresholds()); "
+            f"recompute({str(utterances)!r}, {str(dest)!r}, Thresholds()); "
             "print(json.dumps(time.perf_counter() - start))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     wall = float(proc.stdout.read().split()[-1])
     exit_code, rss = waited(proc)
+    return wall, exit_code, rss
+
+
+def summarize(out: Path) -> dict:
+    """`timed_recompute` of a run's rows beside its own files: its wall, peak RSS, and whether its archive.json is
+    the run's."""
+    again = out.parent / "summarized"
+    again.mkdir()
+    wall, exit_code, rss = timed_recompute(out / "utterances.jsonl", again)
     totals = json.loads((out / "archive.json").read_text())
     return {"exit_code": exit_code, "summarize_wall_s": round(wall, 3), "summarize_peak_rss_mb": rss,
             "archive_utterances": totals["utterances"], "flagged_calls": totals["flagged_calls"],
