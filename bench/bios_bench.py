@@ -17,8 +17,8 @@ import time
 import torch
 from report_io import emit
 
-from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import make_backend
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.cache import BioCache
 from bioserc.bios.extract import BioExtractor
 from bioserc.readers import read_conversations

@@ -81,7 +81,7 @@ def prefix_part(args, backend, config) -> dict:
 
 BEFORE = r"""
 import json, sys, time
-from bioserc.bios.backend import GenerationConfig
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.backends import make_backend
 from bioserc.bios.extract import BioExtractor
 from bioserc.readers import read_conversations
@@ -212,7 +212,7 @@ kind, threads, data = sys.argv[1], int(sys.argv[2]) or None, sys.argv[3]
 from bioserc.readers import read_conversations
 convs = read_conversations(data)
 if kind == "bios":
-    from bioserc.bios.backend import GenerationConfig
+    from bioserc.bios.base import GenerationConfig
     from bioserc.bios.backends import make_backend
     from bioserc.bios.extract import BioExtractor
     backend = make_backend("transformers", "smollm2", batch_size=16, threads=threads)
@@ -290,8 +290,8 @@ def main() -> None:
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args()
 
-    from bioserc.bios.backend import GenerationConfig
     from bioserc.bios.backends import make_backend
+    from bioserc.bios.base import GenerationConfig
     from bioserc.embedded import resolve_model
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)

@@ -4,9 +4,12 @@ Every export (training's best model, ONNX, TensorRT-LLM) writes `manifest.json` 
 `verify_artifact` before touching any weights: every file in the folder must be listed, every listed file must match
 its size and sha256, every path the manifest names must stay inside the folder, and a classifier's label order and
 bio mode must agree with its config, so a bad artifact fails with a one-line error before a pipeline reads any input.
-Loaders turn a path the manifest names into a file with `artifact_file`. Training, export and pipelines never import
-each other; they meet here. The classifiers shipped with bioserc (serving_artifacts/NAME) are addressable by NAME:
-every classifier `--model` resolves it with `resolve_model_arg`.
+Loaders turn a path the manifest names into a file with `artifact_file`. Remote folders (gs://, read through the
+pipelines' file systems, passed in as `open_file`/`size` functions) get `check_label_model`'s cheap check on the driver
+and a full local copy on the workers (`fetch_artifact`). `manifest_id` is the id outputs carry of the artifact that
+made them. Training, export and pipelines never import each other; they meet here. The classifiers shipped with
+bioserc (serving_artifacts/NAME) are addressable by NAME: every classifier `--model` resolves it with
+`resolve_model_arg`.
 """
 
 from __future__ import annotations
@@ -15,17 +18,21 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any
+from typing import IO, Any
 
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-KINDS = ("pytorch-classifier", "onnx-classifier", "onnx-llm", "hf-llm", "lora-adapter", "trtllm-engine")
+ARTIFACT_KINDS = ("pytorch-classifier", "onnx-classifier", "onnx-llm", "hf-llm", "lora-adapter", "trtllm-engine")
 CLASSIFIER_KINDS = ("pytorch-classifier", "onnx-classifier")
+LLM_KINDS = ("lora-adapter", "hf-llm", "onnx-llm")  # LLMs that label by scoring the label words
+LABEL_KINDS = (*CLASSIFIER_KINDS, *LLM_KINDS)  # what `bioserc label --model` takes
 CONFIG_FILE, LABELS_FILE = "config.json", "labels.txt"  # a classifier's own statement of its labels and bio mode
 # Manifest fields that name files of the artifact itself (model_path, source_path, base_model... name other places).
 PATH_FIELDS = ("graphs", "quantized", "optimized", "external_data", "tokenizer_files_copied")
@@ -92,8 +99,8 @@ def write_manifest(directory: str, kind: str, **fields: Any) -> dict[str, Any]:
 
     Typical fields: model_family, label_set, labels, prompt_version, source_checkpoint, metrics, opset, versions.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown artifact kind {kind!r}; choose one of {KINDS}")
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}; choose one of {ARTIFACT_KINDS}")
     files = {}
     for rel in _present_files(directory):
         path = os.path.join(directory, rel)
@@ -236,9 +243,91 @@ def profile_of(fields: dict[str, Any]) -> tuple[str, int]:
     return fields.get("profile") or "text", int(fields.get("profile_dim") or 0)
 
 
-def manifest_hash(directory: str) -> str:
-    """A short id for outputs: which exact artifact produced a prediction."""
-    return sha256_file(os.path.join(directory, MANIFEST))[:16]
+def manifest_id(directory: str, open_file: Callable[[str], IO[bytes]] | None = None) -> str:
+    """A short id for outputs: which exact artifact produced a prediction (the sha256 of its manifest, 16 digits).
+
+    Args:
+        directory: the artifact folder.
+        open_file: opens a file of a remote folder by its relative path (None: `directory` is local).
+    """
+    if open_file is None:
+        return sha256_file(os.path.join(directory, MANIFEST))[:16]
+    with open_file(MANIFEST) as fh:
+        return _id_of(fh.read())
+
+
+def _id_of(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def missing_model_help(path: str) -> str:
+    return (f"no model artifact at {path!r}. Pass --model DIR with a folder holding manifest.json: `bioserc train "
+            "bert --config FILE` writes one (its best/ folder) and `bioserc export onnx` another. Without --model the "
+            f"default installed with bioserc is used (${DEFAULT_MODEL_ENV} overrides it)")
+
+
+def check_label_model(path: str, open_file: Callable[[str], IO[bytes]] | None = None,
+                      size: Callable[[str], int | None] | None = None) -> dict[str, Any]:
+    """Verify a `bioserc label` model before any input is read; return its manifest.
+
+    A local folder (`open_file` None) gets the full check of `verify_artifact` (every file listed and matching its
+    sha256, every path inside the folder, labels and bio_mode consistent with config.json). A remote one gets what can
+    be read cheaply: the manifest's shape and paths, every listed file's size (`size(rel)`, None when missing), and
+    config.json (+ labels.txt) matched against their sha256 and checked for the same consistency; the workers verify
+    their local copy in full when they load it.
+    """
+    if open_file is None:
+        if not os.path.isdir(path):
+            raise ArtifactError(missing_model_help(path))
+        return verify_artifact(path, LABEL_KINDS)
+    assert size is not None, "a remote model needs size() as well as open_file()"
+    if size(MANIFEST) is None:
+        raise ArtifactError(f"{missing_model_help(path)} (no {MANIFEST} found there)")
+
+    def read(rel: str) -> bytes:
+        with open_file(rel) as fh:
+            return fh.read()
+
+    manifest = parse_manifest(f"{path.rstrip('/')}/{MANIFEST}", read(MANIFEST))
+    if manifest.get("kind") not in LABEL_KINDS:
+        raise ArtifactError(f"{path!r} holds a {manifest.get('kind')!r} artifact, expected one of {LABEL_KINDS}")
+    check_manifest(path, manifest)
+    for rel, meta in manifest["files"].items():
+        if size(rel) != meta["bytes"]:
+            raise ArtifactError(f"{path!r}: file {rel!r} listed in the manifest is missing or has the wrong size")
+    if manifest["kind"] in CLASSIFIER_KINDS:
+        check_classifier(path, manifest, read)
+    elif not manifest.get("labels"):
+        raise ArtifactError(f"{path!r}: the {manifest['kind']} manifest names no labels")
+    return manifest
+
+
+def fetch_artifact(path: str, open_file: Callable[[str], IO[bytes]], cache_root: str | None = None) -> str:
+    """Copy a remote artifact folder (the files its manifest lists) to local disk once per machine; return the copy.
+
+    The manifest's paths are checked first, so a bad one cannot write outside the copy; the loader then verifies the
+    copy in full. Worker processes racing on one copy each write their own, and the first rename wins.
+    """
+    with open_file(MANIFEST) as fh:
+        raw = fh.read()
+    manifest = parse_manifest(f"{path.rstrip('/')}/{MANIFEST}", raw)
+    check_manifest(path, manifest)
+    target = os.path.join(cache_root or os.path.join(tempfile.gettempdir(), "bioserc-models"), _id_of(raw))
+    if os.path.isfile(os.path.join(target, MANIFEST)):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(target))
+    for rel in manifest["files"]:
+        os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+        with open_file(rel) as src, open(os.path.join(tmp, rel), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    with open(os.path.join(tmp, MANIFEST), "wb") as fh:  # written last: its presence marks a complete copy
+        fh.write(raw)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another worker process finished the same copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _check_rel(where: str, field: str, rel: Any) -> None:

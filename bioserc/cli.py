@@ -35,23 +35,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
 
 
-def _add_input_args(p: argparse.ArgumentParser) -> None:
-    from bioserc.labels import LABEL_SETS
-    from bioserc.readers import reader_names
-    from bioserc.readers.roles import add_role_args
-
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="files, directories (searched recursively) or globs; .gz is read transparently")
-    p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
-                   help="input format (default: detect per file from its name and first bytes)")
-    p.add_argument("--dataset", choices=sorted(LABEL_SETS),
-                   help="label set for BiosERC JSON files whose name does not start with the dataset name")
-    add_role_args(p)
-    p.add_argument("--max-file-mb", type=float, default=256, metavar="MB",
-                   help="size limit per input file after decompression (default 256); larger files are skipped")
-
-
 def _read_with_progress(args: argparse.Namespace, desc: str):
+    from bioserc.flags import max_file_bytes
     from bioserc.readers import ReadReport, read_items, resolve_inputs
     from bioserc.readers.sources import reader_options
 
@@ -64,7 +49,7 @@ def _read_with_progress(args: argparse.Namespace, desc: str):
 
     def items():
         for path in tqdm(files, desc=desc, unit="file", disable=len(files) < 2, file=sys.stderr):
-            yield from read_items([path], args.format, int(args.max_file_mb * (1 << 20)), **options)
+            yield from read_items([path], args.format, max_file_bytes(args), **options)
 
     return report, report.track(items())
 
@@ -177,6 +162,8 @@ PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "summarize": cmd_summarize,
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from bioserc.flags import add_input_args
+
     parser = argparse.ArgumentParser(prog="bioserc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,14 +179,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("convert", help="read any supported input and write canonical conversation JSONL")
-    _add_input_args(p)
+    add_input_args(p)
     p.add_argument("-o", "--output", required=True, help="output .jsonl (or .jsonl.gz)")
     p.add_argument("--skipped", metavar="FILE", help="also write every skipped record with its reason as JSONL")
     p.add_argument("--allow-skips", action="store_true", help="exit 0 even if some records were skipped")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("stats", help="conversations, utterances, speakers, label distribution, length histogram")
-    _add_input_args(p)
+    add_input_args(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_stats)
 

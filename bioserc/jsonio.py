@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import tempfile
@@ -48,9 +47,3 @@ def read_jsonl(path: str) -> Iterator[dict[str, Any]]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
-
-
-def dumps_pretty(data: Any) -> str:
-    buf = io.StringIO()
-    json.dump(data, buf, indent=2, ensure_ascii=False)
-    return buf.getvalue() + "\n"

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
+from bioserc.artifacts import manifest_id, verify_artifact, write_manifest
 from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.export._staging import check_target, publish
 from bioserc.export.model_card import load_seed_results, write_model_card
@@ -432,7 +432,7 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
         manifest = write_manifest(
             tmp, "onnx-classifier", **fields, precision=precision, quantized=quantized, quantization=quantization,
             optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
-            source_checkpoint=manifest_hash(model_dir), source_kind=source.get("kind"),
+            source_checkpoint=manifest_id(model_dir), source_kind=source.get("kind"),
             metrics=source.get("metrics", {}), seed_results=seeds)
         publish(tmp, out_dir)
     except BaseException:

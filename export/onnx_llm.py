@@ -29,7 +29,7 @@ import os
 import shutil
 from typing import Any
 
-from bioserc.artifacts import MANIFEST, manifest_hash, read_manifest, verify_artifact, write_manifest
+from bioserc.artifacts import MANIFEST, manifest_id, read_manifest, verify_artifact, write_manifest
 from bioserc.export._staging import check_target, publish
 from bioserc.fsutil import staging_dir
 from bioserc.schema import Conversation, Utterance
@@ -171,7 +171,7 @@ def export_llm(model_dir: str, out_dir: str, opset: int | None = None, validate:
             tmp, "onnx-llm", **fields, task=TASK, architecture=(config.get("architectures") or [None])[0],
             max_context=config.get("max_position_embeddings"), opset=_opset(onnx_path), precision="fp32",
             parity=checked, versions=_versions(), source_path=os.path.abspath(model_dir),
-            source_checkpoint=manifest_hash(model_dir) if source else None)
+            source_checkpoint=manifest_id(model_dir) if source else None)
         publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
-from bioserc.artifacts import MANIFEST, manifest_hash, read_manifest, write_manifest
+from bioserc.artifacts import MANIFEST, manifest_id, read_manifest, write_manifest
 from bioserc.embedded import resolve_model
 from bioserc.export._staging import check_target, publish
 from bioserc.export.onnx_llm import CARRIED, source_llm_manifest
@@ -229,7 +229,7 @@ def write_serve_only(merged_dir: str, out_dir: str, adapter_dir: str | None = No
             tmp, "hf-llm", **_carried(source), serve_only=True, runtime="trtllm-serve (PyTorch backend)",
             model_path=os.path.abspath(merged_dir), adapter_path=os.path.abspath(adapter_dir) if adapter_dir else None,
             limits=asdict(size) if size else None,
-            source_checkpoint=manifest_hash(merged_dir) if source else None)
+            source_checkpoint=manifest_id(merged_dir) if source else None)
         publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -275,7 +275,7 @@ def build_engine(merged_dir: str, engine_dir: str, max_batch_size: int, max_inpu
             compute_capability=".".join(map(str, torch.cuda.get_device_capability(0))),
             versions={"tensorrt_llm": getattr(trt, "__version__", "unknown"), "torch": torch.__version__},
             tokenizer_files_copied=copied, model_path=os.path.abspath(merged_dir),
-            source_checkpoint=manifest_hash(merged_dir) if source else None)
+            source_checkpoint=manifest_id(merged_dir) if source else None)
         publish(tmp, engine_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

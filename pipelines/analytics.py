@@ -1,6 +1,6 @@
 """The analytics outputs: the archive combiner, and calls.csv / calls.parquet / archive.json on the driver.
 
-In `bioserc label` the emitting step (`classify.EmitResults`) summarises each labelled call (`bioserc.analytics`),
+In `bioserc label` the emitting step (`label_steps.EmitResults`) summarises each labelled call (`bioserc.analytics`),
 writes its summary and calls-table row as shard records, and adds it to a per-batch `ArchiveCombineFn` accumulator
 that it emits as one archive partial. The label pipeline stays one chain with one sink (see `pipelines.records`: no
 `CombineGlobally` branch, which Beam's Dask runner would skip); the driver then merges the partials with the same

@@ -23,26 +23,23 @@ one-line summary of the counts last.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.ml.inference.base import RunInference
 
-from bioserc.bios.backend import GenerationConfig
-from bioserc.bios.backends import KINDS
-from bioserc.bios.extract import BioExtractor, BioResult, paper_bios
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.profiles import PREFILL_OUTPUTS, PROFILES, check_profile
+from bioserc.flags import DATASET_HELP, add_input_args, at_least
 from bioserc.labels import LABEL_SETS
+from bioserc.pipelines.bio_steps import BioModelHandler, BioRecords
 from bioserc.pipelines.io import FileGroups, ParseFiles, output_path
-from bioserc.pipelines.options import add_renamed, at_least, json_object, parse_pipeline_args, pipeline_parser
+from bioserc.pipelines.options import add_bio_llm_args, backend_options, parse_pipeline_args, pipeline_parser
 from bioserc.pipelines.outputs import (
     BIOS,
     PAPER,
@@ -59,188 +56,36 @@ from bioserc.pipelines.outputs import (
     shards,
     staging_folder,
 )
-from bioserc.pipelines.records import DEAD, Batch, BatchedModelHandler, ledger, release_dask_outputs
-from bioserc.readers import reader_names
-from bioserc.readers.roles import add_role_args
+from bioserc.pipelines.records import DEAD, BatchedModelHandler
+from bioserc.pipelines.runner import pipeline_options, release_dask_outputs, shows_progress, wait
 from bioserc.readers.sources import reader_options
 from bioserc.schema import Conversation
 
 
 logger = logging.getLogger(__name__)
 
-LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
-DASK_PARTITION_FLAGS = {"--dask_npartitions", "--dask_partition_size"}
-DASK_PARTITION_GROUPS = 4  # default Dask partition: 4 file groups (64 calls in one-call files at the default batch)
-DASK_GROUPING_PARTITIONS = 32  # asked of dask for a pipeline that groups (it makes 32 to 63: 2 shuffle stages at most)
-GENERATION_FAILED = "generation failed:"  # how `BioExtractor.generate` marks the results of a batch the backend failed
-THREADED = ("transformers", "onnx")  # in-process CPU runtimes; a server or TensorRT-LLM picks its own threads
-# The usage error of the removed --scope/--mode (bios) and --bio-scope/--bio-mode (label) flags.
-SCOPE_REMOVED = ("every speaker gets its own prompt, and a conversation's prompts share the transcript's "
-                 "prefill, which is faster than one prompt per conversation was (see docs/BENCHMARKS.md); drop the "
-                 "flag")
-
-
-class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor]):
-    """Loads one LLM backend per worker process and turns a batch of conversations into bio results."""
-
-    def __init__(self, backend: str, model: str, backend_options: dict[str, Any], config: GenerationConfig,
-                 words: int, cache_dir: str | None, max_batch_size: int = 4, progress_total: int = 0,
-                 profile: str = "text", labels: Sequence[str] | None = None):
-        super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
-        self.backend, self.model, self.backend_options = backend, model, backend_options
-        self.config, self.words, self.cache_dir = config, words, cache_dir
-        self.profile, self.labels = profile, labels
-        self.progress_total = progress_total
-        self._bar = None
-
-    def load_model(self) -> BioExtractor:
-        from bioserc.bios.backends import make_backend
-        from bioserc.bios.cache import BioCache
-
-        backend = make_backend(self.backend, self.model, **self.backend_options)
-        cache = BioCache(self.cache_dir) if self.cache_dir else None
-        if self.progress_total:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.progress_total, desc="bios", unit="bio")
-        return BioExtractor(backend, self.config, self.words, cache, self.profile, self.labels)
-
-    def run_inference(self, batch: Sequence[Conversation], model: BioExtractor,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[list[BioResult]]:
-        """One generate call for the whole batch; if the backend fails on it, each conversation is retried alone, so
-        a conversation the LLM cannot take costs only its own bios (bios that did come out are cached by then)."""
-        by_conv: dict[str, list[BioResult]] = {c.id: [] for c in batch}
-        requests = []
-        for conv in batch:
-            done, todo = model.plan(conv)
-            by_conv[conv.id] += done
-            requests += todo
-        cached = sum(len(r) for r in by_conv.values())
-        if self._bar is not None and cached:
-            self._bar.update(cached)
-        # Local backends: chunks of --batch-size prompts, so the bar moves per generate call; a server takes them all
-        results = list(model.generate_chunks(requests, self.backend_options.get("batch_size"),
-                                             None if self._bar is None else self._bar.update))
-        if len(batch) > 1 and any(r.error and r.error.startswith(GENERATION_FAILED) for r in results):
-            if self._bar is not None:  # the retries count their own bios again
-                self._bar.update(-cached - len(results))
-            return [r for conv in batch for r in self.run_inference([conv], model, inference_args)]
-        for result in results:
-            by_conv[result.conversation_id].append(result)
-        return [by_conv[c.id] for c in batch]
-
-    def get_metrics_namespace(self) -> str:
-        return "bioserc_bios"
-
-
-class BioRecords(beam.DoFn):
-    """A batch of (conversation, bio results) -> the records it carries, then bios rows, dead letters for failures,
-    the paper-format entry of each conversation, and the batch's counts."""
-
-    def process(self, batch: Batch):
-        yield from batch.records
-        c = dict.fromkeys(("bios_generated", "bios_cached", "bios_dead_lettered"), 0)
-        for conv, results in batch:
-            for result in results:
-                if result.error:
-                    c["bios_dead_lettered"] += 1
-                    yield DEAD, {"stage": "bios", "record": result.conversation_id, "reason": result.error,
-                                 **result.to_dict()}
-                else:
-                    c["bios_cached" if result.cached else "bios_generated"] += 1
-                    yield BIOS, result.to_dict()
-            yield PAPER, {"conversation_id": conv.id, "bios": paper_bios([conv], results)[conv.id]}
-        yield from ledger("bios", batch.key, **c)
-
 
 def make_parser() -> argparse.ArgumentParser:
     """`bioserc bios`'s own flags; parse with `parse_pipeline_args`, which passes Beam's flags through."""
     p = pipeline_parser("bioserc bios", __doc__)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs; local or gs://")
+    add_input_args(p, remote=True, size_limit=False,
+                   dataset_help=DATASET_HELP + ", and the label words --profile scores scores (needed there)")
     p.add_argument("-o", "--output", required=True, help="output directory (local or gs://)")
-    p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
-                   help="input format; auto detects it per file from its name and first bytes")
-    p.add_argument("--dataset", choices=sorted(LABEL_SETS),
-                   help="label set for BiosERC JSON files not named after their dataset, and the label words "
-                   "--profile scores scores (needed there)")
-    add_role_args(p)  # the same speaker names as `bioserc label` gives them, so its --bios file matches
     g = p.add_argument_group("LLM (`bioserc label` takes the same flags as --bio-backend, --bio-model, ...)")
-    g.add_argument("--backend", default="transformers", choices=KINDS, help="LLM runtime")
-    g.add_argument("--model", default="smollm2",
-                   help="embedded name (smollm2), a local HF/ONNX folder, or the served model name for openai")
-    add_server_args(g)
+    add_bio_llm_args(g)
     g.add_argument("--profile", default="text", choices=PROFILES,
                    help="what each (conversation, speaker) gets: text (the bio, prompt bio-v1), emotion (mood, what "
                    "changes it, reactions to others; emotion-v1), scores (no decoding: each --dataset label's "
                    "probability as the answer to how the speaker feels overall; scores-v1) or latent (the LLM's "
                    "final hidden state at the end of that question); scores and latent need a local backend")
-    g.add_argument("--words", type=at_least(1), default=60, help="word limit asked for in the prompt")
-    g.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation limit per bio")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (use with --seed)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
-    g.add_argument("--batch-size", type=at_least(1), default=32, metavar="N",
-                   help="prompts per LLM generate call (32: 5.1x one-at-a-time on MELD, docs/BENCHMARKS.md)")
-    g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
-                   help="CPU threads of the LLM per worker process (default 0: automatic)")
     g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",
                    help="conversations Beam hands to one inference call")
-    g.add_argument("--cache", metavar="DIR",
-                   help="bio cache directory shared across runs; 'none' disables it (default: OUTPUT/cache)")
-    add_renamed(g, "--scope", SCOPE_REMOVED, removed=True)
-    add_renamed(g, "--mode", SCOPE_REMOVED, removed=True)
     g = p.add_argument_group("run")
     g.add_argument("--allow-skips", action="store_true",
                    help="exit 0 even if some bios or input records were dead-lettered")
     return p
-
-
-def add_server_args(g: argparse._ArgumentGroup, prefix: str = "") -> None:
-    """The openai backend's flags: `bioserc bios` adds --base-url, ...; `bioserc label` --bio-base-url, ..."""
-    flag, see = f"--{prefix}", " (bios --{})" if prefix else ""
-    g.add_argument(flag + "base-url", metavar="URL",
-                   help="OpenAI-compatible server for the openai backend: vLLM, SGLang, trtllm-serve"
-                   + see.format("base-url"))
-    g.add_argument(flag + "endpoint", default="chat", choices=("chat", "completions"),
-                   help="openai: chat (/v1/chat/completions; vLLM, SGLang) or completions (/v1/completions, the "
-                   "prompt rendered here with the --tokenizer folder's chat template; trtllm-serve)"
-                   + see.format("endpoint"))
-    g.add_argument(flag + "tokenizer", metavar="DIR",
-                   help="openai: the served model's local folder, for exact token counts; needed by --endpoint "
-                   "completions" + see.format("tokenizer"))
-    g.add_argument(flag + "max-context", type=at_least(64), default=8192, metavar="N",
-                   help="openai: the served model's context length in tokens" + see.format("max-context"))
-    g.add_argument(flag + "request-timeout", type=at_least(0.1, float), default=300.0, metavar="S",
-                   help="openai: seconds one request may take before it is retried" + see.format("request-timeout"))
-    g.add_argument(flag + "retries", type=at_least(0), default=5, metavar="N",
-                   help="openai: retries of a request after connection errors, timeouts, 429 and 5xx (exponential "
-                   "backoff, Retry-After honoured; other 4xx fail that bio alone)" + see.format("retries"))
-    g.add_argument(flag + "concurrency", type=at_least(1), default=32, metavar="N",
-                   help="openai: requests in flight per worker process" + see.format("concurrency"))
-    g.add_argument(flag + "api-key-env", metavar="VAR",
-                   help="openai: environment variable holding the API key (default: OPENAI_API_KEY when set)"
-                   + see.format("api-key-env"))
-    g.add_argument(flag + "extra-body", type=json_object, metavar="JSON",
-                   help="openai: server-specific fields added to every request, e.g. "
-                   "'{\"repetition_penalty\": 1.1}' for vLLM/SGLang" + see.format("extra-body"))
-
-
-def backend_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
-    """`make_backend`'s options from `bioserc bios` flags, or `bioserc label` ones with prefix "bio_"."""
-    def get(name: str) -> Any:
-        return getattr(args, prefix + name)
-
-    if get("backend") in THREADED:
-        return {"batch_size": get("batch_size"), "threads": get("threads") or None}
-    if get("backend") != "openai":
-        return {"batch_size": get("batch_size")}
-    flag = "--" + prefix.replace("_", "-")
-    if not get("base_url"):
-        raise SystemExit(f"{flag}backend openai needs {flag}base-url (e.g. http://localhost:8000)")
-    if get("endpoint") == "completions" and not get("tokenizer"):
-        raise SystemExit(f"{flag}endpoint completions needs {flag}tokenizer DIR (the served model's local folder)")
-    return {"base_url": get("base_url"), "endpoint": get("endpoint"), "tokenizer_path": get("tokenizer"),
-            "max_context": get("max_context"), "timeout_s": get("request_timeout"), "max_retries": get("retries"),
-            "concurrency": get("concurrency"), "api_key_env": get("api_key_env"), "extra_body": get("extra_body")}
 
 
 def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progress_total: int = 0) -> None:
@@ -271,7 +116,7 @@ class BiosRun:
     where: str  # the output folder, or the failed-run folder that kept this run's files
 
 
-def assemble(staging: str) -> None:
+def assemble_bios(staging: str) -> None:
     """The shards -> bios.jsonl, dead_letter.jsonl and bios.paper.json (one JSON object, written entry by entry)."""
     concat_jsonl([], shards(staging, BIOS), output_path(staging, BIOS))
     concat_jsonl([], shards(staging, DEAD), output_path(staging, DEAD))
@@ -287,58 +132,6 @@ def assemble(staging: str) -> None:
                                    + ": " + json.dumps(entry["bios"], ensure_ascii=False)).encode("utf-8"))
                         first = False
         out.write(b"}\n")
-
-
-def shows_progress(pipeline: beam.Pipeline) -> bool:
-    """Progress bars only where the workers write to this terminal: Beam's local runners, not Dask or Dataflow."""
-    return type(pipeline.runner).__name__ in LOCAL_RUNNERS
-
-
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """Beam's options from the pass-through flags, with this project's defaults for the in-process and Dask runners.
-
-    On Dask a partition of the first collection (file groups) runs the whole chain of steps as one task (dask fuses
-    it), and Beam's Dask runner holds each step's output for the partition in memory: small partitions keep memory
-    flat and spread even a small archive over the workers.
-    """
-    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner or ""
-    if runner.endswith("DaskRunner") and not {a.split("=")[0] for a in beam_args} & DASK_PARTITION_FLAGS:
-        beam_args = [*beam_args, "--dask_partition_size", str(DASK_PARTITION_GROUPS)]
-    options = PipelineOptions(beam_args)
-    if not options.view_as(StandardOptions).runner:
-        # The DirectRunner first tries to download the Prism runner; FnApiRunner is what it falls back to anyway.
-        options.view_as(StandardOptions).runner = "FnApiRunner"
-    options.view_as(SetupOptions).save_main_session = False
-    return options
-
-
-def grouping_options(options: PipelineOptions) -> PipelineOptions:
-    """`options` for a pipeline with a GroupByKey: on Dask, a fixed number of partitions whatever the archive size.
-
-    Beam's Dask runner makes a GroupByKey dask's task-based shuffle, whose task count grows as n·√n with the n
-    partitions: in partitions of 4 file groups, 2,700 tasks for 10,000 calls and 60,000 for 100,000, and the scheduler
-    and the workers hold state for each (peak RSS of both grew with the archive; freed worker heap is not returned
-    before the next pipeline). With `DASK_GROUPING_PARTITIONS` the graph has at most ~1,300 tasks at any size (about
-    680 for 10,000 calls and for 100,000); only the small records it groups grow with the archive.
-    """
-    if not (options.view_as(StandardOptions).runner or "").endswith("DaskRunner"):
-        return options
-    from apache_beam.runners.dask.dask_runner import DaskOptions
-
-    grouping = copy.deepcopy(options)
-    dask = grouping.view_as(DaskOptions)
-    dask.npartitions, dask.partition_size = DASK_GROUPING_PARTITIONS, None  # the two flags exclude each other
-    return grouping
-
-
-def wait(result: beam.runners.runner.PipelineResult) -> None:
-    """Wait for a run to finish; then close the Dask client that Beam's Dask runner opened for it (it never does)."""
-    try:
-        result.wait_until_finish()
-    finally:
-        client = getattr(result, "client", None)  # DaskRunnerResult.client
-        if client is not None:
-            client.close()
 
 
 def count_speakers(args: argparse.Namespace) -> int:
@@ -376,9 +169,11 @@ def finish(counters: dict[str, int], args: argparse.Namespace, staging: str) -> 
     return BiosRun(counters, code, message, args.output, where)
 
 
-def run(argv: Sequence[str] | None = None, progress: bool = False) -> BiosRun:
+def run(argv: Sequence[str] | None = None, progress: bool = False,
+        test_pipeline: beam.Pipeline | None = None) -> BiosRun:
     """Parse strictly (a usage error before anything runs), lock the output, build and run the pipeline, assemble
-    its outputs and finish on the driver; `progress` shows a bar on the local runners."""
+    its outputs and finish on the driver; `progress` shows a bar on the local runners. `test_pipeline` (a Beam
+    `TestPipeline`) replaces the pipeline the Beam flags would make."""
     parser = make_parser()
     args, beam_args = parse_pipeline_args(parser, sys.argv[1:] if argv is None else argv)
     try:  # before anything loads: a profile the backend or label set cannot make is a usage error
@@ -390,11 +185,11 @@ def run(argv: Sequence[str] | None = None, progress: bool = False) -> BiosRun:
         for name in remove_leftovers(args.output):
             logger.warning("removed %s left in %s by an earlier run that did not finish", name, args.output)
         staging = staging_folder(args.output)
-        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
         build(pipeline, args, staging, count_speakers(args) if progress and shows_progress(pipeline) else 0)
         try:
             wait(pipeline.run())
-            assemble(staging)
+            assemble_bios(staging)
             counters = read_ledger(staging)
         except BaseException:
             discard(staging)

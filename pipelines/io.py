@@ -18,7 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from bioserc.errors import BadRecord
-from bioserc.pipelines.records import DEAD, Batch, ledger
+from bioserc.pipelines.records import DEAD, WorkBatch, ledger
 from bioserc.readers import resolve_inputs
 from bioserc.readers.base import MAX_FILE_BYTES
 from bioserc.readers.sources import read_path
@@ -76,9 +76,9 @@ class ParseFiles(beam.DoFn):
         self.fmt, self.options, self.max_bytes, self.batch = fmt, options, max_bytes, batch
         self.count_utterances = count_utterances
 
-    def process(self, group: list[str]) -> Iterator[Batch]:
+    def process(self, group: list[str]) -> Iterator[WorkBatch]:
         key = group[0] if group else ""
-        current = Batch(f"{key}#0")
+        current = WorkBatch(f"{key}#0")
         read = bad = lost = 0
         for path in group:
             for item in read_path(path, self.fmt, self.max_bytes, opener=open_raw, **self.options):
@@ -89,7 +89,7 @@ class ParseFiles(beam.DoFn):
                     continue
                 if len(current) == self.batch:
                     yield current
-                    current = Batch(f"{key}#{read // self.batch}")
+                    current = WorkBatch(f"{key}#{read // self.batch}")
                 current.append(item)
                 read += 1
         lost = lost if self.count_utterances else 0

@@ -14,7 +14,7 @@
 A light first pipeline reads each call's (id, file, digest) and decides duplicate ids and, with --skip-existing, calls
 labelled before; it also parses a --bios file. Then: read (any reader; local paths, globs, .gz, gs://; batches of
 --conversations-per-batch calls cut from groups of files) -> duplicates and calls labelled before are set aside ->
-bios: `--bios FILE` (a `bioserc bios` output), generated here with the bio pipeline's `BioModelHandler` (`--bio-*`
+bios: `--bios FILE` (a `bioserc bios` output), generated here with `bio_steps.BioModelHandler` (`--bio-*`
 flags; the default), or none (`--no-bios`) -> `RunInference(BatchedModelHandler(ClassifierModelHandler))` -> outputs
 in -o DIR. A model trained on scores/latent speaker profiles (`profile` in its manifest) gets vectors the same ways:
 the `vector`s of a --bios file of its profile and size (checked on the driver for local files: a row of another
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import logging
 import sys
@@ -79,36 +78,20 @@ from apache_beam.ml.inference.base import RunInference
 from bioserc import __version__
 from bioserc.analytics.thresholds import Thresholds, add_analytics_args, thresholds_from
 from bioserc.analytics.valence import unmapped
-from bioserc.artifacts import (
-    ArtifactError,
-    default_model_dir,
-    manifest_hash,
-    profile_of,
-    resolve_model_arg,
-    shipped_names,
-)
-from bioserc.bios.backend import GenerationConfig
-from bioserc.bios.backends import KINDS
+from bioserc.artifacts import ArtifactError, default_model_dir, profile_of, resolve_model_arg, shipped_names
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.profiles import PREFILL_OUTPUTS, check_profile
 from bioserc.errors import RecordError
-from bioserc.labels import LABEL_SETS
+from bioserc.flags import add_input_args, at_least, max_file_bytes
 from bioserc.pipelines.analytics import archive_problems, assemble_analytics
-from bioserc.pipelines.bios_pipeline import (
-    SCOPE_REMOVED,
-    BioModelHandler,
-    add_server_args,
-    backend_options,
-    grouping_options,
-    pipeline_options,
-    shows_progress,
-    wait,
-)
-from bioserc.pipelines.classify import PARQUET_SCHEMA, ClassifierModelHandler, EmitResults, model_bio_mode
+from bioserc.pipelines.bio_steps import BioModelHandler
+from bioserc.pipelines.classifier_handler import ClassifierModelHandler, model_bio_mode, model_id
 from bioserc.pipelines.io import FileGroups, ParseFiles, TextLines, output_path
 from bioserc.pipelines.label_steps import (
     AttachBios,
     AttachGeneratedBios,
     Decide,
+    EmitResults,
     Fingerprints,
     NoBios,
     ParseBio,
@@ -116,7 +99,7 @@ from bioserc.pipelines.label_steps import (
     check_bios,
     existing_id,
 )
-from bioserc.pipelines.options import add_renamed, at_least, parse_pipeline_args, pipeline_parser
+from bioserc.pipelines.options import add_bio_llm_args, backend_options, parse_pipeline_args, pipeline_parser
 from bioserc.pipelines.outputs import (
     ANALYTICS,
     CONVERSATIONS,
@@ -126,7 +109,7 @@ from bioserc.pipelines.outputs import (
     OutputError,
     WriteShards,
     Written,
-    assemble,
+    assemble_labels,
     discard,
     keep_failed,
     output_lock,
@@ -135,9 +118,9 @@ from bioserc.pipelines.outputs import (
     remove_leftovers,
     staging_folder,
 )
-from bioserc.pipelines.records import DEAD, BatchedModelHandler, release_dask_outputs
-from bioserc.readers import reader_names
-from bioserc.readers.roles import add_role_args
+from bioserc.pipelines.records import DEAD, BatchedModelHandler
+from bioserc.pipelines.rows import PARQUET_SCHEMA
+from bioserc.pipelines.runner import grouping_options, pipeline_options, release_dask_outputs, shows_progress, wait
 from bioserc.readers.sources import reader_options
 from bioserc.schema import Conversation
 
@@ -156,35 +139,16 @@ def make_parser() -> argparse.ArgumentParser:
     except ArtifactError:  # bioserc.serving_artifacts missing from this install: --model becomes required
         model_default = None
     p = pipeline_parser("bioserc label", __doc__)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs; local or gs://")
+    add_input_args(p, remote=True)
     p.add_argument("-o", "--output", required=True, help="output directory (local or gs://)")
     p.add_argument("--model", default=model_default, required=model_default is None, type=resolve_model_arg,
                    help="classifier artifact folder with manifest.json, local or gs://, or the name of one shipped "
                    f"with bioserc ({shipped_names()}; a local folder of that name wins) (default: the model "
                    "installed with bioserc, serving_artifacts/default; $BIOSERC_DEFAULT_MODEL overrides it)")
-    p.add_argument("--format", default="auto", choices=["auto", *reader_names()],
-                   help="input format; auto detects it per file from its name and first bytes")
-    p.add_argument("--dataset", choices=sorted(LABEL_SETS),
-                   help="label set for BiosERC JSON files not named after their dataset")
-    add_role_args(p)
     g = p.add_argument_group("bios (default: generated here with the embedded SmolLM2, as `bioserc bios` would)")
     g.add_argument("--bios", metavar="FILE", help="bios.jsonl from `bioserc bios` (local or gs://, globs allowed)")
     g.add_argument("--no-bios", action="store_true", help="label without bios (every speaker gets an empty one)")
-    g.add_argument("--bio-backend", default="transformers", choices=KINDS, help="LLM runtime (bios --backend)")
-    g.add_argument("--bio-model", default="smollm2", help="LLM: embedded name, local folder or served name "
-                   "(bios --model)")
-    add_server_args(g, "bio-")
-    g.add_argument("--bio-words", type=at_least(1), default=60, help="word limit asked for (bios --words)")
-    g.add_argument("--bio-max-new-tokens", type=at_least(1), default=96,
-                   help="generation limit per bio (bios --max-new-tokens)")
-    g.add_argument("--bio-batch-size", type=at_least(1), default=32,
-                   help="prompts per LLM generate call (bios --batch-size)")
-    g.add_argument("--bio-threads", type=at_least(0), default=0, metavar="N",
-                   help="CPU threads of the LLM per worker process (default 0: automatic; bios --threads)")
-    g.add_argument("--bio-cache", metavar="DIR",
-                   help="bio cache shared across runs; 'none' disables it (default: OUTPUT/cache; bios --cache)")
-    add_renamed(g, "--bio-scope", SCOPE_REMOVED, removed=True)
-    add_renamed(g, "--bio-mode", SCOPE_REMOVED, removed=True)
+    add_bio_llm_args(g, "bio-")
     g = p.add_argument_group("classifier")
     g.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda[:N]; tensorrt for ONNX")
     g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
@@ -198,15 +162,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="conversations Beam hands to one inference call, for the classifier and the bio LLM")
     g.add_argument("--gpu-accelerator", metavar="HINT", help="Beam accelerator resource hint for the inference "
                    "steps, e.g. 'type:nvidia-l4;count:1;install-nvidia-driver' (default: none)")
-    add_renamed(g, "--batch-size", "use --batch-utterances N (utterances per classifier forward pass); prompts "
-                "per bio generate call are --bio-batch-size")
     g = p.add_argument_group("run")
     g.add_argument("--skip-existing", action="store_true",
                    help="do not relabel conversations already in OUTPUT/utterances.jsonl; merge their rows")
     g.add_argument("--allow-skips", action="store_true",
                    help="exit 0 even if some inputs were dead-lettered (unreadable, duplicated or failed)")
-    g.add_argument("--max-file-mb", type=at_least(0, float), default=256, metavar="MB",
-                   help="size limit per input file after decompression; larger files are dead-lettered")
     g.add_argument("--report-calls", type=at_least(0), default=20, metavar="N",
                    help="calls plotted in report.html besides those listed for review (0: no report)")
     add_analytics_args(p)
@@ -251,13 +211,6 @@ class Outcome:
     where: str  # the output folder, or the failed-run folder that kept this run's files
 
 
-def _model_id(path: str) -> str:
-    if "://" not in path:
-        return manifest_hash(path)
-    with FileSystems.open(FileSystems.join(path, "manifest.json")) as fh:
-        return hashlib.sha256(fh.read()).hexdigest()[:16]
-
-
 def scored_labels(manifest: dict) -> list[str] | None:
     """The label words a scores profile model's vectors hold, in its logit order (the order `bioserc bios --profile
     scores --dataset` writes them); None for the other profiles, whose prompts then list no labels, as `bioserc bios`
@@ -289,10 +242,6 @@ def _bio_source(args: argparse.Namespace, manifest: dict) -> str:
     return "generate"
 
 
-def max_bytes(args: argparse.Namespace) -> int:
-    return int(args.max_file_mb * (1 << 20))
-
-
 def count_inputs(args: argparse.Namespace) -> InputCount | None:
     """The independent count of local inputs (None when any input is remote): progress totals and reconciliation."""
     if any("://" in s for s in args.inputs):
@@ -301,7 +250,7 @@ def count_inputs(args: argparse.Namespace) -> InputCount | None:
 
     count = InputCount()
     try:
-        for item in read_items(args.inputs, args.format, max_bytes(args), **reader_options(args)):
+        for item in read_items(args.inputs, args.format, max_file_bytes(args), **reader_options(args)):
             if isinstance(item, Conversation):  # streamed: an archive is never held in memory just to count it
                 count.utterances += len(item.utterances)
                 count.speakers += len(item.speakers)
@@ -336,7 +285,7 @@ def _bio_requests(convs, args: argparse.Namespace, plan: Plan, hints: dict, prog
 def _prepare(prepare: beam.Pipeline, args: argparse.Namespace, plan: Plan) -> None:
     """The first pipeline: each call's (id, file, digest) from a light read, grouped to decide duplicates and
     --skip-existing, and the --bios file parsed; all written as lookup shards (and dead letters, counts) to staging."""
-    options, limit = reader_options(args), max_bytes(args)
+    options, limit = reader_options(args), max_file_bytes(args)
     seen = (prepare | "KeyFiles" >> FileGroups(args.inputs, args.conversations_per_batch)
             | "ReadKeys" >> beam.ParDo(Fingerprints(args.format, options, limit)))
     if plan.merge:
@@ -371,13 +320,13 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     release_dask_outputs(pipeline.options)  # before either pipeline's graph is built
     # The first pipeline groups ids: on Dask it gets a fixed partition count (see `grouping_options`).
     plan = Plan(beam.Pipeline(options=grouping_options(pipeline.options)), args.output, staging, handler.manifest,
-                _model_id(args.model), bios, merge, expected, thresholds_from(args))
+                model_id(args.model), bios, merge, expected, thresholds_from(args))
     _prepare(plan.prepare, args, plan)
     hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
 
     selected = (pipeline
                 | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
-                | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), max_bytes(args),
+                | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), max_file_bytes(args),
                                                   args.conversations_per_batch, count_utterances=True))
                 | "Select" >> beam.ParDo(SelectConversations(staging)))
     classify = RunInference(BatchedModelHandler(handler))
@@ -419,7 +368,7 @@ def reconcile(c: dict[str, int], written: Written, expected: InputCount | None, 
 
 def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: float) -> Outcome:
     """Assemble the shards, check that every utterance is accounted for, then replace the outputs (or keep them)."""
-    written = assemble(plan.staging, plan.output, PARQUET_SCHEMA, plan.merge)
+    written = assemble_labels(plan.staging, plan.output, PARQUET_SCHEMA, plan.merge)
     analytics = assemble_analytics(plan.staging, plan.thresholds, plan.merge)
     if plan.merge:
         written.conversation_rows = analytics.calls
@@ -459,16 +408,18 @@ def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: f
     return Outcome(totals, written, problems, code, message, plan.output, where)
 
 
-def run(argv: Sequence[str] | None = None, progress: bool = False) -> Outcome:
+def run(argv: Sequence[str] | None = None, progress: bool = False,
+        test_pipeline: beam.Pipeline | None = None) -> Outcome:
     """Lock the output, build and run the pipeline, then finish on the driver; ArtifactError for a bad model,
-    RecordError for a --bios row the model cannot read."""
+    RecordError for a --bios row the model cannot read. `test_pipeline` (a Beam `TestPipeline`) replaces the labeling
+    pipeline the Beam flags would make (the first, light pipeline takes its options)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parse_pipeline_args(make_parser(), argv)
     started = time.time()
     with output_lock(args.output):
         for name in remove_leftovers(args.output):
             logger.warning("removed %s left in %s by an earlier run that did not finish", name, args.output)
-        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
         plan = build(pipeline, args, progress and shows_progress(pipeline))
         try:
             wait(plan.prepare.run())

@@ -1,4 +1,5 @@
-"""The labeling pipeline's small steps before and after the model: de-duplication, --skip-existing, bios, output rows.
+"""The labeling pipeline's small steps before and after the model: de-duplication, --skip-existing, bios, and
+`EmitResults`, which turns the classifier's outcomes into output records (rows: `pipelines.rows`).
 
 No step groups conversations or rows: an in-process runner holds everything that feeds a GroupByKey, so grouping
 whole calls would make memory grow with the archive. De-duplication groups only small fingerprints (id, file,
@@ -6,7 +7,7 @@ digest) in a first, light pipeline, which writes the few ids that need a decisio
 as lookup shards into the staging folder; the labeling pipeline's workers load them once per process. Not Beam side
 inputs: Beam's Dask runner recomputes a side input inside every task that reads it, and an in-process runner cannot
 stream the main read through a step that waits for one.
-Steps take and hand on batches (`pipelines.records.Batch`); each counts what it read and set aside in ledger rows
+Steps take and hand on batches (`pipelines.records.WorkBatch`); each counts what it read and set aside in ledger rows
 that ride with the batch, so the run's totals prove that every input utterance was labelled, dead-lettered or skipped
 as already labelled, on any runner.
 """
@@ -21,13 +22,26 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
+from bioserc.analytics.calls import calls_row, summarise
+from bioserc.analytics.thresholds import Thresholds
 from bioserc.errors import RAW_LIMIT
 from bioserc.jsonio import open_text
 from bioserc.models.collate import Bio, BioKey, row_bio
-from bioserc.pipelines.classify import LabelRequest
+from bioserc.pipelines.analytics import ArchiveCombineFn
+from bioserc.pipelines.classifier_handler import LabelRequest
 from bioserc.pipelines.io import open_raw
-from bioserc.pipelines.outputs import BIO_PAIRS, DECISIONS, shard_rows
-from bioserc.pipelines.records import DEAD, Batch, ledger
+from bioserc.pipelines.outputs import (
+    ARCHIVE_PARTS,
+    BIO_PAIRS,
+    CALLS,
+    CONVERSATIONS,
+    DECISIONS,
+    PARQUET,
+    UTTERANCES,
+    shard_rows,
+)
+from bioserc.pipelines.records import DEAD, WorkBatch, ledger
+from bioserc.pipelines.rows import failed_utterance_rows, parquet_row, utterance_rows
 from bioserc.readers.base import MAX_FILE_BYTES
 from bioserc.readers.sources import read_path
 from bioserc.schema import Conversation
@@ -122,7 +136,7 @@ class SelectConversations(beam.DoFn):
     def start_bundle(self):
         self.kept: set[str] = set()  # ids with a "keep" decision already passed on (copies inside one file)
 
-    def process(self, batch: Batch):
+    def process(self, batch: WorkBatch):
         kept, dead, c = [], [], dict.fromkeys(("utterances_read", "conversations_skipped_existing",
                                      "utterances_skipped_existing", "conversations_duplicated",
                                      "utterances_duplicated"), 0)
@@ -194,8 +208,8 @@ class _Requests(beam.DoFn):
     def __init__(self, bios_expected: bool):
         self.bios_expected = bios_expected
 
-    def requests(self, batch: Batch, convs: list[Conversation], bios: list[Iterable[tuple[str, Bio]]],
-                 *records: tuple[str, Any], **counts: int) -> Batch:
+    def requests(self, batch: WorkBatch, convs: list[Conversation], bios: list[Iterable[tuple[str, Bio]]],
+                 *records: tuple[str, Any], **counts: int) -> WorkBatch:
         """The batch's label requests, with `records` and the step's ledger row (speakers left without a bio,
         `counts`)."""
         out, missing = [], 0
@@ -218,12 +232,12 @@ class AttachBios(_Requests):
     def setup(self):
         self.bios = load_bio_pairs(self.staging)
 
-    def process(self, batch: Batch):
+    def process(self, batch: WorkBatch):
         yield self.requests(batch, batch, [self.bios.get(conv.id, []) for conv in batch])
 
 
 class NoBios(_Requests):
-    def process(self, batch: Batch):
+    def process(self, batch: WorkBatch):
         yield self.requests(batch, batch, [[] for _ in batch])
 
 
@@ -231,7 +245,7 @@ class AttachGeneratedBios(_Requests):
     """(conversation, its bio results) pairs from the bio model -> label requests with each speaker's bio (a vector for
     the scores/latent profiles); failed bios are dead letters."""
 
-    def process(self, batch: Batch):
+    def process(self, batch: WorkBatch):
         c, dead = dict.fromkeys(("bios_generated", "bios_cached", "bios_dead_lettered"), 0), []
         for _, results in batch:
             for r in results:
@@ -244,3 +258,40 @@ class AttachGeneratedBios(_Requests):
         yield self.requests(batch, [conv for conv, _ in batch],
                             [[(r.speaker, r.bio if r.vector is None else r.vector) for r in results if not r.error]
                              for _, results in batch], *dead, **c)
+
+
+class EmitResults(beam.DoFn):
+    """A batch of (request, outcome) -> the records it carries, then utterance rows (JSONL and Parquet), a summary and
+    a calls-table row per labelled conversation, a dead letter per utterance of a failed one, the batch's archive
+    partial (its labelled calls in an `ArchiveCombineFn` accumulator, merged by the driver) and its counts."""
+
+    def __init__(self, thresholds: Thresholds):
+        self.thresholds = thresholds
+        self.archive = ArchiveCombineFn(thresholds)
+
+    def process(self, batch: WorkBatch):
+        yield from batch.records
+        c = dict.fromkeys(("conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_failed"),
+                          0)
+        totals = self.archive.create_accumulator()
+        for _, outcome in batch:
+            conv = outcome.request.conversation
+            if outcome.error is None:
+                rows = utterance_rows(outcome)
+                c["conversations_labeled"] += 1
+                c["utterances_labeled"] += len(rows)
+                for row in rows:
+                    yield UTTERANCES, row
+                    yield PARQUET, parquet_row(row)
+                summary = summarise(rows, self.thresholds)
+                yield CONVERSATIONS, summary
+                yield CALLS, calls_row(summary)
+                totals = self.archive.add_input(totals, summary)
+                continue
+            c["conversations_failed"] += 1
+            c["utterances_failed"] += len(conv.utterances)
+            for row in failed_utterance_rows(outcome):
+                yield DEAD, row
+        if totals.calls:
+            yield ARCHIVE_PARTS, totals.to_dict()
+        yield from ledger("emit", batch.key, **c, utterances_dead_lettered=c["utterances_failed"])

@@ -6,6 +6,10 @@ or `--model` would collide, and positionals (INPUT...) cannot be declared there 
 its own argparse parser, and `parse_pipeline_args` adds every flag Beam's registered options know (as hidden,
 verbatim pass-through flags) before parsing strictly: a typo or an unknown value is a usage error (exit 2) before
 anything is read or written, with a "did you mean" for near misses.
+
+The flag blocks two commands share are defined once here: the bio LLM's (`add_bio_llm_args`: `bioserc bios --X` is
+`bioserc label --bio-X`) with the OpenAI-compatible server's (`add_server_args`), and `backend_options` reads them
+back; the input flags are the core's `bioserc.flags.add_input_args`.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from bioserc.bios.backends import BACKENDS
+from bioserc.flags import at_least, json_object
 
 
 BEAM_ARGS = "_beam_args"  # namespace attribute collecting the pass-through flags while parsing
 PATH_FLAGS = ("inputs", "output", "model", "bios", "cache", "bio_cache")  # attributes whose URI scheme is checked
 INSTALL_HINTS = {"gs": "pip install 'bioserc[gcp]'", "s3": "pip install 'apache-beam[aws]'",
                  "azfs": "pip install 'apache-beam[azure]'"}
+THREADED = ("transformers", "onnx")  # in-process CPU runtimes; a server or TensorRT-LLM picks its own threads
 EPILOG = """\
 Application flags are kebab-case; their snake_case spelling is accepted too (--conversations_per_batch =
 --conversations-per-batch). Every other flag must be a Beam or runner flag (snake_case, as Beam spells them) and
@@ -49,39 +56,6 @@ def pipeline_parser(prog: str, description: str | None) -> argparse.ArgumentPars
     return argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG, formatter_class=HelpFormatter,
                                    allow_abbrev=False,
                                    usage=f"{prog} INPUT... -o DIR [options] [Beam/runner flags]  (see --help)")
-
-
-def add_renamed(parser: argparse.ArgumentParser, old: str, advice: str, removed: bool = False) -> None:
-    """A renamed (or `removed`) flag that stops with `advice` instead of being mistaken for a Beam flag or silently
-    ignored."""
-    parser.add_argument(old, nargs="?", action=_Renamed, advice=advice, removed=removed, dest=argparse.SUPPRESS,
-                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-def at_least(minimum: int | float, kind: type = int) -> Callable[[str], int | float]:
-    """An argparse type: a number no smaller than `minimum` (a zero batch or a negative limit is a usage error)."""
-
-    def number(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        return value
-
-    return number
-
-
-class _Renamed(argparse.Action):
-    """Fails the parse with the new spelling as soon as the old flag is seen."""
-
-    def __init__(self, *args, advice: str, removed: bool, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.advice, self.removed = advice, removed
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} was {'removed' if self.removed else 'renamed'}: {self.advice}")
 
 
 class _BeamFlag(argparse.Action):
@@ -191,12 +165,72 @@ def _flag_name(parser: argparse.ArgumentParser, dest: str) -> str:
     return action.option_strings[-1] if action.option_strings else str(action.metavar or dest)
 
 
-def json_object(text: str) -> dict[str, Any]:
-    """An argparse type: a JSON object, e.g. --extra-body '{"repetition_penalty": 1.1}'."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
+def add_bio_llm_args(g: argparse._ArgumentGroup, prefix: str = "") -> None:
+    """The bio LLM's flags: `bioserc bios` adds --backend, --model, ...; `bioserc label` (prefix "bio-") --bio-backend,
+    --bio-model, ..., each saying which `bioserc bios` flag it is."""
+    flag, see = f"--{prefix}", " (bios --{})" if prefix else ""
+    g.add_argument(flag + "backend", default="transformers", choices=BACKENDS,
+                   help="LLM runtime" + see.format("backend"))
+    g.add_argument(flag + "model", default="smollm2", help="embedded name (smollm2), a local HF/ONNX folder, or the "
+                   "served model name for openai" + see.format("model"))
+    add_server_args(g, prefix)
+    g.add_argument(flag + "words", type=at_least(1), default=60, help="word limit asked for in the prompt"
+                   + see.format("words"))
+    g.add_argument(flag + "max-new-tokens", type=at_least(1), default=96, help="generation limit per bio"
+                   + see.format("max-new-tokens"))
+    g.add_argument(flag + "batch-size", type=at_least(1), default=32, metavar="N",
+                   help="prompts per LLM generate call (32: 5.1x one-at-a-time on MELD, docs/BENCHMARKS.md)"
+                   + see.format("batch-size"))
+    g.add_argument(flag + "threads", type=at_least(0), default=0, metavar="N",
+                   help="CPU threads of the LLM per worker process (default 0: automatic)" + see.format("threads"))
+    g.add_argument(flag + "cache", metavar="DIR", help="bio cache directory shared across runs; 'none' disables it "
+                   "(default: OUTPUT/cache)" + see.format("cache"))
+
+
+def add_server_args(g: argparse._ArgumentGroup, prefix: str = "") -> None:
+    """The openai backend's flags: `bioserc bios` adds --base-url, ...; `bioserc label` --bio-base-url, ..."""
+    flag, see = f"--{prefix}", " (bios --{})" if prefix else ""
+    g.add_argument(flag + "base-url", metavar="URL",
+                   help="OpenAI-compatible server for the openai backend: vLLM, SGLang, trtllm-serve"
+                   + see.format("base-url"))
+    g.add_argument(flag + "endpoint", default="chat", choices=("chat", "completions"),
+                   help="openai: chat (/v1/chat/completions; vLLM, SGLang) or completions (/v1/completions, the "
+                   "prompt rendered here with the --tokenizer folder's chat template; trtllm-serve)"
+                   + see.format("endpoint"))
+    g.add_argument(flag + "tokenizer", metavar="DIR",
+                   help="openai: the served model's local folder, for exact token counts; needed by --endpoint "
+                   "completions" + see.format("tokenizer"))
+    g.add_argument(flag + "max-context", type=at_least(64), default=8192, metavar="N",
+                   help="openai: the served model's context length in tokens" + see.format("max-context"))
+    g.add_argument(flag + "request-timeout", type=at_least(0.1, float), default=300.0, metavar="S",
+                   help="openai: seconds one request may take before it is retried" + see.format("request-timeout"))
+    g.add_argument(flag + "retries", type=at_least(0), default=5, metavar="N",
+                   help="openai: retries of a request after connection errors, timeouts, 429 and 5xx (exponential "
+                   "backoff, Retry-After honoured; other 4xx fail that bio alone)" + see.format("retries"))
+    g.add_argument(flag + "concurrency", type=at_least(1), default=32, metavar="N",
+                   help="openai: requests in flight per worker process" + see.format("concurrency"))
+    g.add_argument(flag + "api-key-env", metavar="VAR",
+                   help="openai: environment variable holding the API key (default: OPENAI_API_KEY when set)"
+                   + see.format("api-key-env"))
+    g.add_argument(flag + "extra-body", type=json_object, metavar="JSON",
+                   help="openai: server-specific fields added to every request, e.g. "
+                   "'{\"repetition_penalty\": 1.1}' for vLLM/SGLang" + see.format("extra-body"))
+
+
+def backend_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """`make_backend`'s options from `bioserc bios` flags, or `bioserc label` ones with prefix "bio_"."""
+    def get(name: str) -> Any:
+        return getattr(args, prefix + name)
+
+    if get("backend") in THREADED:
+        return {"batch_size": get("batch_size"), "threads": get("threads") or None}
+    if get("backend") != "openai":
+        return {"batch_size": get("batch_size")}
+    flag = "--" + prefix.replace("_", "-")
+    if not get("base_url"):
+        raise SystemExit(f"{flag}backend openai needs {flag}base-url (e.g. http://localhost:8000)")
+    if get("endpoint") == "completions" and not get("tokenizer"):
+        raise SystemExit(f"{flag}endpoint completions needs {flag}tokenizer DIR (the served model's local folder)")
+    return {"base_url": get("base_url"), "endpoint": get("endpoint"), "tokenizer_path": get("tokenizer"),
+            "max_context": get("max_context"), "timeout_s": get("request_timeout"), "max_retries": get("retries"),
+            "concurrency": get("concurrency"), "api_key_env": get("api_key_env"), "extra_body": get("extra_body")}

@@ -264,7 +264,7 @@ def _concat_parquet(sources: list[str], target: str, schema: pa.Schema) -> None:
                     writer.write_table(reader.read_row_group(i).cast(schema))
 
 
-def assemble(staging: str, output: str, schema: pa.Schema, merge: bool) -> Written:
+def assemble_labels(staging: str, output: str, schema: pa.Schema, merge: bool) -> Written:
     """Concatenate the shards of each kind into one file in `staging`; with `merge`, the previous output file first.
 
     Counts the utterance rows, summaries and dead-letter rows (and the utterances those hold) it copies from shards,

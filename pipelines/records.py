@@ -5,26 +5,26 @@ runner (Beam 2.77) hands every output of a multi-output ParDo to every consumer,
 `finish_bundle` (so `BatchElements`, and with it RunInference's own batching, loses its last batch), computes only the
 sink applied last, and collects no metrics. Hence:
 
-* each pipeline is one chain of single-output steps ending in one sink: every step takes a `Batch` and hands on a
-  `Batch`, and the records it sets aside for the output files (dead letters, counts) ride along in `Batch.records`
-  until the last step emits them with the rows. No Flatten, no branch: Beam's in-process runner would buffer a
-  Flatten's whole input before its consumer runs, and the Dask runner would skip any branch but the last;
+* each pipeline is one chain of single-output steps ending in one sink: every step takes a `WorkBatch` and hands on
+  a `WorkBatch`, and the records it sets aside for the output files (dead letters, counts) ride along in
+  `WorkBatch.records` until the last step emits them with the rows. No Flatten, no branch: Beam's in-process runner
+  would buffer a Flatten's whole input before its consumer runs, and the Dask runner would skip any branch but the
+  last;
 * batches are cut by the reader from groups of files, never by buffering across elements; RunInference runs on them
   as they are (`BatchedModelHandler`);
 * counts are ledger records (`ledger`), written into the staging folder beside the rows and summed by the driver, so
   reconciliation does not depend on a runner's metrics; the archive summary travels the same way, as one combiner
   accumulator per batch that the driver merges (`pipelines.analytics`), instead of a `CombineGlobally` branch;
 * that runner also keeps every step's outputs of every partition on the workers until the whole run ends (memory
-  grows with the archive): `release_dask_outputs` lets them go when the partition is done.
+  grows with the archive): `pipelines.runner.release_dask_outputs` lets them go when the partition is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 
 DEAD = "dead_letter.jsonl"
@@ -35,7 +35,7 @@ PredictionT = TypeVar("PredictionT")
 ModelT = TypeVar("ModelT")
 
 
-class Batch(list):
+class WorkBatch(list):
     """Items that travel and are inferred together, and the records set aside for them so far: (file name, row) pairs
     bound for the shards. `key` names the batch in ledger rows (unique per step)."""
 
@@ -44,9 +44,9 @@ class Batch(list):
         self.key = key
         self.records = list(records)
 
-    def then(self, items: Iterable[Any], *records: tuple[str, Any]) -> Batch:
+    def then(self, items: Iterable[Any], *records: tuple[str, Any]) -> WorkBatch:
         """The next step's batch: `items`, with this batch's records and `records` added."""
-        return Batch(self.key, items, [*self.records, *records])
+        return WorkBatch(self.key, items, [*self.records, *records])
 
 
 def ledger(step: str, key: str, **counts: int) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -66,8 +66,8 @@ def sum_ledger(rows: Iterable[dict[str, Any]], totals: dict[str, int] | None = N
     return totals
 
 
-class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, PredictionT, ModelT]):
-    """Runs `inner` on each batch as it comes: Batch[example] -> Batch[(example, prediction)], same key.
+class BatchedModelHandler(ModelHandler[WorkBatch, WorkBatch, ModelT], Generic[ExampleT, PredictionT, ModelT]):
+    """Runs `inner` on each batch as it comes: WorkBatch[example] -> WorkBatch[(example, prediction)], same key.
 
     RunInference skips its own batching for this handler (`should_skip_batching`): the element is the batch.
     """
@@ -79,8 +79,8 @@ class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, 
     def load_model(self) -> ModelT:
         return self.inner.load_model()
 
-    def run_inference(self, batch: Batch, model: ModelT,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[Batch]:
+    def run_inference(self, batch: WorkBatch, model: ModelT,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[WorkBatch]:
         predictions = list(self.inner.run_inference(batch, model, inference_args)) if batch else []
         return [batch.then(zip(batch, predictions, strict=True))]
 
@@ -98,39 +98,3 @@ class BatchedModelHandler(ModelHandler[Batch, Batch, ModelT], Generic[ExampleT, 
 
     def model_copies(self) -> int:
         return self.inner.model_copies()
-
-
-_beam_apply_dofn: Callable[..., list] | None = None  # Beam's, where `release_dask_outputs` replaced it
-
-
-def _apply_dofn_and_release(items: Iterable[Any], invoker_args: list, invoker_kwargs: dict, receivers: Any) -> list:
-    """Beam's `apply_dofn_to_bundle` (one DoFn over one Dask partition), then the outputs it collected in `receivers`
-    dropped: the partition's results are what it returns."""
-    apply = _beam_apply_dofn
-    if apply is None:  # a worker process: Beam's function was replaced only where the graph was built
-        from apache_beam.runners.dask.transform_evaluator import apply_dofn_to_bundle as apply
-    try:
-        return apply(items, invoker_args, invoker_kwargs, receivers)
-    finally:
-        receivers.values.clear()
-
-
-def release_dask_outputs(options: PipelineOptions) -> None:
-    """On Beam's Dask runner, let each step's outputs go when its partition is done (other runners: nothing to do).
-
-    Beam 2.77 translates a ParDo into a Dask task whose arguments include a receiver list that collects the step's
-    outputs and is never emptied, and a Dask worker keeps a finished task's arguments (its run spec) until the task is
-    released, which for Beam's graph (one bag, computed to its final concatenation) is when the whole run ends. So a
-    worker held the outputs of every step of every partition it ran: every call it read, as conversations, requests,
-    predictions and rows, several KB a call. This swaps the function the translation puts in the graph (before the
-    graph is built: `pipeline.run()`) for one that empties the list after the partition; the results are the same.
-    Process-wide and idempotent; the workers import the replacement from this module (bioserc is installed there).
-    """
-    global _beam_apply_dofn
-    if not (options.view_as(StandardOptions).runner or "").endswith("DaskRunner"):
-        return
-    from apache_beam.runners.dask import transform_evaluator
-
-    if transform_evaluator.apply_dofn_to_bundle is not _apply_dofn_and_release:
-        _beam_apply_dofn = transform_evaluator.apply_dofn_to_bundle
-        transform_evaluator.apply_dofn_to_bundle = _apply_dofn_and_release

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from bioserc.analytics.thresholds import add_analytics_args, thresholds_from
+from bioserc.flags import at_least
 from bioserc.pipelines.analytics import Analytics, SummarizeError, recompute
 from bioserc.pipelines.io import output_path
-from bioserc.pipelines.options import HelpFormatter, at_least
+from bioserc.pipelines.options import HelpFormatter
 from bioserc.pipelines.outputs import (
     ANALYTICS,
     CONVERSATIONS,

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bioserc.artifacts import ArtifactError, artifact_file, manifest_hash, verify_artifact, write_manifest
+from bioserc.artifacts import ArtifactError, artifact_file, manifest_id, verify_artifact, write_manifest
 
 
 def make_artifact(tmp_path):
@@ -23,7 +23,7 @@ def test_manifest_lists_every_file_with_sha256(tmp_path):
     manifest = make_artifact(tmp_path)
     assert set(manifest["files"]) == {"model.onnx", "tokenizer/vocab.txt"}
     assert verify_artifact(str(tmp_path), "onnx-llm")["labels"] == ["neutral", "joy"]
-    assert len(manifest_hash(str(tmp_path))) == 16
+    assert len(manifest_id(str(tmp_path))) == 16
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_a_reordered_labels_txt_is_refused(tmp_path):
 
 def test_the_pipeline_driver_refuses_an_inconsistent_model_before_reading_input(tmp_path):
     pytest.importorskip("apache_beam")
-    from bioserc.pipelines.classify import check_model
+    from bioserc.pipelines.classifier_handler import check_model
 
     make_classifier(tmp_path / "clf", labels=MELD[::-1])
     with pytest.raises(ArtifactError, match="differ from config.json's"):
@@ -209,15 +209,15 @@ class FakeRemote:
 @pytest.fixture
 def remote(tmp_path, monkeypatch):
     pytest.importorskip("apache_beam")
-    from bioserc.pipelines import classify
+    from bioserc.pipelines import classifier_handler
 
-    monkeypatch.setattr(classify, "FileSystems", FakeRemote(tmp_path / "bucket"))
+    monkeypatch.setattr(classifier_handler, "FileSystems", FakeRemote(tmp_path / "bucket"))
     (tmp_path / "bucket").mkdir()
     return tmp_path / "bucket"
 
 
 def test_remote_models_get_the_same_consistency_check(remote):
-    from bioserc.pipelines.classify import check_model
+    from bioserc.pipelines.classifier_handler import check_model
 
     make_classifier(remote / "good")
     assert check_model("fake://good")["labels"] == MELD
@@ -232,11 +232,11 @@ def test_remote_models_get_the_same_consistency_check(remote):
 
 
 def test_a_remote_manifest_cannot_make_workers_write_outside_their_copy(remote, tmp_path):
-    from bioserc.pipelines.classify import check_model, fetch_artifact
+    from bioserc.pipelines.classifier_handler import check_model, fetch_model
 
     make_classifier(remote / "model")
     edit_manifest(remote / "model", lambda m: m["files"].update({"../../escaped.txt": m["files"]["head.onnx"]}))
-    for step in (check_model, lambda path: fetch_artifact(path, str(tmp_path / "cache"))):
+    for step in (check_model, lambda path: fetch_model(path, str(tmp_path / "cache"))):
         with pytest.raises(ArtifactError, match="files names '../../escaped.txt'"):
             step("fake://model")
     assert not list(tmp_path.rglob("escaped.txt"))

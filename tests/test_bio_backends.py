@@ -19,8 +19,8 @@ from tiny_llm import TEXTS, tiny_llama
 
 import bioserc.bios
 from bioserc.artifacts import ArtifactError, write_manifest
-from bioserc.bios.backend import GenerationConfig
-from bioserc.bios.backends import KINDS, make_backend
+from bioserc.bios.backends import BACKENDS, make_backend
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.cache import model_fingerprint
 from bioserc.bios.chat import render_chat
 from bioserc.bios.http_backend import OpenAICompatibleBackend
@@ -133,7 +133,8 @@ def test_ort_backend_never_asks_for_tensorrt(plain_export):
 
 def pipeline_options(kind: str, *flags: str) -> dict[str, Any]:
     """What `bioserc bios` hands `make_backend` (`bioserc label --bio-*` goes through the same `backend_options`)."""
-    from bioserc.pipelines.bios_pipeline import backend_options, make_parser
+    from bioserc.pipelines.bios_pipeline import make_parser
+    from bioserc.pipelines.options import backend_options
 
     return backend_options(make_parser().parse_args(["calls.jsonl", "-o", "out", "--backend", kind,
                                                      "--batch-size", "3", *flags]))
@@ -186,7 +187,7 @@ def test_ort_scores_profile_matches_pytorch_and_has_no_latent(plain_export, one_
         BioExtractor(make_backend("onnx", str(onnx_dir)), profile="latent")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", BACKENDS)
 def test_every_backend_kind_takes_the_pipelines_options(kind, plain_export, monkeypatch, one_thread):
     """Each kind either builds from exactly what the pipelines pass, or fails with a message that says what to do;
     tensorrt-llm cannot be installed here, so its kind must reach that message (not a TypeError on an option)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bioserc.artifacts import write_manifest
-from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend
+from bioserc.bios.base import Generation, GenerationConfig, LLMBackend
 from bioserc.bios.cache import BioCache, bio_key, model_fingerprint
 from bioserc.bios.extract import BioExtractor, paper_bios
 from bioserc.bios.postprocess import clean_bio, degenerate_reason

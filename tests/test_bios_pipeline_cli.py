@@ -10,7 +10,8 @@ from test_bios import ScriptedBackend, conv
 from bioserc import cli
 from bioserc.jsonio import read_jsonl
 from bioserc.pipelines import label_pipeline
-from bioserc.pipelines.bios_pipeline import backend_options, make_parser
+from bioserc.pipelines.bios_pipeline import make_parser
+from bioserc.pipelines.options import backend_options
 from bioserc.pipelines.outputs import output_lock
 
 

@@ -231,8 +231,7 @@ def test_convert_azure_with_silence_exits_0_and_maps_channels(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--role-map", "1=agent,2=customer"], "use --speaker-roles for diarized speaker ids and --channel-roles"),
-    (["--role-map=0=agent"], "--role-map was removed"),
+    (["--role-map", "1=agent,2=customer"], "unrecognized arguments: --role-map"),
     (["--speaker-roles", "1=agent,2=boss"], "argument --speaker-roles: bad pair '2=boss'"),
     (["--channel-roles", "0agent"], "argument --channel-roles: bad pair '0agent'"),
 ])

@@ -89,22 +89,15 @@ def test_prefixes_and_misspelt_beam_flags_are_refused(capsys, tmp_path, argv, wa
     assert not (tmp_path / "out").exists()
 
 
-def test_renamed_flags_point_to_their_new_name(capsys, tmp_path):
-    err = usage_error(capsys, ["label", str(CALLS), "-o", str(tmp_path / "out"), "--batch-size", "8"])
-    assert "--batch-size was renamed: use --batch-utterances" in err
-
-
 @pytest.mark.parametrize("command, argv", [
     ("bios", ["--scope", "per-conversation"]), ("bios", ["--mode", "per-speaker"]),
     ("label", ["--bio-scope", "per-conversation"]), ("label", ["--bio_scope=per-conversation"]),
-    ("label", ["--bio-mode", "per-speaker"]),
+    ("label", ["--bio-mode", "per-speaker"]), ("label", ["--batch-size", "8"]),
 ])
-def test_removed_scope_flags_say_why(capsys, tmp_path, command, argv):
-    """One prompt per conversation lost to per-speaker prompts sharing the transcript's prefill, so it is gone."""
+def test_flags_removed_before_0_1_0_are_unknown(capsys, tmp_path, command, argv):
+    """--scope/--mode (one prompt per conversation) and label's --batch-size (now --batch-utterances) are gone."""
     err = usage_error(capsys, [command, str(CALLS), "-o", str(tmp_path / "out"), *argv])
-    flag = argv[0].partition("=")[0].replace("_", "-")
-    assert flag in err and "removed: every speaker gets its own prompt" in err
-    assert "faster than one prompt per conversation was (see docs/BENCHMARKS.md)" in err
+    assert "unrecognized argument" in err and argv[0].partition("=")[0] in err
     assert not (tmp_path / "out").exists()
 
 
@@ -155,7 +148,7 @@ def test_one_meaning_per_name_and_shared_defaults():
     assert label.conversations_per_batch == bios.conversations_per_batch == 16
     assert label.bio_batch_size == bios.batch_size  # prompts per generate call; label's --bio-X is bios' --X
     assert (label.batch_utterances, label.threads, label.max_file_mb) == (256, 0, 256)
-    removed = ("bio_mode", "bio_scope", "mode", "scope")  # test_removed_scope_flags_say_why
+    removed = ("bio_mode", "bio_scope", "mode", "scope")  # test_flags_removed_before_0_1_0_are_unknown
     assert not any(hasattr(args, name) for args in (label, bios) for name in removed)
     assert not hasattr(label, "batch_size")
 

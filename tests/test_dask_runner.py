@@ -20,7 +20,7 @@ from test_label_pipeline import make_artifact
 from tiny_llm import tiny_llama
 
 from bioserc.jsonio import read_jsonl
-from bioserc.pipelines import bios_pipeline, label_pipeline
+from bioserc.pipelines import bios_pipeline, label_pipeline, runner
 from bioserc.pipelines.options import parse_pipeline_args
 from bioserc.readers import read_items
 from bioserc.schema import Conversation
@@ -147,10 +147,10 @@ def test_a_row_lost_on_the_way_from_the_workers_is_caught(cluster, tmp_path):
     out = tmp_path / "out"
     argv = [str(DEMO), "-o", str(out), "--model", DEFAULT_MODEL, "--report-calls", "0", *on_dask(cluster)]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
-    pipeline = beam.Pipeline(options=label_pipeline.pipeline_options(beam_args))
+    pipeline = beam.Pipeline(options=runner.pipeline_options(beam_args))
     plan = label_pipeline.build(pipeline, args)
-    bios_pipeline.wait(plan.prepare.run())
-    bios_pipeline.wait(pipeline.run())
+    runner.wait(plan.prepare.run())
+    runner.wait(pipeline.run())
     shard = sorted(Path(plan.staging).glob("utterances-*"))[0]
     lines = shard.read_text().splitlines(keepends=True)
     shard.write_text("".join(lines[1:]))
@@ -177,9 +177,9 @@ def test_workers_keep_no_step_outputs_of_finished_partitions(cluster, tmp_path):
     argv = [str(DEMO), "-o", str(tmp_path / "out"), "--model", DEFAULT_MODEL, "--no-bios", "--report-calls", "0",
             "--conversations-per-batch", "1", *on_dask(cluster)]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
-    pipeline = beam.Pipeline(options=label_pipeline.pipeline_options(beam_args))
+    pipeline = beam.Pipeline(options=runner.pipeline_options(beam_args))
     plan = label_pipeline.build(pipeline, args)
-    bios_pipeline.wait(plan.prepare.run())
+    runner.wait(plan.prepare.run())
     result = pipeline.run()
     try:
         result.wait_until_finish()
@@ -223,7 +223,7 @@ def test_the_grouping_pipeline_has_the_same_graph_for_any_archive_size(cluster, 
             argv = [str(folder), "-o", str(tmp_path / f"out-{files}"), "--model", DEFAULT_MODEL, "--no-bios",
                     "--conversations-per-batch", "1", *on_dask(cluster)]
             args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
-            pipeline = beam.Pipeline(options=label_pipeline.pipeline_options(beam_args))
+            pipeline = beam.Pipeline(options=runner.pipeline_options(beam_args))
             plan = label_pipeline.build(pipeline, args)
             tasks[files] = dask_tasks(plan.prepare), dask_tasks(pipeline)
     assert tasks[1024][0] == tasks[256][0]

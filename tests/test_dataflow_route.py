@@ -20,7 +20,7 @@ import pytest
 from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from bioserc.pipelines import label_pipeline
+from bioserc.pipelines import label_pipeline, runner
 from bioserc.pipelines.options import parse_pipeline_args
 
 
@@ -80,7 +80,8 @@ def test_the_wheel_carries_the_pipelines_the_default_model_and_the_extras(wheel)
     default = "bioserc/serving_artifacts/default/"
     assert {default + "manifest.json", *(default + rel for rel in listed)} <= names
     assert {f"bioserc/pipelines/{m}.py" for m in ("label_pipeline", "bios_pipeline", "records", "io", "outputs",
-                                                  "label_steps", "classify")} <= names
+                                                  "label_steps", "classifier_handler", "rows", "runner",
+                                                  "bio_steps")} <= names
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
     assert {"gcp", "dask"} <= extras
 
@@ -97,7 +98,7 @@ def test_a_dataflow_job_stages_the_wheel_or_names_the_image(wheel, tmp_path):
     argv = [str(DEMO), "-o", str(tmp_path / "out"), "--no-bios", *DATAFLOW, "--extra_package", str(wheel),
             "--sdk_container_image", IMAGE]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
-    options = label_pipeline.pipeline_options(beam_args)
+    options = runner.pipeline_options(beam_args)
     pipeline = beam.Pipeline(options=options)
     assert type(pipeline.runner).__name__ == "DataflowRunner"
     plan = label_pipeline.build(pipeline, args)
@@ -124,7 +125,7 @@ def test_a_remote_model_is_checked_on_the_driver_and_fetched_only_by_the_workers
 
     from apache_beam.internal import pickler
 
-    from bioserc.pipelines.classify import ClassifierModelHandler
+    from bioserc.pipelines.classifier_handler import ClassifierModelHandler, model_id
 
     remote = RecordingRemote.PREFIX + str(DEFAULT_MODEL)
     manifest = json.loads((DEFAULT_MODEL / "manifest.json").read_text())
@@ -132,10 +133,10 @@ def test_a_remote_model_is_checked_on_the_driver_and_fetched_only_by_the_workers
     RecordingRemote.opened.clear()
     argv = [str(DEMO), "-o", str(tmp_path / "out"), "--model", remote, *DATAFLOW]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
-    plan = label_pipeline.build(beam.Pipeline(options=label_pipeline.pipeline_options(beam_args)), args)
+    plan = label_pipeline.build(beam.Pipeline(options=runner.pipeline_options(beam_args)), args)
     on_driver = set(RecordingRemote.opened)
     assert "manifest.json" in on_driver and not on_driver & weights
-    assert plan.model_id == label_pipeline._model_id(remote)
+    assert plan.model_id == model_id(remote)
 
     handler = ClassifierModelHandler(remote, "cpu")
     shipped = pickler.dumps(handler)

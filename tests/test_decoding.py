@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from tiny_llm import TEXTS, tiny_llama
 
-from bioserc.bios.backend import GenerationConfig
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.chat import render_chat
 from bioserc.bios.transformers_backend import TransformersBackend
 from bioserc.models.grouped_attention import register

@@ -19,7 +19,7 @@ import pytest
 import torch
 from tiny_llm import CHAT_TEMPLATE, tiny_llama
 
-from bioserc.artifacts import ArtifactError, manifest_hash, verify_artifact, write_manifest
+from bioserc.artifacts import ArtifactError, manifest_id, verify_artifact, write_manifest
 from bioserc.models import BiosercBert, BiosercBertConfig, Collator, predict
 from bioserc.models.classifier import load_classifier
 from bioserc.schema import Conversation, Utterance
@@ -125,7 +125,7 @@ def test_fp32_export_matches_pytorch_and_writes_a_manifest(exported):
         manifest["files"])
     assert manifest["precision"] == "fp32" and manifest["opset"] == 17 and manifest["labels"] == MELD
     assert manifest["bio_mode"] == "mlp" and manifest["window"] == 2 and manifest["label_set"] == "meld"
-    assert manifest["source_checkpoint"] == manifest_hash(exported["source"])
+    assert manifest["source_checkpoint"] == manifest_id(exported["source"])
     assert manifest["metrics"] == {"dev_weighted_f1": 0.5}
     assert set(manifest["versions"]) >= {"torch", "onnxruntime", "onnx", "transformers"}
     assert max(manifest["parity"].values()) <= 1e-4
@@ -150,7 +150,7 @@ def test_onnx_predictions_equal_pytorch_predictions(exported):
         (p.conversation_id, p.index, p.label) for p in expected]
     assert np.allclose([p.probs for p in got], [p.probs for p in expected], atol=1e-5)
     assert type(clf).__name__ == "OnnxClassifier" and clf.providers == ["CPUExecutionProvider"]
-    assert clf.labels == MELD and clf.bio_mode == "mlp" and clf.model_id == manifest_hash(exported["fp32"])
+    assert clf.labels == MELD and clf.bio_mode == "mlp" and clf.model_id == manifest_id(exported["fp32"])
     fixed = type(clf)(exported["fp32"], provider="cpu", threads=1, pad_to_max=True).predict(convs, bios, 2)
     assert np.allclose([p.probs for p in fixed], [p.probs for p in expected], atol=1e-5)
 
@@ -331,7 +331,7 @@ def test_onnx_llm_export_generates_like_pytorch(merged, tmp_path):
     manifest = export_llm(merged, str(out))
     assert verify_artifact(str(out), "onnx-llm") == manifest
     assert manifest["prompt_version"] == "erc-llm-v1" and manifest["labels"] == MELD
-    assert manifest["source_checkpoint"] == manifest_hash(merged) and manifest["max_context"] == 2048
+    assert manifest["source_checkpoint"] == manifest_id(merged) and manifest["max_context"] == 2048
     assert "model.onnx" in manifest["files"] and isinstance(manifest["opset"], int)
 
     tokenizer = AutoTokenizer.from_pretrained(out)

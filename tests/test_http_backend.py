@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tiny_llm import tiny_tokenizer
 
-from bioserc.bios.backend import GenerationConfig
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.chat import render_chat
 from bioserc.bios.extract import BioExtractor
 from bioserc.bios.http_backend import OpenAICompatibleBackend

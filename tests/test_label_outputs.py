@@ -154,14 +154,14 @@ def test_lost_utterances_are_an_error_not_a_smaller_output(good_run, monkeypatch
 
 
 def test_threads_reach_the_model(tmp_path, monkeypatch):
-    from bioserc.pipelines import classify
+    from bioserc.pipelines import classifier_handler
 
-    seen, real = [], classify.load_classifier
+    seen, real = [], classifier_handler.load_classifier
 
     def spy(path, device="cpu", threads=None):
         seen.append(threads)
         return real(path, device, threads)
 
-    monkeypatch.setattr(classify, "load_classifier", spy)
+    monkeypatch.setattr(classifier_handler, "load_classifier", spy)
     assert label([DEMO / "tca-billing-overcharge-2211.json"], tmp_path / "out", "--threads", "1") == 0
     assert seen == [1]

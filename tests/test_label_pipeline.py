@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from bioserc.artifacts import write_manifest
-from bioserc.bios.backend import Generation, LLMBackend
+from bioserc.bios.base import Generation, LLMBackend
 from bioserc.jsonio import read_jsonl
 from bioserc.labels import LABEL_SETS
 from bioserc.readers import read_items
@@ -98,9 +98,9 @@ def setup(tmp_path_factory) -> dict:
 
 def faulty(monkeypatch, conversation_id: str) -> None:
     """Wrap the loaded classifier so that predict raises whenever a batch holds `conversation_id`."""
-    from bioserc.pipelines import classify
+    from bioserc.pipelines import classifier_handler
 
-    real = classify.load_classifier
+    real = classifier_handler.load_classifier
 
     class Faulty:
         def __init__(self, inner):
@@ -111,7 +111,7 @@ def faulty(monkeypatch, conversation_id: str) -> None:
                 raise RuntimeError(f"simulated fault on {conversation_id}")
             return self.inner.predict(conversations, bios, **kwargs)
 
-    monkeypatch.setattr(classify, "load_classifier",
+    monkeypatch.setattr(classifier_handler, "load_classifier",
                         lambda path, device="cpu", threads=None: Faulty(real(path, device, threads)))
 
 
@@ -164,7 +164,7 @@ def test_every_utterance_is_labelled_or_dead_lettered_exactly_once(setup, first_
 
 
 def test_a_failing_conversation_in_a_batch_costs_only_itself(setup, monkeypatch):
-    from bioserc.pipelines.classify import ClassifierModelHandler, LabelRequest
+    from bioserc.pipelines.classifier_handler import ClassifierModelHandler, LabelRequest
 
     faulty(monkeypatch, FAULTY)
     wanted = (FAULTY, "tca-happy-renewal-7302", "ccai-moving-house-6631")
@@ -343,12 +343,12 @@ def test_missing_or_tampered_artifact_fails_before_any_work(setup, tmp_path):
 
 
 def test_remote_artifacts_are_copied_once_and_verify(setup, tmp_path):
-    """`fetch_artifact` is what workers run for --model gs://...; Beam's filesystems read local paths the same way."""
+    """`fetch_model` is what workers run for --model gs://...; Beam's filesystems read local paths the same way."""
     from bioserc.models.classifier import load_classifier
-    from bioserc.pipelines.classify import check_model, fetch_artifact
+    from bioserc.pipelines.classifier_handler import check_model, fetch_model
 
-    first = fetch_artifact(setup["model"], str(tmp_path))
-    assert fetch_artifact(setup["model"], str(tmp_path)) == first and len(list(tmp_path.iterdir())) == 1
+    first = fetch_model(setup["model"], str(tmp_path))
+    assert fetch_model(setup["model"], str(tmp_path)) == first and len(list(tmp_path.iterdir())) == 1
     assert check_model(first)["kind"] == "pytorch-classifier" and load_classifier(first).labels == MELD
 
 
@@ -389,14 +389,14 @@ def test_bios_generated_in_the_pipeline(setup, tmp_path, monkeypatch):
 def test_dataflow_pipeline_constructs_with_gpu_hints_on_inference_only(setup):
     import apache_beam as beam
 
-    from bioserc.pipelines import label_pipeline
+    from bioserc.pipelines import label_pipeline, runner
 
     hint = "type:nvidia-l4;count:1;install-nvidia-driver"
     argv = [str(DEMO), "gs://bioserc-demo/calls/*.json", "-o", "gs://bioserc-demo/labels", "--model", setup["model"],
             "--gpu-accelerator", hint, "--runner", "DataflowRunner", "--project", "bioserc-demo", "--region",
             "europe-west1", "--temp_location", "gs://bioserc-demo/tmp"]
     args, beam_args = label_pipeline.make_parser().parse_known_args(argv)
-    pipeline = beam.Pipeline(options=label_pipeline.pipeline_options(beam_args))
+    pipeline = beam.Pipeline(options=runner.pipeline_options(beam_args))
     assert type(pipeline.runner).__name__ == "DataflowRunner"
     plan = label_pipeline.build(pipeline, args)
     assert plan.bios == "generate" and plan.staging.startswith("gs://bioserc-demo/labels/.staging-")
@@ -420,5 +420,5 @@ def test_wheel_builds_and_ships_the_pipelines(tmp_path):
 
     (wheel,) = tmp_path.glob("bioserc-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"bioserc/pipelines/label_pipeline.py", "bioserc/pipelines/classify.py", "bioserc/pipelines/report.py",
-            "bioserc/models/classifier.py"} <= names
+    assert {"bioserc/pipelines/label_pipeline.py", "bioserc/pipelines/classifier_handler.py",
+            "bioserc/pipelines/report.py", "bioserc/models/classifier.py"} <= names

@@ -16,7 +16,7 @@ import pytest
 import torch
 from tiny_llm import tiny_llama
 
-from bioserc.artifacts import ArtifactError, manifest_hash, read_manifest, verify_artifact, write_manifest
+from bioserc.artifacts import ArtifactError, manifest_id, read_manifest, verify_artifact, write_manifest
 from bioserc.export.cli import main as export_main
 from bioserc.export.onnx_llm import PARITY_TOLERANCE, export_llm
 from bioserc.labels import LABEL_SETS
@@ -72,7 +72,7 @@ def test_export_carries_the_classifier_and_records_its_parity(merged, exported):
     source = read_manifest(merged)
     for field in ("labels", "label_set", "prompt_version", "prompt", "chat_template", "step"):
         assert manifest[field] == source[field], field
-    assert manifest["bio_mode"] == "prompt" and manifest["source_checkpoint"] == manifest_hash(merged)
+    assert manifest["bio_mode"] == "prompt" and manifest["source_checkpoint"] == manifest_id(merged)
     parity = manifest["parity"]
     assert parity["checked"] and parity["tolerance"] == PARITY_TOLERANCE == 1e-3
     assert 0 <= parity["max_abs_diff"] <= 1e-4 and (parity["prompts"], parity["answers"]) == (4, 7)
@@ -83,7 +83,7 @@ def test_onnx_runtime_scores_labels_like_pytorch(merged, exported):
 
     reference = load_classifier(merged)
     onnx = load_classifier(exported, threads=1, scoring="mean")
-    assert isinstance(onnx, OnnxLlmClassifier) and onnx.model_id == manifest_hash(exported)
+    assert isinstance(onnx, OnnxLlmClassifier) and onnx.model_id == manifest_id(exported)
     assert (onnx.labels, onnx.bio_mode, onnx.scoring) == (MELD, "prompt", "mean")
     assert onnx.encoder.answers == reference.encoder.answers
     assert len(set(map(len, onnx.encoder.answers))) > 1  # answers of different lengths: right padding is exercised

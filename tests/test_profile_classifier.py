@@ -197,7 +197,7 @@ def test_the_manifest_states_the_profile_and_must_agree_with_the_config(data, tm
     """Pipelines plan the speaker inputs (bio text or vectors) from the manifest, the model computes with config.json:
     they must agree. `bioserc label` takes a profile model (tests/test_profile_pipeline.py feeds it)."""
     from bioserc.artifacts import ArtifactError, read_manifest, verify_artifact, write_manifest
-    from bioserc.pipelines.classify import check_model
+    from bioserc.pipelines.classifier_handler import check_model
 
     best = tmp_path / "best"
     save_best(str(best), make_model(data), {"weighted_f1": 0.5}, step=1)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from tiny_llm import tiny_llama
 
-from bioserc.bios.backend import GenerationConfig
 from bioserc.bios.backends import make_backend
+from bioserc.bios.base import GenerationConfig
 from bioserc.bios.cache import BioCache, bio_key
 from bioserc.bios.chat import render_chat
 from bioserc.bios.extract import BioExtractor, paper_bios

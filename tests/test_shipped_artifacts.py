@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bioserc import artifacts
-from bioserc.artifacts import DEFAULT_MODEL_ENV, manifest_hash, read_manifest, resolve_model_arg, shipped_models
+from bioserc.artifacts import DEFAULT_MODEL_ENV, manifest_id, read_manifest, resolve_model_arg, shipped_models
 from bioserc.cli import main
 from bioserc.readers import read_conversations
 
@@ -92,12 +92,12 @@ def test_label_with_a_shipped_name_uses_that_folder(shipped, tmp_path):
     rows = [json.loads(line) for line in (out / "utterances.jsonl").read_text().splitlines()]
     assert len(rows) == sum(len(c.utterances) for c in read_conversations(str(CALLS)))
     labels = read_manifest(str(shipped / "other"))["labels"]
-    assert {r["model_id"] for r in rows} == {manifest_hash(str(shipped / "other"))} != {manifest_hash(str(DEFAULT))}
+    assert {r["model_id"] for r in rows} == {manifest_id(str(shipped / "other"))} != {manifest_id(str(DEFAULT))}
     assert all(r["label"] in labels for r in rows)
 
 
 def test_an_unknown_name_fails_as_a_missing_folder(shipped, tmp_path, capsys):
-    from bioserc.pipelines.classify import missing_model_help
+    from bioserc.artifacts import missing_model_help
 
     assert main(["label", str(CALLS), "-o", str(tmp_path / "out"), "--model", "nosuch"]) == 2
     assert f"error: {missing_model_help('nosuch')}" in capsys.readouterr().err

@@ -103,7 +103,8 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
         ArtifactError: the folder, its manifest or a file it lists is missing, malformed or altered.
         ValueError / OSError: unreadable or unlabelled data, or options that do not fit the model.
     """
-    from bioserc.models.llm_scoring import LLM_KINDS, MODES, SCORINGS
+    from bioserc.artifacts import LLM_KINDS
+    from bioserc.models.llm_scoring import MODES, SCORINGS
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bioserc.artifacts import manifest_hash, verify_artifact, write_manifest
+from bioserc.artifacts import manifest_id, verify_artifact, write_manifest
 from bioserc.embedded import resolve_model
 from bioserc.fsutil import replace_dir
 from bioserc.training.checkpoint import DEV_REPORT
@@ -53,7 +53,7 @@ def merge(base: str | None, adapter: str, out: str, dtype: str = DTYPES[0]) -> d
             "step")
     fields = {k: manifest[k] for k in keep if k in manifest}
     new = write_manifest(tmp, "hf-llm", **fields, base_model=base, dtype=dtype,
-                         source_adapter={"path": os.path.abspath(adapter), "manifest_hash": manifest_hash(adapter)})
+                         source_adapter={"path": os.path.abspath(adapter), "manifest_hash": manifest_id(adapter)})
     replace_dir(tmp, out)
     return new
 

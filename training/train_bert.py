@@ -46,7 +46,7 @@ from bioserc.models import (
     missing_bios,
     predict,
 )
-from bioserc.models.bioserc_bert import PROFILES
+from bioserc.models.bioserc_bert import HEAD_PROFILES
 from bioserc.models.collate import IGNORE, Bio, BioKey
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
@@ -126,8 +126,8 @@ class TrainBertConfig:
         config_files.normalize_fields(self, LIST_FIELDS)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
-        if self.profile not in PROFILES:
-            raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        if self.profile not in HEAD_PROFILES:
+            raise ValueError(f"profile must be one of {HEAD_PROFILES}, got {self.profile!r}")
         if self.teachers and not 0.0 < self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in (0, 1] with teachers, got {self.distill_weight}")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bioserc.bios.backend import LLMBackend
+from bioserc.bios.base import LLMBackend
 
 
-KINDS = ("transformers", "onnx", "openai", "trtllm")
+BACKENDS = ("transformers", "onnx", "openai", "trtllm")
 
 
 def make_backend(kind: str, model: str, **options: Any) -> LLMBackend:
@@ -21,8 +21,8 @@ def make_backend(kind: str, model: str, **options: Any) -> LLMBackend:
     `options` go to the backend's constructor unchanged. Every local kind takes `batch_size` (what the pipelines
     pass); openai takes `base_url` plus its request options (`OpenAICompatibleBackend`).
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown backend {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}; valid kinds: {', '.join(BACKENDS)}")
     if kind == "openai":
         if "base_url" not in options:
             raise ValueError("the openai backend needs base_url, e.g. http://localhost:8000")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bioserc.bios.backend import Messages
+from bioserc.bios.base import Messages
 
 
 def render_chat(tokenizer: Any, messages: Messages) -> str:

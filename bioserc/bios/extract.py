@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bioserc.bios.backend import GenerationConfig, LLMBackend
+from bioserc.bios.base import GenerationConfig, LLMBackend
 from bioserc.bios.cache import BioCache, bio_key
 from bioserc.bios.postprocess import clean_bio, degenerate_reason
 from bioserc.bios.profiles import (

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from bioserc.bios.backend import Generation, GenerationConfig, LastState, LLMBackend, Messages
+from bioserc.bios.base import Generation, GenerationConfig, LastState, LLMBackend, Messages
 from bioserc.bios.chat import render_chat
 from bioserc.bios.prefix import PrefixGroup, pack_groups, prefix_groups, split_groups
 

@@ -36,7 +36,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend, Messages
+from bioserc.bios.base import Generation, GenerationConfig, LLMBackend, Messages
 from bioserc.bios.cache import model_fingerprint
 from bioserc.bios.chat import render_chat
 

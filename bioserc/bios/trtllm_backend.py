@@ -20,7 +20,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-from bioserc.bios.backend import Generation, GenerationConfig, LLMBackend, Messages
+from bioserc.bios.base import Generation, GenerationConfig, LLMBackend, Messages
 from bioserc.bios.chat import render_chat
 
 

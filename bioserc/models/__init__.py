@@ -4,13 +4,13 @@ Importing this package registers `BiosercBert` with transformers' `AutoConfig` /
 "bioserc-bert"), so `AutoModel.from_pretrained(folder)` loads a saved classifier without remote code.
 """
 
-from bioserc.models.bioserc_bert import BIO_MODES, BiosercBert, BiosercBertConfig
+from bioserc.models.bioserc_bert import HEAD_BIO_MODES, BiosercBert, BiosercBertConfig
 from bioserc.models.collate import Batch, Collator, length_sorted_batches, load_bios, missing_bios
 from bioserc.models.predict import Prediction, predict
 
 
 __all__ = [
-    "BIO_MODES",
+    "HEAD_BIO_MODES",
     "Batch",
     "BiosercBert",
     "BiosercBertConfig",

@@ -35,8 +35,8 @@ from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.labels import get_label_set
 
 
-BIO_MODES = ("mlp", "attn", "none")
-PROFILES = ("text", *VECTOR_PROFILES)  # what the bio head reads; "text" also covers emotion bios (text too)
+HEAD_BIO_MODES = ("mlp", "attn", "none")
+HEAD_PROFILES = ("text", *VECTOR_PROFILES)  # what the bio head reads; "text" also covers emotion bios (text too)
 CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE = "config.json", "model.safetensors", "labels.txt"
 MODEL_TYPE = "bioserc-bert"
 
@@ -77,10 +77,10 @@ class BiosercBertConfig(PretrainedConfig):
                  ctx_dropout: float = 0.1, max_length: int = 256, bio_max_length: int = 128, freeze_layers: int = 0,
                  encode_chunk: int = 256, encoder_config: PretrainedConfig | dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
-        if bio_mode not in BIO_MODES:
-            raise ValueError(f"bio_mode must be one of {BIO_MODES}, got {bio_mode!r}")
-        if profile not in PROFILES:
-            raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        if bio_mode not in HEAD_BIO_MODES:
+            raise ValueError(f"bio_mode must be one of {HEAD_BIO_MODES}, got {bio_mode!r}")
+        if profile not in HEAD_PROFILES:
+            raise ValueError(f"profile must be one of {HEAD_PROFILES}, got {profile!r}")
         if profile in VECTOR_PROFILES and bio_mode != "none" and profile_dim < 1:
             raise ValueError(f"profile {profile} needs profile_dim, the size of its vectors, got {profile_dim}")
         if encode_chunk < 1:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from bioserc.artifacts import CLASSIFIER_KINDS, artifact_file, manifest_hash, verify_artifact
+from bioserc.artifacts import CLASSIFIER_KINDS, LABEL_KINDS, artifact_file, manifest_id, verify_artifact
 from bioserc.devices import resolve_device
 from bioserc.models.collate import Bio, BioKey
-from bioserc.models.llm_scoring import LLM_KINDS, TORCH_LLM_KINDS, LlmClassifier
+from bioserc.models.llm_scoring import TORCH_LLM_KINDS, LlmClassifier
 from bioserc.models.predict import Prediction
 from bioserc.schema import Conversation
 
@@ -41,7 +41,7 @@ class TorchClassifier:
         self.model = BiosercBert.from_pretrained(directory, device=device)
         self.labels = list(self.model.config.labels)
         self.bio_mode = self.model.config.bio_mode
-        self.model_id = manifest_hash(directory)
+        self.model_id = manifest_id(directory)
 
     def predict(self, conversations, bios=None, batch_size=8, progress=False, max_utterances=None) -> list[Prediction]:
         from bioserc.models.predict import predict
@@ -63,7 +63,7 @@ def load_classifier(directory: str, device: str = "cpu", threads: int | None = N
     """
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1 (or None for automatic), got {threads}")
-    manifest = verify_artifact(directory, (*CLASSIFIER_KINDS, *LLM_KINDS))
+    manifest = verify_artifact(directory, LABEL_KINDS)
     kind = manifest["kind"]
     if llm_options and kind in CLASSIFIER_KINDS:
         raise ValueError(f"{sorted(llm_options)} apply to LLM artifacts only; {directory!r} holds a {kind} artifact")

@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from bioserc.bios.profiles import PROFILES as ROW_PROFILES
-from bioserc.bios.profiles import VECTOR_PROFILES
+from bioserc.bios.profiles import PROFILES, VECTOR_PROFILES
 from bioserc.errors import RecordError
 from bioserc.jsonio import open_text
 from bioserc.schema import Conversation
@@ -33,7 +32,7 @@ BioKey = tuple[str, str]  # (conversation_id, speaker)
 Bio = str | Sequence[float]  # a bio text, or a scores/latent profile vector
 IGNORE = -100  # label of padding and unlabelled utterances; cross-entropy skips it
 # The `profile` of the bios.jsonl rows each classifier profile reads: any text profile is a bio text.
-ROW_KINDS = {"text": tuple(p for p in ROW_PROFILES if p not in VECTOR_PROFILES), **{p: (p,) for p in VECTOR_PROFILES}}
+ROW_KINDS = {"text": tuple(p for p in PROFILES if p not in VECTOR_PROFILES), **{p: (p,) for p in VECTOR_PROFILES}}
 
 
 def load_bios(paths: str | Iterable[str], profile: str = "text", dim: int | None = None) -> dict[BioKey, Bio]:

@@ -41,8 +41,7 @@ logger = logging.getLogger(__name__)
 INVALID = "<invalid>"  # label of a generated answer that is not exactly one of the labels
 MODES = ("score", "generate")
 SCORINGS = ("sum", "mean", "first")
-TORCH_LLM_KINDS = ("lora-adapter", "hf-llm")
-LLM_KINDS = (*TORCH_LLM_KINDS, "onnx-llm")
+TORCH_LLM_KINDS = ("lora-adapter", "hf-llm")  # the rest of `bioserc.artifacts.LLM_KINDS` is "onnx-llm"
 
 
 def check_scoring(scoring: str, labels: Sequence[str], answers: Sequence[Sequence[int]]) -> None:
@@ -223,7 +222,7 @@ class LlmClassifier:
         from transformers import AutoModelForCausalLM
         from transformers.utils import CONFIG_NAME
 
-        from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
+        from bioserc.artifacts import artifact_file, manifest_id, verify_artifact
         from bioserc.embedded import resolve_model
 
         manifest = verify_artifact(directory, TORCH_LLM_KINDS)  # every file in the folder is listed, so all verified
@@ -242,7 +241,7 @@ class LlmClassifier:
 
             base = resolve_model(base_model or manifest["base_model"])
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, **options), directory)
-        return cls(model.to(device).eval(), encoder, manifest_hash(directory), **kwargs)
+        return cls(model.to(device).eval(), encoder, manifest_id(directory), **kwargs)
 
     def scores(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, K) label scores of a batch of prompt ids, per `self.scoring` (the runtime-specific step)."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
+from bioserc.artifacts import artifact_file, manifest_id, verify_artifact
 from bioserc.batching import length_sorted_chunks
 from bioserc.models.bioserc_bert import CONFIG_FILE, BiosercBertConfig
 from bioserc.models.collate import Bio, BioKey, Collator
@@ -52,7 +52,7 @@ class OnnxClassifier:
         self.config = BiosercBertConfig.from_dict(meta)  # labels and bio_mode: checked against the manifest's
         self.labels = list(self.config.labels)
         self.bio_mode = self.config.bio_mode
-        self.model_id = manifest_hash(directory)
+        self.model_id = manifest_id(directory)
         self.manifest = manifest
         self.pad_to_max = pad_to_max
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)

@@ -90,13 +90,13 @@ class OnnxLlmClassifier(LlmClassifier):
         """
         from transformers.utils import CONFIG_NAME
 
-        from bioserc.artifacts import artifact_file, manifest_hash, verify_artifact
+        from bioserc.artifacts import artifact_file, manifest_id, verify_artifact
 
         manifest = manifest or verify_artifact(directory, "onnx-llm")
         encoder = encoder_from_artifact(directory, manifest)
         for name in (CONFIG_NAME, ONNX_FILE):  # what optimum opens: a clear error unless listed (= verified)
             artifact_file(directory, manifest, name)
-        return cls(ort_causal_lm(directory, provider, threads), encoder, manifest_hash(directory), **kwargs)
+        return cls(ort_causal_lm(directory, provider, threads), encoder, manifest_id(directory), **kwargs)
 
     def scores(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         return ort_label_loglik(self.model, prompts, self.encoder.answers, self.encoder.pad_id, self.scoring)

@@ -21,7 +21,7 @@ from bioserc.schema import Conversation
 
 
 ERC_PROMPT_VERSION = "erc-llm-v1"
-BIO_MODES = ("prompt", "none")  # prompt: the target speaker's bio goes into the system turn; none: no bio
+PROMPT_BIO_MODES = ("prompt", "none")  # prompt: the target speaker's bio goes into the system turn; none: no bio
 
 SYSTEM = "### You are an expert at analyzing the emotion of utterances among speakers in a conversation."
 SYSTEM_BIO = "\n### Given the characteristic of this speaker, {speaker}: \n{bio}"
@@ -44,12 +44,12 @@ class ErcPromptConfig:
     """What shapes a prompt; saved in every LLM artifact's manifest so inference rebuilds the training prompts."""
 
     window: int = 5  # ± utterances of context around the target (the paper's --window 5)
-    bio_mode: str = "prompt"  # one of BIO_MODES
+    bio_mode: str = "prompt"  # one of PROMPT_BIO_MODES
     list_labels: bool = True  # list the label set in the user turn (the paper did not)
 
     def __post_init__(self) -> None:
-        if self.bio_mode not in BIO_MODES:
-            raise ValueError(f"bio_mode {self.bio_mode!r} is not one of {BIO_MODES}")
+        if self.bio_mode not in PROMPT_BIO_MODES:
+            raise ValueError(f"bio_mode {self.bio_mode!r} is not one of {PROMPT_BIO_MODES}")
         if self.window < 0:
             raise ValueError(f"window must be >= 0, got {self.window}")
 

@@ -63,10 +63,9 @@ def mapped_speaker(names: dict[tuple[str, str], str], roles: dict[str, str], key
 
 
 def add_role_args(parser: argparse.ArgumentParser) -> None:
-    """--speaker-roles and --channel-roles (parsed to dicts; a bad pair is a usage error); --role-map is refused."""
+    """--speaker-roles and --channel-roles (parsed to dicts; a bad pair is a usage error)."""
     for flag, help_text in (("--speaker-roles", SPEAKER_ROLES_HELP), ("--channel-roles", CHANNEL_ROLES_HELP)):
         parser.add_argument(flag, type=_roles_type(flag), default={}, metavar="ID=ROLE,...", help=help_text)
-    parser.add_argument("--role-map", nargs="?", action=_RemovedRoleMap, help=argparse.SUPPRESS)
 
 
 def _roles_type(flag: str):
@@ -77,14 +76,6 @@ def _roles_type(flag: str):
             raise argparse.ArgumentTypeError(str(err).removeprefix(f"{flag}: ")) from None
 
     return parse
-
-
-class _RemovedRoleMap(argparse.Action):
-    """--role-map applied one map to speakers and channels alike; refuse it rather than guess which was meant."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} was removed: use --speaker-roles for diarized speaker ids and "
-                     "--channel-roles for stereo channel ids (see --help for each vendor's ids)")
 
 
 __all__ = ["CHANNEL_ROLES_HELP", "SPEAKER_ROLES_HELP", "add_role_args", "checked_roles", "mapped_speaker",
