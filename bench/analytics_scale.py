@@ -37,8 +37,11 @@ MELD = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 def label_wall(argv: list[str]) -> float:
     """`bioserc label ARGV` in a child process: its wall seconds."""
     start = time.perf_counter()
-    exit_code, _ = waited(subprocess.Popen([sys.executable, "-m", "bioserc.cli", "label", *argv],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    exit_code, _ = waited(
+        subprocess.Popen(
+            [sys.executable, "-m", "bioserc.cli", "label", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    )
     if exit_code != 0:
         raise SystemExit(f"bioserc label {' '.join(argv)} exited {exit_code}")
     return time.perf_counter() - start
@@ -54,10 +57,24 @@ def synthetic_rows(calls: int, seed: int):
             probs = {name: round(w / total, 6) for name, w in zip(MELD, weights, strict=True)}
             role = ("customer", "agent")[i % 2]
             duration = rng.randint(800, 9000)
-            yield {"conversation_id": f"call-{c:07d}", "index": i, "speaker": role.upper(), "role": role,
-                   "text": "synthetic turn", "original_text": "synthetic turn", "start_ms": t, "end_ms": t + duration,
-                   "source_path": "synthetic.jsonl", "source_format": "jsonl", "source_id": None, "gold_label": None,
-                   "label": max(probs, key=probs.get), "probs": probs, "bio": None, "model_id": "synthetic"}
+            yield {
+                "conversation_id": f"call-{c:07d}",
+                "index": i,
+                "speaker": role.upper(),
+                "role": role,
+                "text": "synthetic turn",
+                "original_text": "synthetic turn",
+                "start_ms": t,
+                "end_ms": t + duration,
+                "source_path": "synthetic.jsonl",
+                "source_format": "jsonl",
+                "source_id": None,
+                "gold_label": None,
+                "label": max(probs, key=probs.get),
+                "probs": probs,
+                "bio": None,
+                "model_id": "synthetic",
+            }
             t += duration + rng.randint(100, 1500)
 
 
@@ -88,9 +105,13 @@ def main() -> None:
         label = [args.data, "-o", str(out), "--no-bios", "--report-calls", "0"]
         wall_label = label_wall(label + (["--model", args.model] if args.model else []))
         wall, _, rows = recompute_checked(out)
-        report["label_run"] = {"data": args.data, "utterances": rows, "label_wall_s": round(wall_label, 2),
-                               "analytics_wall_s": round(wall, 3),
-                               "share_of_label_wall": round(wall / wall_label, 4)}
+        report["label_run"] = {
+            "data": args.data,
+            "utterances": rows,
+            "label_wall_s": round(wall_label, 2),
+            "analytics_wall_s": round(wall, 3),
+            "share_of_label_wall": round(wall / wall_label, 4),
+        }
         report["synthetic"] = []
         for calls in args.sizes:
             folder = Path(tmp) / f"synthetic-{calls}"
@@ -98,8 +119,15 @@ def main() -> None:
             with open(folder / "utterances.jsonl", "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in synthetic_rows(calls, calls))
             wall, rss, rows = recompute_checked(folder)
-            report["synthetic"].append({"calls": calls, "utterances": rows, "analytics_wall_s": round(wall, 2),
-                                        "utterances_per_s": round(rows / wall), "peak_rss_mb": rss})
+            report["synthetic"].append(
+                {
+                    "calls": calls,
+                    "utterances": rows,
+                    "analytics_wall_s": round(wall, 2),
+                    "utterances_per_s": round(rows / wall),
+                    "peak_rss_mb": rss,
+                }
+            )
     sizes = report["synthetic"]
     report["rss_ratio_largest_to_smallest"] = round(sizes[-1]["peak_rss_mb"] / sizes[0]["peak_rss_mb"], 3)
     report["loadavg_after"] = os.getloadavg()

@@ -67,18 +67,25 @@ def bare_loop(archive: Path, calls: int, batch: int) -> dict:
                 break
     start = time.perf_counter()  # the model loop alone: loading and reading are not timed
     for i in range(0, len(convs), batch):
-        chunk = convs[i:i + batch]
+        chunk = convs[i : i + batch]
         utterances += len(list(model.predict(chunk, {}, batch_size=len(chunk), max_utterances=256)))
     wall = time.perf_counter() - start
-    return {"calls": len(convs), "utterances": utterances, "wall_s": round(wall, 1),
-            "utterances_per_s": round(utterances / wall, 1), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "calls": len(convs),
+        "utterances": utterances,
+        "wall_s": round(wall, 1),
+        "utterances_per_s": round(utterances / wall, 1),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def measure_bare_loop(archive: Path, calls: int, batch: int) -> dict:
-    code = (f"import json, archive_scale as a; "
-            f"print(json.dumps(a.bare_loop(a.Path({str(archive)!r}), {calls}, {batch})))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, check=True, capture_output=True,
-                         text=True).stdout
+    code = (
+        f"import json, archive_scale as a; print(json.dumps(a.bare_loop(a.Path({str(archive)!r}), {calls}, {batch})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent, check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.splitlines()[-1])
 
 
@@ -101,16 +108,31 @@ class Cluster:
     def __init__(self, workers: int, folder: Path):
         self.file = folder / "scheduler.json"
         dask = [sys.executable, "-m", "dask"]
-        self.scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                           "--no-dashboard", "--scheduler-file", str(self.file)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.scheduler = subprocess.Popen(
+            [
+                *dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(self.file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while not self.file.exists():
             if self.scheduler.poll() is not None:
                 raise SystemExit(f"dask scheduler exited with {self.scheduler.returncode}")
             time.sleep(0.2)
         self.address = json.loads(self.file.read_text())["address"]
-        self.workers = subprocess.Popen([*dask, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1",
-                                         "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.workers = subprocess.Popen(
+            [*dask, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         from distributed import Client
 
         self.client = Client(self.address)
@@ -129,27 +151,50 @@ class Cluster:
 def label(archive: Path, out: Path, extra: list[str]) -> dict:
     floor = peak_rss_mb(field="VmRSS")
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bioserc.cli", "label", str(archive), "-o", str(out), "--no-bios",
-                             "--report-calls", "0", "--allow-skips", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bioserc.cli",
+            "label",
+            str(archive),
+            "-o",
+            str(out),
+            "--no-bios",
+            "--report-calls",
+            "0",
+            "--allow-skips",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     code, rss = waited(proc)
     wall = time.perf_counter() - start
     info = json.loads((out / "run.json").read_text())
     with open(out / "utterances.jsonl", "rb") as fh:
         rows = sum(1 for _ in fh)
-    return {"exit_code": code, "wall_s": round(wall, 1), "peak_rss_mb": {"driver": rss},
-            "bench_rss_mb": floor, "rows_written": rows,
-            "counters": info["counters"], "dead_letter_rows": info["written"]["dead_letter_rows"],
-            "problems": info["problems"]}
+    return {
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": {"driver": rss},
+        "bench_rss_mb": floor,
+        "rows_written": rows,
+        "counters": info["counters"],
+        "dead_letter_rows": info["written"]["dead_letter_rows"],
+        "problems": info["problems"],
+    }
 
 
 def timed_recompute(utterances: Path, dest: Path) -> tuple[float, int, float]:
     """What `bioserc summarize` does (`recompute` of `utterances` into `dest`), timed without its start-up, in a child
     process: (wall seconds, exit code, peak RSS in MiB)."""
-    code = ("import json, time; from bioserc.analytics.thresholds import Thresholds; "
-            "from bioserc.pipelines.analytics import recompute; start = time.perf_counter(); "
-            f"recompute({str(utterances)!r}, {str(dest)!r}, Thresholds()); "
-            "print(json.dumps(time.perf_counter() - start))")
+    code = (
+        "import json, time; from bioserc.analytics.thresholds import Thresholds; "
+        "from bioserc.pipelines.analytics import recompute; start = time.perf_counter(); "
+        f"recompute({str(utterances)!r}, {str(dest)!r}, Thresholds()); "
+        "print(json.dumps(time.perf_counter() - start))"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     wall = float(proc.stdout.read().split()[-1])
     exit_code, rss = waited(proc)
@@ -163,9 +208,14 @@ def summarize(out: Path) -> dict:
     again.mkdir()
     wall, exit_code, rss = timed_recompute(out / "utterances.jsonl", again)
     totals = json.loads((out / "archive.json").read_text())
-    return {"exit_code": exit_code, "summarize_wall_s": round(wall, 3), "summarize_peak_rss_mb": rss,
-            "archive_utterances": totals["utterances"], "flagged_calls": totals["flagged_calls"],
-            "same_archive": (again / "archive.json").read_bytes() == (out / "archive.json").read_bytes()}
+    return {
+        "exit_code": exit_code,
+        "summarize_wall_s": round(wall, 3),
+        "summarize_peak_rss_mb": rss,
+        "archive_utterances": totals["utterances"],
+        "flagged_calls": totals["flagged_calls"],
+        "same_archive": (again / "archive.json").read_bytes() == (out / "archive.json").read_bytes(),
+    }
 
 
 def run_size(runner: str, archive: Path, out: Path, expected: dict, args: argparse.Namespace) -> dict:
@@ -181,12 +231,18 @@ def run_size(runner: str, archive: Path, out: Path, expected: dict, args: argpar
     else:
         result = label(archive, out, extra)
     c = result["counters"]
-    result.update(runner=runner, calls=expected["calls"], utterances=expected["utterances"],
-                  utterances_per_s=round(c["utterances_labeled"] / result["wall_s"], 1),
-                  all_accounted=(c["utterances_labeled"] == result["rows_written"] == expected["utterances"]
-                                 and result["dead_letter_rows"] == expected["bad_records"]
-                                 and c["utterances_unreadable"] == expected["unreadable_utterances"]
-                                 and not result["problems"]))
+    result.update(
+        runner=runner,
+        calls=expected["calls"],
+        utterances=expected["utterances"],
+        utterances_per_s=round(c["utterances_labeled"] / result["wall_s"], 1),
+        all_accounted=(
+            c["utterances_labeled"] == result["rows_written"] == expected["utterances"]
+            and result["dead_letter_rows"] == expected["bad_records"]
+            and c["utterances_unreadable"] == expected["unreadable_utterances"]
+            and not result["problems"]
+        ),
+    )
     analytics = summarize(out)
     analytics["share_of_label_wall"] = round(analytics["summarize_wall_s"] / result["wall_s"], 4)
     analytics["reconciled"] = analytics["archive_utterances"] == result["rows_written"]
@@ -232,9 +288,15 @@ def main() -> None:
         ratios[runner] = round(peak[-1] / peak[0], 3)
         summarize_peak = [r["analytics"]["summarize_peak_rss_mb"] for r in mine]
         analytics_ratios[runner] = round(summarize_peak[-1] / summarize_peak[0], 3)
-    report = {"data": args.data, "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(), "bare_loop": bare,
-              "rows": rows, "rss_ratio_largest_to_smallest": ratios,
-              "analytics_rss_ratio_largest_to_smallest": analytics_ratios}
+    report = {
+        "data": args.data,
+        "cpus": os.cpu_count(),
+        "loadavg_after": os.getloadavg(),
+        "bare_loop": bare,
+        "rows": rows,
+        "rss_ratio_largest_to_smallest": ratios,
+        "analytics_rss_ratio_largest_to_smallest": analytics_ratios,
+    }
     emit(report, args.out)
 
 

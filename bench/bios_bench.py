@@ -30,10 +30,16 @@ def measure(name: str, extractor: BioExtractor, conversations) -> dict:
     wall = time.perf_counter() - start
     generated = sum(r.new_tokens for r in results if not r.cached)
     prefilled = sum(r.prompt_tokens for r in results if not r.cached)
-    row = {"variant": name, "bios": len(results), "failed": sum(r.error is not None for r in results),
-           "wall_s": round(wall, 2), "bios_per_s": round(len(results) / wall, 3),
-           "generated_tokens": generated, "prefilled_tokens": prefilled,
-           "generated_tokens_per_s": round(generated / wall, 2)}
+    row = {
+        "variant": name,
+        "bios": len(results),
+        "failed": sum(r.error is not None for r in results),
+        "wall_s": round(wall, 2),
+        "bios_per_s": round(len(results) / wall, 3),
+        "generated_tokens": generated,
+        "prefilled_tokens": prefilled,
+        "generated_tokens_per_s": round(generated / wall, 2),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -60,9 +66,14 @@ def main() -> None:
 
     convs = read_conversations(args.data)[: args.conversations]
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    report = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-              "conversations": len(convs), "pairs": sum(len(c.speakers) for c in convs),
-              "max_new_tokens": args.max_new_tokens, "rows": []}
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "conversations": len(convs),
+        "pairs": sum(len(c.speakers) for c in convs),
+        "max_new_tokens": args.max_new_tokens,
+        "rows": [],
+    }
     rows = report["rows"]
     batched = make_backend("transformers", "smollm2", batch_size=args.batch_size)
     if args.only_onnx:
@@ -79,11 +90,16 @@ def main() -> None:
     if not args.skip_onnx:
         onnx_vs_pytorch(args, config, convs, report)
     by = {r["variant"]: r for r in rows}
-    report.setdefault("ratios", {}).update({
-        "batched_vs_single_bios_per_s": round(by["pytorch batched, single subset"]["bios_per_s"]
-                                              / by["pytorch one-at-a-time, single subset"]["bios_per_s"], 2),
-        "warm_cache_wall_fraction": round(warm["wall_s"] / cold["wall_s"], 4),
-    })
+    report.setdefault("ratios", {}).update(
+        {
+            "batched_vs_single_bios_per_s": round(
+                by["pytorch batched, single subset"]["bios_per_s"]
+                / by["pytorch one-at-a-time, single subset"]["bios_per_s"],
+                2,
+            ),
+            "warm_cache_wall_fraction": round(warm["wall_s"] / cold["wall_s"], 4),
+        }
+    )
     emit(report, args.out)
 
 
@@ -105,7 +121,8 @@ def onnx_vs_pytorch(args, config: GenerationConfig, convs, report: dict) -> None
     row = measure(f"onnxruntime batched (batch {args.batch_size})", BioExtractor(ort, config), convs)
     report["rows"].append(row)
     report.setdefault("ratios", {})["onnx_vs_pytorch_bios_per_s"] = round(
-        row["bios_per_s"] / report["rows"][0]["bios_per_s"], 2)
+        row["bios_per_s"] / report["rows"][0]["bios_per_s"], 2
+    )
 
 
 def interleaved_onnx_vs_pytorch(args, config: GenerationConfig, convs, torch_backend, report: dict) -> dict:
@@ -117,11 +134,18 @@ def interleaved_onnx_vs_pytorch(args, config: GenerationConfig, convs, torch_bac
     for start in range(0, len(convs), 4):
         for name, extractor in extractors.items():
             t0 = time.perf_counter()
-            bios[name] += [r.bio for r in extractor.run(convs[start:start + 4])]
+            bios[name] += [r.bio for r in extractor.run(convs[start : start + 4])]
             wall[name] += time.perf_counter() - t0
     n = len(bios["pytorch"])
-    report["rows"] = [{"variant": f"{name} batched (batch {args.batch_size}), interleaved", "bios": n,
-                       "wall_s": round(wall[name], 2), "bios_per_s": round(n / wall[name], 3)} for name in wall]
+    report["rows"] = [
+        {
+            "variant": f"{name} batched (batch {args.batch_size}), interleaved",
+            "bios": n,
+            "wall_s": round(wall[name], 2),
+            "bios_per_s": round(n / wall[name], 3),
+        }
+        for name in wall
+    ]
     report["identical_bios"] = sum(a == b for a, b in zip(bios["pytorch"], bios["onnxruntime"], strict=True))
     report["ratios"] = {"onnx_vs_pytorch_bios_per_s": round(wall["pytorch"] / wall["onnxruntime"], 2)}
     return report

@@ -43,7 +43,7 @@ DATA = "../shared/data/raw/meld/meld.valid.json"
 def conversations(path: str, n: int, skip: int = 0):
     from bioserc.readers import read_conversations
 
-    return read_conversations(path)[skip:skip + n]
+    return read_conversations(path)[skip : skip + n]
 
 
 def run_bios(backend, convs, config, chunk: int, **extractor) -> tuple[list, float]:
@@ -65,18 +65,31 @@ def prefix_part(args, backend, config) -> dict:
     for start in range(0, len(convs), args.chunk):
         for name, share in PREFIX_VARIANTS.items():
             backend.share_prefix, backend.counts = share, counts[name]
-            results, w = run_bios(backend, convs[start:start + args.chunk], config, args.batch_size)
+            results, w = run_bios(backend, convs[start : start + args.chunk], config, args.batch_size)
             wall[name] += w
             bios[name] += sorted((r.conversation_id, r.speaker, r.bio, r.error) for r in results)
             print(json.dumps({"chunk": start, "variant": name, "wall_s": round(w, 1)}), flush=True)
-    rows = [{"variant": name, "bios": len(bios[name]), "failed": sum(b[3] is not None for b in bios[name]),
-             "wall_s": round(wall[name], 1), "bios_per_s": round(len(bios[name]) / wall[name], 3),
-             **dict(counts[name])} for name in PREFIX_VARIANTS]
+    rows = [
+        {
+            "variant": name,
+            "bios": len(bios[name]),
+            "failed": sum(b[3] is not None for b in bios[name]),
+            "wall_s": round(wall[name], 1),
+            "bios_per_s": round(len(bios[name]) / wall[name], 3),
+            **dict(counts[name]),
+        }
+        for name in PREFIX_VARIANTS
+    ]
     old, new = bios["per-speaker prefill"], bios["shared prefix"]
-    return {"conversations": len(convs), "batch_size": args.batch_size, "rows": rows,
-            "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)), "bios": len(new),
-            "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5],
-            "shared_vs_per_speaker_wall": round(wall["per-speaker prefill"] / wall["shared prefix"], 2)}
+    return {
+        "conversations": len(convs),
+        "batch_size": args.batch_size,
+        "rows": rows,
+        "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)),
+        "bios": len(new),
+        "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5],
+        "shared_vs_per_speaker_wall": round(wall["per-speaker prefill"] / wall["shared prefix"], 2),
+    }
 
 
 BEFORE = r"""
@@ -110,26 +123,46 @@ def before_part(args, backend, config) -> dict:
     wall, bios = Counter(), {"before": [], "now": []}
     try:
         for start in range(0, len(convs), args.chunk):
-            out = subprocess.run([sys.executable, "-c", BEFORE, os.path.abspath(args.data), str(start),
-                                  str(min(args.chunk, len(convs) - start)), str(before_batch),
-                                  str(config.max_new_tokens)], env=env, check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    BEFORE,
+                    os.path.abspath(args.data),
+                    str(start),
+                    str(min(args.chunk, len(convs) - start)),
+                    str(before_batch),
+                    str(config.max_new_tokens),
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             wall["before"] += row["wall_s"]
             bios["before"] += [tuple(b) for b in row["bios"]]
             backend.share_prefix, backend.counts = True, Counter()
-            results, w = run_bios(backend, convs[start:start + args.chunk], config, args.batch_size)
+            results, w = run_bios(backend, convs[start : start + args.chunk], config, args.batch_size)
             wall["now"] += w
             bios["now"] += sorted((r.conversation_id, r.speaker, r.bio, r.error) for r in results)
             print(json.dumps({"chunk": start, "before_s": round(row["wall_s"], 1), "now_s": round(w, 1)}), flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", tree], check=False, capture_output=True)
     old, new = bios["before"], bios["now"]
-    return {"before_rev": args.before_rev, "conversations": len(convs), "chunk": args.chunk,
-            "batch_size": args.batch_size, "before_batch_size": before_batch,
-            "before_wall_s": round(wall["before"], 1), "now_wall_s": round(wall["now"], 1),
-            "before_vs_now_wall": round(wall["before"] / wall["now"], 2), "bios": len(new),
-            "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)),
-            "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5]}
+    return {
+        "before_rev": args.before_rev,
+        "conversations": len(convs),
+        "chunk": args.chunk,
+        "batch_size": args.batch_size,
+        "before_batch_size": before_batch,
+        "before_wall_s": round(wall["before"], 1),
+        "now_wall_s": round(wall["now"], 1),
+        "before_vs_now_wall": round(wall["before"] / wall["now"], 2),
+        "bios": len(new),
+        "identical_bios": sum(a == b for a, b in zip(old, new, strict=True)),
+        "differing": [[a, b] for a, b in zip(old, new, strict=True) if a != b][:5],
+    }
 
 
 def profiles_part(args, backend, config) -> dict:
@@ -142,17 +175,25 @@ def profiles_part(args, backend, config) -> dict:
     for start in range(0, len(convs), args.chunk):
         for profile in args.profiles:
             backend.counts = counts[profile]
-            results, w = run_bios(backend, convs[start:start + args.chunk], config, args.batch_size,
-                                  profile=profile, labels=labels)
+            results, w = run_bios(
+                backend, convs[start : start + args.chunk], config, args.batch_size, profile=profile, labels=labels
+            )
             wall[profile] += w
             done[profile] += sum(r.error is None for r in results)
             print(json.dumps({"chunk": start, "profile": profile, "wall_s": round(wall[profile], 1)}), flush=True)
     n = len(convs)
-    rows = [{"profile": p, "profiles_made": done[p], "wall_s": round(wall[p], 1),
-             "s_per_conversation": round(wall[p] / n, 3),
-             "prefilled_tokens_per_conversation": round(counts[p]["prefilled_tokens"] / n, 1),
-             "generated_tokens_per_conversation": round(counts[p]["generated_tokens"] / n, 1),
-             "wall_vs_text": round(wall[p] / wall["text"], 3) if wall["text"] else None} for p in args.profiles]
+    rows = [
+        {
+            "profile": p,
+            "profiles_made": done[p],
+            "wall_s": round(wall[p], 1),
+            "s_per_conversation": round(wall[p] / n, 3),
+            "prefilled_tokens_per_conversation": round(counts[p]["prefilled_tokens"] / n, 1),
+            "generated_tokens_per_conversation": round(counts[p]["generated_tokens"] / n, 1),
+            "wall_vs_text": round(wall[p] / wall["text"], 3) if wall["text"] else None,
+        }
+        for p in args.profiles
+    ]
     return {"conversations": n, "batch_size": args.batch_size, "rows": rows}
 
 
@@ -170,13 +211,20 @@ def batch_part(args, backend, config) -> dict:
         texts = [r.bio for r in results]
         reference = reference or texts
         c = backend.counts
-        rows.append({"batch_size": size, "shared_prefix": share, "bios": len(results), "wall_s": round(wall, 1),
-                     "bios_per_s": round(len(results) / wall, 3),
-                     "generated_tokens_per_s": round(c["generated_tokens"] / wall, 1),
-                     "same_bios_as_one_at_a_time": sum(a == b for a, b in zip(reference, texts, strict=True)),
-                     "prefill_padding": round(1 - c["prefilled_tokens"] / max(c["prefill_slots"], 1), 3),
-                     "decode_padding": round(1 - c["generated_tokens"] / max(c["decode_slots"], 1), 3),
-                     **dict(c)})
+        rows.append(
+            {
+                "batch_size": size,
+                "shared_prefix": share,
+                "bios": len(results),
+                "wall_s": round(wall, 1),
+                "bios_per_s": round(len(results) / wall, 3),
+                "generated_tokens_per_s": round(c["generated_tokens"] / wall, 1),
+                "same_bios_as_one_at_a_time": sum(a == b for a, b in zip(reference, texts, strict=True)),
+                "prefill_padding": round(1 - c["prefilled_tokens"] / max(c["prefill_slots"], 1), 3),
+                "decode_padding": round(1 - c["generated_tokens"] / max(c["decode_slots"], 1), 3),
+                **dict(c),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["bios_per_s"]
     for row in rows:
@@ -202,8 +250,13 @@ def roof_part(model_dir: str, tokens: int = 2048, rounds: int = 5) -> dict:
     per_layer = hidden * hidden * 2 + hidden * (hidden // heads) * kv * 2 + 3 * hidden * inter
     params = cfg["num_hidden_layers"] * per_layer + cfg["vocab_size"] * hidden  # + the output projection
     gflops = flops / best / 1e9
-    return {"matmul_rows": tokens, "gflop_per_s": round(gflops, 1), "params_per_token": params,
-            "roof_tokens_per_s": round(gflops * 1e9 / (2 * params), 1), "torch_threads": torch.get_num_threads()}
+    return {
+        "matmul_rows": tokens,
+        "gflop_per_s": round(gflops, 1),
+        "params_per_token": params,
+        "roof_tokens_per_s": round(gflops * 1e9 / (2 * params), 1),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 WORKLOAD = r"""
@@ -234,8 +287,10 @@ COMPETITOR = "import torch\na = torch.randn(1500, 1500)\nwhile True:\n    a @ a\
 
 # name: (environment added to the workload's, threads argument); "before" is what a run got before issue 12's change
 SETTINGS = {
-    "before (torch default threads, OpenMP and ORT spin-waiting)": ({"OMP_WAIT_POLICY": "", "BIOSERC_ORT_SPIN": "1"},
-                                                                     0),
+    "before (torch default threads, OpenMP and ORT spin-waiting)": (
+        {"OMP_WAIT_POLICY": "", "BIOSERC_ORT_SPIN": "1"},
+        0,
+    ),
     "default now (all CPUs, passive waiting, no ORT spinning)": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
     "one thread": ({"OMP_WAIT_POLICY": "PASSIVE"}, 1),
 }
@@ -243,8 +298,13 @@ SETTINGS = {
 
 def workload(kind: str, env: dict, threads: int, data: str) -> dict:
     full = {k: v for k, v in {**os.environ, **env}.items() if v != ""}
-    out = subprocess.run([sys.executable, "-c", WORKLOAD, kind, str(threads), data], env=full, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", WORKLOAD, kind, str(threads), data],
+        env=full,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -253,17 +313,25 @@ def threads_part(args) -> dict:
     for kind in ("bios", "label"):
         for name, (env, threads) in SETTINGS.items():
             idle = workload(kind, env, threads, args.data)
-            competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR],
-                                          env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+            competitor = subprocess.Popen(
+                [sys.executable, "-c", COMPETITOR], env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            )
             try:
                 time.sleep(3)  # let it reach its steady loop
                 loaded = workload(kind, env, threads, args.data)
             finally:
                 competitor.kill()
                 competitor.wait()
-            rows.append({"workload": kind, "setting": name, "items": idle["n"], "idle_s": round(idle["wall_s"], 2),
-                         "loaded_s": round(loaded["wall_s"], 2),
-                         "loss_under_load": round(loaded["wall_s"] / idle["wall_s"], 2)})
+            rows.append(
+                {
+                    "workload": kind,
+                    "setting": name,
+                    "items": idle["n"],
+                    "idle_s": round(idle["wall_s"], 2),
+                    "loaded_s": round(loaded["wall_s"], 2),
+                    "loss_under_load": round(loaded["wall_s"] / idle["wall_s"], 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return {"competitor": "python: torch 1500x1500 matmuls in a loop, torch's default threads", "rows": rows}
 
@@ -271,8 +339,12 @@ def threads_part(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DATA)
-    p.add_argument("--parts", nargs="+", choices=["prefix", "before", "batch", "roof", "profiles", "threads"],
-                   default=["prefix", "batch", "roof", "threads"])
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["prefix", "before", "batch", "roof", "profiles", "threads"],
+        default=["prefix", "batch", "roof", "threads"],
+    )
     p.add_argument("--backend", default="transformers", choices=["transformers", "onnx"])
     p.add_argument("--model", default="smollm2", help="embedded name or folder (an ONNX export for --backend onnx)")
     p.add_argument("--conversations", type=int, default=48, help="prefix part: the first N conversations")
@@ -280,13 +352,21 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="prefix part: prompts per generate call")
     p.add_argument("--prompts", type=int, default=64, help="batch part: at least this many prompts")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
-    p.add_argument("--profiles", nargs="+", default=["text", "emotion", "scores", "latent"],
-                   help="profiles part: the sources to compare (text first: the others' wall is against it)")
+    p.add_argument(
+        "--profiles",
+        nargs="+",
+        default=["text", "emotion", "scores", "latent"],
+        help="profiles part: the sources to compare (text first: the others' wall is against it)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=96, help="as `bioserc bios` (its default)")
     p.add_argument("--before-rev", default="9d05741", help="before part: the git revision to compare against")
-    p.add_argument("--before-batch-size", type=int, default=0,
-                   help="before part: the revision's prompts per generate call (0: --batch-size); each side at its "
-                        "own `bioserc bios` default is --batch-size 32 --before-batch-size 16 --chunk 16")
+    p.add_argument(
+        "--before-batch-size",
+        type=int,
+        default=0,
+        help="before part: the revision's prompts per generate call (0: --batch-size); each side at its "
+        "own `bioserc bios` default is --batch-size 32 --before-batch-size 16 --chunk 16",
+    )
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args()
 
@@ -295,8 +375,13 @@ def main() -> None:
     from bioserc.embedded import resolve_model
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    report: dict = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "loadavg_before": os.getloadavg(), "backend": args.backend, "config": config.to_dict()}
+    report: dict = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+        "backend": args.backend,
+        "config": config.to_dict(),
+    }
     backend = None
     if {"prefix", "before", "batch", "profiles"} & set(args.parts):
         backend = make_backend(args.backend, args.model, batch_size=args.batch_size)
@@ -315,9 +400,11 @@ def main() -> None:
             tokens = best["prefilled_tokens"] + best["generated_tokens"]
             report["roof"]["best_batch"] = best["batch_size"]
             report["roof"]["generated_fraction_of_roof"] = round(
-                best["generated_tokens_per_s"] / report["roof"]["roof_tokens_per_s"], 4)
+                best["generated_tokens_per_s"] / report["roof"]["roof_tokens_per_s"], 4
+            )
             report["roof"]["all_tokens_fraction_of_roof"] = round(
-                tokens / best["wall_s"] / report["roof"]["roof_tokens_per_s"], 4)
+                tokens / best["wall_s"] / report["roof"]["roof_tokens_per_s"], 4
+            )
     if "threads" in args.parts:
         report["threads"] = threads_part(args)
     report["loadavg_after"] = os.getloadavg()

@@ -25,9 +25,13 @@ def convert(gguf: Path, out: Path) -> dict:
     model = dequantised(gguf)
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"architecture": type(model).__name__, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6),
-            "chat_template": bool(tokenizer.chat_template), "eos": tokenizer.eos_token,
-            "seconds": round(time.monotonic() - start, 1)}
+    return {
+        "architecture": type(model).__name__,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6),
+        "chat_template": bool(tokenizer.chat_template),
+        "eos": tokenizer.eos_token,
+        "seconds": round(time.monotonic() - start, 1),
+    }
 
 
 def main() -> None:

@@ -44,9 +44,14 @@ from bioserc.readers import read_conversations
 
 def in_file_order(classifier, batch_size: int) -> Callable:
     """Predict batch by batch in input order, so no length sorting happens across the whole set."""
+
     def run(convs, bios):
-        return [p for i in range(0, len(convs), batch_size)
-                for p in classifier.predict(convs[i:i + batch_size], bios, batch_size=batch_size)]
+        return [
+            p
+            for i in range(0, len(convs), batch_size)
+            for p in classifier.predict(convs[i : i + batch_size], bios, batch_size=batch_size)
+        ]
+
     return run
 
 
@@ -70,7 +75,7 @@ def useful_encoder_gflop(model, convs, bios, batch_size: int) -> float:
     per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * inter)
     collator, total = Collator(model.tokenizer, model.config), 0.0
     for i in range(0, len(convs), batch_size):
-        inputs = collator(convs[i:i + batch_size], bios).inputs
+        inputs = collator(convs[i : i + batch_size], bios).inputs
         for mask in (inputs["attention_mask"], inputs.get("bio_attention_mask")):
             if mask is not None:
                 lengths = mask.sum(dim=1).double()
@@ -112,19 +117,29 @@ def main() -> None:
     torch.set_num_threads(threads)
     convs = read_conversations(args.data)[: args.limit]
     bios = load_bios(args.bios) if args.bios else {}
-    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": threads,
-              "torch": torch.__version__, "conversations": len(convs),
-              "utterances": sum(len(c.utterances) for c in convs), "batch_size": args.batch_size,
-              "rounds": args.rounds, "loadavg_before": os.getloadavg(), "export_s": {}}
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "conversations": len(convs),
+        "utterances": sum(len(c.utterances) for c in convs),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "loadavg_before": os.getloadavg(),
+        "export_s": {},
+    }
     n_utt = report["utterances"]
 
     with tempfile.TemporaryDirectory() as tmp:
         from bioserc.export.onnx_classifier import export_classifier
 
         dirs = {}
-        for name, given, quantize, per_channel in (("fp32", args.onnx_fp32, None, False),
-                                                   ("int8", args.onnx_int8, "weights", False),
-                                                   ("int8-dynamic", None, "dynamic", True)):
+        for name, given, quantize, per_channel in (
+            ("fp32", args.onnx_fp32, None, False),
+            ("int8", args.onnx_int8, "weights", False),
+            ("int8-dynamic", None, "dynamic", True),
+        ):
             if given:
                 dirs[name] = given
                 continue
@@ -132,8 +147,9 @@ def main() -> None:
             start = time.perf_counter()
             export_classifier(args.model, dirs[name], quantize=quantize, per_channel=per_channel)
             report["export_s"][name] = round(time.perf_counter() - start, 2)
-        report["encoder_mb"] = {k: round(os.path.getsize(os.path.join(d, "encoder.onnx")) / 2**20, 1)
-                                for k, d in dirs.items()}
+        report["encoder_mb"] = {
+            k: round(os.path.getsize(os.path.join(d, "encoder.onnx")) / 2**20, 1) for k, d in dirs.items()
+        }
 
         torch_clf = TorchClassifier(args.model)
         fp32 = OnnxClassifier(dirs["fp32"], provider="cpu", threads=threads)
@@ -166,18 +182,26 @@ def main() -> None:
     report["encoder_useful_gflop"] = round(useful_encoder_gflop(torch_clf.model, convs, bios, args.batch_size), 1)
 
     base = statistics.median(walls["pytorch eager"])
-    report["rows"] = [{"variant": name, "median_s": round(statistics.median(w), 3),
-                       "walls_s": [round(x, 3) for x in w],
-                       "utterances_per_s": round(n_utt / statistics.median(w), 2),
-                       "speedup_vs_pytorch": round(base / statistics.median(w), 3),
-                       "fraction_of_sgemm": round(report["encoder_useful_gflop"] / statistics.median(w)
-                                                  / report["sgemm_gflops"], 3)} for name, w in walls.items()]
+    report["rows"] = [
+        {
+            "variant": name,
+            "median_s": round(statistics.median(w), 3),
+            "walls_s": [round(x, 3) for x in w],
+            "utterances_per_s": round(n_utt / statistics.median(w), 2),
+            "speedup_vs_pytorch": round(base / statistics.median(w), 3),
+            "fraction_of_sgemm": round(
+                report["encoder_useful_gflop"] / statistics.median(w) / report["sgemm_gflops"], 3
+            ),
+        }
+        for name, w in walls.items()
+    ]
     gold = {(c.id, u.index): u.label for c in convs for u in c.utterances if u.label is not None}
     labels = torch_clf.labels
     f1 = {}
     for name in ("pytorch eager", "ort fp32", "ort int8", "ort int8 dynamic"):
-        pairs = [(gold[q.conversation_id, q.index], q.label) for q in preds[name]
-                 if (q.conversation_id, q.index) in gold]
+        pairs = [
+            (gold[q.conversation_id, q.index], q.label) for q in preds[name] if (q.conversation_id, q.index) in gold
+        ]
         if pairs:
             f1[name] = round(weighted_f1([g for g, _ in pairs], [y for _, y in pairs], labels), 4)
     int8_agree = agreement(preds["ort int8"], preds["ort fp32"])

@@ -54,8 +54,13 @@ def bioserc(*argv: str, cwd: Path | None = None) -> Run:
     """Run the CLI in a child process; peak RSS from the kernel's accounting of that child."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bioserc.cli", *argv], stdout=subprocess.DEVNULL, stderr=err,
-                                cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bioserc.cli", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=cwd,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         err.seek(0)
         text = err.read().decode("utf-8", "replace")
@@ -75,15 +80,27 @@ def rows_file(path: Path, conversations: int, turns: int, pad: int = 0, seed: in
     with opener(path, "wt", encoding="utf-8") as fh:
         for c in range(conversations):
             for t in range(turns):
-                fh.write(json.dumps({"conversation_id": f"call-{c}", "turn_idx": t, "speaker": ("AGENT", "CUSTOMER")[
-                    t % 2], "text": " ".join(rng.choices(WORDS, k=8)), "note": "x" * pad}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "conversation_id": f"call-{c}",
+                            "turn_idx": t,
+                            "speaker": ("AGENT", "CUSTOMER")[t % 2],
+                            "text": " ".join(rng.choices(WORDS, k=8)),
+                            "note": "x" * pad,
+                        }
+                    )
+                    + "\n"
+                )
     return conversations * turns
 
 
 def canonical_call(path: Path, turns: int, conv_id: str = "long-call") -> None:
     rng = random.Random(turns)
-    utts = [{"index": i, "speaker": ("AGENT", "CUSTOMER")[i % 2], "text": " ".join(rng.choices(WORDS, k=8))}
-            for i in range(turns)]
+    utts = [
+        {"index": i, "speaker": ("AGENT", "CUSTOMER")[i % 2], "text": " ".join(rng.choices(WORDS, k=8))}
+        for i in range(turns)
+    ]
     path.write_text(json.dumps({"schema_version": 1, "id": conv_id, "utterances": utts}) + "\n")
 
 
@@ -98,10 +115,13 @@ def big_gzip(tmp: Path) -> tuple[str, str]:
     n = rows_file(tmp / "in" / "rows.jsonl.gz", 400, 5, pad=9000)  # 2,000 rows, > 16 MiB decompressed
     run = label([tmp / "in"], tmp / "out")
     c = run.info().get("counters", {})
-    return (f"{n} rows in a .jsonl.gz of >16 MiB: all labelled, exit 0",
-            expect(run.code == 0 and c.get("utterances_labeled") == n,
-                   f"exit {run.code}, labelled {c.get('utterances_labeled')}, "
-                   f"dead {c.get('utterances_dead_lettered')}"))
+    return (
+        f"{n} rows in a .jsonl.gz of >16 MiB: all labelled, exit 0",
+        expect(
+            run.code == 0 and c.get("utterances_labeled") == n,
+            f"exit {run.code}, labelled {c.get('utterances_labeled')}, dead {c.get('utterances_dead_lettered')}",
+        ),
+    )
 
 
 def turns_over_cap(tmp: Path) -> tuple[str, str]:
@@ -109,9 +129,13 @@ def turns_over_cap(tmp: Path) -> tuple[str, str]:
     canonical_call(tmp / "in" / "calls.jsonl", 10_000)
     run = label([tmp / "in"], tmp / "out")
     reasons = [d["reason"] for d in run.dead()]
-    return ("10,000-turn canonical call: dead-lettered (turn cap), exit 1, RSS < 1.5 GB",
-            expect(run.code == 1 and any("limit" in r for r in reasons) and run.rss_mb < 1536,
-                   f"exit {run.code}, reasons {reasons[:1]}, {run.rss_mb:.0f} MB"))
+    return (
+        "10,000-turn canonical call: dead-lettered (turn cap), exit 1, RSS < 1.5 GB",
+        expect(
+            run.code == 1 and any("limit" in r for r in reasons) and run.rss_mb < 1536,
+            f"exit {run.code}, reasons {reasons[:1]}, {run.rss_mb:.0f} MB",
+        ),
+    )
 
 
 def long_call(tmp: Path) -> tuple[str, str]:
@@ -119,9 +143,13 @@ def long_call(tmp: Path) -> tuple[str, str]:
     canonical_call(tmp / "in" / "calls.jsonl", 5_000)
     run = label([tmp / "in"], tmp / "out")
     c = run.info().get("counters", {})
-    return (f"5,000-turn call: labelled, exit 0, peak RSS <= 1.5 GB (measured {run.rss_mb:.0f} MB)",
-            expect(run.code == 0 and c.get("utterances_labeled") == 5000 and run.rss_mb <= 1536,
-                   f"exit {run.code}, labelled {c.get('utterances_labeled')}, {run.rss_mb:.0f} MB"))
+    return (
+        f"5,000-turn call: labelled, exit 0, peak RSS <= 1.5 GB (measured {run.rss_mb:.0f} MB)",
+        expect(
+            run.code == 0 and c.get("utterances_labeled") == 5000 and run.rss_mb <= 1536,
+            f"exit {run.code}, labelled {c.get('utterances_labeled')}, {run.rss_mb:.0f} MB",
+        ),
+    )
 
 
 def one_file_case(name: str, body: bytes, want: str, description: str) -> Callable[[Path], tuple[str, str]]:
@@ -132,9 +160,14 @@ def one_file_case(name: str, body: bytes, want: str, description: str) -> Callab
         run = label([tmp / "in"], tmp / "out")
         reasons = [d["reason"] for d in run.dead()]
         c = run.info().get("counters", {})
-        ok = run.code == 1 and any(want in r for r in reasons) and c.get("utterances_labeled") == 12 \
+        ok = (
+            run.code == 1
+            and any(want in r for r in reasons)
+            and c.get("utterances_labeled") == 12
             and "Traceback" not in run.stderr
+        )
         return description, expect(ok, f"exit {run.code}, reasons {reasons[:2]}, stderr {run.stderr[-200:]!r}")
+
     case.__name__ = f"file_{name}"
     return case
 
@@ -145,10 +178,16 @@ def symlink_loop(tmp: Path) -> tuple[str, str]:
     os.symlink(tmp / "in" / "b.json", tmp / "in" / "a.json")
     os.symlink(tmp / "in" / "a.json", tmp / "in" / "b.json")
     runs = [label([tmp / "in"], tmp / "out"), label([tmp / "in"], tmp / "out2", "--skip-existing")]
-    ok = all(r.code == 1 and len([d for d in r.dead() if "a.json" in d["path"] or "b.json" in d["path"]]) == 2
-             and "Traceback" not in r.stderr for r in runs)
-    return ("symlink loop (plain and --skip-existing): 2 dead letters, exit 1, no traceback",
-            expect(ok, "; ".join(f"exit {r.code}, dead {[d['reason'][:40] for d in r.dead()]}" for r in runs)))
+    ok = all(
+        r.code == 1
+        and len([d for d in r.dead() if "a.json" in d["path"] or "b.json" in d["path"]]) == 2
+        and "Traceback" not in r.stderr
+        for r in runs
+    )
+    return (
+        "symlink loop (plain and --skip-existing): 2 dead letters, exit 1, no traceback",
+        expect(ok, "; ".join(f"exit {r.code}, dead {[d['reason'][:40] for d in r.dead()]}" for r in runs)),
+    )
 
 
 def gzip_bomb(tmp: Path) -> tuple[str, str]:
@@ -162,9 +201,13 @@ def gzip_bomb(tmp: Path) -> tuple[str, str]:
     run = label([tmp / "in"], tmp / "out")
     reasons = [d["reason"] for d in run.dead()]
     size = (tmp / "in" / "bomb.jsonl.gz").stat().st_size / 1e6
-    return (f"gzip bomb ({size:.1f} MB -> 1.26 GB): dead-lettered at the size limit, RSS < 1 GB",
-            expect(run.code == 1 and any("limit" in r for r in reasons) and run.rss_mb < 1024,
-                   f"exit {run.code}, reasons {reasons[:1]}, {run.rss_mb:.0f} MB"))
+    return (
+        f"gzip bomb ({size:.1f} MB -> 1.26 GB): dead-lettered at the size limit, RSS < 1 GB",
+        expect(
+            run.code == 1 and any("limit" in r for r in reasons) and run.rss_mb < 1024,
+            f"exit {run.code}, reasons {reasons[:1]}, {run.rss_mb:.0f} MB",
+        ),
+    )
 
 
 def tampered_artifact(edit: Callable[[dict, Path], None], description: str) -> Callable[[Path], tuple[str, str]]:
@@ -176,9 +219,14 @@ def tampered_artifact(edit: Callable[[dict, Path], None], description: str) -> C
         (model / "manifest.json").write_text(json.dumps(manifest))
         run = label([DEMO], tmp / "out", "--model", str(model))
         ev = bioserc("evaluate", "--model", str(model), "--data", str(DEMO / "tca-billing-overcharge-2211.json"))
-        ok = run.code == 2 and ev.code == 2 and "Traceback" not in run.stderr + ev.stderr \
+        ok = (
+            run.code == 2
+            and ev.code == 2
+            and "Traceback" not in run.stderr + ev.stderr
             and not (tmp / "out" / "utterances.jsonl").exists()
+        )
         return description, expect(ok, f"label exit {run.code}, evaluate exit {ev.code}: {ev.stderr[-160:]!r}")
+
     case.__name__ = f"artifact_{description.split(':')[0]}"
     return case
 
@@ -199,17 +247,32 @@ def two_writers(tmp: Path) -> tuple[str, str]:
     (tmp / "in").mkdir()
     rows_file(tmp / "in" / "rows.jsonl", 300, 10)
     out = tmp / "out"
-    first = subprocess.Popen([sys.executable, "-m", "bioserc.cli", "label", str(tmp / "in"), "-o", str(out),
-                              "--no-bios", "--skip-existing"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bioserc.cli",
+            "label",
+            str(tmp / "in"),
+            "-o",
+            str(out),
+            "--no-bios",
+            "--skip-existing",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     while not (out / ".bioserc.lock").exists() and first.poll() is None:
         time.sleep(0.1)
     second = label([DEMO], out, "--skip-existing")
     code = first.wait()
     rows = (out / "utterances.jsonl").read_text().count("\n") if (out / "utterances.jsonl").exists() else 0
     ok = second.code == 2 and "in use" in second.stderr and code == 0 and rows == 3000
-    return ("two --skip-existing runs into one -o: the second refused (exit 2), the first's 3,000 rows intact",
-            expect(ok, f"second exit {second.code}, first exit {code}, rows {rows}"))
+    return (
+        "two --skip-existing runs into one -o: the second refused (exit 2), the first's 3,000 rows intact",
+        expect(ok, f"second exit {second.code}, first exit {code}, rows {rows}"),
+    )
 
 
 def all_dead_keeps_outputs(tmp: Path) -> tuple[str, str]:
@@ -220,26 +283,45 @@ def all_dead_keeps_outputs(tmp: Path) -> tuple[str, str]:
     (tmp / "bad" / "x.json").write_text("{not json")
     run = label([tmp / "bad"], out, "--allow-skips")
     ok = good.code == 0 and run.code == 1 and (out / "utterances.jsonl").read_bytes() == before
-    return ("a run where every input is dead-lettered: exit 1 (even with --allow-skips), previous outputs kept",
-            expect(ok, f"first exit {good.code}, second exit {run.code}"))
+    return (
+        "a run where every input is dead-lettered: exit 1 (even with --allow-skips), previous outputs kept",
+        expect(ok, f"first exit {good.code}, second exit {run.code}"),
+    )
 
 
 def small_ones(tmp: Path) -> tuple[str, str]:
     (tmp / "in").mkdir()
-    base = {"schema_version": 1, "utterances": [{"index": 0, "speaker": "A", "text": "hello there"},
-                                                {"index": 1, "speaker": "B", "text": "   "},
-                                                {"index": 2, "speaker": "A", "text": "bye"}]}
+    base = {
+        "schema_version": 1,
+        "utterances": [
+            {"index": 0, "speaker": "A", "text": "hello there"},
+            {"index": 1, "speaker": "B", "text": "   "},
+            {"index": 2, "speaker": "A", "text": "bye"},
+        ],
+    }
     nul = {"schema_version": 1, "id": "nul", "utterances": [{"index": 0, "speaker": "A", "text": "a\u0000b"}]}
-    dup = {"schema_version": 1, "id": "dup", "utterances": [{"index": 0, "speaker": "A", "text": "one"},
-                                                            {"index": 0, "speaker": "B", "text": "two"}]}
+    dup = {
+        "schema_version": 1,
+        "id": "dup",
+        "utterances": [{"index": 0, "speaker": "A", "text": "one"}, {"index": 0, "speaker": "B", "text": "two"}],
+    }
     (tmp / "in" / "calls.jsonl").write_text("\n".join(json.dumps(x) for x in ({**base, "id": "blank"}, nul, dup)))
     run = label([tmp / "in"], tmp / "out")
     c, dead = run.info().get("counters", {}), run.dead()
-    ok = (run.code == 1 and c.get("utterances_labeled") == 2 and sum(d["utterances"] for d in dead) == 4
-          and {d["field"] for d in dead} >= {"text"})
-    return ("whitespace-only turn, NUL in text, duplicate index: dead-lettered (4 utterances), 2 labelled",
-            expect(ok, f"exit {run.code}, labelled {c.get('utterances_labeled')}, "
-                       f"dead {[(d['field'], d['utterances']) for d in dead]}"))
+    ok = (
+        run.code == 1
+        and c.get("utterances_labeled") == 2
+        and sum(d["utterances"] for d in dead) == 4
+        and {d["field"] for d in dead} >= {"text"}
+    )
+    return (
+        "whitespace-only turn, NUL in text, duplicate index: dead-lettered (4 utterances), 2 labelled",
+        expect(
+            ok,
+            f"exit {run.code}, labelled {c.get('utterances_labeled')}, "
+            f"dead {[(d['field'], d['utterances']) for d in dead]}",
+        ),
+    )
 
 
 def usage_errors(tmp: Path) -> tuple[str, str]:
@@ -248,26 +330,49 @@ def usage_errors(tmp: Path) -> tuple[str, str]:
     before = (out / "utterances.jsonl").read_bytes()
     runs = [label([DEMO], out, "--format", "azure"), label([DEMO], out, "--skip-exising")]
     ok = good.code == 0 and all(r.code == 2 for r in runs) and (out / "utterances.jsonl").read_bytes() == before
-    return ("--format azure (no such format), --skip-exising (typo): exit 2, nothing written",
-            expect(ok, f"exits {[r.code for r in runs]}"))
+    return (
+        "--format azure (no such format), --skip-exising (typo): exit 2, nothing written",
+        expect(ok, f"exits {[r.code for r in runs]}"),
+    )
 
 
 CASES: list[Callable[[Path], tuple[str, str]]] = [
-    big_gzip, turns_over_cap, long_call,
-    one_file_case("deep.json", b'{"JobStatus": "COMPLETED", "Transcript": ' + b"[" * 100_000, "nest",
-                  "AWS TCA file nested 100,000 deep: one dead letter, exit 1"),
-    one_file_case("corrupt.jsonl.gz", gzip.compress(b'{"a": 1}\n' * 1000)[:-40] + b"\0" * 40, "gzip",
-                  "corrupt gzip: one dead letter, exit 1"),
-    one_file_case("cp1252.json", '{"JobStatus": "COMPLETED", "Transcript": [{"Content": "caf\u00e9", '
-                  '"ParticipantRole": "AGENT"}]}'.encode("cp1252"), "UTF-8",
-                  "AWS TCA file in cp1252: one dead letter naming the byte, exit 1"),
-    symlink_loop, gzip_bomb,
+    big_gzip,
+    turns_over_cap,
+    long_call,
+    one_file_case(
+        "deep.json",
+        b'{"JobStatus": "COMPLETED", "Transcript": ' + b"[" * 100_000,
+        "nest",
+        "AWS TCA file nested 100,000 deep: one dead letter, exit 1",
+    ),
+    one_file_case(
+        "corrupt.jsonl.gz",
+        gzip.compress(b'{"a": 1}\n' * 1000)[:-40] + b"\0" * 40,
+        "gzip",
+        "corrupt gzip: one dead letter, exit 1",
+    ),
+    one_file_case(
+        "cp1252.json",
+        '{"JobStatus": "COMPLETED", "Transcript": [{"Content": "caf\u00e9", "ParticipantRole": "AGENT"}]}'.encode(
+            "cp1252"
+        ),
+        "UTF-8",
+        "AWS TCA file in cp1252: one dead letter naming the byte, exit 1",
+    ),
+    symlink_loop,
+    gzip_bomb,
     tampered_artifact(drop_and_tamper, "manifest entry removed + file tampered: label and evaluate exit 2"),
     tampered_artifact(lambda m, _: m.update(files={}), "manifest files {}: label and evaluate exit 2"),
     tampered_artifact(outside_graph, "graphs.encoder outside the folder: label and evaluate exit 2"),
-    tampered_artifact(lambda m, _: m.update(labels=list(reversed(m["labels"]))),
-                      "reordered manifest labels: exit 2 before any input is read"),
-    two_writers, all_dead_keeps_outputs, small_ones, usage_errors,
+    tampered_artifact(
+        lambda m, _: m.update(labels=list(reversed(m["labels"]))),
+        "reordered manifest labels: exit 2 before any input is read",
+    ),
+    two_writers,
+    all_dead_keeps_outputs,
+    small_ones,
+    usage_errors,
 ]
 
 

@@ -43,8 +43,17 @@ def bare_loop(args: argparse.Namespace) -> tuple[float, dict]:
 
 
 def pipeline(args: argparse.Namespace, out: str) -> tuple[float, dict]:
-    argv = [args.data, "-o", out, "--model", args.model, "--batch-utterances", str(args.batch_utterances),
-            "--report-calls", "0"]
+    argv = [
+        args.data,
+        "-o",
+        out,
+        "--model",
+        args.model,
+        "--batch-utterances",
+        str(args.batch_utterances),
+        "--report-calls",
+        "0",
+    ]
     argv += ["--bios", args.bios] if args.bios else ["--no-bios"]
     start = time.perf_counter()
     if label_main(argv) != 0:
@@ -76,13 +85,28 @@ def main() -> None:
             walls["pipeline"].append(wall)
     n = len(labels["bare loop"])
     median = {k: statistics.median(v) for k, v in walls.items()}
-    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "model": args.model,
-              "data": args.data, "bios": args.bios, "utterances": n, "rounds": args.rounds,
-              "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-              "rows": [{"variant": k, "walls_s": [round(x, 2) for x in v], "median_s": round(median[k], 2),
-                        "utterances_per_s": round(n / median[k], 1)} for k, v in walls.items()],
-              "efficiency": round(median["bare loop"] / median["pipeline"], 3),
-              "same_labels": labels["bare loop"] == labels["pipeline"]}
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "model": args.model,
+        "data": args.data,
+        "bios": args.bios,
+        "utterances": n,
+        "rounds": args.rounds,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "rows": [
+            {
+                "variant": k,
+                "walls_s": [round(x, 2) for x in v],
+                "median_s": round(median[k], 2),
+                "utterances_per_s": round(n / median[k], 1),
+            }
+            for k, v in walls.items()
+        ],
+        "efficiency": round(median["bare loop"] / median["pipeline"], 3),
+        "same_labels": labels["bare loop"] == labels["pipeline"],
+    }
     emit(report, args.out)
 
 

@@ -47,27 +47,66 @@ def main(argv=None) -> int:
 
     train_bios = os.path.join(BIOS, "meld.train.bios.jsonl.gz")
     use_bios = os.path.isfile(train_bios)
-    bio_args = {"bio_mode": "prompt", "train_bios": [train_bios],
-                "dev_bios": [os.path.join(BIOS, "meld.valid.bios.jsonl.gz")]} if use_bios else {"bio_mode": "none"}
-    config = load_config(None, model=args.model, train_data=[os.path.join(MELD, "meld.train.json")],
-                         label_set="meld", max_train_samples=args.train_samples, num_train_epochs=args.epochs,
-                         lora_r=args.lora_r, lora_alpha=4 * args.lora_r, per_device_train_batch_size=args.batch_size,
-                         gradient_accumulation_steps=1, max_seq_length=args.max_seq_length, group_by_length=True,
-                         eval_mode="none", logging_steps=1, save_steps=10_000, output_dir=args.output,
-                         device="cpu", **bio_args)
+    bio_args = (
+        {
+            "bio_mode": "prompt",
+            "train_bios": [train_bios],
+            "dev_bios": [os.path.join(BIOS, "meld.valid.bios.jsonl.gz")],
+        }
+        if use_bios
+        else {"bio_mode": "none"}
+    )
+    config = load_config(
+        None,
+        model=args.model,
+        train_data=[os.path.join(MELD, "meld.train.json")],
+        label_set="meld",
+        max_train_samples=args.train_samples,
+        num_train_epochs=args.epochs,
+        lora_r=args.lora_r,
+        lora_alpha=4 * args.lora_r,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        max_seq_length=args.max_seq_length,
+        group_by_length=True,
+        eval_mode="none",
+        logging_steps=1,
+        save_steps=10_000,
+        output_dir=args.output,
+        device="cpu",
+        **bio_args,
+    )
     result = train(config)
     valid = first_utterances(read_conversations([os.path.join(MELD, "meld.valid.json")]), args.eval_utterances)
     bios = bio_args.get("dev_bios")
-    out = {"model": args.model, "bios": use_bios, "threads": torch.get_num_threads(),
-           "train": {k: result[k] for k in ("samples", "steps", "train_loss", "train_seconds", "train_tokens",
-                                            "train_tokens_per_second", "trainable_parameters")},
-           "loss_first_last": [result["loss_history"][0], result["loss_history"][-1]]}
+    out = {
+        "model": args.model,
+        "bios": use_bios,
+        "threads": torch.get_num_threads(),
+        "train": {
+            k: result[k]
+            for k in (
+                "samples",
+                "steps",
+                "train_loss",
+                "train_seconds",
+                "train_tokens",
+                "train_tokens_per_second",
+                "trainable_parameters",
+            )
+        },
+        "loss_first_last": [result["loss_history"][0], result["loss_history"][-1]],
+    }
     for mode in ("score", "generate"):
         start = time.monotonic()
         report = evaluate(result["adapter_dir"], valid, bios, batch_size=8, mode=mode)
-        out[mode] = {"weighted_f1": round(report["weighted_f1"], 2), "accuracy": round(report["accuracy"], 2),
-                     "n": report["n"], "seconds": round(time.monotonic() - start, 1),
-                     **({"invalid_rate": round(report["invalid_rate"], 3)} if mode == "generate" else {})}
+        out[mode] = {
+            "weighted_f1": round(report["weighted_f1"], 2),
+            "accuracy": round(report["accuracy"], 2),
+            "n": report["n"],
+            "seconds": round(time.monotonic() - start, 1),
+            **({"invalid_rate": round(report["invalid_rate"], 3)} if mode == "generate" else {}),
+        }
         print(json.dumps({mode: out[mode]}), file=sys.stderr)
     if args.zero_shot:  # the same prompts on the base model: the adapter switched off
         from bioserc.models.collate import load_bios
@@ -78,8 +117,11 @@ def main(argv=None) -> int:
         classifier = LlmClassifier.from_pretrained(result["adapter_dir"], device="cpu")
         with classifier.model.disable_adapter():
             report = llm_report(classifier, valid, load_bios(bios) if bios else None, 8)
-        out["zero_shot_score"] = {"weighted_f1": round(report["weighted_f1"], 2), "n": report["n"],
-                                  "seconds": round(time.monotonic() - start, 1)}
+        out["zero_shot_score"] = {
+            "weighted_f1": round(report["weighted_f1"], 2),
+            "n": report["n"],
+            "seconds": round(time.monotonic() - start, 1),
+        }
     print(json.dumps(out, indent=2))
     return 0
 

@@ -45,12 +45,19 @@ def train_stage(args) -> dict[str, Any]:
     adapter = os.path.join(out, "adapter")
     if not os.path.isfile(os.path.join(adapter, "manifest.json")):
         resume = any(name.startswith("checkpoint-") for name in os.listdir(out)) if os.path.isdir(out) else False
-        config = load_config(CONFIG, train_data=[os.path.join(args.data, "meld.train.json")],
-                             dev_data=[os.path.join(args.data, "meld.valid.json")],
-                             train_bios=[os.path.join(args.bios_dir, "meld.train.bios.jsonl.gz")],
-                             dev_bios=[os.path.join(args.bios_dir, "meld.valid.bios.jsonl.gz")],
-                             bio_mode=args.bio_mode, eval_mode="none", logging_steps=1, threads=args.threads,
-                             output_dir=out, resume=resume)
+        config = load_config(
+            CONFIG,
+            train_data=[os.path.join(args.data, "meld.train.json")],
+            dev_data=[os.path.join(args.data, "meld.valid.json")],
+            train_bios=[os.path.join(args.bios_dir, "meld.train.bios.jsonl.gz")],
+            dev_bios=[os.path.join(args.bios_dir, "meld.valid.bios.jsonl.gz")],
+            bio_mode=args.bio_mode,
+            eval_mode="none",
+            logging_steps=1,
+            threads=args.threads,
+            output_dir=out,
+            resume=resume,
+        )
         train(config)
     with open(os.path.join(out, "train_config.json"), encoding="utf-8") as fh:
         config = json.load(fh)
@@ -58,12 +65,28 @@ def train_stage(args) -> dict[str, Any]:
     with open(os.path.join(out, checkpoint, "trainer_state.json"), encoding="utf-8") as fh:
         state = json.load(fh)
     logs = [row for row in state["log_history"] if "loss" in row]
-    return {"adapter": adapter, "steps": state["global_step"],
-            "config": {k: config[k] for k in ("max_train_samples", "class_balance", "window", "bio_mode", "lora_r",
-                                              "lora_alpha", "learning_rate", "per_device_train_batch_size",
-                                              "gradient_accumulation_steps", "num_train_epochs", "max_seq_length",
-                                              "seed")},
-            "loss_curve": [[row["step"], round(row["loss"], 4)] for row in logs]}
+    return {
+        "adapter": adapter,
+        "steps": state["global_step"],
+        "config": {
+            k: config[k]
+            for k in (
+                "max_train_samples",
+                "class_balance",
+                "window",
+                "bio_mode",
+                "lora_r",
+                "lora_alpha",
+                "learning_rate",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "num_train_epochs",
+                "max_seq_length",
+                "seed",
+            )
+        },
+        "loss_curve": [[row["step"], round(row["loss"], 4)] for row in logs],
+    }
 
 
 def predictions(classifier, conversations, bios, batch_size: int) -> tuple[dict[str, list[str]], float, int]:
@@ -75,8 +98,9 @@ def predictions(classifier, conversations, bios, batch_size: int) -> tuple[dict[
     from bioserc.models.llm_scoring import check_scoring, label_logliks
 
     encoder, labels = classifier.encoder, classifier.labels
-    prompts = [encoder.prompt_ids(c, i, utterance_bio(bios, c, i)) for c in conversations
-               for i in range(len(c.utterances))]
+    prompts = [
+        encoder.prompt_ids(c, i, utterance_bio(bios, c, i)) for c in conversations for i in range(len(c.utterances))
+    ]
     try:
         check_scoring("first", labels, encoder.answers)
         scorings = ["sum", "mean", "first"]
@@ -97,11 +121,15 @@ def report(gold: list[str], predicted: list[str], labels: list[str]) -> dict[str
 
     r = classification_report(gold, predicted, labels)
     top, n = Counter(predicted).most_common(1)[0]
-    return {"weighted_f1": round(r["weighted_f1"], 2), "macro_f1": round(r["macro_f1"], 2),
-            "accuracy": round(r["accuracy"], 2), "most_predicted": top,
-            "most_predicted_share": round(n / len(gold), 3),
-            "predicted": dict(Counter(predicted)),
-            "per_class_f1": {k: round(v["f1"], 1) for k, v in r["per_class"].items()}}
+    return {
+        "weighted_f1": round(r["weighted_f1"], 2),
+        "macro_f1": round(r["macro_f1"], 2),
+        "accuracy": round(r["accuracy"], 2),
+        "most_predicted": top,
+        "most_predicted_share": round(n / len(gold), 3),
+        "predicted": dict(Counter(predicted)),
+        "per_class_f1": {k: round(v["f1"], 1) for k, v in r["per_class"].items()},
+    }
 
 
 def eval_stage(args, results: dict) -> None:
@@ -114,17 +142,24 @@ def eval_stage(args, results: dict) -> None:
     classifier = LlmClassifier.from_pretrained(results["train"]["adapter"], device="cpu")
     bios = load_bios(os.path.join(args.bios_dir, "meld.valid.bios.jsonl.gz"))
     evals = results.setdefault("eval", {})
-    conditions = (("with bios", bios), ("bios left out", None)) if classifier.bio_mode != "none" else \
-        (("trained and scored without bios", None),)
+    conditions = (
+        (("with bios", bios), ("bios left out", None))
+        if classifier.bio_mode != "none"
+        else (("trained and scored without bios", None),)
+    )
     for name, condition in conditions:
         if name in evals:
             continue
         labels, seconds, tokens = predictions(classifier, convs, condition, args.batch_size)
         missing = sum((c.id, u.speaker) not in (condition or {}) for c in convs for u in c.utterances)
-        evals[name] = {"utterances": len(gold), "without_bio": missing, "seconds": round(seconds, 1),
-                       "prompt_tokens": tokens,
-                       "utterances_per_s": round(len(gold) / seconds, 2),
-                       **{s: report(gold, p, classifier.labels) for s, p in labels.items()}}
+        evals[name] = {
+            "utterances": len(gold),
+            "without_bio": missing,
+            "seconds": round(seconds, 1),
+            "prompt_tokens": tokens,
+            "utterances_per_s": round(len(gold) / seconds, 2),
+            **{s: report(gold, p, classifier.labels) for s, p in labels.items()},
+        }
         save(args, results)
 
 
@@ -134,8 +169,13 @@ def bert_stage(args) -> dict[str, Any]:
 
     start = time.perf_counter()
     r = evaluate(default_model_dir(), os.path.join(args.data, "meld.valid.json"), threads=args.threads)
-    return {"model": "serving_artifacts/default", "utterances": r["n"], "weighted_f1": round(r["weighted_f1"], 2),
-            "macro_f1": round(r["macro_f1"], 2), "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "model": "serving_artifacts/default",
+        "utterances": r["n"],
+        "weighted_f1": round(r["weighted_f1"], 2),
+        "macro_f1": round(r["macro_f1"], 2),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def speed_stage(args, results: dict) -> dict[str, Any]:
@@ -153,8 +193,10 @@ def speed_stage(args, results: dict) -> dict[str, Any]:
         parity = json.load(fh).get("parity")
     convs = first_utterances(read_conversations(os.path.join(args.data, "meld.valid.json")), args.speed_utterances)
     bios = load_bios(os.path.join(args.bios_dir, "meld.valid.bios.jsonl.gz"))
-    models = {"pytorch": load_classifier(merged, threads=args.threads),
-              "onnxruntime": load_classifier(onnx, threads=args.threads)}
+    models = {
+        "pytorch": load_classifier(merged, threads=args.threads),
+        "onnxruntime": load_classifier(onnx, threads=args.threads),
+    }
     wall, labels = Counter(), {}
     for _ in range(args.rounds):
         for name, model in models.items():
@@ -163,9 +205,15 @@ def speed_stage(args, results: dict) -> dict[str, Any]:
             wall[name] += time.perf_counter() - start
     n = len(labels["pytorch"])
     rows = {name: {"utterances_per_s": round(args.rounds * n / wall[name], 2)} for name in models}
-    return {"utterances": n, "rounds": args.rounds, "batch_size": args.batch_size, "export_parity": parity, **rows,
-            "onnxruntime_vs_pytorch": round(wall["pytorch"] / wall["onnxruntime"], 2),
-            "same_labels": sum(a == b for a, b in zip(labels["pytorch"], labels["onnxruntime"], strict=True))}
+    return {
+        "utterances": n,
+        "rounds": args.rounds,
+        "batch_size": args.batch_size,
+        "export_parity": parity,
+        **rows,
+        "onnxruntime_vs_pytorch": round(wall["pytorch"] / wall["onnxruntime"], 2),
+        "same_labels": sum(a == b for a, b in zip(labels["pytorch"], labels["onnxruntime"], strict=True)),
+    }
 
 
 def save(args, results: dict) -> None:
@@ -175,12 +223,16 @@ def save(args, results: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "raw", "meld"),
-                   help="folder with meld.train.json and meld.valid.json")
+    p.add_argument(
+        "--data",
+        default=os.path.join(ROOT, "..", "shared", "data", "raw", "meld"),
+        help="folder with meld.train.json and meld.valid.json",
+    )
     p.add_argument("--bios-dir", default=os.path.join(ROOT, "data", "bios"))
     p.add_argument("--root", default=os.path.join(ROOT, "runs", "llm-meld"), help="checkpoints, exports, results")
-    p.add_argument("--stages", nargs="+", default=["train", "eval", "bert", "speed"],
-                   choices=["train", "eval", "bert", "speed"])
+    p.add_argument(
+        "--stages", nargs="+", default=["train", "eval", "bert", "speed"], choices=["train", "eval", "bert", "speed"]
+    )
     p.add_argument("--bio-mode", default="prompt", choices=["prompt", "none"], help="train with bios or without")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per scoring pass")
     p.add_argument("--speed-utterances", type=int, default=150)
@@ -196,8 +248,11 @@ def main() -> None:
     path = os.path.join(args.root, "results.json")
     results: dict[str, Any] = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else {}
     results.update(cpus=os.cpu_count(), threads=args.threads)
-    run = {"train": lambda: train_stage(args), "bert": lambda: bert_stage(args),
-           "speed": lambda: speed_stage(args, results)}
+    run = {
+        "train": lambda: train_stage(args),
+        "bert": lambda: bert_stage(args),
+        "speed": lambda: speed_stage(args, results),
+    }
     for stage in args.stages:
         if stage == "eval":
             eval_stage(args, results)

@@ -56,8 +56,10 @@ def source_calls(path: str, n: int, seed: int, max_turns: int = 0) -> list[Call]
     `max_turns` > 0 keeps only the first turns of each dialogue: many calls at little labeling cost, for measuring
     how memory follows the number of calls."""
     rng = random.Random(seed)
-    dialogues = [[(u.speaker, u.text) for u in c.utterances if normalize_text(u.text)][:max_turns or None]
-                 for c in read_conversations(path)]
+    dialogues = [
+        [(u.speaker, u.text) for u in c.utterances if normalize_text(u.text)][: max_turns or None]
+        for c in read_conversations(path)
+    ]
     dialogues = [d for d in dialogues if d]
     order: list[int] = []
     while len(order) < n:
@@ -80,8 +82,7 @@ def spoil(files: dict[str, bytes], kind: str, archive: Archive, calls: list[Call
     return {name + ".gz": gzip.compress(data)[:-8] + b"\0" * 8}  # the gzip trailer (CRC, size) overwritten
 
 
-def build(calls: list[Call], out: Path, calls_per_file: int, gzip_share: float, bad_every: int,
-          seed: int) -> Archive:
+def build(calls: list[Call], out: Path, calls_per_file: int, gzip_share: float, bad_every: int, seed: int) -> Archive:
     rng = random.Random(seed + 1)
     archive = Archive(calls=len(calls))
     pending: dict[int, list[Call]] = {}

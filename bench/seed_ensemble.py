@@ -29,8 +29,13 @@ from bioserc.training.distill import check_teachers, member_probs, split_spec
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="labelled conversations (any supported format)")
-    p.add_argument("--model", action="append", required=True, metavar="DIR[=BIOS]",
-                   help="a classifier folder, with `=bios.jsonl` when it reads profiles; repeat for each member")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="DIR[=BIOS]",
+        help="a classifier folder, with `=bios.jsonl` when it reads profiles; repeat for each member",
+    )
     p.add_argument("--out", help="write the report here as JSON (and print it)")
     args = p.parse_args()
     convs = read_conversations(args.data)
@@ -52,10 +57,22 @@ def main() -> None:
     for k in range(2, len(names) + 1):
         scores = {combo: wf1(combo) for combo in itertools.combinations(names, k)}
         best = max(scores, key=scores.get)
-        by_size[k] = {"subsets": len(scores), "mean_weighted_f1": statistics.mean(scores.values()),
-                      "best_weighted_f1": scores[best], "best_subset": list(best)}
-    emit({"data": args.data, "utterances": len(gold),
-          "members": {n: wf1((n,)) for n in names}, "all": wf1(names), "by_size": by_size}, args.out)
+        by_size[k] = {
+            "subsets": len(scores),
+            "mean_weighted_f1": statistics.mean(scores.values()),
+            "best_weighted_f1": scores[best],
+            "best_subset": list(best),
+        }
+    emit(
+        {
+            "data": args.data,
+            "utterances": len(gold),
+            "members": {n: wf1((n,)) for n in names},
+            "all": wf1(names),
+            "by_size": by_size,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

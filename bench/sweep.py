@@ -112,8 +112,12 @@ def _flag_value(value: Any) -> str:
 
 
 def _names(path: str, key: str, value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) or \
-            not all(isinstance(v, str) and v and "/" not in v and "." not in v for v in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(set(map(str, value))) != len(value)
+        or not all(isinstance(v, str) and v and "/" not in v and "." not in v for v in value)
+    ):
         raise ValueError(f"{path}: `{key}` must be a non-empty list of distinct names (no '/' or '.'), got {value!r}")
     return value
 
@@ -139,10 +143,13 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 def _for_dataset(settings: dict[str, Any], dataset: str) -> dict[str, Any]:
     """`{dataset}` in a string value becomes the dataset's name, so one variant can point at per-dataset files."""
+
     def fill(value: Any) -> Any:
         return value.replace("{dataset}", dataset) if isinstance(value, str) else value
-    return {name: [fill(v) for v in value] if isinstance(value, list) else fill(value)
-            for name, value in settings.items()}
+
+    return {
+        name: [fill(v) for v in value] if isinstance(value, list) else fill(value) for name, value in settings.items()
+    }
 
 
 def parse_sets(sets: Sequence[str], datasets: Sequence[str]) -> dict[str | None, dict[str, Any]]:
@@ -171,8 +178,12 @@ def load_grid(path: str, root: str | None = None, sets: Sequence[str] = ()) -> G
         raise ValueError(f"{path}: unknown key(s) {unknown}, missing key(s) {missing}")
     datasets = _names(path, "datasets", raw["datasets"])
     seeds = raw["seeds"]
-    if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or \
-            not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ValueError(f"{path}: `seeds` must be a non-empty list of distinct integers, got {seeds!r}")
     variants = raw["variants"]
     if not isinstance(variants, dict):
@@ -195,8 +206,10 @@ def load_grid(path: str, root: str | None = None, sets: Sequence[str] = ()) -> G
     for dataset in datasets:
         if not os.path.isfile(bases[dataset]):
             raise ValueError(f"{path}: base_config of {dataset}: no file {bases[dataset]}")
-        settings = {name: _for_dataset({**overrides, **scoped.get(None, {}), **scoped.get(dataset, {}), **variant},
-                                       dataset) for name, variant in variants.items()}
+        settings = {
+            name: _for_dataset({**overrides, **scoped.get(None, {}), **scoped.get(dataset, {}), **variant}, dataset)
+            for name, variant in variants.items()
+        }
         configs = {}
         for name, values in settings.items():
             try:
@@ -207,8 +220,15 @@ def load_grid(path: str, root: str | None = None, sets: Sequence[str] = ()) -> G
                 del configs[name][key]
         for seed in seeds:
             for name in variants:
-                cell = Cell(dataset, name, seed, bases[dataset], settings[name],
-                            os.path.join(root, dataset, name, f"seed-{seed}"), {**configs[name], "seed": seed})
+                cell = Cell(
+                    dataset,
+                    name,
+                    seed,
+                    bases[dataset],
+                    settings[name],
+                    os.path.join(root, dataset, name, f"seed-{seed}"),
+                    {**configs[name], "seed": seed},
+                )
                 row = recorded.get(cell.key)
                 cell.recorded = row if row and not _differs(row["config"], cell.config) else None
                 grid.cells.append(cell)
@@ -241,8 +261,10 @@ def write_record(grid: Grid, cells: Sequence[dict[str, Any]]) -> None:
     """Keep every recorded row (cells of other grids' variants too) and replace those of the finished `cells`."""
     if not grid.record:
         return
-    rows = {**read_record(grid.record), **{_record_key(c): {k: v for k, v in c.items() if k != "recorded"}
-                                           for c in cells}}
+    rows = {
+        **read_record(grid.record),
+        **{_record_key(c): {k: v for k, v in c.items() if k != "recorded"} for c in cells},
+    }
     os.makedirs(os.path.dirname(grid.record) or ".", exist_ok=True)
     with open(grid.record, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(rows[key], sort_keys=True) + "\n" for key in sorted(rows))
@@ -251,8 +273,11 @@ def write_record(grid: Grid, cells: Sequence[dict[str, Any]]) -> None:
 def _differs(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """Fields of `config` with another value in `saved` (fields added since, absent from `saved`, do not count; an
     encoder given by its embedded name or by the folder that name resolves to is the same encoder)."""
-    return sorted(k for k, v in config.items()
-                  if k in saved and saved[k] != v and not (k == "encoder" and _folder(saved[k]) == _folder(v)))
+    return sorted(
+        k
+        for k, v in config.items()
+        if k in saved and saved[k] != v and not (k == "encoder" and _folder(saved[k]) == _folder(v))
+    )
 
 
 def _folder(encoder: str) -> str:
@@ -298,8 +323,9 @@ def describe(status: dict[str, Any]) -> str:
 def subprocess_runner(argv: list[str], log_path: str) -> int:
     """train_bert in its own process (a crash or a leak ends with the cell), its output appended to `log_path`."""
     with open(log_path, "a", encoding="utf-8") as log:
-        return subprocess.run([sys.executable, "-m", TRAINER, *argv], stdout=log, stderr=subprocess.STDOUT,
-                              check=False).returncode
+        return subprocess.run(
+            [sys.executable, "-m", TRAINER, *argv], stdout=log, stderr=subprocess.STDOUT, check=False
+        ).returncode
 
 
 def _append_jsonl(path: str, row: dict[str, Any]) -> None:
@@ -331,8 +357,14 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, 
                 logger.info("[%d/%d] %s: done, skipped", i, len(grid.cells), cell.key)
                 continue
             if status["state"] == "stale":
-                logger.error("[%d/%d] %s: %s; delete %s or sweep into another root", i, len(grid.cells), cell.key,
-                             before, cell.output_dir)
+                logger.error(
+                    "[%d/%d] %s: %s; delete %s or sweep into another root",
+                    i,
+                    len(grid.cells),
+                    cell.key,
+                    before,
+                    cell.output_dir,
+                )
                 failed.append(cell.key)
                 continue
             ids = {"dataset": cell.dataset, "variant": cell.variant, "seed": cell.seed}
@@ -345,8 +377,9 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, 
                 rc = runner(argv, os.path.join(cell.output_dir, "train.log"))
             finally:  # a stop (Ctrl-C, an exception) is logged too: the next run resumes this cell
                 wall, after = round(time.monotonic() - start, 1), describe(cell_status(cell))
-                _append_jsonl(cells_log, {"event": "end", **ids, "status": after, "rc": rc, "wall_s": wall,
-                                          "time": _now()})
+                _append_jsonl(
+                    cells_log, {"event": "end", **ids, "status": after, "rc": rc, "wall_s": wall, "time": _now()}
+                )
                 logger.info("[%d/%d] %s: %s after %.1f s (exit %s)", i, len(grid.cells), cell.key, after, wall, rc)
                 write_record(grid, collect(grid)["cells"])  # a sweep killed later keeps this cell's result
             if rc != 0 or after != "done":
@@ -361,9 +394,12 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, 
 
 def _summary(per_seed: dict[int, float]) -> dict[str, Any]:
     values = list(per_seed.values())
-    return {"n": len(values), "mean": statistics.mean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None,  # sample std (n - 1)
-            "per_seed": {str(seed): v for seed, v in per_seed.items()}}
+    return {
+        "n": len(values),
+        "mean": statistics.mean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,  # sample std (n - 1)
+        "per_seed": {str(seed): v for seed, v in per_seed.items()},
+    }
 
 
 def _walls(root: str) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -397,36 +433,67 @@ def collect(grid: Grid) -> dict[str, Any]:
         with open(report_path, encoding="utf-8") as fh:
             report = json.load(fh)
         wall = walls.get((cell.dataset, cell.variant, cell.seed))
-        cells.append({**ids, "weighted_f1": report["weighted_f1"], "macro_f1": report["macro_f1"],
-                      "accuracy": report["accuracy"], "best_step": report.get("step"),
-                      "per_class_f1": {label: row["f1"] for label, row in report["per_class"].items()},
-                      "train_wall_s": round(wall["wall_s"], 1) if wall else None,
-                      "wall_complete": bool(wall) and wall["open"] == 0, "config": cell.config})
+        cells.append(
+            {
+                **ids,
+                "weighted_f1": report["weighted_f1"],
+                "macro_f1": report["macro_f1"],
+                "accuracy": report["accuracy"],
+                "best_step": report.get("step"),
+                "per_class_f1": {label: row["f1"] for label, row in report["per_class"].items()},
+                "train_wall_s": round(wall["wall_s"], 1) if wall else None,
+                "wall_complete": bool(wall) and wall["open"] == 0,
+                "config": cell.config,
+            }
+        )
     table = []
     for dataset in grid.datasets:
         done = {(c["variant"], c["seed"]): c for c in cells if c["dataset"] == dataset}
         for variant, settings in grid.variants.items():
             mine = {seed: done[variant, seed] for seed in grid.seeds if (variant, seed) in done}
             known_walls = [c["train_wall_s"] for c in mine.values() if c["train_wall_s"] is not None]
-            row = {"dataset": dataset, "variant": variant, "settings": settings, "seeds": list(mine),
-                   "missing_seeds": [s for s in grid.seeds if s not in mine],
-                   "weighted_f1": _summary({s: c["weighted_f1"] for s, c in mine.items()}),
-                   "macro_f1": _summary({s: c["macro_f1"] for s, c in mine.items()}),
-                   "per_class_f1": {label: statistics.mean(c["per_class_f1"][label] for c in mine.values())
-                                    for label in next(iter(mine.values()))["per_class_f1"]} if mine else {},
-                   "train_wall_s": statistics.mean(known_walls) if known_walls else None,
-                   "train_wall_complete": len(known_walls) == len(mine) and all(c["wall_complete"]
-                                                                                 for c in mine.values()),
-                   "vs_reference": None}
+            row = {
+                "dataset": dataset,
+                "variant": variant,
+                "settings": settings,
+                "seeds": list(mine),
+                "missing_seeds": [s for s in grid.seeds if s not in mine],
+                "weighted_f1": _summary({s: c["weighted_f1"] for s, c in mine.items()}),
+                "macro_f1": _summary({s: c["macro_f1"] for s, c in mine.items()}),
+                "per_class_f1": {
+                    label: statistics.mean(c["per_class_f1"][label] for c in mine.values())
+                    for label in next(iter(mine.values()))["per_class_f1"]
+                }
+                if mine
+                else {},
+                "train_wall_s": statistics.mean(known_walls) if known_walls else None,
+                "train_wall_complete": len(known_walls) == len(mine)
+                and all(c["wall_complete"] for c in mine.values()),
+                "vs_reference": None,
+            }
             if grid.reference and variant != grid.reference:
                 paired = [s for s in mine if (grid.reference, s) in done]
                 ref = {s: done[grid.reference, s] for s in paired}
-                row["vs_reference"] = {"reference": grid.reference, "seeds": paired, **{
-                    metric: _summary({s: mine[s][metric] - ref[s][metric] for s in paired})
-                    for metric in ("weighted_f1", "macro_f1")}}
+                row["vs_reference"] = {
+                    "reference": grid.reference,
+                    "seeds": paired,
+                    **{
+                        metric: _summary({s: mine[s][metric] - ref[s][metric] for s in paired})
+                        for metric in ("weighted_f1", "macro_f1")
+                    },
+                }
             table.append(row)
-    return {"grid": grid.path, "root": grid.root, "record": grid.record, "datasets": grid.datasets,
-            "seeds": grid.seeds, "reference": grid.reference, "table": table, "cells": cells, "missing": missing}
+    return {
+        "grid": grid.path,
+        "root": grid.root,
+        "record": grid.record,
+        "datasets": grid.datasets,
+        "seeds": grid.seeds,
+        "reference": grid.reference,
+        "table": table,
+        "cells": cells,
+        "missing": missing,
+    }
 
 
 def _fmt(summary: dict[str, Any], signed: bool = False) -> str:
@@ -444,26 +511,47 @@ def _per_seed(summary: dict[str, Any], seeds: Sequence[int], signed: bool = Fals
 def markdown(results: dict[str, Any]) -> str:
     """The table a person reads: mean ± sample std over the finished seeds, paired differences to the reference."""
     ref, seeds = results["reference"] or "(no reference)", results["seeds"]
-    lines = [f"| dataset | variant | seeds | W-F1 | macro-F1 | Δ W-F1 vs {ref} | Δ macro-F1 | W-F1 per seed "
-             f"({', '.join(map(str, seeds))}) | Δ W-F1 per seed | train wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| dataset | variant | seeds | W-F1 | macro-F1 | Δ W-F1 vs {ref} | Δ macro-F1 | W-F1 per seed "
+        f"({', '.join(map(str, seeds))}) | Δ W-F1 per seed | train wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in results["table"]:
         diff = row["vs_reference"]
-        wall = "—" if row["train_wall_s"] is None else \
-            f"{'' if row['train_wall_complete'] else '≥'}{row['train_wall_s']:.0f}"
-        lines.append(" | ".join([
-            f"| {row['dataset']}", row["variant"], f"{len(row['seeds'])}/{len(seeds)}", _fmt(row["weighted_f1"]),
-            _fmt(row["macro_f1"]), _fmt(diff["weighted_f1"], True) if diff else "—",
-            _fmt(diff["macro_f1"], True) if diff else "—", _per_seed(row["weighted_f1"], seeds),
-            _per_seed(diff["weighted_f1"], seeds, True) if diff else "—", f"{wall} |"]))
-    lines += ["", "Mean ± sample std (n − 1) over the finished seeds; Δ: paired per seed against "
-              f"{ref}; train wall: mean per seed over the sweep's attempts (≥: an attempt was killed unlogged)."]
+        wall = (
+            "—"
+            if row["train_wall_s"] is None
+            else f"{'' if row['train_wall_complete'] else '≥'}{row['train_wall_s']:.0f}"
+        )
+        lines.append(
+            " | ".join(
+                [
+                    f"| {row['dataset']}",
+                    row["variant"],
+                    f"{len(row['seeds'])}/{len(seeds)}",
+                    _fmt(row["weighted_f1"]),
+                    _fmt(row["macro_f1"]),
+                    _fmt(diff["weighted_f1"], True) if diff else "—",
+                    _fmt(diff["macro_f1"], True) if diff else "—",
+                    _per_seed(row["weighted_f1"], seeds),
+                    _per_seed(diff["weighted_f1"], seeds, True) if diff else "—",
+                    f"{wall} |",
+                ]
+            )
+        )
+    lines += [
+        "",
+        "Mean ± sample std (n − 1) over the finished seeds; Δ: paired per seed against "
+        f"{ref}; train wall: mean per seed over the sweep's attempts (≥: an attempt was killed unlogged).",
+    ]
     recorded = [_record_key(c) for c in results["cells"] if c.get("recorded")]
     if recorded:
         lines.append(f"From the record {results['record']} (no run folder here): {', '.join(recorded)}")
     if results["missing"]:
-        lines.append("Missing (not averaged): " + ", ".join(
-            f"{m['dataset']}/{m['variant']}/seed-{m['seed']} ({m['status']})" for m in results["missing"]))
+        lines.append(
+            "Missing (not averaged): "
+            + ", ".join(f"{m['dataset']}/{m['variant']}/seed-{m['seed']} ({m['status']})" for m in results["missing"])
+        )
     return "\n".join(lines)
 
 
@@ -481,12 +569,23 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", help="the grid YAML (e.g. bench/sweeps/meld_profiles.yaml)")
     parser.add_argument("--root", help="the cells' parent folder (default: the grid's `root`)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="[DATASET.]KEY=VALUE",
-                        help="a config override for every cell (or one dataset's), e.g. train_data=PATH; repeatable")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="[DATASET.]KEY=VALUE",
+        help="a config override for every cell (or one dataset's), e.g. train_data=PATH; repeatable",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per cell (0: train_bert's default)")
-    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
-                        help="train only the cells whose DATASET/VARIANT/seed-S key matches this glob, e.g. "
-                             "'meld/*' or '*/scores/*'; repeatable (the table still covers every cell)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="train only the cells whose DATASET/VARIANT/seed-S key matches this glob, e.g. "
+        "'meld/*' or '*/scores/*'; repeatable (the table still covers every cell)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the cells, their status and command; train nothing")
     mode.add_argument("--report-only", action="store_true", help="rebuild results.json and the table; train nothing")
@@ -499,8 +598,10 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
         return 2
     if args.dry_run:
         for cell in grid.cells:
-            print(f"{cell.key:<32} {describe(cell_status(cell)):<28} "
-                  f"{shlex.join(['python', '-m', TRAINER, *cell.argv(args.threads)])}")
+            print(
+                f"{cell.key:<32} {describe(cell_status(cell)):<28} "
+                f"{shlex.join(['python', '-m', TRAINER, *cell.argv(args.threads)])}"
+            )
         return 0
     failed = [] if args.report_only else run_sweep(grid, args.threads, runner, args.only)
     write_results(grid)

@@ -33,18 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
 
-    overrides = {"bio_mode": "none", "train_bios": [], "dev_bios": [], "threads": args.threads,
-                 "output_dir": "runs/train_step_speed"}
+    overrides = {
+        "bio_mode": "none",
+        "train_bios": [],
+        "dev_bios": [],
+        "threads": args.threads,
+        "output_dir": "runs/train_step_speed",
+    }
     if args.train_data:
         overrides["train_data"] = args.train_data
     runs = {}
     for spec in args.encoders:
         name, _, frozen = spec.partition(":")
-        runs[spec] = setup(load_config(args.config, encoder=name, freeze_layers=int(frozen or 0), **overrides),
-                           dry_run=True)
+        runs[spec] = setup(
+            load_config(args.config, encoder=name, freeze_layers=int(frozen or 0), **overrides), dry_run=True
+        )
     first = next(iter(runs.values()))
     batches = length_sorted_batches(first.train_convs, first.config.batch_size, shuffle_seed=first.config.seed)
-    batches = batches[:args.warmup + args.steps]
+    batches = batches[: args.warmup + args.steps]
     seconds = dict.fromkeys(runs, 0.0)
     for start in range(0, len(batches), args.chunk):
         for spec, run in runs.items():
@@ -56,13 +62,26 @@ def main(argv: list[str] | None = None) -> int:
                 if i >= args.warmup:
                     seconds[spec] += time.perf_counter() - t0
     base = seconds[args.encoders[0]]
-    emit({"config": args.config, "conversations_per_step": first.config.batch_size, "timed_steps": args.steps,
-          "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
-          "encoders": {spec: {"parameters": sum(p.numel() for p in run.model.parameters()),
-                              "trainable": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
-                              "seconds_per_step": round(seconds[spec] / args.steps, 3),
-                              "ratio_to_first": round(seconds[spec] / base, 2)} for spec, run in runs.items()}},
-         args.out)
+    emit(
+        {
+            "config": args.config,
+            "conversations_per_step": first.config.batch_size,
+            "timed_steps": args.steps,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "encoders": {
+                spec: {
+                    "parameters": sum(p.numel() for p in run.model.parameters()),
+                    "trainable": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+                    "seconds_per_step": round(seconds[spec] / args.steps, 3),
+                    "ratio_to_first": round(seconds[spec] / base, 2),
+                }
+                for spec, run in runs.items()
+            },
+        },
+        args.out,
+    )
     return 0
 
 

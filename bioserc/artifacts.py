@@ -58,8 +58,10 @@ def shipped_root() -> Traversable:
     try:
         return resources.files(DEFAULT_PACKAGE)
     except ModuleNotFoundError:
-        raise ArtifactError(f"{DEFAULT_PACKAGE} is not installed, so there is no default model; reinstall bioserc "
-                            "(`bash scripts/install.sh`) or pass --model DIR") from None
+        raise ArtifactError(
+            f"{DEFAULT_PACKAGE} is not installed, so there is no default model; reinstall bioserc "
+            "(`bash scripts/install.sh`) or pass --model DIR"
+        ) from None
 
 
 def default_model_dir() -> str:
@@ -105,9 +107,13 @@ def write_manifest(directory: str, kind: str, **fields: Any) -> dict[str, Any]:
     for rel in _present_files(directory):
         path = os.path.join(directory, rel)
         files[rel] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
-    manifest = {"manifest_version": MANIFEST_VERSION, "kind": kind,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"), **fields,
-                "files": dict(sorted(files.items()))}
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": kind,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **fields,
+        "files": dict(sorted(files.items())),
+    }
     with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
@@ -119,8 +125,10 @@ def read_manifest(directory: str) -> dict[str, Any]:
     if not os.path.isdir(directory):
         raise ArtifactError(f"model artifact {directory!r} does not exist")
     if not os.path.isfile(path):
-        raise ArtifactError(f"{directory!r} has no {MANIFEST}; export it with `bioserc export ...` (or pass a "
-                            "folder written by bioserc)")
+        raise ArtifactError(
+            f"{directory!r} has no {MANIFEST}; export it with `bioserc export ...` (or pass a "
+            "folder written by bioserc)"
+        )
     with open(path, "rb") as fh:
         return parse_manifest(path, fh.read())
 
@@ -137,8 +145,9 @@ def parse_manifest(path: str, raw: bytes) -> dict[str, Any]:
         raise ArtifactError(f"{path}: malformed manifest (a JSON object expected)")
     version = manifest.get("manifest_version", 0)
     if not isinstance(version, int) or version > MANIFEST_VERSION:
-        raise ArtifactError(f"{path}: manifest_version {version!r} is not one this bioserc reads (up to "
-                            f"{MANIFEST_VERSION})")
+        raise ArtifactError(
+            f"{path}: manifest_version {version!r} is not one this bioserc reads (up to {MANIFEST_VERSION})"
+        )
     return manifest
 
 
@@ -150,8 +159,9 @@ def check_manifest(where: str, manifest: dict[str, Any]) -> None:
     """
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{where!r}: {MANIFEST} lists no files, so nothing can be verified; re-export the "
-                            "artifact")
+        raise ArtifactError(
+            f"{where!r}: {MANIFEST} lists no files, so nothing can be verified; re-export the artifact"
+        )
     for rel, meta in files.items():
         _check_rel(where, "files", rel)
         if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and isinstance(meta.get("bytes"), int)):
@@ -159,8 +169,9 @@ def check_manifest(where: str, manifest: dict[str, Any]) -> None:
     for field, rel in _named_paths(manifest):
         _check_rel(where, field, rel)
         if rel not in files:
-            raise ArtifactError(f"{where!r}: {MANIFEST} {field} names {rel!r}, which its files do not list; "
-                                "re-export the artifact")
+            raise ArtifactError(
+                f"{where!r}: {MANIFEST} {field} names {rel!r}, which its files do not list; re-export the artifact"
+            )
 
 
 def verify_artifact(directory: str, kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -178,15 +189,18 @@ def verify_artifact(directory: str, kind: str | tuple[str, ...] | None = None) -
     unlisted = sorted(set(_present_files(directory)) - set(files))
     if unlisted:
         more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
-        raise ArtifactError(f"{directory!r}: file {unlisted[0]!r}{more} is not listed in {MANIFEST}; re-export the "
-                            "artifact")
+        raise ArtifactError(
+            f"{directory!r}: file {unlisted[0]!r}{more} is not listed in {MANIFEST}; re-export the artifact"
+        )
     for rel, meta in files.items():
         path = _inside(directory, rel)
         if not os.path.isfile(path):
             raise ArtifactError(f"{directory!r}: file {rel!r} listed in the manifest is missing")
         if os.path.getsize(path) != meta["bytes"] or sha256_file(path) != meta["sha256"]:
-            raise ArtifactError(f"{directory!r}: file {rel!r} does not match its sha256 in {MANIFEST} "
-                                "(modified or corrupted); re-export the artifact")
+            raise ArtifactError(
+                f"{directory!r}: file {rel!r} does not match its sha256 in {MANIFEST} "
+                "(modified or corrupted); re-export the artifact"
+            )
     if manifest.get("kind") in CLASSIFIER_KINDS:
         check_classifier(directory, manifest, lambda rel: _read_local(directory, manifest, rel))
     return manifest
@@ -211,8 +225,10 @@ def check_classifier(where: str, manifest: dict[str, Any], read: Callable[[str],
     """
     files = manifest["files"]
     if CONFIG_FILE not in files:
-        raise ArtifactError(f"{where!r}: a {manifest.get('kind')} artifact needs {CONFIG_FILE}, which {MANIFEST} "
-                            "does not list; re-export the artifact")
+        raise ArtifactError(
+            f"{where!r}: a {manifest.get('kind')} artifact needs {CONFIG_FILE}, which {MANIFEST} "
+            "does not list; re-export the artifact"
+        )
     try:
         config = json.loads(_checked(where, files, CONFIG_FILE, read(CONFIG_FILE)))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -222,20 +238,28 @@ def check_classifier(where: str, manifest: dict[str, Any], read: Callable[[str],
         raise ArtifactError(f"{where!r}: {MANIFEST} has no labels list; re-export the artifact")
     if not isinstance(config, dict) or config.get("labels") != labels:
         theirs = config.get("labels") if isinstance(config, dict) else None
-        raise ArtifactError(f"{where!r}: {MANIFEST} labels {labels} differ from {CONFIG_FILE}'s {theirs} (order "
-                            "matters); re-export the artifact")
+        raise ArtifactError(
+            f"{where!r}: {MANIFEST} labels {labels} differ from {CONFIG_FILE}'s {theirs} (order "
+            "matters); re-export the artifact"
+        )
     if LABELS_FILE in files:
         text = _checked(where, files, LABELS_FILE, read(LABELS_FILE)).decode("utf-8", errors="replace")
         listed = [line.strip() for line in text.splitlines() if line.strip()]
         if listed != labels:
-            raise ArtifactError(f"{where!r}: {MANIFEST} labels {labels} differ from {LABELS_FILE}'s {listed} (order "
-                                "matters); re-export the artifact")
+            raise ArtifactError(
+                f"{where!r}: {MANIFEST} labels {labels} differ from {LABELS_FILE}'s {listed} (order "
+                "matters); re-export the artifact"
+            )
     if manifest.get("bio_mode") != config.get("bio_mode"):
-        raise ArtifactError(f"{where!r}: {MANIFEST} bio_mode {manifest.get('bio_mode')!r} differs from "
-                            f"{CONFIG_FILE}'s {config.get('bio_mode')!r}; re-export the artifact")
+        raise ArtifactError(
+            f"{where!r}: {MANIFEST} bio_mode {manifest.get('bio_mode')!r} differs from "
+            f"{CONFIG_FILE}'s {config.get('bio_mode')!r}; re-export the artifact"
+        )
     if profile_of(manifest) != profile_of(config):  # what the speaker inputs are: bio text or a profile vector
-        raise ArtifactError(f"{where!r}: {MANIFEST} profile {profile_of(manifest)} differs from {CONFIG_FILE}'s "
-                            f"{profile_of(config)}; re-export the artifact")
+        raise ArtifactError(
+            f"{where!r}: {MANIFEST} profile {profile_of(manifest)} differs from {CONFIG_FILE}'s "
+            f"{profile_of(config)}; re-export the artifact"
+        )
 
 
 def profile_of(fields: dict[str, Any]) -> tuple[str, int]:
@@ -261,13 +285,16 @@ def _id_of(raw: bytes) -> str:
 
 
 def missing_model_help(path: str) -> str:
-    return (f"no model artifact at {path!r}. Pass --model DIR with a folder holding manifest.json: `bioserc train "
-            "bert --config FILE` writes one (its best/ folder) and `bioserc export onnx` another. Without --model the "
-            f"default installed with bioserc is used (${DEFAULT_MODEL_ENV} overrides it)")
+    return (
+        f"no model artifact at {path!r}. Pass --model DIR with a folder holding manifest.json: `bioserc train "
+        "bert --config FILE` writes one (its best/ folder) and `bioserc export onnx` another. Without --model the "
+        f"default installed with bioserc is used (${DEFAULT_MODEL_ENV} overrides it)"
+    )
 
 
-def check_label_model(path: str, open_file: Callable[[str], IO[bytes]] | None = None,
-                      size: Callable[[str], int | None] | None = None) -> dict[str, Any]:
+def check_label_model(
+    path: str, open_file: Callable[[str], IO[bytes]] | None = None, size: Callable[[str], int | None] | None = None
+) -> dict[str, Any]:
     """Verify a `bioserc label` model before any input is read; return its manifest.
 
     A local folder (`open_file` None) gets the full check of `verify_artifact` (every file listed and matching its
@@ -332,11 +359,20 @@ def fetch_artifact(path: str, open_file: Callable[[str], IO[bytes]], cache_root:
 
 def _check_rel(where: str, field: str, rel: Any) -> None:
     """A path inside the folder, spelt one way: relative, '/'-separated, normalised, no '..', not the manifest."""
-    ok = (isinstance(rel, str) and rel not in ("", ".", MANIFEST) and "\\" not in rel and "\0" not in rel
-          and not posixpath.isabs(rel) and posixpath.normpath(rel) == rel and ".." not in rel.split("/"))
+    ok = (
+        isinstance(rel, str)
+        and rel not in ("", ".", MANIFEST)
+        and "\\" not in rel
+        and "\0" not in rel
+        and not posixpath.isabs(rel)
+        and posixpath.normpath(rel) == rel
+        and ".." not in rel.split("/")
+    )
     if not ok:
-        raise ArtifactError(f"{where!r}: {MANIFEST} {field} names {rel!r}, which is not a normalised relative path "
-                            "inside the folder (absolute, '..' and '\\' are refused); re-export the artifact")
+        raise ArtifactError(
+            f"{where!r}: {MANIFEST} {field} names {rel!r}, which is not a normalised relative path "
+            "inside the folder (absolute, '..' and '\\' are refused); re-export the artifact"
+        )
 
 
 def _inside(directory: str, rel: str) -> str:
@@ -344,8 +380,10 @@ def _inside(directory: str, rel: str) -> str:
     root = os.path.realpath(directory)
     path = os.path.join(directory, rel)
     if os.path.commonpath([root, os.path.realpath(path)]) != root:
-        raise ArtifactError(f"{directory!r}: file {rel!r} resolves outside the artifact folder (a symlink); copy the "
-                            "file into the folder and re-export the artifact")
+        raise ArtifactError(
+            f"{directory!r}: file {rel!r} resolves outside the artifact folder (a symlink); copy the "
+            "file into the folder and re-export the artifact"
+        )
     return path
 
 
@@ -381,6 +419,8 @@ def _read_local(directory: str, manifest: dict[str, Any], rel: str) -> bytes:
 def _checked(where: str, files: dict[str, Any], rel: str, data: bytes) -> bytes:
     meta = files[rel]
     if len(data) != meta["bytes"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        raise ArtifactError(f"{where!r}: file {rel!r} does not match its sha256 in {MANIFEST} "
-                            "(modified or corrupted); re-export the artifact")
+        raise ArtifactError(
+            f"{where!r}: file {rel!r} does not match its sha256 in {MANIFEST} "
+            "(modified or corrupted); re-export the artifact"
+        )
     return data

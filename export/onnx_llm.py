@@ -38,19 +38,37 @@ from bioserc.schema import Conversation, Utterance
 logger = logging.getLogger(__name__)
 
 TASK = "text-generation-with-past"
-CARRIED = ("model_family", "label_set", "labels", "prompt_version", "prompt", "chat_template", "metrics",
-           "base_model", "dtype", "lora", "step", "source_adapter")
+CARRIED = (
+    "model_family",
+    "label_set",
+    "labels",
+    "prompt_version",
+    "prompt",
+    "chat_template",
+    "metrics",
+    "base_model",
+    "dtype",
+    "lora",
+    "step",
+    "source_adapter",
+)
 # Max |score difference| (nats) between ORT and PyTorch, both fp32: their kernels differ by ~1e-5 on small models.
 PARITY_TOLERANCE = 1e-3
-PARITY_CONVERSATION = Conversation("parity", [
-    Utterance(0, "SPEAKER_0", "I can't believe you did that to me!"),
-    Utterance(1, "SPEAKER_1", "Relax, it was only a joke."),
-    Utterance(2, "SPEAKER_0", "Well, nobody is laughing."),
-    Utterance(3, "SPEAKER_1", "Okay, okay. I am sorry."),
-])
+PARITY_CONVERSATION = Conversation(
+    "parity",
+    [
+        Utterance(0, "SPEAKER_0", "I can't believe you did that to me!"),
+        Utterance(1, "SPEAKER_1", "Relax, it was only a joke."),
+        Utterance(2, "SPEAKER_0", "Well, nobody is laughing."),
+        Utterance(3, "SPEAKER_1", "Okay, okay. I am sorry."),
+    ],
+)
 PARITY_BIO = "Speaks fast and loud, gets upset easily, then calms down."
-PARITY_TEXTS = ("The weather today is", "Describe the speaker's mood in one sentence:",
-                "Conversation transcript: hello there, how are you?")
+PARITY_TEXTS = (
+    "The weather today is",
+    "Describe the speaker's mood in one sentence:",
+    "Conversation transcript: hello there, how are you?",
+)
 PARITY_CONTINUATIONS = (" calm", " angry and loud", " I am fine, thanks.")
 
 
@@ -58,8 +76,10 @@ def source_llm_manifest(model_dir: str) -> dict[str, Any] | None:
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model folder {model_dir!r} does not exist")
     if os.path.isfile(os.path.join(model_dir, "adapter_config.json")):
-        raise ValueError(f"{model_dir!r} is a LoRA adapter; merge it into its base first "
-                         "(python -m bioserc.training.merge_llm --adapter DIR -o MERGED) and export MERGED")
+        raise ValueError(
+            f"{model_dir!r} is a LoRA adapter; merge it into its base first "
+            "(python -m bioserc.training.merge_llm --adapter DIR -o MERGED) and export MERGED"
+        )
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir!r} has no config.json: not a Hugging Face model folder")
     if not os.path.isfile(os.path.join(model_dir, MANIFEST)):
@@ -100,8 +120,9 @@ def parity_inputs(model_dir: str, source: dict[str, Any] | None) -> tuple[list[l
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if source and "labels" in source and "prompt" in source:
         encoder = ChatEncoder(tokenizer, source["labels"], ErcPromptConfig.from_dict(source["prompt"]))
-        prompts = [encoder.prompt_ids(PARITY_CONVERSATION, i, PARITY_BIO)
-                   for i in range(len(PARITY_CONVERSATION.utterances))]
+        prompts = [
+            encoder.prompt_ids(PARITY_CONVERSATION, i, PARITY_BIO) for i in range(len(PARITY_CONVERSATION.utterances))
+        ]
         return prompts, encoder.answers, encoder.pad_id
     prompts = [tokenizer(text)["input_ids"] for text in PARITY_TEXTS]
     answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in PARITY_CONTINUATIONS]
@@ -119,17 +140,28 @@ def measure_parity(model_dir: str, onnx_dir: str, source: dict[str, Any] | None)
     from bioserc.models.onnx_llm_scoring import ort_causal_lm, ort_label_loglik
 
     prompts, answers, pad_id = parity_inputs(model_dir, source)
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager",
-                                                     local_files_only=True).eval()
+    reference = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True
+    ).eval()
     expected = label_loglik(reference, prompts, answers, pad_id)
     del reference
     got = ort_label_loglik(ort_causal_lm(onnx_dir, "cpu"), prompts, answers, pad_id)
-    return {"checked": True, "max_abs_diff": float((expected - got).abs().max()), "prompts": len(prompts),
-            "answers": len(answers)}
+    return {
+        "checked": True,
+        "max_abs_diff": float((expected - got).abs().max()),
+        "prompts": len(prompts),
+        "answers": len(answers),
+    }
 
 
-def export_llm(model_dir: str, out_dir: str, opset: int | None = None, validate: bool = False, parity: bool = True,
-               parity_tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
+def export_llm(
+    model_dir: str,
+    out_dir: str,
+    opset: int | None = None,
+    validate: bool = False,
+    parity: bool = True,
+    parity_tolerance: float = PARITY_TOLERANCE,
+) -> dict[str, Any]:
     """Export `model_dir` (a merged HF causal LM folder) into `out_dir`; return the new manifest.
 
     Args:
@@ -148,8 +180,9 @@ def export_llm(model_dir: str, out_dir: str, opset: int | None = None, validate:
     source = source_llm_manifest(model_dir)
     tmp = staging_dir(out_dir)
     try:
-        main_export(model_dir, output=tmp, task=TASK, opset=opset, do_validation=validate, local_files_only=True,
-                    device="cpu")
+        main_export(
+            model_dir, output=tmp, task=TASK, opset=opset, do_validation=validate, local_files_only=True, device="cpu"
+        )
         onnx_path = os.path.join(tmp, "model.onnx")
         if not os.path.isfile(onnx_path):
             raise RuntimeError(f"optimum wrote no model.onnx into {tmp} (files: {sorted(os.listdir(tmp))})")
@@ -160,7 +193,8 @@ def export_llm(model_dir: str, out_dir: str, opset: int | None = None, validate:
                 raise RuntimeError(
                     f"ONNX export of {model_dir} does not match PyTorch: answer log-likelihoods differ by up to "
                     f"{checked['max_abs_diff']:.3g} (tolerance {parity_tolerance:g}) over {checked['prompts']} "
-                    f"prompts x {checked['answers']} answers; nothing was written to {out_dir}")
+                    f"prompts x {checked['answers']} answers; nothing was written to {out_dir}"
+                )
         with open(os.path.join(tmp, "config.json"), encoding="utf-8") as fh:
             config = json.load(fh)
         fields = {k: source[k] for k in CARRIED if source and k in source}
@@ -168,10 +202,19 @@ def export_llm(model_dir: str, out_dir: str, opset: int | None = None, validate:
         if "prompt" in fields:
             fields["bio_mode"] = fields["prompt"].get("bio_mode")
         manifest = write_manifest(
-            tmp, "onnx-llm", **fields, task=TASK, architecture=(config.get("architectures") or [None])[0],
-            max_context=config.get("max_position_embeddings"), opset=_opset(onnx_path), precision="fp32",
-            parity=checked, versions=_versions(), source_path=os.path.abspath(model_dir),
-            source_checkpoint=manifest_id(model_dir) if source else None)
+            tmp,
+            "onnx-llm",
+            **fields,
+            task=TASK,
+            architecture=(config.get("architectures") or [None])[0],
+            max_context=config.get("max_position_embeddings"),
+            opset=_opset(onnx_path),
+            precision="fp32",
+            parity=checked,
+            versions=_versions(),
+            source_path=os.path.abspath(model_dir),
+            source_checkpoint=manifest_id(model_dir) if source else None,
+        )
         publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,8 +25,9 @@ from bioserc.fsutil import staging_dir
 WRITTEN = ("manifest_version", "kind", "created", "files")  # write_manifest's own keys
 
 
-def refresh_classifier(directory: str, seed_results: str | None = None,
-                       seed_variant: str | None = None) -> dict[str, Any]:
+def refresh_classifier(
+    directory: str, seed_results: str | None = None, seed_variant: str | None = None
+) -> dict[str, Any]:
     """Re-shard, re-card and re-manifest the onnx-classifier at `directory` in place; return the new manifest.
 
     `seed_results`/`seed_variant` as in `export_classifier`; without them the manifest's seed results are kept.
@@ -38,17 +39,28 @@ def refresh_classifier(directory: str, seed_results: str | None = None,
     if seed_results is not None and seed_variant is not None:
         seeds = load_seed_results(seed_results, seed_variant)
         if seeds["dataset"] != manifest.get("label_set"):
-            raise ValueError(f"seed results {seed_results}: row {seed_variant} is for {seeds['dataset']}, but "
-                             f"{directory} is a {manifest.get('label_set')} model")
+            raise ValueError(
+                f"seed results {seed_results}: row {seed_variant} is for {seeds['dataset']}, but "
+                f"{directory} is a {manifest.get('label_set')} model"
+            )
     tmp = staging_dir(directory)
     try:
         shutil.copytree(directory, tmp, dirs_exist_ok=True)
         fields = {key: value for key, value in manifest.items() if key not in WRITTEN}  # the card reads what it needs
-        fields["external_data"] = [shard for graph in manifest["graphs"].values()
-                                   for shard in shard_graph(os.path.join(tmp, graph))]
+        fields["external_data"] = [
+            shard for graph in manifest["graphs"].values() for shard in shard_graph(os.path.join(tmp, graph))
+        ]
         fields["seed_results"] = seeds
-        write_model_card(tmp, fields, fields.get("metrics", {}), fields["parity"], fields.get("precision", "fp32"),
-                         directory, seeds, fields.get("quantized", []))
+        write_model_card(
+            tmp,
+            fields,
+            fields.get("metrics", {}),
+            fields["parity"],
+            fields.get("precision", "fp32"),
+            directory,
+            seeds,
+            fields.get("quantized", []),
+        )
         new = write_manifest(tmp, "onnx-classifier", **fields)
         publish(tmp, directory)
     except BaseException:

@@ -48,6 +48,7 @@ def shard_graph(path: str, max_bytes: int = SHARD_BYTES) -> list[str]:
 
 def _locations(model: onnx.ModelProto) -> list[str]:
     """The external data files `model` reads, in order of first use."""
-    found = (entry.value for tensor in model.graph.initializer for entry in tensor.external_data
-             if entry.key == "location")
+    found = (
+        entry.value for tensor in model.graph.initializer for entry in tensor.external_data if entry.key == "location"
+    )
     return list(dict.fromkeys(found))

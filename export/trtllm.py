@@ -51,8 +51,16 @@ logger = logging.getLogger(__name__)
 
 SERVE_README = "README-serve.md"
 LORA_YAML = "extra_llm_api_options.lora.yaml"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 DEFAULT_MAX_NUM_TOKENS = 8192  # TensorRT-LLM's own BuildConfig default
 NOT_IMPORTABLE = (
     "tensorrt_llm is not importable here ({error}). It has no Python 3.11 wheel (only cp310/cp312 wheels, from "
@@ -71,9 +79,11 @@ def require_trtllm() -> ModuleType:
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError("no CUDA GPU is visible (torch.cuda.is_available() is False): a TensorRT engine is built "
-                           "on, and for, the GPU type it will run on. Run the container with `--gpus all` on a GPU "
-                           "host, or use --serve-only")
+        raise RuntimeError(
+            "no CUDA GPU is visible (torch.cuda.is_available() is False): a TensorRT engine is built "
+            "on, and for, the GPU type it will run on. Run the container with `--gpus all` on a GPU "
+            "host, or use --serve-only"
+        )
     return tensorrt_llm
 
 
@@ -89,9 +99,15 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def size_for_workload(bio_prompt_tokens: int, bio_new_tokens: int, label_prompt_tokens: int = 0,
-                      label_tokens: int = 0, max_batch_size: int = 64, multiple: int = 64,
-                      context_limit: int | None = None) -> EngineSize:
+def size_for_workload(
+    bio_prompt_tokens: int,
+    bio_new_tokens: int,
+    label_prompt_tokens: int = 0,
+    label_tokens: int = 0,
+    max_batch_size: int = 64,
+    multiple: int = 64,
+    context_limit: int | None = None,
+) -> EngineSize:
     """Engine limits that fit both jobs the merged LLM does: writing bios and (LLM variant) emitting labels.
 
     Args:
@@ -128,22 +144,36 @@ def size_for_workload(bio_prompt_tokens: int, bio_new_tokens: int, label_prompt_
 def lora_options_yaml(adapter_dir: str, max_lora_rank: int = 64, max_loras: int = 1) -> str:
     """`--extra_llm_api_options` YAML that serves an unmerged peft adapter (`adapter_dir`, written as given) on the
     base model (PyTorch backend)."""
-    return (f"# trtllm-serve BASE_MODEL --extra_llm_api_options {LORA_YAML}\n"
-            "lora_config:\n"
-            f"  lora_dir:\n    - {os.path.abspath(adapter_dir)}\n"
-            f"  max_lora_rank: {max_lora_rank}\n"
-            f"  max_loras: {max_loras}\n"
-            f"  max_cpu_loras: {max_loras}\n")
+    return (
+        f"# trtllm-serve BASE_MODEL --extra_llm_api_options {LORA_YAML}\n"
+        "lora_config:\n"
+        f"  lora_dir:\n    - {os.path.abspath(adapter_dir)}\n"
+        f"  max_lora_rank: {max_lora_rank}\n"
+        f"  max_loras: {max_loras}\n"
+        f"  max_cpu_loras: {max_loras}\n"
+    )
 
 
-def serve_instructions(merged_dir: str, engine_dir: str | None = None, adapter_dir: str | None = None,
-                       base_dir: str | None = None, size: EngineSize | None = None, host: str = "0.0.0.0",
-                       port: int = 8000) -> str:
+def serve_instructions(
+    merged_dir: str,
+    engine_dir: str | None = None,
+    adapter_dir: str | None = None,
+    base_dir: str | None = None,
+    size: EngineSize | None = None,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+) -> str:
     """README-serve.md: how to serve the merged model with trtllm-serve (and the engine, when one was built)."""
     merged = os.path.abspath(merged_dir)
     served = os.path.basename(merged)
-    limits = (f" --max_batch_size {size.max_batch_size} --max_num_tokens {size.max_num_tokens} "
-              f"--max_seq_len {size.max_seq_len}") if size else ""
+    limits = (
+        (
+            f" --max_batch_size {size.max_batch_size} --max_num_tokens {size.max_num_tokens} "
+            f"--max_seq_len {size.max_seq_len}"
+        )
+        if size
+        else ""
+    )
     lines = [
         "# Serving with TensorRT-LLM",
         "",
@@ -157,40 +187,57 @@ def serve_instructions(merged_dir: str, engine_dir: str | None = None, adapter_d
         "```",
     ]
     if engine_dir:
-        lines += ["", "## Prebuilt TensorRT engine (legacy backend, tensorrt-llm <= 1.2.x, this GPU type only)", "",
-                  "```bash",
-                  f"trtllm-serve {os.path.abspath(engine_dir)} --backend tensorrt --tokenizer {merged} "
-                  f"--host {host} --port {port}",
-                  "```"]
+        lines += [
+            "",
+            "## Prebuilt TensorRT engine (legacy backend, tensorrt-llm <= 1.2.x, this GPU type only)",
+            "",
+            "```bash",
+            f"trtllm-serve {os.path.abspath(engine_dir)} --backend tensorrt --tokenizer {merged} "
+            f"--host {host} --port {port}",
+            "```",
+        ]
     lora_base = "BASE_MODEL_DIR"
     if base_dir:
         resolved = resolve_model(base_dir)  # an embedded name: trtllm-serve needs its folder
         lora_base = os.path.abspath(resolved) if os.path.isdir(resolved) else resolved
     adapter = os.path.abspath(adapter_dir) if adapter_dir else "ADAPTER_DIR"
-    lines += ["", "## LoRA adapter without merging (PyTorch backend)", "",
-              f"Write `{LORA_YAML}`" + (" (written beside this file):" if adapter_dir else ":"), "",
-              "```yaml", lora_options_yaml(adapter).rstrip("\n"), "```", "",
-              "```bash",
-              f"trtllm-serve {lora_base} --host {host} --port {port} --extra_llm_api_options {LORA_YAML}",
-              "```", "",
-              "Each request then names the adapter: `extra_body={\"lora_request\": {\"lora_name\": \"bioserc\", "
-              f"\"lora_int_id\": 1, \"lora_path\": \"{adapter}\"}}}}`.",
-              "",
-              "## Calling it from bioserc", "",
-              "trtllm-serve has no chat-prefill extension, and bioserc's bio prompts pre-fill the answer "
-              "(`<SPEAKER> is`), so use the completions endpoint with the chat template rendered locally. "
-              f"trtllm-serve serves a folder under its last path component (`{served}`"
-              + (f"; the engine: `{os.path.basename(os.path.abspath(engine_dir))}`" if engine_dir else "")
-              + ", as GET /v1/models lists it):", "",
-              "```bash",
-              f"bioserc bios CALLS -o OUT --backend openai --base-url http://HOST:{port} --model {served} "
-              f"--endpoint completions --tokenizer {merged}",
-              "```", "",
-              "```python",
-              "from bioserc.bios.http_backend import OpenAICompatibleBackend",
-              f"backend = OpenAICompatibleBackend(\"http://HOST:{port}\", model=\"{served}\", "
-              f"endpoint=\"completions\", tokenizer_path=\"{merged}\")",
-              "```", ""]
+    lines += [
+        "",
+        "## LoRA adapter without merging (PyTorch backend)",
+        "",
+        f"Write `{LORA_YAML}`" + (" (written beside this file):" if adapter_dir else ":"),
+        "",
+        "```yaml",
+        lora_options_yaml(adapter).rstrip("\n"),
+        "```",
+        "",
+        "```bash",
+        f"trtllm-serve {lora_base} --host {host} --port {port} --extra_llm_api_options {LORA_YAML}",
+        "```",
+        "",
+        'Each request then names the adapter: `extra_body={"lora_request": {"lora_name": "bioserc", '
+        f'"lora_int_id": 1, "lora_path": "{adapter}"}}}}`.',
+        "",
+        "## Calling it from bioserc",
+        "",
+        "trtllm-serve has no chat-prefill extension, and bioserc's bio prompts pre-fill the answer "
+        "(`<SPEAKER> is`), so use the completions endpoint with the chat template rendered locally. "
+        f"trtllm-serve serves a folder under its last path component (`{served}`"
+        + (f"; the engine: `{os.path.basename(os.path.abspath(engine_dir))}`" if engine_dir else "")
+        + ", as GET /v1/models lists it):",
+        "",
+        "```bash",
+        f"bioserc bios CALLS -o OUT --backend openai --base-url http://HOST:{port} --model {served} "
+        f"--endpoint completions --tokenizer {merged}",
+        "```",
+        "",
+        "```python",
+        "from bioserc.bios.http_backend import OpenAICompatibleBackend",
+        f'backend = OpenAICompatibleBackend("http://HOST:{port}", model="{served}", '
+        f'endpoint="completions", tokenizer_path="{merged}")',
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -208,8 +255,15 @@ def _carried(source: dict[str, Any] | None, drop: tuple[str, ...] = ()) -> dict[
     return {k: source[k] for k in CARRIED if source and k in source and k not in drop}
 
 
-def write_serve_only(merged_dir: str, out_dir: str, adapter_dir: str | None = None, base_dir: str | None = None,
-                     size: EngineSize | None = None, host: str = "0.0.0.0", port: int = 8000) -> dict[str, Any]:
+def write_serve_only(
+    merged_dir: str,
+    out_dir: str,
+    adapter_dir: str | None = None,
+    base_dir: str | None = None,
+    size: EngineSize | None = None,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+) -> dict[str, Any]:
     """README-serve.md (+ the LoRA YAML when an adapter is given) and an hf-llm manifest naming the model folder.
 
     The folder holds no weights: `model_path` in the manifest points at the merged model that trtllm-serve loads.
@@ -226,10 +280,16 @@ def write_serve_only(merged_dir: str, out_dir: str, adapter_dir: str | None = No
             with open(os.path.join(tmp, LORA_YAML), "w", encoding="utf-8") as fh:
                 fh.write(lora_options_yaml(os.path.abspath(adapter_dir)))
         manifest = write_manifest(
-            tmp, "hf-llm", **_carried(source), serve_only=True, runtime="trtllm-serve (PyTorch backend)",
-            model_path=os.path.abspath(merged_dir), adapter_path=os.path.abspath(adapter_dir) if adapter_dir else None,
+            tmp,
+            "hf-llm",
+            **_carried(source),
+            serve_only=True,
+            runtime="trtllm-serve (PyTorch backend)",
+            model_path=os.path.abspath(merged_dir),
+            adapter_path=os.path.abspath(adapter_dir) if adapter_dir else None,
             limits=asdict(size) if size else None,
-            source_checkpoint=manifest_id(merged_dir) if source else None)
+            source_checkpoint=manifest_id(merged_dir) if source else None,
+        )
         publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -237,9 +297,17 @@ def write_serve_only(merged_dir: str, out_dir: str, adapter_dir: str | None = No
     return manifest
 
 
-def build_engine(merged_dir: str, engine_dir: str, max_batch_size: int, max_input_len: int, max_seq_len: int,
-                 dtype: str = "auto", max_num_tokens: int | None = None, host: str = "0.0.0.0",
-                 port: int = 8000) -> dict[str, Any]:
+def build_engine(
+    merged_dir: str,
+    engine_dir: str,
+    max_batch_size: int,
+    max_input_len: int,
+    max_seq_len: int,
+    dtype: str = "auto",
+    max_num_tokens: int | None = None,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+) -> dict[str, Any]:
     """Build a TensorRT engine for this GPU from the merged HF folder; write it, README-serve.md and a manifest.
 
     Unverified here (see the module docstring); needs tensorrt-llm 1.2.x and a CUDA GPU.
@@ -252,11 +320,21 @@ def build_engine(merged_dir: str, engine_dir: str, max_batch_size: int, max_inpu
     from tensorrt_llm import BuildConfig
     from tensorrt_llm._tensorrt_engine import LLM
 
-    size = EngineSize(max_batch_size, max_input_len, max_seq_len,
-                      max_num_tokens or size_for_workload(max_input_len, max_seq_len - max_input_len,
-                                                          max_batch_size=max_batch_size, multiple=1).max_num_tokens)
-    build_config = BuildConfig(max_batch_size=size.max_batch_size, max_input_len=size.max_input_len,
-                               max_seq_len=size.max_seq_len, max_num_tokens=size.max_num_tokens)
+    size = EngineSize(
+        max_batch_size,
+        max_input_len,
+        max_seq_len,
+        max_num_tokens
+        or size_for_workload(
+            max_input_len, max_seq_len - max_input_len, max_batch_size=max_batch_size, multiple=1
+        ).max_num_tokens,
+    )
+    build_config = BuildConfig(
+        max_batch_size=size.max_batch_size,
+        max_input_len=size.max_input_len,
+        max_seq_len=size.max_seq_len,
+        max_num_tokens=size.max_num_tokens,
+    )
     tmp = staging_dir(engine_dir)
     try:
         llm = LLM(model=merged_dir, dtype=dtype, build_config=build_config)
@@ -270,12 +348,19 @@ def build_engine(merged_dir: str, engine_dir: str, max_batch_size: int, max_inpu
         import torch
 
         manifest = write_manifest(
-            tmp, "trtllm-engine", **_carried(source, drop=("dtype",)), backend="tensorrt (legacy engine)", dtype=dtype,
-            limits=asdict(size), gpu=torch.cuda.get_device_name(0),
+            tmp,
+            "trtllm-engine",
+            **_carried(source, drop=("dtype",)),
+            backend="tensorrt (legacy engine)",
+            dtype=dtype,
+            limits=asdict(size),
+            gpu=torch.cuda.get_device_name(0),
             compute_capability=".".join(map(str, torch.cuda.get_device_capability(0))),
             versions={"tensorrt_llm": getattr(trt, "__version__", "unknown"), "torch": torch.__version__},
-            tokenizer_files_copied=copied, model_path=os.path.abspath(merged_dir),
-            source_checkpoint=manifest_id(merged_dir) if source else None)
+            tokenizer_files_copied=copied,
+            model_path=os.path.abspath(merged_dir),
+            source_checkpoint=manifest_id(merged_dir) if source else None,
+        )
         publish(tmp, engine_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,7 @@ BITS = (8, 4)
 
 
 def _weight_kind(uses: list[tuple[onnx.NodeProto, int]]) -> str | None:
-    """"matmul" for a weight used only as MatMul's right operand, "table" for a Gather table only; else None."""
+    """ "matmul" for a weight used only as MatMul's right operand, "table" for a Gather table only; else None."""
     if all(node.op_type == "MatMul" and slot == 1 for node, slot in uses):
         return "matmul"
     if all(node.op_type == "Gather" and slot == 0 for node, slot in uses):
@@ -56,8 +56,9 @@ def _symmetric(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.ndarr
     return q, scale.astype(np.float32)
 
 
-def quantize_weights(path: str, bits: int = 8, block_size: int = BLOCK_SIZE,
-                     min_elements: int = MIN_ELEMENTS) -> list[str]:
+def quantize_weights(
+    path: str, bits: int = 8, block_size: int = BLOCK_SIZE, min_elements: int = MIN_ELEMENTS
+) -> list[str]:
     """Rewrite the ONNX file at `path` in place with `bits`-bit MatMul weights and int8 embedding tables; return the
     names of the quantized tensors."""
     if bits not in BITS:
@@ -87,10 +88,12 @@ def quantize_weights(path: str, bits: int = 8, block_size: int = BLOCK_SIZE,
         stored = f"{name}_int{width}"
         values = np.ascontiguousarray(q).astype(np.int8 if width == 8 else ml_dtypes.int4)  # int4: packed 2 per byte
         graph.initializer.remove(initializers[name])
-        graph.initializer.extend([numpy_helper.from_array(values, stored),
-                                  numpy_helper.from_array(scale, f"{name}_scale")])
-        dequantize.append(helper.make_node("DequantizeLinear", [stored, f"{name}_scale"], [name],
-                                           name=f"{name}_dequantize", **attrs))
+        graph.initializer.extend(
+            [numpy_helper.from_array(values, stored), numpy_helper.from_array(scale, f"{name}_scale")]
+        )
+        dequantize.append(
+            helper.make_node("DequantizeLinear", [stored, f"{name}_scale"], [name], name=f"{name}_dequantize", **attrs)
+        )
         done.append(name)
     for node in reversed(dequantize):  # producers first keeps the graph topologically sorted
         graph.node.insert(0, node)

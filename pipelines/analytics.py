@@ -41,8 +41,10 @@ from bioserc.pipelines.outputs import (
 
 
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
-CALLS_SCHEMA = pa.schema([(name, _ARROW[kind]) for name, kind in CALLS_COLUMNS],
-                         metadata={"bioserc_calls_schema_version": str(CALLS_SCHEMA_VERSION)})
+CALLS_SCHEMA = pa.schema(
+    [(name, _ARROW[kind]) for name, kind in CALLS_COLUMNS],
+    metadata={"bioserc_calls_schema_version": str(CALLS_SCHEMA_VERSION)},
+)
 REQUIRED = ("conversation_id", "index", "speaker", "label", "probs")  # what a summary needs of an utterance row
 
 
@@ -129,8 +131,10 @@ def calls_of(path: str) -> Iterator[list[dict[str, Any]]]:
                 raise SummarizeError(f"{path} line {number}: not JSON ({err.msg})") from None
             missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
             if missing or not _probabilities(row["probs"]):
-                raise SummarizeError(f"{path} line {number}: not an utterance row (field {(missing or ['probs'])[0]!r}"
-                                     " missing or malformed)")
+                raise SummarizeError(
+                    f"{path} line {number}: not an utterance row (field {(missing or ['probs'])[0]!r}"
+                    " missing or malformed)"
+                )
             if rows and row["conversation_id"] != rows[0]["conversation_id"]:
                 yield rows
                 rows = []
@@ -170,8 +174,10 @@ def archive_problems(archive: dict[str, Any], rows: int) -> list[str]:
     if archive["utterances"] != rows:
         problems.append(f"archive.json counts {archive['utterances']} utterances but {rows} rows were written")
     if sum(archive["labels"].values()) != archive["utterances"]:
-        problems.append(f"archive.json's label totals add up to {sum(archive['labels'].values())}, not its "
-                        f"{archive['utterances']} utterances")
+        problems.append(
+            f"archive.json's label totals add up to {sum(archive['labels'].values())}, not its "
+            f"{archive['utterances']} utterances"
+        )
     return problems
 
 

@@ -25,9 +25,19 @@ GENERATION_FAILED = "generation failed:"  # how `BioExtractor.generate` marks th
 class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor]):
     """Loads one LLM backend per worker process and turns a batch of conversations into bio results."""
 
-    def __init__(self, backend: str, model: str, backend_options: dict[str, Any], config: GenerationConfig,
-                 words: int, cache_dir: str | None, max_batch_size: int = 4, progress_total: int = 0,
-                 profile: str = "text", labels: Sequence[str] | None = None):
+    def __init__(
+        self,
+        backend: str,
+        model: str,
+        backend_options: dict[str, Any],
+        config: GenerationConfig,
+        words: int,
+        cache_dir: str | None,
+        max_batch_size: int = 4,
+        progress_total: int = 0,
+        profile: str = "text",
+        labels: Sequence[str] | None = None,
+    ):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.backend, self.model, self.backend_options = backend, model, backend_options
         self.config, self.words, self.cache_dir = config, words, cache_dir
@@ -47,8 +57,9 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
             self._bar = tqdm(total=self.progress_total, desc="bios", unit="bio")
         return BioExtractor(backend, self.config, self.words, cache, self.profile, self.labels)
 
-    def run_inference(self, batch: Sequence[Conversation], model: BioExtractor,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[list[BioResult]]:
+    def run_inference(
+        self, batch: Sequence[Conversation], model: BioExtractor, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[list[BioResult]]:
         """One generate call for the whole batch; if the backend fails on it, each conversation is retried alone, so
         a conversation the LLM cannot take costs only its own bios (bios that did come out are cached by then)."""
         by_conv: dict[str, list[BioResult]] = {c.id: [] for c in batch}
@@ -61,8 +72,11 @@ class BioModelHandler(ModelHandler[Conversation, list[BioResult], BioExtractor])
         if self._bar is not None and cached:
             self._bar.update(cached)
         # Local backends: chunks of --batch-size prompts, so the bar moves per generate call; a server takes them all
-        results = list(model.generate_chunks(requests, self.backend_options.get("batch_size"),
-                                             None if self._bar is None else self._bar.update))
+        results = list(
+            model.generate_chunks(
+                requests, self.backend_options.get("batch_size"), None if self._bar is None else self._bar.update
+            )
+        )
         if len(batch) > 1 and any(r.error and r.error.startswith(GENERATION_FAILED) for r in results):
             if self._bar is not None:  # the retries count their own bios again
                 self._bar.update(-cached - len(results))
@@ -86,8 +100,15 @@ class BioRecords(beam.DoFn):
             for result in results:
                 if result.error:
                     c["bios_dead_lettered"] += 1
-                    yield DEAD, {"stage": "bios", "record": result.conversation_id, "reason": result.error,
-                                 **result.to_dict()}
+                    yield (
+                        DEAD,
+                        {
+                            "stage": "bios",
+                            "record": result.conversation_id,
+                            "reason": result.error,
+                            **result.to_dict(),
+                        },
+                    )
                 else:
                     c["bios_cached" if result.cached else "bios_generated"] += 1
                     yield BIOS, result.to_dict()

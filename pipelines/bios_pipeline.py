@@ -68,23 +68,37 @@ logger = logging.getLogger(__name__)
 def make_parser() -> argparse.ArgumentParser:
     """`bioserc bios`'s own flags; parse with `parse_pipeline_args`, which passes Beam's flags through."""
     p = pipeline_parser("bioserc bios", __doc__)
-    add_input_args(p, remote=True, size_limit=False,
-                   dataset_help=DATASET_HELP + ", and the label words --profile scores scores (needed there)")
+    add_input_args(
+        p,
+        remote=True,
+        size_limit=False,
+        dataset_help=DATASET_HELP + ", and the label words --profile scores scores (needed there)",
+    )
     p.add_argument("-o", "--output", required=True, help="output directory (local or gs://)")
     g = p.add_argument_group("LLM (`bioserc label` takes the same flags as --bio-backend, --bio-model, ...)")
     add_bio_llm_args(g)
-    g.add_argument("--profile", default="text", choices=PROFILES,
-                   help="what each (conversation, speaker) gets: text (the bio, prompt bio-v1), emotion (mood, what "
-                   "changes it, reactions to others; emotion-v1), scores (no decoding: each --dataset label's "
-                   "probability as the answer to how the speaker feels overall; scores-v1) or latent (the LLM's "
-                   "final hidden state at the end of that question); scores and latent need a local backend")
+    g.add_argument(
+        "--profile",
+        default="text",
+        choices=PROFILES,
+        help="what each (conversation, speaker) gets: text (the bio, prompt bio-v1), emotion (mood, what "
+        "changes it, reactions to others; emotion-v1), scores (no decoding: each --dataset label's "
+        "probability as the answer to how the speaker feels overall; scores-v1) or latent (the LLM's "
+        "final hidden state at the end of that question); scores and latent need a local backend",
+    )
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (use with --seed)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
-    g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",
-                   help="conversations Beam hands to one inference call")
+    g.add_argument(
+        "--conversations-per-batch",
+        type=at_least(1),
+        default=16,
+        metavar="N",
+        help="conversations Beam hands to one inference call",
+    )
     g = p.add_argument_group("run")
-    g.add_argument("--allow-skips", action="store_true",
-                   help="exit 0 even if some bios or input records were dead-lettered")
+    g.add_argument(
+        "--allow-skips", action="store_true", help="exit 0 even if some bios or input records were dead-lettered"
+    )
     return p
 
 
@@ -93,15 +107,26 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, staging: str, progr
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
     cache = None if args.cache == "none" else (args.cache or output_path(args.output, "cache"))
     labels = LABEL_SETS[args.dataset].labels if args.dataset else None
-    handler = BioModelHandler(args.backend, args.model, backend_options(args), config, args.words, cache,
-                              max_batch_size=args.conversations_per_batch, progress_total=progress_total,
-                              profile=args.profile, labels=labels)
-    _ = (pipeline
-         | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
-         | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), batch=args.conversations_per_batch))
-         | "Generate" >> RunInference(BatchedModelHandler(handler))
-         | "Split" >> beam.ParDo(BioRecords())
-         | "Write" >> WriteShards(staging))  # one chain, one sink (see pipelines.records)
+    handler = BioModelHandler(
+        args.backend,
+        args.model,
+        backend_options(args),
+        config,
+        args.words,
+        cache,
+        max_batch_size=args.conversations_per_batch,
+        progress_total=progress_total,
+        profile=args.profile,
+        labels=labels,
+    )
+    _ = (
+        pipeline
+        | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
+        | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), batch=args.conversations_per_batch))
+        | "Generate" >> RunInference(BatchedModelHandler(handler))
+        | "Split" >> beam.ParDo(BioRecords())
+        | "Write" >> WriteShards(staging)
+    )  # one chain, one sink (see pipelines.records)
 
 
 @dataclass
@@ -128,8 +153,14 @@ def assemble_bios(staging: str) -> None:
                 for line in fh:
                     if line.strip():
                         entry = json.loads(line)
-                        out.write((("" if first else ", ") + json.dumps(entry["conversation_id"], ensure_ascii=False)
-                                   + ": " + json.dumps(entry["bios"], ensure_ascii=False)).encode("utf-8"))
+                        out.write(
+                            (
+                                ("" if first else ", ")
+                                + json.dumps(entry["conversation_id"], ensure_ascii=False)
+                                + ": "
+                                + json.dumps(entry["bios"], ensure_ascii=False)
+                            ).encode("utf-8")
+                        )
                         first = False
         out.write(b"}\n")
 
@@ -150,8 +181,16 @@ def count_speakers(args: argparse.Namespace) -> int:
 def finish(counters: dict[str, int], args: argparse.Namespace, staging: str) -> BiosRun:
     """Replace the outputs with the assembled files (unless no bio came out and earlier bios exist) and decide the
     exit status the way `bioserc label` does."""
-    c = {name: counters.get(name, 0) for name in ("conversations_read", "bios_generated", "bios_cached",
-                                                   "bios_dead_lettered", "input_records_dead_lettered")}
+    c = {
+        name: counters.get(name, 0)
+        for name in (
+            "conversations_read",
+            "bios_generated",
+            "bios_cached",
+            "bios_dead_lettered",
+            "input_records_dead_lettered",
+        )
+    }
     made = c["bios_generated"] + c["bios_cached"]
     dead = c["bios_dead_lettered"] + c["input_records_dead_lettered"]
     where = args.output
@@ -160,8 +199,10 @@ def finish(counters: dict[str, int], args: argparse.Namespace, staging: str) -> 
     else:
         promote(staging, args.output, (PAPER, DEAD, BIOS))
     code = 1 if not made or (dead and not args.allow_skips) else 0
-    message = (f"wrote {made} bios ({c['bios_cached']} from the cache) for {c['conversations_read']} calls; "
-               f"dead-lettered {c['bios_dead_lettered']} bios and {c['input_records_dead_lettered']} input records")
+    message = (
+        f"wrote {made} bios ({c['bios_cached']} from the cache) for {c['conversations_read']} calls; "
+        f"dead-lettered {c['bios_dead_lettered']} bios and {c['input_records_dead_lettered']} input records"
+    )
     if not made:
         message = f"error: no bio was produced ({message})"
     elif code:
@@ -169,16 +210,21 @@ def finish(counters: dict[str, int], args: argparse.Namespace, staging: str) -> 
     return BiosRun(counters, code, message, args.output, where)
 
 
-def run(argv: Sequence[str] | None = None, progress: bool = False,
-        test_pipeline: beam.Pipeline | None = None) -> BiosRun:
+def run(
+    argv: Sequence[str] | None = None, progress: bool = False, test_pipeline: beam.Pipeline | None = None
+) -> BiosRun:
     """Parse strictly (a usage error before anything runs), lock the output, build and run the pipeline, assemble
     its outputs and finish on the driver; `progress` shows a bar on the local runners. `test_pipeline` (a Beam
     `TestPipeline`) replaces the pipeline the Beam flags would make."""
     parser = make_parser()
     args, beam_args = parse_pipeline_args(parser, sys.argv[1:] if argv is None else argv)
     try:  # before anything loads: a profile the backend or label set cannot make is a usage error
-        check_profile(args.profile, args.backend, PREFILL_OUTPUTS.get(args.backend, ()),
-                      LABEL_SETS[args.dataset].labels if args.dataset else None)
+        check_profile(
+            args.profile,
+            args.backend,
+            PREFILL_OUTPUTS.get(args.backend, ()),
+            LABEL_SETS[args.dataset].labels if args.dataset else None,
+        )
     except ValueError as err:
         parser.error(str(err))
     with output_lock(args.output):
@@ -205,8 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_summary(result.counters, f"bios: {output_path(result.where, BIOS)}  dead letters: "
-                  f"{output_path(result.where, DEAD)}", result.where, result.output, result.message)
+    print_summary(
+        result.counters,
+        f"bios: {output_path(result.where, BIOS)}  dead letters: {output_path(result.where, DEAD)}",
+        result.where,
+        result.output,
+        result.message,
+    )
     return result.exit_code
 
 

@@ -87,31 +87,40 @@ def _unlabelled(conv: Conversation) -> Conversation:
 
 class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceClassifier]):
     """Args:
-        model_dir: an exported classifier folder with manifest.json (local, or gs:// on Dataflow).
-        device: as `load_classifier`: "auto" (CUDA where the worker has a GPU), "cpu", "cuda[:N]"; "tensorrt" for
-            ONNX artifacts.
-        batch_utterances: utterances per forward pass inside `predict` (what bounds memory: `predict` sorts the
-            conversations by length, cuts calls longer than its context into pieces and pads per forward pass).
-        max_batch_size: conversations Beam hands to one `run_inference` call where Beam batches them. The pipelines
-            batch upstream instead (`pipelines.records.BatchedModelHandler`): the reader cuts batches of
-            --conversations-per-batch.
-        threads: CPU threads of the model per worker process (None: all this process may use).
-        llm_options: `load_classifier` options for LLM artifacts (e.g. scoring); refused for BERT classifiers.
-        progress_total: utterances to expect, for a progress bar (None: no bar, 0: unknown total; shown by
-            in-process runners only).
+    model_dir: an exported classifier folder with manifest.json (local, or gs:// on Dataflow).
+    device: as `load_classifier`: "auto" (CUDA where the worker has a GPU), "cpu", "cuda[:N]"; "tensorrt" for
+        ONNX artifacts.
+    batch_utterances: utterances per forward pass inside `predict` (what bounds memory: `predict` sorts the
+        conversations by length, cuts calls longer than its context into pieces and pads per forward pass).
+    max_batch_size: conversations Beam hands to one `run_inference` call where Beam batches them. The pipelines
+        batch upstream instead (`pipelines.records.BatchedModelHandler`): the reader cuts batches of
+        --conversations-per-batch.
+    threads: CPU threads of the model per worker process (None: all this process may use).
+    llm_options: `load_classifier` options for LLM artifacts (e.g. scoring); refused for BERT classifiers.
+    progress_total: utterances to expect, for a progress bar (None: no bar, 0: unknown total; shown by
+        in-process runners only).
     """
 
-    def __init__(self, model_dir: str, device: str = "auto", batch_utterances: int = 256, max_batch_size: int = 16,
-                 progress_total: int | None = None, threads: int | None = None,
-                 llm_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        device: str = "auto",
+        batch_utterances: int = 256,
+        max_batch_size: int = 16,
+        progress_total: int | None = None,
+        threads: int | None = None,
+        llm_options: dict[str, Any] | None = None,
+    ):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.manifest = check_model(model_dir)
         self.model_dir, self.device, self.batch_utterances = model_dir, device, batch_utterances
         self.threads = threads or None  # None: the runtime's default (every CPU this process may use)
         self.llm_options = llm_options or {}
         if self.llm_options and self.manifest["kind"] not in LLM_KINDS:
-            raise ArtifactError(f"{sorted(self.llm_options)} apply to LLM models only; {model_dir!r} holds a "
-                                f"{self.manifest['kind']} artifact")
+            raise ArtifactError(
+                f"{sorted(self.llm_options)} apply to LLM models only; {model_dir!r} holds a "
+                f"{self.manifest['kind']} artifact"
+            )
         self.progress_total = progress_total
         self._bar = None
 
@@ -138,18 +147,21 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
             out.append(LabelOutcome(r, model.model_id, list(model.labels), None if error else preds, error))
         return out
 
-    def run_inference(self, batch: Sequence[LabelRequest], model: UtteranceClassifier,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[LabelOutcome]:
+    def run_inference(
+        self, batch: Sequence[LabelRequest], model: UtteranceClassifier, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[LabelOutcome]:
         try:
             outcomes = self._predict(batch, model)
         except Exception as err:  # the dead-letter boundary: find the conversation that fails and keep the rest
             if len(batch) > 1:
-                logger.warning("classifier failed on a batch of %d (%s); retrying one conversation at a time",
-                               len(batch), err)
+                logger.warning(
+                    "classifier failed on a batch of %d (%s); retrying one conversation at a time", len(batch), err
+                )
                 return [o for r in batch for o in self.run_inference([r], model)]
             logger.warning("classifier failed on conversation %s: %s", batch[0].conversation.id, err)
-            outcomes = [LabelOutcome(batch[0], model.model_id, list(model.labels),
-                                     error=f"{type(err).__name__}: {err}")]
+            outcomes = [
+                LabelOutcome(batch[0], model.model_id, list(model.labels), error=f"{type(err).__name__}: {err}")
+            ]
         if self._bar is not None:
             self._bar.update(sum(len(o.request.conversation.utterances) for o in outcomes))
         return outcomes

@@ -51,13 +51,15 @@ class FileGroups(beam.PTransform):
     def expand(self, pbegin):
         specs = expand_inputs(self.inputs)
         local = [s for s in specs if "://" not in s]
-        groups = pbegin | "Local" >> beam.Create([local[i:i + self.size] for i in range(0, len(local), self.size)])
+        groups = pbegin | "Local" >> beam.Create([local[i : i + self.size] for i in range(0, len(local), self.size)])
         remote = [s for s in specs if "://" in s]
         if remote:
-            matched = (pbegin
-                       | "Patterns" >> beam.Create(remote)
-                       | "Match" >> fileio.MatchAll()
-                       | "OneFile" >> beam.Map(lambda metadata: [metadata.path]))
+            matched = (
+                pbegin
+                | "Patterns" >> beam.Create(remote)
+                | "Match" >> fileio.MatchAll()
+                | "OneFile" >> beam.Map(lambda metadata: [metadata.path])
+            )
             groups = (groups, matched) | "AllGroups" >> beam.Flatten()
         return groups | "Spread" >> beam.Reshuffle()
 
@@ -71,8 +73,14 @@ class ParseFiles(beam.DoFn):
     for pipelines that account for every utterance.
     """
 
-    def __init__(self, fmt: str, options: dict[str, Any], max_bytes: int = MAX_FILE_BYTES, batch: int = 16,
-                 count_utterances: bool = False):
+    def __init__(
+        self,
+        fmt: str,
+        options: dict[str, Any],
+        max_bytes: int = MAX_FILE_BYTES,
+        batch: int = 16,
+        count_utterances: bool = False,
+    ):
         self.fmt, self.options, self.max_bytes, self.batch = fmt, options, max_bytes, batch
         self.count_utterances = count_utterances
 
@@ -93,8 +101,16 @@ class ParseFiles(beam.DoFn):
                 current.append(item)
                 read += 1
         lost = lost if self.count_utterances else 0
-        current.records.extend(ledger("read", key, conversations_read=read, input_records_dead_lettered=bad,
-                                      utterances_unreadable=lost, utterances_dead_lettered=lost))
+        current.records.extend(
+            ledger(
+                "read",
+                key,
+                conversations_read=read,
+                input_records_dead_lettered=bad,
+                utterances_unreadable=lost,
+                utterances_dead_lettered=lost,
+            )
+        )
         yield current
 
 
@@ -110,8 +126,12 @@ class TextLines(beam.PTransform):
 
     def expand(self, pbegin):
         if "://" in self.pattern:
-            paths = (pbegin | "Pattern" >> beam.Create([self.pattern]) | "Match" >> fileio.MatchAll()
-                     | "Path" >> beam.Map(lambda metadata: metadata.path))
+            paths = (
+                pbegin
+                | "Pattern" >> beam.Create([self.pattern])
+                | "Match" >> fileio.MatchAll()
+                | "Path" >> beam.Map(lambda metadata: metadata.path)
+            )
         else:
             paths = pbegin | "Paths" >> beam.Create(sorted(glob.glob(self.pattern)) or [self.pattern])
         return paths | "Lines" >> beam.FlatMap(_lines)

@@ -127,9 +127,19 @@ from bioserc.schema import Conversation
 
 logger = logging.getLogger(__name__)
 
-ACCOUNTING = ("conversations_read", "conversations_labeled", "utterances_read", "utterances_labeled",
-              "utterances_dead_lettered", "utterances_unreadable", "utterances_duplicated", "utterances_failed",
-              "utterances_skipped_existing", "input_records_dead_lettered", "conversations_failed")
+ACCOUNTING = (
+    "conversations_read",
+    "conversations_labeled",
+    "utterances_read",
+    "utterances_labeled",
+    "utterances_dead_lettered",
+    "utterances_unreadable",
+    "utterances_duplicated",
+    "utterances_failed",
+    "utterances_skipped_existing",
+    "input_records_dead_lettered",
+    "conversations_failed",
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -141,34 +151,72 @@ def make_parser() -> argparse.ArgumentParser:
     p = pipeline_parser("bioserc label", __doc__)
     add_input_args(p, remote=True)
     p.add_argument("-o", "--output", required=True, help="output directory (local or gs://)")
-    p.add_argument("--model", default=model_default, required=model_default is None, type=resolve_model_arg,
-                   help="classifier artifact folder with manifest.json, local or gs://, or the name of one shipped "
-                   f"with bioserc ({shipped_names()}; a local folder of that name wins) (default: the model "
-                   "installed with bioserc, serving_artifacts/default; $BIOSERC_DEFAULT_MODEL overrides it)")
+    p.add_argument(
+        "--model",
+        default=model_default,
+        required=model_default is None,
+        type=resolve_model_arg,
+        help="classifier artifact folder with manifest.json, local or gs://, or the name of one shipped "
+        f"with bioserc ({shipped_names()}; a local folder of that name wins) (default: the model "
+        "installed with bioserc, serving_artifacts/default; $BIOSERC_DEFAULT_MODEL overrides it)",
+    )
     g = p.add_argument_group("bios (default: generated here with the embedded SmolLM2, as `bioserc bios` would)")
     g.add_argument("--bios", metavar="FILE", help="bios.jsonl from `bioserc bios` (local or gs://, globs allowed)")
     g.add_argument("--no-bios", action="store_true", help="label without bios (every speaker gets an empty one)")
     add_bio_llm_args(g, "bio-")
     g = p.add_argument_group("classifier")
     g.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda[:N]; tensorrt for ONNX")
-    g.add_argument("--threads", type=at_least(0), default=0, metavar="N",
-                   help="CPU threads per worker process (default: 0 = choose automatically)")
-    g.add_argument("--batch-utterances", type=at_least(1), default=256, metavar="N",
-                   help="utterances per classifier forward pass (an LLM --model: prompts per pass, e.g. 8)")
-    g.add_argument("--scoring", choices=("sum", "mean", "first"),
-                   help="an LLM --model only: label score = summed, length-normalised (mean) or first-token "
-                   "log-likelihood of each label (default: the model's, sum)")
-    g.add_argument("--conversations-per-batch", type=at_least(1), default=16, metavar="N",
-                   help="conversations Beam hands to one inference call, for the classifier and the bio LLM")
-    g.add_argument("--gpu-accelerator", metavar="HINT", help="Beam accelerator resource hint for the inference "
-                   "steps, e.g. 'type:nvidia-l4;count:1;install-nvidia-driver' (default: none)")
+    g.add_argument(
+        "--threads",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="CPU threads per worker process (default: 0 = choose automatically)",
+    )
+    g.add_argument(
+        "--batch-utterances",
+        type=at_least(1),
+        default=256,
+        metavar="N",
+        help="utterances per classifier forward pass (an LLM --model: prompts per pass, e.g. 8)",
+    )
+    g.add_argument(
+        "--scoring",
+        choices=("sum", "mean", "first"),
+        help="an LLM --model only: label score = summed, length-normalised (mean) or first-token "
+        "log-likelihood of each label (default: the model's, sum)",
+    )
+    g.add_argument(
+        "--conversations-per-batch",
+        type=at_least(1),
+        default=16,
+        metavar="N",
+        help="conversations Beam hands to one inference call, for the classifier and the bio LLM",
+    )
+    g.add_argument(
+        "--gpu-accelerator",
+        metavar="HINT",
+        help="Beam accelerator resource hint for the inference "
+        "steps, e.g. 'type:nvidia-l4;count:1;install-nvidia-driver' (default: none)",
+    )
     g = p.add_argument_group("run")
-    g.add_argument("--skip-existing", action="store_true",
-                   help="do not relabel conversations already in OUTPUT/utterances.jsonl; merge their rows")
-    g.add_argument("--allow-skips", action="store_true",
-                   help="exit 0 even if some inputs were dead-lettered (unreadable, duplicated or failed)")
-    g.add_argument("--report-calls", type=at_least(0), default=20, metavar="N",
-                   help="calls plotted in report.html besides those listed for review (0: no report)")
+    g.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="do not relabel conversations already in OUTPUT/utterances.jsonl; merge their rows",
+    )
+    g.add_argument(
+        "--allow-skips",
+        action="store_true",
+        help="exit 0 even if some inputs were dead-lettered (unreadable, duplicated or failed)",
+    )
+    g.add_argument(
+        "--report-calls",
+        type=at_least(0),
+        default=20,
+        metavar="N",
+        help="calls plotted in report.html besides those listed for review (0: no report)",
+    )
     add_analytics_args(p)
     return p
 
@@ -274,23 +322,41 @@ def _bio_requests(convs, args: argparse.Namespace, plan: Plan, hints: dict, prog
     backend = backend_options(args, "bio_")
     total = plan.expected.speakers if progress and plan.expected else 0
     profile, _ = profile_of(plan.manifest)
-    handler = BioModelHandler(args.bio_backend, args.bio_model, backend, config, args.bio_words, cache,
-                              max_batch_size=args.conversations_per_batch, progress_total=total, profile=profile,
-                              labels=scored_labels(plan.manifest))
+    handler = BioModelHandler(
+        args.bio_backend,
+        args.bio_model,
+        backend,
+        config,
+        args.bio_words,
+        cache,
+        max_batch_size=args.conversations_per_batch,
+        progress_total=total,
+        profile=profile,
+        labels=scored_labels(plan.manifest),
+    )
     generate = RunInference(BatchedModelHandler(handler))  # batch of conversations -> (conversation, bios) pairs
-    return (convs | "Bios" >> (generate.with_resource_hints(**hints) if hints else generate)
-            | "AttachGeneratedBios" >> beam.ParDo(AttachGeneratedBios(expected)))
+    return (
+        convs
+        | "Bios" >> (generate.with_resource_hints(**hints) if hints else generate)
+        | "AttachGeneratedBios" >> beam.ParDo(AttachGeneratedBios(expected))
+    )
 
 
 def _prepare(prepare: beam.Pipeline, args: argparse.Namespace, plan: Plan) -> None:
     """The first pipeline: each call's (id, file, digest) from a light read, grouped to decide duplicates and
     --skip-existing, and the --bios file parsed; all written as lookup shards (and dead letters, counts) to staging."""
     options, limit = reader_options(args), max_file_bytes(args)
-    seen = (prepare | "KeyFiles" >> FileGroups(args.inputs, args.conversations_per_batch)
-            | "ReadKeys" >> beam.ParDo(Fingerprints(args.format, options, limit)))
+    seen = (
+        prepare
+        | "KeyFiles" >> FileGroups(args.inputs, args.conversations_per_batch)
+        | "ReadKeys" >> beam.ParDo(Fingerprints(args.format, options, limit))
+    )
     if plan.merge:
-        old = (prepare | "ReadExisting" >> TextLines(output_path(args.output, CONVERSATIONS))
-               | "ExistingIds" >> beam.Map(existing_id))
+        old = (
+            prepare
+            | "ReadExisting" >> TextLines(output_path(args.output, CONVERSATIONS))
+            | "ExistingIds" >> beam.Map(existing_id)
+        )
         seen = (seen, old) | "WithExisting" >> beam.Flatten()
     records = [seen | "GroupIds" >> beam.GroupByKey() | "Decide" >> beam.ParDo(Decide())]
     if plan.bios == "file":
@@ -304,12 +370,22 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     `progress` shows bars (their totals counted here for local inputs)."""
     # The model is checked first: a missing or tampered artifact fails here, before any input is read.
     llm_options = {"scoring": args.scoring} if args.scoring else {}
-    handler = ClassifierModelHandler(args.model, args.device, args.batch_utterances, args.conversations_per_batch,
-                                     threads=args.threads, llm_options=llm_options)
+    handler = ClassifierModelHandler(
+        args.model,
+        args.device,
+        args.batch_utterances,
+        args.conversations_per_batch,
+        threads=args.threads,
+        llm_options=llm_options,
+    )
     bios = _bio_source(args, handler.manifest)
     if missing := unmapped(handler.manifest.get("labels") or []):
-        logger.warning("--model %s: labels %s are outside MELD, EmoryNLP and IEMOCAP, so the analytics score them as "
-                       "neutral (bioserc/analytics/valence.py)", args.model, missing)
+        logger.warning(
+            "--model %s: labels %s are outside MELD, EmoryNLP and IEMOCAP, so the analytics score them as "
+            "neutral (bioserc/analytics/valence.py)",
+            args.model,
+            missing,
+        )
     expected = count_inputs(args)
     if progress:
         handler.progress_total = expected.utterances if expected else 0
@@ -319,22 +395,43 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
     staging = staging_folder(args.output)
     release_dask_outputs(pipeline.options)  # before either pipeline's graph is built
     # The first pipeline groups ids: on Dask it gets a fixed partition count (see `grouping_options`).
-    plan = Plan(beam.Pipeline(options=grouping_options(pipeline.options)), args.output, staging, handler.manifest,
-                model_id(args.model), bios, merge, expected, thresholds_from(args))
+    plan = Plan(
+        beam.Pipeline(options=grouping_options(pipeline.options)),
+        args.output,
+        staging,
+        handler.manifest,
+        model_id(args.model),
+        bios,
+        merge,
+        expected,
+        thresholds_from(args),
+    )
     _prepare(plan.prepare, args, plan)
     hints = {"accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
 
-    selected = (pipeline
-                | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
-                | "Read" >> beam.ParDo(ParseFiles(args.format, reader_options(args), max_file_bytes(args),
-                                                  args.conversations_per_batch, count_utterances=True))
-                | "Select" >> beam.ParDo(SelectConversations(staging)))
+    selected = (
+        pipeline
+        | "Files" >> FileGroups(args.inputs, args.conversations_per_batch)
+        | "Read"
+        >> beam.ParDo(
+            ParseFiles(
+                args.format,
+                reader_options(args),
+                max_file_bytes(args),
+                args.conversations_per_batch,
+                count_utterances=True,
+            )
+        )
+        | "Select" >> beam.ParDo(SelectConversations(staging))
+    )
     classify = RunInference(BatchedModelHandler(handler))
     # One chain, one sink (see pipelines.records): the in-process runner streams it, Dask runs all of it.
-    _ = (_bio_requests(selected, args, plan, hints, progress)
-         | "Classify" >> (classify.with_resource_hints(**hints) if hints else classify)
-         | "Emit" >> beam.ParDo(EmitResults(plan.thresholds))
-         | "Write" >> WriteShards(staging, PARQUET_SCHEMA))
+    _ = (
+        _bio_requests(selected, args, plan, hints, progress)
+        | "Classify" >> (classify.with_resource_hints(**hints) if hints else classify)
+        | "Emit" >> beam.ParDo(EmitResults(plan.thresholds))
+        | "Write" >> WriteShards(staging, PARQUET_SCHEMA)
+    )
     return plan
 
 
@@ -347,22 +444,34 @@ def reconcile(c: dict[str, int], written: Written, expected: InputCount | None, 
     """Every way the run's numbers must add up; each mismatch is a sentence (an empty list: nothing was lost).
     `archive` (archive.json's content) must count every utterance row written, each under one label."""
     problems = []
-    accounted = (c["utterances_labeled"] + c["utterances_duplicated"] + c["utterances_failed"]
-                 + c["utterances_skipped_existing"])
+    accounted = (
+        c["utterances_labeled"]
+        + c["utterances_duplicated"]
+        + c["utterances_failed"]
+        + c["utterances_skipped_existing"]
+    )
     if c["utterances_read"] != accounted:
-        problems.append(f"the pipeline read {c['utterances_read']} utterances but labelled, dead-lettered or skipped "
-                        f"{accounted}")
+        problems.append(
+            f"the pipeline read {c['utterances_read']} utterances but labelled, dead-lettered or skipped {accounted}"
+        )
     if written.utterance_rows != c["utterances_labeled"]:
-        problems.append(f"{c['utterances_labeled']} utterances were labelled but {written.utterance_rows} rows were "
-                        "written")
+        problems.append(
+            f"{c['utterances_labeled']} utterances were labelled but {written.utterance_rows} rows were written"
+        )
     if written.dead_letter_utterances != c["utterances_dead_lettered"]:
-        problems.append(f"{c['utterances_dead_lettered']} utterances were dead-lettered but the dead-letter rows hold "
-                        f"{written.dead_letter_utterances}")
-    if expected is not None and (expected.utterances, expected.unreadable) != (c["utterances_read"],
-                                                                               c["utterances_unreadable"]):
-        problems.append(f"the inputs hold {expected.utterances} readable and {expected.unreadable} unreadable "
-                        f"utterances (counted independently) but the pipeline read {c['utterances_read']} and "
-                        f"dead-lettered {c['utterances_unreadable']} as unreadable")
+        problems.append(
+            f"{c['utterances_dead_lettered']} utterances were dead-lettered but the dead-letter rows hold "
+            f"{written.dead_letter_utterances}"
+        )
+    if expected is not None and (expected.utterances, expected.unreadable) != (
+        c["utterances_read"],
+        c["utterances_unreadable"],
+    ):
+        problems.append(
+            f"the inputs hold {expected.utterances} readable and {expected.unreadable} unreadable "
+            f"utterances (counted independently) but the pipeline read {c['utterances_read']} and "
+            f"dead-lettered {c['utterances_unreadable']} as unreadable"
+        )
     return problems + archive_problems(archive, written.previous_utterance_rows + written.utterance_rows)
 
 
@@ -385,31 +494,50 @@ def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: f
     if where == plan.output and args.report_calls > 0:
         from bioserc.pipelines.report import write_report
 
-        write_report(output_path(where, CONVERSATIONS), output_path(where, REPORT), labels, totals, analytics.archive,
-                     title=f"bioserc label: {args.output}", max_calls=args.report_calls,
-                     utterances_path=output_path(where, UTTERANCES))
+        write_report(
+            output_path(where, CONVERSATIONS),
+            output_path(where, REPORT),
+            labels,
+            totals,
+            analytics.archive,
+            title=f"bioserc label: {args.output}",
+            max_calls=args.report_calls,
+            utterances_path=output_path(where, UTTERANCES),
+        )
     code = 1 if problems or nothing or (written.dead_letter_rows and not args.allow_skips) else 0
-    message = (f"labelled {totals['utterances_labeled']} utterances in {totals['conversations_labeled']} calls; "
-               f"dead-lettered {totals['utterances_dead_lettered']} utterances in {written.dead_letter_rows} rows; "
-               f"skipped {totals['utterances_skipped_existing']} already labelled; read {totals['utterances_read']}")
+    message = (
+        f"labelled {totals['utterances_labeled']} utterances in {totals['conversations_labeled']} calls; "
+        f"dead-lettered {totals['utterances_dead_lettered']} utterances in {written.dead_letter_rows} rows; "
+        f"skipped {totals['utterances_skipped_existing']} already labelled; read {totals['utterances_read']}"
+    )
     if problems:
         message = "error: accounting mismatch, outputs not replaced: " + "; ".join(problems) + f" ({message})"
     elif nothing:
         message = f"error: nothing was labelled, every input was dead-lettered ({message})"
     elif code:
         message += "; exit 1 because records were dead-lettered (see dead_letter.jsonl; --allow-skips accepts that)"
-    info = {"version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            "duration_s": round(time.time() - started, 3), "argv": list(argv), "model": args.model,
-            "model_id": plan.model_id, "labels": labels, "bios": plan.bios, "counters": totals,
-            "written": asdict(written), "problems": problems,
-            "exit_code": code}
+    info = {
+        "version": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 3),
+        "argv": list(argv),
+        "model": args.model,
+        "model_id": plan.model_id,
+        "labels": labels,
+        "bios": plan.bios,
+        "counters": totals,
+        "written": asdict(written),
+        "problems": problems,
+        "exit_code": code,
+    }
     with FileSystems.create(output_path(where, "run.json")) as fh:
         fh.write((json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return Outcome(totals, written, problems, code, message, plan.output, where)
 
 
-def run(argv: Sequence[str] | None = None, progress: bool = False,
-        test_pipeline: beam.Pipeline | None = None) -> Outcome:
+def run(
+    argv: Sequence[str] | None = None, progress: bool = False, test_pipeline: beam.Pipeline | None = None
+) -> Outcome:
     """Lock the output, build and run the pipeline, then finish on the driver; ArtifactError for a bad model,
     RecordError for a --bios row the model cannot read. `test_pipeline` (a Beam `TestPipeline`) replaces the labeling
     pipeline the Beam flags would make (the first, light pipeline takes its options)."""
@@ -439,8 +567,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     files = "labels: " + ", ".join(output_path(outcome.where, n) for n in (UTTERANCES, PARQUET, CONVERSATIONS))
     files += "\nanalytics: " + ", ".join(output_path(outcome.where, n) for n in ANALYTICS)
-    print_summary(outcome.counters, f"{files}\ndead letters: {output_path(outcome.where, DEAD)}", outcome.where,
-                  outcome.output, outcome.message)
+    print_summary(
+        outcome.counters,
+        f"{files}\ndead letters: {output_path(outcome.where, DEAD)}",
+        outcome.where,
+        outcome.output,
+        outcome.message,
+    )
     return outcome.exit_code
 
 

@@ -104,9 +104,13 @@ class Decide(beam.DoFn):
 def load_decisions(staging: str) -> dict[str, tuple[str, Any]]:
     """id -> (action, detail) from the decision shards; read once per worker process (on Dask every partition gets
     a fresh DoFn)."""
-    return {row["id"]: (row["action"], Fingerprint(row["path"], row["digest"]) if row["action"] == "keep"
-                        else row.get("copies"))
-            for row in shard_rows(staging, DECISIONS)}
+    return {
+        row["id"]: (
+            row["action"],
+            Fingerprint(row["path"], row["digest"]) if row["action"] == "keep" else row.get("copies"),
+        )
+        for row in shard_rows(staging, DECISIONS)
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,8 +124,15 @@ def load_bio_pairs(staging: str) -> dict[str, list[tuple[str, Bio]]]:
 
 
 def duplicate_row(conv: Conversation, reason: str) -> dict:
-    return {"stage": "read", "path": conv.metadata.get("source_path"), "record": conv.id, "field": "id",
-            "reason": reason, "utterances": len(conv.utterances), "raw": conv.to_json()[:RAW_LIMIT]}
+    return {
+        "stage": "read",
+        "path": conv.metadata.get("source_path"),
+        "record": conv.id,
+        "field": "id",
+        "reason": reason,
+        "utterances": len(conv.utterances),
+        "raw": conv.to_json()[:RAW_LIMIT],
+    }
 
 
 class SelectConversations(beam.DoFn):
@@ -137,9 +148,20 @@ class SelectConversations(beam.DoFn):
         self.kept: set[str] = set()  # ids with a "keep" decision already passed on (copies inside one file)
 
     def process(self, batch: WorkBatch):
-        kept, dead, c = [], [], dict.fromkeys(("utterances_read", "conversations_skipped_existing",
-                                     "utterances_skipped_existing", "conversations_duplicated",
-                                     "utterances_duplicated"), 0)
+        kept, dead, c = (
+            [],
+            [],
+            dict.fromkeys(
+                (
+                    "utterances_read",
+                    "conversations_skipped_existing",
+                    "utterances_skipped_existing",
+                    "conversations_duplicated",
+                    "utterances_duplicated",
+                ),
+                0,
+            ),
+        )
         for conv in batch:
             n = len(conv.utterances)
             c["utterances_read"] += n
@@ -154,12 +176,15 @@ class SelectConversations(beam.DoFn):
             else:
                 c["conversations_duplicated"] += 1
                 c["utterances_duplicated"] += n
-                reason = (f"duplicate of conversation {conv.id} in {detail.path}" if action == "keep" else
-                          f"conversation id {conv.id!r} appears {detail} times with different turns; ids must be "
-                          "unique")
+                reason = (
+                    f"duplicate of conversation {conv.id} in {detail.path}"
+                    if action == "keep"
+                    else f"conversation id {conv.id!r} appears {detail} times with different turns; ids must be unique"
+                )
                 dead.append((DEAD, duplicate_row(conv, reason)))
-        yield batch.then(kept, *dead, *ledger("select", batch.key, **c,
-                                              utterances_dead_lettered=c["utterances_duplicated"]))
+        yield batch.then(
+            kept, *dead, *ledger("select", batch.key, **c, utterances_dead_lettered=c["utterances_duplicated"])
+        )
 
 
 def bio_row(line: str) -> tuple[dict[str, Any], BioKey]:
@@ -181,8 +206,18 @@ class ParseBio(beam.DoFn):
         try:
             row, key = bio_row(line)
         except (ValueError, KeyError, TypeError) as err:
-            yield DEAD, {"stage": "read-bios", "path": self.path, "record": None, "field": None,
-                         "reason": f"unreadable bio row: {err}", "utterances": 0, "raw": line[:RAW_LIMIT]}
+            yield (
+                DEAD,
+                {
+                    "stage": "read-bios",
+                    "path": self.path,
+                    "record": None,
+                    "field": None,
+                    "reason": f"unreadable bio row: {err}",
+                    "utterances": 0,
+                    "raw": line[:RAW_LIMIT],
+                },
+            )
             yield from ledger("read-bios", line[:RAW_LIMIT], bio_rows_unreadable=1)
             return
         bio = row_bio(self.path, f"conversation {key[0]} speaker {key[1]}", row, self.profile, self.dim or None)
@@ -208,8 +243,14 @@ class _Requests(beam.DoFn):
     def __init__(self, bios_expected: bool):
         self.bios_expected = bios_expected
 
-    def requests(self, batch: WorkBatch, convs: list[Conversation], bios: list[Iterable[tuple[str, Bio]]],
-                 *records: tuple[str, Any], **counts: int) -> WorkBatch:
+    def requests(
+        self,
+        batch: WorkBatch,
+        convs: list[Conversation],
+        bios: list[Iterable[tuple[str, Bio]]],
+        *records: tuple[str, Any],
+        **counts: int,
+    ) -> WorkBatch:
         """The batch's label requests, with `records` and the step's ledger row (speakers left without a bio,
         `counts`)."""
         out, missing = [], 0
@@ -218,8 +259,11 @@ class _Requests(beam.DoFn):
             found = {s: b for s, b in pairs if s in speakers}
             missing += len(speakers - set(found))
             out.append(LabelRequest(conv, found))
-        return batch.then(out, *records, *ledger("bios", batch.key, **counts,
-                                                 speakers_without_bio=missing if self.bios_expected else 0))
+        return batch.then(
+            out,
+            *records,
+            *ledger("bios", batch.key, **counts, speakers_without_bio=missing if self.bios_expected else 0),
+        )
 
 
 class AttachBios(_Requests):
@@ -251,13 +295,30 @@ class AttachGeneratedBios(_Requests):
             for r in results:
                 if r.error:
                     c["bios_dead_lettered"] += 1
-                    dead.append((DEAD, {"stage": "bios", "record": r.conversation_id, "reason": r.error,
-                                        "utterances": 0, **r.to_dict()}))
+                    dead.append(
+                        (
+                            DEAD,
+                            {
+                                "stage": "bios",
+                                "record": r.conversation_id,
+                                "reason": r.error,
+                                "utterances": 0,
+                                **r.to_dict(),
+                            },
+                        )
+                    )
                 else:
                     c["bios_cached" if r.cached else "bios_generated"] += 1
-        yield self.requests(batch, [conv for conv, _ in batch],
-                            [[(r.speaker, r.bio if r.vector is None else r.vector) for r in results if not r.error]
-                             for _, results in batch], *dead, **c)
+        yield self.requests(
+            batch,
+            [conv for conv, _ in batch],
+            [
+                [(r.speaker, r.bio if r.vector is None else r.vector) for r in results if not r.error]
+                for _, results in batch
+            ],
+            *dead,
+            **c,
+        )
 
 
 class EmitResults(beam.DoFn):
@@ -271,8 +332,9 @@ class EmitResults(beam.DoFn):
 
     def process(self, batch: WorkBatch):
         yield from batch.records
-        c = dict.fromkeys(("conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_failed"),
-                          0)
+        c = dict.fromkeys(
+            ("conversations_labeled", "utterances_labeled", "conversations_failed", "utterances_failed"), 0
+        )
         totals = self.archive.create_accumulator()
         for _, outcome in batch:
             conv = outcome.request.conversation

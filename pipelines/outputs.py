@@ -40,9 +40,19 @@ CALLS, ARCHIVE_PARTS = "calls", "archive_parts"  # calls-table rows and archive 
 ANALYTICS = (CALLS_PARQUET, CALLS_CSV, ARCHIVE)  # the driver writes them from CALLS and ARCHIVE_PARTS records
 # utterances.jsonl last: it is what --skip-existing reads
 PROMOTE_ORDER = (PARQUET, *ANALYTICS, CONVERSATIONS, DEAD, UTTERANCES)
-DESTINATIONS = {UTTERANCES: "utterances", PARQUET: "parquet", CONVERSATIONS: "conversations", DEAD: "dead_letter",
-                LEDGER: "ledger", BIOS: "bios", PAPER: "paper", DECISIONS: "decisions", BIO_PAIRS: "bio_pairs",
-                CALLS: "calls", ARCHIVE_PARTS: "archive_parts"}  # record name -> shard prefix
+DESTINATIONS = {
+    UTTERANCES: "utterances",
+    PARQUET: "parquet",
+    CONVERSATIONS: "conversations",
+    DEAD: "dead_letter",
+    LEDGER: "ledger",
+    BIOS: "bios",
+    PAPER: "paper",
+    DECISIONS: "decisions",
+    BIO_PAIRS: "bio_pairs",
+    CALLS: "calls",
+    ARCHIVE_PARTS: "archive_parts",
+}  # record name -> shard prefix
 LOCK = ".bioserc.lock"
 LEFTOVERS = (".staging-", "beam-temp-", ".temp")  # folders a killed run leaves behind in its output
 PARQUET_ROWS_PER_GROUP = 4096
@@ -78,8 +88,10 @@ def output_lock(directory: str) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise OutputError(f"output folder {directory!r} is in use by another bioserc run ({holder}); wait for it "
-                              "to finish or choose another -o") from None
+            raise OutputError(
+                f"output folder {directory!r} is in use by another bioserc run ({holder}); wait for it "
+                "to finish or choose another -o"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
@@ -228,8 +240,13 @@ def shards(staging: str, name: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
-def concat_jsonl(old: list[str], new: list[str], target: str, count: Callable[[bytes], None] | None = None,
-                 count_old: Callable[[bytes], None] | None = None) -> None:
+def concat_jsonl(
+    old: list[str],
+    new: list[str],
+    target: str,
+    count: Callable[[bytes], None] | None = None,
+    count_old: Callable[[bytes], None] | None = None,
+) -> None:
     """Lines of `old` then of `new` into `target`; `count` sees every line taken from `new`, `count_old` every line
     taken from `old`."""
     with FileSystems.create(target) as out:
@@ -284,11 +301,17 @@ def assemble_labels(staging: str, output: str, schema: pa.Schema, merge: bool) -
     def count(attr: str) -> Callable[[bytes], None]:
         return lambda _line: setattr(written, attr, getattr(written, attr) + 1)
 
-    concat_jsonl(previous(UTTERANCES), shards(staging, UTTERANCES), output_path(staging, UTTERANCES),
-                 count("utterance_rows"), count("previous_utterance_rows"))
+    concat_jsonl(
+        previous(UTTERANCES),
+        shards(staging, UTTERANCES),
+        output_path(staging, UTTERANCES),
+        count("utterance_rows"),
+        count("previous_utterance_rows"),
+    )
     if not merge:
-        concat_jsonl([], shards(staging, CONVERSATIONS), output_path(staging, CONVERSATIONS),
-                     count("conversation_rows"))
+        concat_jsonl(
+            [], shards(staging, CONVERSATIONS), output_path(staging, CONVERSATIONS), count("conversation_rows")
+        )
     concat_jsonl([], shards(staging, DEAD), output_path(staging, DEAD), count_dead)
     _concat_parquet(previous(PARQUET) + shards(staging, PARQUET), output_path(staging, PARQUET), schema)
     written.ledger = read_ledger(staging)

@@ -79,8 +79,9 @@ class BatchedModelHandler(ModelHandler[WorkBatch, WorkBatch, ModelT], Generic[Ex
     def load_model(self) -> ModelT:
         return self.inner.load_model()
 
-    def run_inference(self, batch: WorkBatch, model: ModelT,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[WorkBatch]:
+    def run_inference(
+        self, batch: WorkBatch, model: ModelT, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[WorkBatch]:
         predictions = list(self.inner.run_inference(batch, model, inference_args)) if batch else []
         return [batch.then(zip(batch, predictions, strict=True))]
 

@@ -41,8 +41,10 @@ COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da
 
 def _svg(width: int, height: int, body: list[str], label: str) -> str:
     """Inline SVG: drawn as text in microseconds, where a matplotlib PNG took ~0.1 s per chart (docs/BENCHMARKS.md)."""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-            f'aria-label="{html.escape(label)}" font-family="sans-serif" font-size="11">{"".join(body)}</svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(label)}" font-family="sans-serif" font-size="11">{"".join(body)}</svg>'
+    )
 
 
 def _text(x: float, y: float, text: str, anchor: str = "end", extra: str = "") -> str:
@@ -56,9 +58,11 @@ def distribution_chart(counts: Counter, labels: list[str]) -> str:
     body = []
     for i, name in enumerate(labels):
         y, n = 6 + i * (bar + 4), counts.get(name, 0)
-        body += [_text(left - 6, y + bar - 5, name),
-                 f'<rect x="{left}" y="{y}" width="{width * n / top:.1f}" height="{bar}" fill="{COLORS[0]}"/>',
-                 _text(left + width * n / top + 4, y + bar - 5, str(n), "start")]
+        body += [
+            _text(left - 6, y + bar - 5, name),
+            f'<rect x="{left}" y="{y}" width="{width * n / top:.1f}" height="{bar}" fill="{COLORS[0]}"/>',
+            _text(left + width * n / top + 4, y + bar - 5, str(n), "start"),
+        ]
     return _svg(left + width + 60, 10 + len(labels) * (bar + 4), body, "emotion distribution")
 
 
@@ -71,8 +75,10 @@ def trajectory_chart(summary: dict[str, Any], labels: list[str]) -> str:
     body = [_text(left, 14, summary["conversation_id"], "start", 'font-weight="bold"')]
     for r, name in enumerate(labels):
         y = top + row_h * r + row_h / 2
-        body += [_text(left - 8, y + 4, name),
-                 f'<line x1="{left}" y1="{y}" x2="{left + plot_w}" y2="{y}" stroke="#ddd"/>']
+        body += [
+            _text(left - 8, y + 4, name),
+            f'<line x1="{left}" y1="{y}" x2="{left + plot_w}" y2="{y}" stroke="#ddd"/>',
+        ]
     body.append(_text(left + plot_w / 2, height - 4, "utterance", "middle"))
     row = {name: i for i, name in enumerate(labels)}
     for k, info in enumerate(summary["speakers"]):
@@ -83,8 +89,10 @@ def trajectory_chart(summary: dict[str, Any], labels: list[str]) -> str:
         body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in points]
         ly = top + 14 * k + 4
         name = f"{info['speaker']} ({info['role']})" if info.get("role") else info["speaker"]  # no role: none shown
-        body += [f'<rect x="{left + plot_w + 16}" y="{ly}" width="10" height="10" fill="{color}"/>',
-                 _text(left + plot_w + 30, ly + 9, name, "start")]
+        body += [
+            f'<rect x="{left + plot_w + 16}" y="{ly}" width="10" height="10" fill="{color}"/>',
+            _text(left + plot_w + 30, ly + 9, name, "start"),
+        ]
     return _svg(left + plot_w + legend_w, height, body, f"emotion trajectory of {summary['conversation_id']}")
 
 
@@ -99,26 +107,41 @@ def valence_chart(summary: dict[str, Any], negative: float) -> str:
     def y(score: float) -> float:
         return top + plot_h * (1 - score) / 2
 
-    body = [f'<rect x="{left + e["first"] * step - 3:.1f}" y="{top}" width="{(e["last"] - e["first"]) * step + 6:.1f}"'
-            f' height="{plot_h}" fill="#c44e52" fill-opacity="0.12"/>' for g in a["roles"] for e in g["escalations"]]
+    body = [
+        f'<rect x="{left + e["first"] * step - 3:.1f}" y="{top}" width="{(e["last"] - e["first"]) * step + 6:.1f}"'
+        f' height="{plot_h}" fill="#c44e52" fill-opacity="0.12"/>'
+        for g in a["roles"]
+        for e in g["escalations"]
+    ]
     for value in (1, negative, 0, -negative, -1):
         dash = ' stroke-dasharray="4 3"' if value not in (1, 0, -1) else ""
-        body += [f'<line x1="{left}" y1="{y(value):.1f}" x2="{left + plot_w}" y2="{y(value):.1f}" '
-                 f'stroke="#ccc"{dash}/>', _text(left - 8, y(value) + 4, f"{value:+.2f}" if value else "0")]
+        body += [
+            f'<line x1="{left}" y1="{y(value):.1f}" x2="{left + plot_w}" y2="{y(value):.1f}" stroke="#ccc"{dash}/>',
+            _text(left - 8, y(value) + 4, f"{value:+.2f}" if value else "0"),
+        ]
     for k, g in enumerate(a["roles"]):
         color = COLORS[k % len(COLORS)]
-        points = [(left + i * step, y(score)) for info in summary["speakers"]
-                  if (info.get("role") or info["speaker"]) == g["group"] for i, score in info["valence"]]
+        points = [
+            (left + i * step, y(score))
+            for info in summary["speakers"]
+            if (info.get("role") or info["speaker"]) == g["group"]
+            for i, score in info["valence"]
+        ]
         points.sort()
-        body.append(f'<polyline points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in points)}" fill="none" '
-                    f'stroke="{color}" stroke-width="1.5"/>')
+        body.append(
+            f'<polyline points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in points)}" fill="none" '
+            f'stroke="{color}" stroke-width="1.5"/>'
+        )
         body += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>' for px, py in points]
         ly = top + 14 * k + 4
-        body += [f'<rect x="{left + plot_w + 16}" y="{ly}" width="10" height="10" fill="{color}"/>',
-                 _text(left + plot_w + 30, ly + 9, f"{g['group']} ({g['score']:+.2f})", "start")]
+        body += [
+            f'<rect x="{left + plot_w + 16}" y="{ly}" width="10" height="10" fill="{color}"/>',
+            _text(left + plot_w + 30, ly + 9, f"{g['group']} ({g['score']:+.2f})", "start"),
+        ]
     body.append(_text(left + plot_w / 2, top + plot_h + 16, "utterance (valence; escalations shaded)", "middle"))
-    return _svg(left + plot_w + legend_w, top + plot_h + 22, body,
-                f"valence trajectory of {summary['conversation_id']}")
+    return _svg(
+        left + plot_w + legend_w, top + plot_h + 22, body, f"valence trajectory of {summary['conversation_id']}"
+    )
 
 
 def label_mix_chart(roles: dict[str, dict[str, Any]], labels: list[str]) -> str:
@@ -132,14 +155,18 @@ def label_mix_chart(roles: dict[str, dict[str, Any]], labels: list[str]) -> str:
             n = info["labels"].get(label, 0)
             if n:
                 w, tip = width * n / total, html.escape(f"{name}: {label} {n}")
-                body.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" '
-                            f'fill="{COLORS[k % len(COLORS)]}"><title>{tip}</title></rect>')
+                body.append(
+                    f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" '
+                    f'fill="{COLORS[k % len(COLORS)]}"><title>{tip}</title></rect>'
+                )
                 x += w
     ly = 10 + len(roles) * (bar + 6)
     for k, label in enumerate(labels):
-        body += [f'<rect x="{left + 70 * (k % 6)}" y="{ly + 16 * (k // 6)}" width="10" height="10" '
-                 f'fill="{COLORS[k % len(COLORS)]}"/>', _text(left + 14 + 70 * (k % 6), ly + 9 + 16 * (k // 6), label,
-                                                               "start")]
+        body += [
+            f'<rect x="{left + 70 * (k % 6)}" y="{ly + 16 * (k // 6)}" width="10" height="10" '
+            f'fill="{COLORS[k % len(COLORS)]}"/>',
+            _text(left + 14 + 70 * (k % 6), ly + 9 + 16 * (k // 6), label, "start"),
+        ]
     return _svg(left + width + 20, ly + 16 * (len(labels) // 6 + 1) + 4, body, "label mix by role")
 
 
@@ -151,9 +178,11 @@ def histogram_chart(edges: list[float], counts: list[int]) -> str:
     for i, n in enumerate(counts):
         h = plot_h * n / peak
         color = COLORS[3] if edges[i + 1] <= 0 else COLORS[2]  # negative bins red, positive green
-        body.append(f'<rect x="{left + i * step + 1:.1f}" y="{top + plot_h - h:.1f}" width="{step - 2:.1f}" '
-                    f'height="{h:.1f}" fill="{color}"><title>{edges[i]:+.1f} to {edges[i + 1]:+.1f}: {n}</title>'
-                    "</rect>")
+        body.append(
+            f'<rect x="{left + i * step + 1:.1f}" y="{top + plot_h - h:.1f}" width="{step - 2:.1f}" '
+            f'height="{h:.1f}" fill="{color}"><title>{edges[i]:+.1f} to {edges[i + 1]:+.1f}: {n}</title>'
+            "</rect>"
+        )
         if n:
             body.append(_text(left + (i + 0.5) * step, top + plot_h - h - 3, str(n), "middle"))
     for i in range(0, len(edges), 5):
@@ -173,8 +202,10 @@ def call_anchor(conversation_id: str) -> str:
 def _table(rows: list[list[str]], head: list[str], raw: int | None = None) -> str:
     """A table of escaped cells; column `raw` holds HTML made here (links)."""
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c if i == raw else html.escape(str(c))}</td>" for i, c in enumerate(r))
-                   + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if i == raw else html.escape(str(c))}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
@@ -187,26 +218,50 @@ def archive_page(archive: dict[str, Any], labels: list[str]) -> list[str]:
     c = archive["call_scores"]
     kinds = ", ".join(f"{n} {kind.replace('_', ' ')}s" for kind, n in archive["escalations"].items()) or "none"
     mean = "n/a" if c["mean"] is None else f"{c['mean']:+.2f}"
-    parts = [f'<h2 id="archive">Archive: {archive["calls"]} calls, {archive["utterances"]} utterances</h2>',
-             f"<p>Mean call score {mean}; {archive['flagged_calls']} calls flagged for review; "
-             f"{archive['calls_with_escalations']} with escalations ({html.escape(kinds)}). Thresholds: "
-             f"{html.escape(json.dumps(archive['thresholds']))}.</p>",
-             "<h3>Label mix by role</h3>", label_mix_chart(archive["roles"], labels),
-             "<h3>Call scores</h3>", histogram_chart(c["bin_edges"], c["histogram"]),
-             f"<h3>Calls to review ({len(archive['review'])} of {archive['flagged_calls']} flagged)</h3>"]
-    rows = [[item["rank"], f'<a href="#{call_anchor(item["conversation_id"])}">'
-             f'{html.escape(item["conversation_id"])}</a>', f"{item['call_score']:+.2f} ({item['scored_group']})",
-             item["escalations"], f"turn {item['jump_to']['index']} {_clock(item['jump_to']['start_ms'])}".strip(),
-             "; ".join(item["reasons"])] for item in archive["review"]]
-    parts.append(_table(rows, ["#", "call", "call score", "escalations", "jump to", "why"], raw=1) if rows
-                 else "<p>No call was flagged.</p>")
+    parts = [
+        f'<h2 id="archive">Archive: {archive["calls"]} calls, {archive["utterances"]} utterances</h2>',
+        f"<p>Mean call score {mean}; {archive['flagged_calls']} calls flagged for review; "
+        f"{archive['calls_with_escalations']} with escalations ({html.escape(kinds)}). Thresholds: "
+        f"{html.escape(json.dumps(archive['thresholds']))}.</p>",
+        "<h3>Label mix by role</h3>",
+        label_mix_chart(archive["roles"], labels),
+        "<h3>Call scores</h3>",
+        histogram_chart(c["bin_edges"], c["histogram"]),
+        f"<h3>Calls to review ({len(archive['review'])} of {archive['flagged_calls']} flagged)</h3>",
+    ]
+    rows = [
+        [
+            item["rank"],
+            f'<a href="#{call_anchor(item["conversation_id"])}">{html.escape(item["conversation_id"])}</a>',
+            f"{item['call_score']:+.2f} ({item['scored_group']})",
+            item["escalations"],
+            f"turn {item['jump_to']['index']} {_clock(item['jump_to']['start_ms'])}".strip(),
+            "; ".join(item["reasons"]),
+        ]
+        for item in archive["review"]
+    ]
+    parts.append(
+        _table(rows, ["#", "call", "call score", "escalations", "jump to", "why"], raw=1)
+        if rows
+        else "<p>No call was flagged.</p>"
+    )
     return parts
 
 
 def _role_table(summary: dict[str, Any]) -> str:
-    rows = [[g["group"], g["utterances"], f"{g['mean']:+.2f}", f"{g['start']:+.2f} → {g['end']:+.2f}",
-             f"{g['score']:+.2f}", f"{g['lowest']['score']:+.2f} (turn {g['lowest']['index']})", g["dominant_emotion"],
-             len(g["escalations"])] for g in summary["analytics"]["roles"]]
+    rows = [
+        [
+            g["group"],
+            g["utterances"],
+            f"{g['mean']:+.2f}",
+            f"{g['start']:+.2f} → {g['end']:+.2f}",
+            f"{g['score']:+.2f}",
+            f"{g['lowest']['score']:+.2f} (turn {g['lowest']['index']})",
+            g["dominant_emotion"],
+            len(g["escalations"]),
+        ]
+        for g in summary["analytics"]["roles"]
+    ]
     table = _table(rows, ["role", "turns", "mean", "start → end", "score", "lowest", "dominant", "escalations"])
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in summary["analytics"]["reasons"])
     return table + (f"<ul>{reasons}</ul>" if reasons else "")
@@ -225,9 +280,16 @@ def turns_of(utterances_path: str, ids: set[str]) -> dict[str, list[dict[str, An
     return {i: sorted(rows, key=lambda r: r["index"]) for i, rows in turns.items()}
 
 
-def write_report(conversations_path: str, out_path: str, labels: list[str], counters: dict[str, int],
-                 archive: dict[str, Any], title: str = "bioserc labeling run", max_calls: int = 20,
-                 utterances_path: str | None = None) -> int:
+def write_report(
+    conversations_path: str,
+    out_path: str,
+    labels: list[str],
+    counters: dict[str, int],
+    archive: dict[str, Any],
+    title: str = "bioserc labeling run",
+    max_calls: int = 20,
+    utterances_path: str | None = None,
+) -> int:
     """Write the report; return how many calls were plotted.
 
     Args:
@@ -252,36 +314,73 @@ def write_report(conversations_path: str, out_path: str, labels: list[str], coun
         first.append(summary)
         if len(first) > max_calls:  # keep the max_calls smallest ids without holding every summary
             first = heapq.nsmallest(max_calls, first, key=lambda s: s["conversation_id"])
-    first = (sorted(reviewed, key=lambda s: rank[s["conversation_id"]])
-             + sorted(first, key=lambda s: s["conversation_id"])[:max_calls])
+    first = (
+        sorted(reviewed, key=lambda s: rank[s["conversation_id"]])
+        + sorted(first, key=lambda s: s["conversation_id"])[:max_calls]
+    )
     axis = list(labels) + sorted(set(totals) - set(labels))
-    parts = [f"<h1>{html.escape(title)}</h1>", *archive_page(archive, axis), "<h2>Run</h2>",
-             _table(sorted([k, v] for k, v in counters.items()), ["counter", "value"]),
-             f"<h2>Emotions over {n_calls} calls</h2>"]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        *archive_page(archive, axis),
+        "<h2>Run</h2>",
+        _table(sorted([k, v] for k, v in counters.items()), ["counter", "value"]),
+        f"<h2>Emotions over {n_calls} calls</h2>",
+    ]
     if totals:
         parts.append(distribution_chart(totals, axis))
-    rows = [[f'<a href="#{call_anchor(s["conversation_id"])}">{html.escape(s["conversation_id"])}</a>',
-             s["utterances"], s["dominant_emotion"],
-             "; ".join(f"{info['speaker']}: {info['dominant_emotion']}" + (
-                 f" (else {info['dominant_non_neutral']})"
-                 if info.get("dominant_non_neutral") not in (None, info["dominant_emotion"]) else "")
-                 for info in s["speakers"])] for s in first]
-    parts += [f"<h2>Calls ({len(first)} of {n_calls}: {len(reviewed)} to review, then by id)</h2>",
-              _table(rows, ["call", "utterances", "dominant emotion", "per speaker (dominant, else non-neutral)"],
-                     raw=0)]
+    rows = [
+        [
+            f'<a href="#{call_anchor(s["conversation_id"])}">{html.escape(s["conversation_id"])}</a>',
+            s["utterances"],
+            s["dominant_emotion"],
+            "; ".join(
+                f"{info['speaker']}: {info['dominant_emotion']}"
+                + (
+                    f" (else {info['dominant_non_neutral']})"
+                    if info.get("dominant_non_neutral") not in (None, info["dominant_emotion"])
+                    else ""
+                )
+                for info in s["speakers"]
+            ),
+        ]
+        for s in first
+    ]
+    parts += [
+        f"<h2>Calls ({len(first)} of {n_calls}: {len(reviewed)} to review, then by id)</h2>",
+        _table(rows, ["call", "utterances", "dominant emotion", "per speaker (dominant, else non-neutral)"], raw=0),
+    ]
     turns = turns_of(utterances_path, {s["conversation_id"] for s in first}) if utterances_path else {}
     for s in first:
-        parts += [f'<h3 id="{call_anchor(s["conversation_id"])}">{html.escape(s["conversation_id"])}</h3>',
-                  trajectory_chart(s, axis), valence_chart(s, archive["thresholds"]["negative"]), _role_table(s)]
+        parts += [
+            f'<h3 id="{call_anchor(s["conversation_id"])}">{html.escape(s["conversation_id"])}</h3>',
+            trajectory_chart(s, axis),
+            valence_chart(s, archive["thresholds"]["negative"]),
+            _role_table(s),
+        ]
         if turns.get(s["conversation_id"]):
-            table = _table([[r["index"], r["speaker"], r["label"], f"{r['probs'].get(r['label'], 0):.2f}",
-                             f"{valence_score(r['probs']):+.2f}", r["text"]] for r in turns[s["conversation_id"]]],
-                           ["#", "speaker", "label", "p", "valence", "text"])
+            table = _table(
+                [
+                    [
+                        r["index"],
+                        r["speaker"],
+                        r["label"],
+                        f"{r['probs'].get(r['label'], 0):.2f}",
+                        f"{valence_score(r['probs']):+.2f}",
+                        r["text"],
+                    ]
+                    for r in turns[s["conversation_id"]]
+                ],
+                ["#", "speaker", "label", "p", "valence", "text"],
+            )
             parts.append(f"<details><summary>turns</summary>{table}</details>")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:90%}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:90%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
     with FileSystems.create(out_path, mime_type="text/html") as fh:
         fh.write(page.encode("utf-8"))
     return len(first)

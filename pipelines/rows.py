@@ -17,13 +17,26 @@ from bioserc.pipelines.classifier_handler import LabelOutcome
 
 
 # utterances.parquet; probs is a map so rows of models with different label sets can share one file
-PARQUET_SCHEMA = pa.schema([
-    ("conversation_id", pa.string()), ("index", pa.int64()), ("speaker", pa.string()), ("role", pa.string()),
-    ("text", pa.string()), ("original_text", pa.string()), ("start_ms", pa.int64()), ("end_ms", pa.int64()),
-    ("source_path", pa.string()), ("source_format", pa.string()), ("source_id", pa.string()),
-    ("gold_label", pa.string()), ("label", pa.string()), ("probs", pa.map_(pa.string(), pa.float64())),
-    ("bio", pa.string()), ("model_id", pa.string()),
-])
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("conversation_id", pa.string()),
+        ("index", pa.int64()),
+        ("speaker", pa.string()),
+        ("role", pa.string()),
+        ("text", pa.string()),
+        ("original_text", pa.string()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+        ("source_path", pa.string()),
+        ("source_format", pa.string()),
+        ("source_id", pa.string()),
+        ("gold_label", pa.string()),
+        ("label", pa.string()),
+        ("probs", pa.map_(pa.string(), pa.float64())),
+        ("bio", pa.string()),
+        ("model_id", pa.string()),
+    ]
+)
 
 
 def utterance_rows(outcome: LabelOutcome) -> list[dict[str, Any]]:
@@ -34,13 +47,26 @@ def utterance_rows(outcome: LabelOutcome) -> list[dict[str, Any]]:
     bios = {s: b for s, b in outcome.request.bios.items() if isinstance(b, str)}
     assert outcome.predictions is not None, f"conversation {conv.id} has no predictions"
     source = {"source_path": conv.metadata.get("source_path"), "source_format": conv.metadata.get("source_format")}
-    return [{"conversation_id": conv.id, "index": u.index, "speaker": u.speaker, "role": u.role, "text": u.text,
-             "original_text": u.original_text if u.original_text is not None else u.text, "start_ms": u.start_ms,
-             "end_ms": u.end_ms, **source, "source_id": _source_id(u.metadata.get("source_id")),
-             "gold_label": u.label, "label": p.label,
-             "probs": {name: round(float(x), 6) for name, x in zip(outcome.labels, p.probs, strict=True)},
-             "bio": bios.get(u.speaker), "model_id": outcome.model_id}
-            for u, p in zip(conv.utterances, outcome.predictions, strict=True)]
+    return [
+        {
+            "conversation_id": conv.id,
+            "index": u.index,
+            "speaker": u.speaker,
+            "role": u.role,
+            "text": u.text,
+            "original_text": u.original_text if u.original_text is not None else u.text,
+            "start_ms": u.start_ms,
+            "end_ms": u.end_ms,
+            **source,
+            "source_id": _source_id(u.metadata.get("source_id")),
+            "gold_label": u.label,
+            "label": p.label,
+            "probs": {name: round(float(x), 6) for name, x in zip(outcome.labels, p.probs, strict=True)},
+            "bio": bios.get(u.speaker),
+            "model_id": outcome.model_id,
+        }
+        for u, p in zip(conv.utterances, outcome.predictions, strict=True)
+    ]
 
 
 def _source_id(value: Any) -> str | None:
@@ -54,7 +80,18 @@ def parquet_row(row: dict[str, Any]) -> dict[str, Any]:
 def failed_utterance_rows(outcome: LabelOutcome) -> list[dict[str, Any]]:
     """One dead-letter row per utterance of a conversation the classifier failed (`outcome.error`)."""
     conv = outcome.request.conversation
-    return [{"stage": "classify", "path": conv.metadata.get("source_path"), "record": f"{conv.id} utterance {u.index}",
-             "conversation_id": conv.id, "index": u.index, "field": None, "reason": outcome.error, "utterances": 1,
-             "model_id": outcome.model_id, "raw": json.dumps(u.to_dict(), ensure_ascii=False)[:RAW_LIMIT]}
-            for u in conv.utterances]
+    return [
+        {
+            "stage": "classify",
+            "path": conv.metadata.get("source_path"),
+            "record": f"{conv.id} utterance {u.index}",
+            "conversation_id": conv.id,
+            "index": u.index,
+            "field": None,
+            "reason": outcome.error,
+            "utterances": 1,
+            "model_id": outcome.model_id,
+            "raw": json.dumps(u.to_dict(), ensure_ascii=False)[:RAW_LIMIT],
+        }
+        for u in conv.utterances
+    ]

@@ -44,11 +44,17 @@ from bioserc.pipelines.report import write_report
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bioserc summarize", description=__doc__, formatter_class=HelpFormatter,
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="bioserc summarize", description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
+    )
     p.add_argument("output", metavar="OUT_DIR", help="a `bioserc label` output folder (local or gs://)")
-    p.add_argument("--report-calls", type=at_least(0), default=20, metavar="N",
-                   help="calls plotted in report.html besides those listed for review (0: no report)")
+    p.add_argument(
+        "--report-calls",
+        type=at_least(0),
+        default=20,
+        metavar="N",
+        help="calls plotted in report.html besides those listed for review (0: no report)",
+    )
     add_analytics_args(p)
     return p
 
@@ -78,10 +84,16 @@ def summarize(args: argparse.Namespace) -> Analytics:
         promote(staging, args.output, (*ANALYTICS, CONVERSATIONS))
         if args.report_calls > 0:
             run = _previous_run(args.output)
-            write_report(output_path(args.output, CONVERSATIONS), output_path(args.output, REPORT),
-                         run.get("labels") or [], run.get("counters") or {}, analytics.archive,
-                         title=f"bioserc summarize: {args.output}", max_calls=args.report_calls,
-                         utterances_path=utterances)
+            write_report(
+                output_path(args.output, CONVERSATIONS),
+                output_path(args.output, REPORT),
+                run.get("labels") or [],
+                run.get("counters") or {},
+                analytics.archive,
+                title=f"bioserc summarize: {args.output}",
+                max_calls=args.report_calls,
+                utterances_path=utterances,
+            )
     return analytics
 
 
@@ -94,8 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     archive = analytics.archive
     written = ", ".join(output_path(args.output, name) for name in (CONVERSATIONS, *ANALYTICS))
-    print(f"summarised {archive['calls']} calls ({archive['utterances']} utterances); {archive['flagged_calls']} "
-          f"flagged for review, {len(archive['review'])} listed in archive.json; wrote {written}", file=sys.stderr)
+    print(
+        f"summarised {archive['calls']} calls ({archive['utterances']} utterances); {archive['flagged_calls']} "
+        f"flagged for review, {len(archive['review'])} listed in archive.json; wrote {written}",
+        file=sys.stderr,
+    )
     return 0
 
 

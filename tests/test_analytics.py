@@ -38,10 +38,23 @@ def call(conversation_id: str, turns: list[tuple], model_id: str = "m") -> list[
     rows = []
     for i, (speaker, role, score, *start) in enumerate(turns):
         probs = probs_for(score)
-        rows.append({"conversation_id": conversation_id, "index": i, "speaker": speaker, "role": role, "text": "...",
-                     "label": max(probs, key=probs.get), "probs": probs, "start_ms": start[0] if start else None,
-                     "end_ms": None, "model_id": model_id, "source_path": f"{conversation_id}.json",
-                     "source_format": "aws-tca", "bio": None})
+        rows.append(
+            {
+                "conversation_id": conversation_id,
+                "index": i,
+                "speaker": speaker,
+                "role": role,
+                "text": "...",
+                "label": max(probs, key=probs.get),
+                "probs": probs,
+                "start_ms": start[0] if start else None,
+                "end_ms": None,
+                "model_id": model_id,
+                "source_path": f"{conversation_id}.json",
+                "source_format": "aws-tca",
+                "bio": None,
+            }
+        )
     return rows
 
 
@@ -72,31 +85,61 @@ def test_a_label_of_another_label_set_counts_as_neutral_and_is_named():
 
 
 def test_negative_runs_and_shifts_of_one_role_with_indices_and_times():
-    rows = call("c1", [("AGENT", "agent", 0.0, 0), ("CUSTOMER", "customer", -0.1, 5000),
-                       ("AGENT", "agent", 0.0, 9000), ("CUSTOMER", "customer", -0.7, 12000),
-                       ("AGENT", "agent", -0.75, 15000), ("CUSTOMER", "customer", -0.8, 21000),
-                       ("AGENT", "agent", 0.1, 25000), ("CUSTOMER", "customer", 0.6, 61000),
-                       ("AGENT", "agent", 0.1, 65000), ("CUSTOMER", "customer", -0.6, 72000)])
+    rows = call(
+        "c1",
+        [
+            ("AGENT", "agent", 0.0, 0),
+            ("CUSTOMER", "customer", -0.1, 5000),
+            ("AGENT", "agent", 0.0, 9000),
+            ("CUSTOMER", "customer", -0.7, 12000),
+            ("AGENT", "agent", -0.75, 15000),
+            ("CUSTOMER", "customer", -0.8, 21000),
+            ("AGENT", "agent", 0.1, 25000),
+            ("CUSTOMER", "customer", 0.6, 61000),
+            ("AGENT", "agent", 0.1, 65000),
+            ("CUSTOMER", "customer", -0.6, 72000),
+        ],
+    )
     a = summarise(rows)["analytics"]
     customer = next(g for g in a["roles"] if g["group"] == "customer")
     run, shift = customer["escalations"]
-    assert run == {"kind": "negative_run", "group": "customer", "first": 3, "last": 5, "indices": [3, 5],
-                   "start_ms": 12000, "end_ms": 21000, "score": -0.8}
-    assert shift == {"kind": "shift", "group": "customer", "first": 7, "last": 9, "indices": [7, 9],
-                     "start_ms": 61000, "end_ms": 72000, "from": 0.6, "score": -0.6}
+    assert run == {
+        "kind": "negative_run",
+        "group": "customer",
+        "first": 3,
+        "last": 5,
+        "indices": [3, 5],
+        "start_ms": 12000,
+        "end_ms": 21000,
+        "score": -0.8,
+    }
+    assert shift == {
+        "kind": "shift",
+        "group": "customer",
+        "first": 7,
+        "last": 9,
+        "indices": [7, 9],
+        "start_ms": 61000,
+        "end_ms": 72000,
+        "from": 0.6,
+        "score": -0.6,
+    }
     agent = next(g for g in a["roles"] if g["group"] == "agent")
     assert agent["escalations"] == []  # one negative turn is no run, a drop of 0.75 no shift; nor do agent turns
     # break the customer's run
     assert a["escalations"] == 2 and a["flagged"]
-    assert a["reasons"] == ["customer: 2 negative turns in a row (turns 3-5, at 0:12)",
-                            "customer: fell from +0.60 to -0.60 (turns 7-9, at 1:01)"]
+    assert a["reasons"] == [
+        "customer: 2 negative turns in a row (turns 3-5, at 0:12)",
+        "customer: fell from +0.60 to -0.60 (turns 7-9, at 1:01)",
+    ]
     assert a["lowest"] == {"group": "customer", "index": 5, "score": -0.8, "start_ms": 21000}
     assert a["duration_ms"] == 72000
     strict = summarise(rows, Thresholds(min_negative_run=3, shift_delta=1.5))["analytics"]
     assert strict["escalations"] == 0 and strict["reasons"] == [] and not strict["flagged"]
     loose = summarise(rows, Thresholds(negative=0.05))["analytics"]  # -0.1 counts now: a run of three
     assert [e["indices"] for g in loose["roles"] for e in g["escalations"] if e["kind"] == "negative_run"] == [
-        [1, 3, 5]]
+        [1, 3, 5]
+    ]
 
 
 def test_trend_end_weighted_score_lowest_point_and_dominant_emotion():
@@ -119,8 +162,10 @@ def test_without_roles_each_speaker_is_a_group_and_every_turn_scores_the_call():
     rows = call("c3", [("Ross", None, -0.8), ("Rachel", None, 0.5), ("Ross", None, -0.9), ("Rachel", None, 0.7)])
     s = summarise(rows)
     a = s["analytics"]
-    assert [(g["group"], g["role"], g["speakers"]) for g in a["roles"]] == [("Ross", None, ["Ross"]),
-                                                                            ("Rachel", None, ["Rachel"])]
+    assert [(g["group"], g["role"], g["speakers"]) for g in a["roles"]] == [
+        ("Ross", None, ["Ross"]),
+        ("Rachel", None, ["Rachel"]),
+    ]
     assert a["scored_group"] == "all" and a["call_score"] == end_weighted([-0.8, 0.5, -0.9, 0.7], 2.0)
     assert [e["group"] for g in a["roles"] for e in g["escalations"]] == ["Ross"]
     assert [v for info in s["speakers"] for v in info["valence"]] == [[0, -0.8], [2, -0.9], [1, 0.5], [3, 0.7]]
@@ -129,13 +174,16 @@ def test_without_roles_each_speaker_is_a_group_and_every_turn_scores_the_call():
 def test_a_transfer_keeps_one_agent_group_with_both_agents():
     rows = call("c4", [("AGENT", "agent", 0.0), ("CUSTOMER", "customer", -0.2), ("AGENT_2", "agent", 0.1)])
     groups = summarise(rows)["analytics"]["roles"]
-    assert [(g["group"], g["speakers"], g["utterances"]) for g in groups] == [("agent", ["AGENT", "AGENT_2"], 2),
-                                                                              ("customer", ["CUSTOMER"], 1)]
+    assert [(g["group"], g["speakers"], g["utterances"]) for g in groups] == [
+        ("agent", ["AGENT", "AGENT_2"], 2),
+        ("customer", ["CUSTOMER"], 1),
+    ]
 
 
 def test_the_calls_row_has_every_column_in_order():
-    rows = call("c5", [("AGENT", "agent", 0.2, 0), ("CUSTOMER", "customer", -0.9, 3000),
-                       ("CUSTOMER", "customer", -0.8, 7000)])
+    rows = call(
+        "c5", [("AGENT", "agent", 0.2, 0), ("CUSTOMER", "customer", -0.9, 3000), ("CUSTOMER", "customer", -0.8, 7000)]
+    )
     row = calls_row(summarise(rows))
     assert list(row) == [name for name, _ in CALLS_COLUMNS]
     assert (row["schema_version"], row["conversation_id"], row["utterances"], row["flagged"]) == (1, "c5", 3, 1)
@@ -154,10 +202,19 @@ def random_archive(n: int, seed: int = 0) -> list[dict]:
     out = []
     for c in range(n):
         named = rng.random() < 0.8
-        turns = [(("AGENT", "agent") if i % 2 == 0 else ("CUSTOMER", "customer")) if named else
-                 (rng.choice(["Ross", "Monica"]), None) for i in range(rng.randint(1, 30))]
-        out.append(summarise(call(f"call-{c:04d}", [(s, r, round(rng.uniform(-1, 1), 4), 1000 * i)
-                                                     for i, (s, r) in enumerate(turns)])))
+        turns = [
+            (("AGENT", "agent") if i % 2 == 0 else ("CUSTOMER", "customer"))
+            if named
+            else (rng.choice(["Ross", "Monica"]), None)
+            for i in range(rng.randint(1, 30))
+        ]
+        out.append(
+            summarise(
+                call(
+                    f"call-{c:04d}", [(s, r, round(rng.uniform(-1, 1), 4), 1000 * i) for i, (s, r) in enumerate(turns)]
+                )
+            )
+        )
     return out
 
 
@@ -197,9 +254,10 @@ def test_the_archive_counts_every_utterance_and_stays_bounded():
     assert sum(r["utterances"] for r in archive["roles"].values()) == archive["utterances"]
     assert set(archive["roles"]) <= {*ROLES, NO_ROLE}  # speakers without a role never become keys
     assert sum(archive["call_scores"]["histogram"]) == 500 and len(archive["call_scores"]["bin_edges"]) == BINS + 1
-    flagged = sorted((s for s in summaries if s["analytics"]["flagged"]),
-                     key=lambda s: (s["analytics"]["call_score"], -s["analytics"]["escalations"],
-                                    s["conversation_id"]))
+    flagged = sorted(
+        (s for s in summaries if s["analytics"]["flagged"]),
+        key=lambda s: (s["analytics"]["call_score"], -s["analytics"]["escalations"], s["conversation_id"]),
+    )
     assert archive["flagged_calls"] == len(flagged)
     assert [r["conversation_id"] for r in archive["review"]] == [s["conversation_id"] for s in flagged[:5]]
     assert [r["rank"] for r in archive["review"]] == [1, 2, 3, 4, 5]
@@ -208,5 +266,13 @@ def test_the_archive_counts_every_utterance_and_stays_bounded():
 
 def test_histogram_bins_have_exact_edges():
     assert bin_edges()[0] == -1.0 and bin_edges()[10] == 0.0 and bin_edges()[-1] == 1.0
-    assert [score_bin(x) for x in (-1.0, -0.9999, -0.7, -0.0001, 0.0, 0.35, 0.9999, 1.0)] == [0, 0, 3, 9, 10, 13,
-                                                                                               19, 19]
+    assert [score_bin(x) for x in (-1.0, -0.9999, -0.7, -0.0001, 0.0, 0.35, 0.9999, 1.0)] == [
+        0,
+        0,
+        3,
+        9,
+        10,
+        13,
+        19,
+        19,
+    ]

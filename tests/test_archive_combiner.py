@@ -34,9 +34,12 @@ def expected(summaries: list[dict]) -> str:
 
 def combine(summaries: list[dict], out: Path, beam_args: list[str]) -> dict:
     p = beam.Pipeline(options=PipelineOptions(beam_args))
-    _ = (p | "Calls" >> beam.Create(summaries, reshuffle=False)
-         | "Archive" >> beam.CombineGlobally(ArchiveCombineFn(THRESHOLDS))
-         | "Write" >> beam.Map(write_archive, str(out)))
+    _ = (
+        p
+        | "Calls" >> beam.Create(summaries, reshuffle=False)
+        | "Archive" >> beam.CombineGlobally(ArchiveCombineFn(THRESHOLDS))
+        | "Write" >> beam.Map(write_archive, str(out))
+    )
     result = p.run()
     result.wait_until_finish()
     if getattr(result, "client", None) is not None:  # Beam's Dask runner leaves its client open: not past the cluster
@@ -51,11 +54,20 @@ def test_combine_globally_in_process_equals_the_single_pass(summaries, tmp_path)
 
 
 def test_combine_globally_on_dask_equals_the_single_pass(summaries, tmp_path):
-    distributed = pytest.importorskip("distributed", reason="the Dask runner needs the dask extra: pip install "
-                                      "'bioserc[dask]'")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                                  dashboard_address=None, env={"OMP_NUM_THREADS": "1"}) as cluster:
-        got = combine(summaries, tmp_path / "archive.json",
-                      ["--runner", DASK, "--dask_client_address", cluster.scheduler_address,
-                       "--dask_partition_size", "16"])  # ~19 partitions: partial accumulators merged
+    distributed = pytest.importorskip(
+        "distributed", reason="the Dask runner needs the dask extra: pip install 'bioserc[dask]'"
+    )
+    with distributed.LocalCluster(
+        n_workers=2,
+        processes=True,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        env={"OMP_NUM_THREADS": "1"},
+    ) as cluster:
+        got = combine(
+            summaries,
+            tmp_path / "archive.json",
+            ["--runner", DASK, "--dask_client_address", cluster.scheduler_address, "--dask_partition_size", "16"],
+        )  # ~19 partitions: partial accumulators merged
     assert json.dumps(got, sort_keys=True) == expected(summaries)

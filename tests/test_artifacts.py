@@ -62,8 +62,12 @@ def make_classifier(directory, labels=MELD, bio_mode="none", **fields):
     (directory / "tokenizer.json").write_text('{"model": {"vocab": {"[PAD]": 0}}}')
     (directory / "encoder.onnx").write_bytes(b"encoder graph")
     (directory / "head.onnx").write_bytes(b"head graph")
-    fields = {"labels": labels, "bio_mode": bio_mode, "graphs": {"encoder": "encoder.onnx", "head": "head.onnx"},
-              **fields}
+    fields = {
+        "labels": labels,
+        "bio_mode": bio_mode,
+        "graphs": {"encoder": "encoder.onnx", "head": "head.onnx"},
+        **fields,
+    }
     return write_manifest(str(directory), "onnx-classifier", label_set="meld", **fields)
 
 
@@ -80,10 +84,13 @@ def test_a_written_classifier_verifies(tmp_path):
     assert artifact_file(str(tmp_path / "clf"), manifest, "head.onnx") == str(tmp_path / "clf" / "head.onnx")
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("tokenizer.json", r"'tokenizer.json' is not listed in manifest.json; re-export"),
-    ("head.onnx", r"graphs.head names 'head.onnx', which its files do not list"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("tokenizer.json", r"'tokenizer.json' is not listed in manifest.json; re-export"),
+        ("head.onnx", r"graphs.head names 'head.onnx', which its files do not list"),
+    ],
+)
 def test_a_file_dropped_from_the_manifest_and_then_tampered_is_refused(tmp_path, name, message):
     make_classifier(tmp_path / "clf")
     edit_manifest(tmp_path / "clf", lambda m: m["files"].pop(name))
@@ -119,13 +126,16 @@ def test_a_graph_outside_the_folder_is_refused(tmp_path):
         artifact_file(str(tmp_path / "clf"), manifest, str(evil))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda m: m["graphs"].update(head="../evil.onnx"), r"graphs.head names '../evil.onnx'"),
-    (lambda m: m["graphs"].update(head="sub/../head.onnx"), r"graphs.head names 'sub/../head.onnx'"),
-    (lambda m: m["files"].update({"../evil.onnx": m["files"]["head.onnx"]}), r"files names '../evil.onnx'"),
-    (lambda m: m.update(quantized=["./encoder.onnx"]), r"quantized\[0\] names './encoder.onnx'"),
-    (lambda m: m["graphs"].update(head="graph.onnx"), r"graphs.head names 'graph.onnx', which its files do not"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["graphs"].update(head="../evil.onnx"), r"graphs.head names '../evil.onnx'"),
+        (lambda m: m["graphs"].update(head="sub/../head.onnx"), r"graphs.head names 'sub/../head.onnx'"),
+        (lambda m: m["files"].update({"../evil.onnx": m["files"]["head.onnx"]}), r"files names '../evil.onnx'"),
+        (lambda m: m.update(quantized=["./encoder.onnx"]), r"quantized\[0\] names './encoder.onnx'"),
+        (lambda m: m["graphs"].update(head="graph.onnx"), r"graphs.head names 'graph.onnx', which its files do not"),
+    ],
+)
 def test_paths_that_leave_the_folder_or_are_not_listed_are_refused(tmp_path, change, message):
     make_classifier(tmp_path / "clf")
     (tmp_path / "evil.onnx").write_bytes(b"head graph")
@@ -150,13 +160,20 @@ def test_a_symlink_out_of_the_folder_is_refused(tmp_path):
         verify_artifact(str(tmp_path / "clf"))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: edit_manifest(d, lambda m: m.update(labels=MELD[::-1])),
-     r"manifest.json labels \['anger'.*\] differ from config.json's \['neutral'.*\] \(order matters\)"),
-    (lambda d: edit_manifest(d, lambda m: m.update(bio_mode="mlp")),
-     r"manifest.json bio_mode 'mlp' differs from config.json's 'none'"),
-    (lambda d: edit_manifest(d, lambda m: m.pop("labels")), "manifest.json has no labels list"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: edit_manifest(d, lambda m: m.update(labels=MELD[::-1])),
+            r"manifest.json labels \['anger'.*\] differ from config.json's \['neutral'.*\] \(order matters\)",
+        ),
+        (
+            lambda d: edit_manifest(d, lambda m: m.update(bio_mode="mlp")),
+            r"manifest.json bio_mode 'mlp' differs from config.json's 'none'",
+        ),
+        (lambda d: edit_manifest(d, lambda m: m.pop("labels")), "manifest.json has no labels list"),
+    ],
+)
 def test_labels_and_bio_mode_must_agree_with_the_config(tmp_path, change, message):
     make_classifier(tmp_path / "clf")
     change(tmp_path / "clf")
@@ -203,6 +220,7 @@ class FakeRemote:
     def match(self, patterns):
         def found(path):
             return [SimpleNamespace(size_in_bytes=os.path.getsize(path))] if os.path.isfile(path) else []
+
         return [SimpleNamespace(metadata_list=found(self.local(p))) for p in patterns]
 
 

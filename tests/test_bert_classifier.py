@@ -34,8 +34,9 @@ MELD = LABEL_SETS["meld"].labels
 CUE = dict(zip(MELD, ["okay", "wow", "scared", "sad", "happy", "gross", "angry"], strict=True))  # learnable signal
 FILLER = ["the", "you", "we", "what", "really", "fine", "why", "yes", "no", "sure", "hello", "well"]
 BIO_WORDS = ["is", "calm", "loud", "kind", "tired", "and", "friendly", "nervous"]
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")
-                 if "lora" not in p.stem)  # the *_lora configs are train_llm's (tests/test_llm_variant.py)
+CONFIGS = sorted(
+    p for p in (Path(__file__).parents[1] / "training" / "configs").glob("*.yaml") if "lora" not in p.stem
+)  # the *_lora configs are train_llm's (tests/test_llm_variant.py)
 
 
 def make_corpus(n: int = 20, seed: int = 0) -> list[Conversation]:
@@ -55,8 +56,11 @@ def make_corpus(n: int = 20, seed: int = 0) -> list[Conversation]:
 
 def bio_rows(conversations: list[Conversation], seed: int = 1) -> list[dict]:
     rng = random.Random(seed)
-    return [{"conversation_id": c.id, "speaker": s, "bio": f"{s} is " + " ".join(rng.sample(BIO_WORDS[1:], 3))}
-            for c in conversations for s in c.speakers]
+    return [
+        {"conversation_id": c.id, "speaker": s, "bio": f"{s} is " + " ".join(rng.sample(BIO_WORDS[1:], 3))}
+        for c in conversations
+        for s in c.speakers
+    ]
 
 
 def write_jsonl(path: Path, rows) -> str:
@@ -68,13 +72,33 @@ def make_encoder(directory: Path, layers: int) -> str:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     directory.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", "_", "0", "1", "2", "speaker",
-             *CUE.values(), *FILLER, *BIO_WORDS]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        ":",
+        "_",
+        "0",
+        "1",
+        "2",
+        "speaker",
+        *CUE.values(),
+        *FILLER,
+        *BIO_WORDS,
+    ]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     BertModel(config).save_pretrained(directory)
     return str(directory)
 
@@ -85,13 +109,16 @@ def corpus(tmp_path_factory) -> dict:
     convs = make_corpus()
     train, dev = convs[:14], convs[14:]
     rows = bio_rows(convs)
-    return {"convs": convs, "bios": {(r["conversation_id"], r["speaker"]): r["bio"] for r in rows},
-            "train": write_jsonl(root / "train.jsonl", (c.to_dict() for c in train)),
-            "dev": write_jsonl(root / "dev.jsonl", (c.to_dict() for c in dev)),
-            "train_bios": write_jsonl(root / "train_bios.jsonl", rows[:-1]),  # one speaker without a bio
-            "dev_bios": write_jsonl(root / "dev_bios.jsonl", rows),
-            "encoder": make_encoder(root / "encoder", layers=2),
-            "encoder12": make_encoder(root / "encoder12", layers=12)}
+    return {
+        "convs": convs,
+        "bios": {(r["conversation_id"], r["speaker"]): r["bio"] for r in rows},
+        "train": write_jsonl(root / "train.jsonl", (c.to_dict() for c in train)),
+        "dev": write_jsonl(root / "dev.jsonl", (c.to_dict() for c in dev)),
+        "train_bios": write_jsonl(root / "train_bios.jsonl", rows[:-1]),  # one speaker without a bio
+        "dev_bios": write_jsonl(root / "dev_bios.jsonl", rows),
+        "encoder": make_encoder(root / "encoder", layers=2),
+        "encoder12": make_encoder(root / "encoder12", layers=12),
+    }
 
 
 def make_model(corpus: dict, bio_mode: str = "mlp", **kw) -> BiosercBert:
@@ -101,10 +128,24 @@ def make_model(corpus: dict, bio_mode: str = "mlp", **kw) -> BiosercBert:
 
 
 def train_config(corpus: dict, out: Path, **kw):
-    return load_config(None, train_data=corpus["train"], dev_data=corpus["dev"], train_bios=corpus["train_bios"],
-                       dev_bios=corpus["dev_bios"], encoder=corpus["encoder"], max_length=64, bio_max_length=32,
-                       batch_size=2, lr_encoder=1e-3, lr_head=3e-3, warmup_ratio=0.0, patience=0,
-                       output_dir=str(out), device="cpu", **kw)
+    return load_config(
+        None,
+        train_data=corpus["train"],
+        dev_data=corpus["dev"],
+        train_bios=corpus["train_bios"],
+        dev_bios=corpus["dev_bios"],
+        encoder=corpus["encoder"],
+        max_length=64,
+        bio_max_length=32,
+        batch_size=2,
+        lr_encoder=1e-3,
+        lr_head=3e-3,
+        warmup_ratio=0.0,
+        patience=0,
+        output_dir=str(out),
+        device="cpu",
+        **kw,
+    )
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_best_model(corpus, tmp_path):
@@ -112,8 +153,15 @@ def test_training_lowers_the_loss_and_writes_a_loadable_best_model(corpus, tmp_p
     losses = [row["train_loss"] for row in result["history"]]
     assert [row["step"] for row in result["history"]] == [10, 20, 30]
     assert losses[-1] < losses[0]
-    for name in ("metrics.jsonl", "training_curve.png", "confusion_dev.png", "best/model.safetensors",
-                 "best/dev_report.json", "last/model.safetensors", "last/trainer_state.pt"):
+    for name in (
+        "metrics.jsonl",
+        "training_curve.png",
+        "confusion_dev.png",
+        "best/model.safetensors",
+        "best/dev_report.json",
+        "last/model.safetensors",
+        "last/trainer_state.pt",
+    ):
         assert (tmp_path / name).is_file(), name
     report = evaluate(result["best_dir"], corpus["dev"], corpus["dev_bios"])
     assert report["weighted_f1"] == pytest.approx(result["best_dev_weighted_f1"])
@@ -189,8 +237,11 @@ def test_checkpoints_written_before_pretrainedmodel_still_load(corpus, tmp_path)
     model.save_pretrained(str(tmp_path))
     old = {k: v for k, v in model.config.settings().items() if k != "encode_chunk"}
     (tmp_path / "config.json").write_text(json.dumps({**old, "encoder_config": model.encoder.config.to_dict()}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(tmp_path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     reloaded = BiosercBert.from_pretrained(str(tmp_path), "cpu")
     assert reloaded.config.settings() == model.config.settings()
     convs, bios = corpus["convs"][:4], corpus["bios"]
@@ -213,14 +264,15 @@ def test_chunked_encoding_gives_the_same_logits(corpus, bio_mode):
     model = make_model(corpus, bio_mode=bio_mode).eval()
     batch = Collator(model.tokenizer, model.config)(corpus["convs"][:6], corpus["bios"])
     seen = []
-    model.encoder.register_forward_hook(lambda module, args, kwargs, out: seen.append(len(kwargs["input_ids"])),
-                                        with_kwargs=True)
+    model.encoder.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
     with torch.no_grad():
         whole = model(**batch.inputs)
         windows, seen[:] = seen[0], []
         model.config.encode_chunk = 4
         chunked = model(**batch.inputs)
-    assert windows > 4 and max(seen) <= 4 and sum(seen[:math.ceil(windows / 4)]) == windows
+    assert windows > 4 and max(seen) <= 4 and sum(seen[: math.ceil(windows / 4)]) == windows
     torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
 
 
@@ -272,8 +324,13 @@ def test_freeze_layers_freezes_embeddings_and_bottom_layers(corpus):
 
 
 def test_missing_bios_are_flagged_and_loaded_bios_skip_errors(corpus, tmp_path):
-    path = write_jsonl(tmp_path / "bios.jsonl", [{"conversation_id": "a", "speaker": "S", "bio": "S is calm"},
-                                                 {"conversation_id": "a", "speaker": "T", "bio": "", "error": "x"}])
+    path = write_jsonl(
+        tmp_path / "bios.jsonl",
+        [
+            {"conversation_id": "a", "speaker": "S", "bio": "S is calm"},
+            {"conversation_id": "a", "speaker": "T", "bio": "", "error": "x"},
+        ],
+    )
     assert load_bios(path) == {("a", "S"): "S is calm"}
     model = make_model(corpus)
     conv = corpus["convs"][0]
@@ -315,21 +372,52 @@ def test_shipped_configs_dry_run(corpus, tmp_path, path):
     """Each shipped config builds with its own settings, only the encoder and data swapped for the tiny local ones."""
     shipped = load_config(str(path))
     assert shipped.label_set in path.stem
-    overrides = {"encoder": corpus["encoder12"], "train_data": [corpus["train"]], "dev_data": [corpus["dev"]],
-                 "train_bios": [corpus["train_bios"]], "dev_bios": [corpus["dev_bios"]], "output_dir": str(tmp_path),
-                 "label_set": "meld", "device": "cpu"}
+    overrides = {
+        "encoder": corpus["encoder12"],
+        "train_data": [corpus["train"]],
+        "dev_data": [corpus["dev"]],
+        "train_bios": [corpus["train_bios"]],
+        "dev_bios": [corpus["dev_bios"]],
+        "output_dir": str(tmp_path),
+        "label_set": "meld",
+        "device": "cpu",
+    }
     result = train(load_config(str(path), **overrides), dry_run=True)
     assert result["dry_run"] and math.isfinite(result["loss"]) and not any(tmp_path.iterdir())
     if "paper" in path.stem:
-        assert (shipped.lr_encoder, shipped.window, shipped.freeze_layers, shipped.epochs, shipped.grad_accum,
-                shipped.batch_size) == (5e-6, 2, 10, 30, 2, 1)
+        assert (
+            shipped.lr_encoder,
+            shipped.window,
+            shipped.freeze_layers,
+            shipped.epochs,
+            shipped.grad_accum,
+            shipped.batch_size,
+        ) == (5e-6, 2, 10, 30, 2, 1)
         assert result["trainable_parameters"] < result["parameters"]
 
 
 def test_cli_dry_run_applies_config_then_flags(corpus, tmp_path, capsys):
-    argv = ["--config", str(CONFIGS[0]), "--label_set", "meld", "--encoder", corpus["encoder"],
-            "--train_data", corpus["train"], "--dev_data", corpus["dev"], "--train_bios", corpus["train_bios"],
-            "--dev_bios", corpus["dev_bios"], "--bio_mode", "none", "--output_dir", str(tmp_path), "--dry-run"]
+    argv = [
+        "--config",
+        str(CONFIGS[0]),
+        "--label_set",
+        "meld",
+        "--encoder",
+        corpus["encoder"],
+        "--train_data",
+        corpus["train"],
+        "--dev_data",
+        corpus["dev"],
+        "--train_bios",
+        corpus["train_bios"],
+        "--dev_bios",
+        corpus["dev_bios"],
+        "--bio_mode",
+        "none",
+        "--output_dir",
+        str(tmp_path),
+        "--dry-run",
+    ]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["dry_run"] is True
     with pytest.raises(ValueError, match="unknown training config"):
@@ -342,12 +430,20 @@ def test_model_card_opens_with_hugging_face_metadata(tmp_path):
     from bioserc.export.model_card import write_model_card
 
     (tmp_path / "config.json").write_text(json.dumps({"encoder": "minilm"}))
-    (tmp_path / "dev_report.json").write_text(json.dumps(classification_report(["joy", "anger"], ["joy", "joy"],
-                                                                               list(MELD))))
-    fields = {"label_set": "meld", "labels": list(MELD), "bio_mode": "none", "window": 0, "max_length": 64,
-              "bio_max_length": 128}
-    text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "int8",
-                                 "serving_artifacts/x")).read_text()
+    (tmp_path / "dev_report.json").write_text(
+        json.dumps(classification_report(["joy", "anger"], ["joy", "joy"], list(MELD)))
+    )
+    fields = {
+        "label_set": "meld",
+        "labels": list(MELD),
+        "bio_mode": "none",
+        "window": 0,
+        "max_length": 64,
+        "bio_max_length": 128,
+    }
+    text = Path(
+        write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "int8", "serving_artifacts/x")
+    ).read_text()
     assert text.startswith("---\n")
     meta = yaml.safe_load(text.split("---\n")[1])
     assert meta["library_name"] == "bioserc" and meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"

@@ -74,8 +74,10 @@ def test_ort_greedy_matches_pytorch(plain_export, caplog):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf_dir, onnx_dir = plain_export
-    prompts = [user("Ann is cheerful.") + [{"role": "assistant", "content": "Ann "}],
-               user("Conversation transcript: Bob sounds tired, answers briefly. Describe Bob's mood.")]
+    prompts = [
+        user("Ann is cheerful.") + [{"role": "assistant", "content": "Ann "}],
+        user("Conversation transcript: Bob sounds tired, answers briefly. Describe Bob's mood."),
+    ]
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
@@ -83,10 +85,15 @@ def test_ort_greedy_matches_pytorch(plain_export, caplog):
     for messages in prompts:  # one prompt at a time: no padding on the reference side
         ids = tokenizer(render_chat(tokenizer, messages), return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=GREEDY.max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, repetition_penalty=GREEDY.repetition_penalty,
-                                 no_repeat_ngram_size=GREEDY.no_repeat_ngram_size)
-        new = out[0, ids["input_ids"].shape[1]:].tolist()
+            out = model.generate(
+                **ids,
+                max_new_tokens=GREEDY.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                repetition_penalty=GREEDY.repetition_penalty,
+                no_repeat_ngram_size=GREEDY.no_repeat_ngram_size,
+            )
+        new = out[0, ids["input_ids"].shape[1] :].tolist()
         n = next((k for k, t in enumerate(new) if t in (tokenizer.eos_token_id, tokenizer.pad_token_id)), len(new))
         expected.append((tokenizer.decode(new[:n], skip_special_tokens=True), ids["input_ids"].shape[1], n))
 
@@ -136,8 +143,9 @@ def pipeline_options(kind: str, *flags: str) -> dict[str, Any]:
     from bioserc.pipelines.bios_pipeline import make_parser
     from bioserc.pipelines.options import backend_options
 
-    return backend_options(make_parser().parse_args(["calls.jsonl", "-o", "out", "--backend", kind,
-                                                     "--batch-size", "3", *flags]))
+    return backend_options(
+        make_parser().parse_args(["calls.jsonl", "-o", "out", "--backend", kind, "--batch-size", "3", *flags])
+    )
 
 
 TRANSCRIPT = "Conversation transcript: " + " ".join(TEXTS[:3] * 3)
@@ -148,16 +156,21 @@ def test_shared_prefix_gives_the_same_bios_from_fewer_prefilled_tokens(kind, pla
     """Three speakers of one call share the system message and transcript; a second call shares only the system
     message. Prefilling each shared prefix once and branching its KV cache must not change a single token."""
     hf_dir, onnx_dir = plain_export
-    prompts = [user(TRANSCRIPT + f" Describe {name}.") + [{"role": "assistant", "content": f"{name} is"}]
-               for name in ("Ann", "Bob", "Carol")]
-    prompts += [user("Conversation transcript: hello there. Describe Dan.") + [{"role": "assistant",
-                                                                                 "content": "Dan is"}]]
+    prompts = [
+        user(TRANSCRIPT + f" Describe {name}.") + [{"role": "assistant", "content": f"{name} is"}]
+        for name in ("Ann", "Bob", "Carol")
+    ]
+    prompts += [
+        user("Conversation transcript: hello there. Describe Dan.") + [{"role": "assistant", "content": "Dan is"}]
+    ]
     backend = make_backend(kind, str(hf_dir if kind == "transformers" else onnx_dir), batch_size=4)
     out = {}
     for share in (False, True):
         backend.share_prefix, backend.counts = share, Counter()
-        out[share] = ([(g.text, g.prompt_tokens, g.new_tokens, g.finish_reason) for g in
-                       backend.generate(prompts, GREEDY)], dict(backend.counts))
+        out[share] = (
+            [(g.text, g.prompt_tokens, g.new_tokens, g.finish_reason) for g in backend.generate(prompts, GREEDY)],
+            dict(backend.counts),
+        )
     assert out[True][0] == out[False][0] and any(text for text, *_ in out[True][0])
     plain, shared = out[False][1], out[True][1]
     assert plain["prompt_tokens"] == shared["prompt_tokens"] == plain["prefilled_tokens"]
@@ -214,8 +227,10 @@ BIOS_MODULES = sorted(m.name for m in pkgutil.iter_modules(bioserc.bios.__path__
 @pytest.mark.parametrize("module", BIOS_MODULES)
 def test_each_bios_module_imports_alone_without_the_factory(module):
     """No import loop through the backend factory: only its callers (CLI, pipelines) import `backends`."""
-    code = (f"import sys, bioserc.bios.{module}; "
-            f"sys.exit(3 if {module!r} != 'backends' and 'bioserc.bios.backends' in sys.modules else 0)")
+    code = (
+        f"import sys, bioserc.bios.{module}; "
+        f"sys.exit(3 if {module!r} != 'backends' and 'bioserc.bios.backends' in sys.modules else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr or f"bioserc.bios.{module} imports the factory bioserc.bios.backends"
 
@@ -227,16 +242,37 @@ def test_bios_pipeline_runs_on_each_local_backend_kind(plain_export, tmp_path, m
     from bioserc.pipelines import bios_pipeline
     from bioserc.schema import Conversation, Utterance
 
-    calls = [Conversation(f"c{n}", [Utterance(i, spk, text) for i, (spk, text) in
-                                    enumerate([("Ann", TEXTS[n]), ("Bob", TEXTS[n + 1]), ("Ann", TEXTS[n + 2])])])
-             for n in range(3)]
+    calls = [
+        Conversation(
+            f"c{n}",
+            [
+                Utterance(i, spk, text)
+                for i, (spk, text) in enumerate([("Ann", TEXTS[n]), ("Bob", TEXTS[n + 1]), ("Ann", TEXTS[n + 2])])
+            ],
+        )
+        for n in range(3)
+    ]
     src = tmp_path / "calls.jsonl"
     write_jsonl(str(src), [c.to_dict() for c in calls])
     hf_dir, onnx_dir = plain_export
     bios = {}
     for kind, model in (("transformers", hf_dir), ("onnx", onnx_dir)):
-        result = bios_pipeline.run([str(src), "-o", str(tmp_path / kind), "--backend", kind, "--model", str(model),
-                                    "--max-new-tokens", "8", "--batch-size", "4", "--allow-skips"])
+        result = bios_pipeline.run(
+            [
+                str(src),
+                "-o",
+                str(tmp_path / kind),
+                "--backend",
+                kind,
+                "--model",
+                str(model),
+                "--max-new-tokens",
+                "8",
+                "--batch-size",
+                "4",
+                "--allow-skips",
+            ]
+        )
         rows = list(read_jsonl(str(tmp_path / kind / "bios.jsonl")))
         dead = list(read_jsonl(str(tmp_path / kind / "dead_letter.jsonl")))
         assert len(rows) + len(dead) == 6 and result.counters["conversations_read"] == 3

@@ -15,8 +15,10 @@ from bioserc.pipelines.options import backend_options
 from bioserc.pipelines.outputs import output_lock
 
 
-CALLS = [conv("c1", [("ANN", "Hi, is the shop open?"), ("BOB", "Yes, until six.")]),
-         conv("c2", [("CARL", "Hello there, my parcel is late."), ("DORA", "Let me check.")])]
+CALLS = [
+    conv("c1", [("ANN", "Hi, is the shop open?"), ("BOB", "Yes, until six.")]),
+    conv("c2", [("CARL", "Hello there, my parcel is late."), ("DORA", "Let me check.")]),
+]
 
 
 @pytest.fixture
@@ -43,15 +45,23 @@ def test_every_bio_written_exits_0_with_a_counts_line(bios_cli):
     assert len(list(read_jsonl(str(out / "bios.jsonl")))) == 4
 
 
-@pytest.mark.parametrize("fail_on, bad_record, summary", [
-    ("Hello there", False, "wrote 2 bios (0 from the cache) for 2 calls; dead-lettered 2 bios and 0 input records"),
-    (None, True, "wrote 4 bios (0 from the cache) for 2 calls; dead-lettered 0 bios and 1 input records"),
-])
+@pytest.mark.parametrize(
+    "fail_on, bad_record, summary",
+    [
+        (
+            "Hello there",
+            False,
+            "wrote 2 bios (0 from the cache) for 2 calls; dead-lettered 2 bios and 0 input records",
+        ),
+        (None, True, "wrote 4 bios (0 from the cache) for 2 calls; dead-lettered 0 bios and 1 input records"),
+    ],
+)
 def test_dead_letters_exit_1_unless_skips_are_allowed(bios_cli, fail_on, bad_record, summary):
     code, err, out = bios_cli(fail_on=fail_on, bad_record=bad_record)
     assert code == 1
-    assert err[-1] == summary + ("; exit 1 because records were dead-lettered (see dead_letter.jsonl; --allow-skips "
-                                 "accepts that)")
+    assert err[-1] == summary + (
+        "; exit 1 because records were dead-lettered (see dead_letter.jsonl; --allow-skips accepts that)"
+    )
     assert len(list(read_jsonl(str(out / "dead_letter.jsonl")))) == (2 if fail_on else 1)
     code, err, _ = bios_cli("--allow-skips", fail_on=fail_on, bad_record=bad_record)
     assert (code, err[-1]) == (0, summary)
@@ -62,8 +72,10 @@ def test_no_bio_exits_1_even_with_allow_skips_and_keeps_the_previous_bios(bios_c
     previous = (tmp_path / "out" / "bios.jsonl").read_text()
     code, err, out = bios_cli("--allow-skips", fail_on=" ")  # in every prompt: every bio fails
     assert code == 1
-    assert err[-1] == ("error: no bio was produced (wrote 0 bios (0 from the cache) for 2 calls; dead-lettered 4 "
-                       "bios and 0 input records)")
+    assert err[-1] == (
+        "error: no bio was produced (wrote 0 bios (0 from the cache) for 2 calls; dead-lettered 4 "
+        "bios and 0 input records)"
+    )
     assert (out / "bios.jsonl").read_text() == previous
     [failed] = out.glob("failed-*")
     assert len(list(read_jsonl(str(failed / "dead_letter.jsonl")))) == 4
@@ -82,9 +94,14 @@ def test_a_second_run_on_a_locked_output_exits_2_and_touches_nothing(bios_cli, t
     assert (out / "bios.jsonl").read_text() == '{"conversation_id": "earlier"}\n'
 
 
-@pytest.mark.parametrize("kind, flags, threads", [
-    ("transformers", ["--threads", "3"], 3), ("onnx", ["--threads", "2"], 2), ("transformers", [], None),
-])
+@pytest.mark.parametrize(
+    "kind, flags, threads",
+    [
+        ("transformers", ["--threads", "3"], 3),
+        ("onnx", ["--threads", "2"], 2),
+        ("transformers", [], None),
+    ],
+)
 def test_threads_reach_the_local_llm_backends(kind, flags, threads):
     args = make_parser().parse_args(["calls.jsonl", "-o", "out", "--backend", kind, *flags])
     assert backend_options(args) == {"batch_size": 32, "threads": threads}
@@ -98,6 +115,7 @@ def test_threads_are_not_passed_to_servers_or_tensorrt_llm(kind, flags):
 
 def test_label_bio_threads_is_bios_threads():
     """`bioserc label` has --threads for the classifier; the LLM's are --bio-threads, through the same options."""
-    args = label_pipeline.make_parser().parse_args(["calls.jsonl", "-o", "out", "--threads", "1",
-                                                    "--bio-backend", "onnx", "--bio-threads", "4"])
+    args = label_pipeline.make_parser().parse_args(
+        ["calls.jsonl", "-o", "out", "--threads", "1", "--bio-backend", "onnx", "--bio-threads", "4"]
+    )
     assert (args.threads, backend_options(args, "bio_")) == (1, {"batch_size": 32, "threads": 4})

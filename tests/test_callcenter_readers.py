@@ -20,8 +20,19 @@ from bioserc.schema import Conversation, Utterance
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transcripts"
 
-FORMATS = ("bioserc-json", "meld-csv", "emorynlp-csv", "calls-csv", "aws-tca", "aws-transcribe", "contact-lens",
-           "google-ccai", "google-ccai-api", "azure-stt", "jsonl")
+FORMATS = (
+    "bioserc-json",
+    "meld-csv",
+    "emorynlp-csv",
+    "calls-csv",
+    "aws-tca",
+    "aws-transcribe",
+    "contact-lens",
+    "google-ccai",
+    "google-ccai-api",
+    "azure-stt",
+    "jsonl",
+)
 
 
 def write(tmp_path: Path, name: str, content: str | bytes | dict[str, Any]) -> str:
@@ -74,7 +85,13 @@ def test_aws_tca_billing_dispute():
     assert column(conv, "end_ms")[-1] == 31920
     assert conv.utterances[0].text.startswith("Thank you for calling Northwind Telecom, my name is [PII]")
     assert [u.metadata["vendor_sentiment"] for u in conv.utterances] == [
-        "NEUTRAL", "NEGATIVE", "NEUTRAL", "NEGATIVE", "POSITIVE", "POSITIVE"]
+        "NEUTRAL",
+        "NEGATIVE",
+        "NEUTRAL",
+        "NEGATIVE",
+        "POSITIVE",
+        "POSITIVE",
+    ]
     assert conv.utterances[1].metadata["source_id"] == "9a41d2b0-55e3-4c8e-8f5b-2c7d1e0f3a02"
     assert conv.metadata["categories"] == ["billing-dispute"]
     assert conv.metadata["vendor_overall_sentiment"] == {"AGENT": 1.7, "CUSTOMER": -0.4}
@@ -95,20 +112,32 @@ def test_contact_lens_transfer_keeps_two_agents_apart():
     conv = only(path)
     assert conv.id == "7f3c2a10-4b5d-4e6f-8a9b-0c1d2e3f4a5b"
     assert column(conv, "speaker") == [
-        "SYSTEM", "AGENT", "CUSTOMER", "AGENT", "AGENT_2", "CUSTOMER", "AGENT_2", "CUSTOMER"]
+        "SYSTEM",
+        "AGENT",
+        "CUSTOMER",
+        "AGENT",
+        "AGENT_2",
+        "CUSTOMER",
+        "AGENT_2",
+        "CUSTOMER",
+    ]
     assert column(conv, "role") == ["system", "agent", "customer", "agent", "agent", "customer", "agent", "customer"]
     assert column(conv, "start_ms")[:3] == [0, 4200, 7800]
     assert conv.utterances[2].text.startswith("There's a \u00a3180 roaming charge on my bill")
-    assert conv.utterances[5].metadata == {"source_id": "a1000000-0000-4000-8000-000000000006",
-                                           "vendor_sentiment": "MIXED"}
+    assert conv.utterances[5].metadata == {
+        "source_id": "a1000000-0000-4000-8000-000000000006",
+        "vendor_sentiment": "MIXED",
+    }
     assert conv.metadata["language"] == "en-GB" and conv.metadata["channel"] == "VOICE"
 
 
 def test_contact_lens_bot_supervisor_legacy_ids_and_unknown_participant(tmp_path):
     doc = {
         "Version": "1.1.0",
-        "Participants": [{"ParticipantId": "p-bot", "ParticipantRole": "CUSTOM_BOT"},
-                         {"ParticipantId": "p-sup", "ParticipantRole": "SUPERVISOR"}],
+        "Participants": [
+            {"ParticipantId": "p-bot", "ParticipantRole": "CUSTOM_BOT"},
+            {"ParticipantId": "p-sup", "ParticipantRole": "SUPERVISOR"},
+        ],
         "Transcript": [
             {"Id": "t1", "ParticipantId": "p-bot", "Content": "Say 'billing' or 'technical support'."},
             {"Id": "t2", "ParticipantId": "CUSTOMER", "Content": "Billing."},
@@ -137,11 +166,14 @@ def test_google_ccai_bot_handoff_and_relative_times():
 
 
 def test_google_ccai_two_human_agents_and_string_timestamps(tmp_path):
-    doc = {"conversation_info": {}, "entries": [
-        {"text": "Hello.", "role": "AGENT", "user_id": 10, "start_timestamp_usec": "2000000"},
-        {"text": "Hi, I need help.", "role": "CUSTOMER", "user_id": 20, "start_timestamp_usec": "3500000"},
-        {"text": "Transferring you.", "role": "AGENT", "user_id": 11, "start_timestamp_usec": "5000000"},
-    ]}
+    doc = {
+        "conversation_info": {},
+        "entries": [
+            {"text": "Hello.", "role": "AGENT", "user_id": 10, "start_timestamp_usec": "2000000"},
+            {"text": "Hi, I need help.", "role": "CUSTOMER", "user_id": 20, "start_timestamp_usec": "3500000"},
+            {"text": "Transferring you.", "role": "AGENT", "user_id": 11, "start_timestamp_usec": "5000000"},
+        ],
+    }
     conv = only(write(tmp_path, "t.json", doc))
     assert column(conv, "speaker") == ["AGENT", "CUSTOMER", "AGENT_2"]
     assert column(conv, "start_ms") == [0, 1500, 3000]
@@ -189,15 +221,20 @@ def test_azure_fast_diarized_speakers_take_speaker_roles_only(tmp_path):
 
 
 def test_azure_silence_only_and_recognition_error(tmp_path):
-    doc = {"recognizedPhrases": [{"recognitionStatus": "InitialSilenceTimeout", "channel": 0, "offsetInTicks": 0.0},
-                                 {"recognitionStatus": "NoMatch", "channel": 1, "offsetInTicks": 1e7}]}
+    doc = {
+        "recognizedPhrases": [
+            {"recognitionStatus": "InitialSilenceTimeout", "channel": 0, "offsetInTicks": 0.0},
+            {"recognitionStatus": "NoMatch", "channel": 1, "offsetInTicks": 1e7},
+        ]
+    }
     convs, bad = read(write(tmp_path, "silent.json", doc))
     assert not convs and len(bad) == 1
     assert bad[0].utterances == 0 and bad[0].reason.startswith("no speech")
     assert "1 InitialSilenceTimeout, 1 NoMatch" in bad[0].reason
     doc["recognizedPhrases"][1] = {"recognitionStatus": "Error", "channel": 1, "offsetInTicks": 1e7}
-    doc["recognizedPhrases"].append({"recognitionStatus": "Success", "channel": 0, "offsetInTicks": 2e7,
-                                     "nBest": [{"display": "Hello?"}]})
+    doc["recognizedPhrases"].append(
+        {"recognitionStatus": "Success", "channel": 0, "offsetInTicks": 2e7, "nBest": [{"display": "Hello?"}]}
+    )
     convs, bad = read(write(tmp_path, "error.json", doc))
     assert [u.text for u in convs[0].utterances] == ["Hello?"]
     assert convs[0].metadata["skipped_segments"] == {"InitialSilenceTimeout": 1}
@@ -205,8 +242,9 @@ def test_azure_silence_only_and_recognition_error(tmp_path):
     assert (error.record, error.field, error.utterances) == ("error recognizedPhrases[1]", "recognitionStatus", 1)
 
 
-@pytest.mark.parametrize("name, key", [("azure-fast-refund.json", "phrases"),
-                                       ("azure-batch-double-charge.json", "recognizedPhrases")])
+@pytest.mark.parametrize(
+    "name, key", [("azure-fast-refund.json", "phrases"), ("azure-batch-double-charge.json", "recognizedPhrases")]
+)
 def test_azure_long_call_detected_when_combined_transcript_fills_the_head(tmp_path, name, key):
     doc = load(name)
     combined = "combinedPhrases" if key == "phrases" else "combinedRecognizedPhrases"
@@ -230,11 +268,14 @@ def test_convert_azure_with_silence_exits_0_and_maps_channels(tmp_path, capsys):
     assert [u["speaker"] for u in conv["utterances"]] == ["CHANNEL_0", "CHANNEL_1"] * 3
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--role-map", "1=agent,2=customer"], "unrecognized arguments: --role-map"),
-    (["--speaker-roles", "1=agent,2=boss"], "argument --speaker-roles: bad pair '2=boss'"),
-    (["--channel-roles", "0agent"], "argument --channel-roles: bad pair '0agent'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--role-map", "1=agent,2=customer"], "unrecognized arguments: --role-map"),
+        (["--speaker-roles", "1=agent,2=boss"], "argument --speaker-roles: bad pair '2=boss'"),
+        (["--channel-roles", "0agent"], "argument --channel-roles: bad pair '0agent'"),
+    ],
+)
 def test_role_flags_usage_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         main(["convert", str(FIXTURES / "azure-fast-refund.json"), "-o", str(tmp_path / "o.jsonl"), *argv])
@@ -257,8 +298,15 @@ def test_aws_transcribe_audio_segments_with_speaker_roles():
     assert detected(path) == "aws-transcribe"
     conv = only(path)
     assert conv.id == "transcribe-roaming-refund-5521"
-    assert column(conv, "speaker") == ["SPEAKER_0", "SPEAKER_1", "SPEAKER_0", "SPEAKER_0", "SPEAKER_1", "SPEAKER_0",
-                                       "SPEAKER_1"]
+    assert column(conv, "speaker") == [
+        "SPEAKER_0",
+        "SPEAKER_1",
+        "SPEAKER_0",
+        "SPEAKER_0",
+        "SPEAKER_1",
+        "SPEAKER_0",
+        "SPEAKER_1",
+    ]
     assert column(conv, "role") == [None] * 7  # the output names no roles, and none are guessed
     assert column(conv, "start_ms")[:3] == [520, 5310, 11020] and column(conv, "end_ms")[-1] == 26860
     assert conv.utterances[1].text == "Hi. My bill went up by forty dollars this month and nobody told me why."
@@ -290,8 +338,10 @@ def test_aws_transcribe_channel_identification_takes_channel_roles(tmp_path):
         item["channel_label"] = "ch_" + item.pop("speaker_label")[-1]
         channels[item["channel_label"]].append(dict(item))
         item.pop("channel_label")  # as in older outputs: the channel is only in channel_labels
-    results["channel_labels"] = {"number_of_channels": 2,
-                                 "channels": [{"channel_label": k, "items": v} for k, v in channels.items()]}
+    results["channel_labels"] = {
+        "number_of_channels": 2,
+        "channels": [{"channel_label": k, "items": v} for k, v in channels.items()],
+    }
     path = write(tmp_path, "stereo.json", doc)
     conv = only(path)
     assert column(conv, "speaker")[:3] == ["CHANNEL_0", "CHANNEL_1", "CHANNEL_0"] and len(conv.utterances) == 6
@@ -300,10 +350,20 @@ def test_aws_transcribe_channel_identification_takes_channel_roles(tmp_path):
     assert mapped.speakers == ["AGENT", "CUSTOMER"] and column(mapped, "role")[:2] == ["agent", "customer"]
     assert mapped.utterances[1].metadata["channel_label"] == "ch_1"
     overlap = [  # the caller starts before the agent's sentence ends: each mark follows its own channel's word
-        {"type": "pronunciation", "start_time": "0.0", "end_time": "0.4", "channel_label": "ch_0",
-         "alternatives": [{"content": "Hello"}]},
-        {"type": "pronunciation", "start_time": "0.3", "end_time": "0.5", "channel_label": "ch_1",
-         "alternatives": [{"content": "Hi"}]},
+        {
+            "type": "pronunciation",
+            "start_time": "0.0",
+            "end_time": "0.4",
+            "channel_label": "ch_0",
+            "alternatives": [{"content": "Hello"}],
+        },
+        {
+            "type": "pronunciation",
+            "start_time": "0.3",
+            "end_time": "0.5",
+            "channel_label": "ch_1",
+            "alternatives": [{"content": "Hi"}],
+        },
         {"type": "punctuation", "channel_label": "ch_0", "alternatives": [{"content": "."}]},
         {"type": "punctuation", "channel_label": "ch_1", "alternatives": [{"content": "!"}]},
     ]
@@ -335,8 +395,12 @@ def test_google_ccai_api_participant_roles_and_word_times():
     assert column(conv, "speaker") == ["BOT", "CUSTOMER", "BOT", "AGENT", "CUSTOMER", "AGENT", "CUSTOMER"]
     assert column(conv, "start_ms")[:4] == [400, 4200, 8100, 19600]
     assert column(conv, "end_ms")[0] == 4290
-    assert conv.utterances[4].metadata == {"source_id": 4, "channel_tag": 2, "confidence": 0.86,
-                                           "vendor_sentiment": -0.8}
+    assert conv.utterances[4].metadata == {
+        "source_id": 4,
+        "channel_tag": 2,
+        "confidence": 0.86,
+        "vendor_sentiment": -0.8,
+    }
     assert conv.metadata["language"] == "en-GB"
 
 
@@ -368,21 +432,26 @@ def test_calls_csv_groups_rows_and_reads_quoted_cells():
     assert column(first, "speaker") == ["A-204", "C-88410", "A-204", "C-88410"]
     assert column(first, "role") == ["agent", "customer", "agent", "customer"]
     assert column(first, "start_ms") == [0, 3900, 9800, 14500] and column(first, "end_ms")[1] == 9250
-    assert first.utterances[1].original_text.endswith("every evening this week, and\nI work from home, so this is "
-                                                      "a real problem.")
+    assert first.utterances[1].original_text.endswith(
+        "every evening this week, and\nI work from home, so this is a real problem."
+    )
     assert first.utterances[3].text == 'Thank you, "finally" some progress!'
     assert first.utterances[0].metadata == {"queue": "billing"}
-    assert column(second, "text") == ["Litware Broadband support. How can I help?",
-                                      "The router light is flashing orange."]
+    assert column(second, "text") == [
+        "Litware Broadband support. How can I help?",
+        "The router light is flashing orange.",
+    ]
 
 
 def test_calls_csv_speaker_roles_ms_columns_and_bad_rows(tmp_path):
-    text = ("Conversation ID,Speaker,Text,Start_ms,End_ms\n"
-            "c1,agent-7,Hello.,0,900\n"
-            "c1,cust-3,\"Hi, my card is blocked.\",1000,2500\n"
-            "c2,agent-7,Good morning.,0\n"
-            "c3,agent-7,Hello.,0,800\n"
-            "c3,cust-9,Hi.,1.5,2000\n")
+    text = (
+        "Conversation ID,Speaker,Text,Start_ms,End_ms\n"
+        "c1,agent-7,Hello.,0,900\n"
+        'c1,cust-3,"Hi, my card is blocked.",1000,2500\n'
+        "c2,agent-7,Good morning.,0\n"
+        "c3,agent-7,Hello.,0,800\n"
+        "c3,cust-9,Hi.,1.5,2000\n"
+    )
     path = write(tmp_path, "export.csv", text)
     assert detected(path) == "calls-csv"
     convs, bad = read(path, speaker_roles={"agent-7": "agent", "cust-3": "customer"})
@@ -427,6 +496,7 @@ def drop(key: str, *inner: Any):
         for k in inner:
             turn = turn[k]
         turn.pop(key)
+
     return mutate
 
 
@@ -434,13 +504,28 @@ VENDORS = [
     pytest.param("aws-tca", "tca-billing-dispute-0142.json", "Transcript", drop("Content"), id="aws-tca"),
     pytest.param("contact-lens", "contact-lens-roaming-charge.json", "Transcript", drop("Content"), id="contact-lens"),
     pytest.param("google-ccai", "ccai-late-fee-88213.json", "entries", drop("text"), id="google-ccai"),
-    pytest.param("azure-stt", "azure-batch-double-charge.json", "recognizedPhrases", drop("display", "nBest", 0),
-                 id="azure-batch"),
+    pytest.param(
+        "azure-stt",
+        "azure-batch-double-charge.json",
+        "recognizedPhrases",
+        drop("display", "nBest", 0),
+        id="azure-batch",
+    ),
     pytest.param("azure-stt", "azure-fast-refund.json", "phrases", drop("text"), id="azure-fast"),
-    pytest.param("aws-transcribe", "transcribe-roaming-refund-5521.json", "results.audio_segments",
-                 drop("transcript"), id="aws-transcribe"),
-    pytest.param("google-ccai-api", "ccai-api-double-debit.json", "transcript.transcriptSegments", drop("text"),
-                 id="google-ccai-api"),
+    pytest.param(
+        "aws-transcribe",
+        "transcribe-roaming-refund-5521.json",
+        "results.audio_segments",
+        drop("transcript"),
+        id="aws-transcribe",
+    ),
+    pytest.param(
+        "google-ccai-api",
+        "ccai-api-double-debit.json",
+        "transcript.transcriptSegments",
+        drop("text"),
+        id="google-ccai-api",
+    ),
 ]
 
 
@@ -491,7 +576,7 @@ def test_missing_text_names_field_and_record(tmp_path, fmt, name, key, drop_text
 def test_non_utf8_bytes_give_a_bad_record(tmp_path, fmt, name, key, drop_text):
     data = (FIXTURES / name).read_bytes()
     at = data.rindex(b"s")
-    path = write(tmp_path, name, data[:at] + b"\xe9" + data[at + 1:])
+    path = write(tmp_path, name, data[:at] + b"\xe9" + data[at + 1 :])
     assert detected(path) == fmt
     convs, bad = read(path)
     assert not convs and len(bad) == 1 and "not valid UTF-8" in bad[0].reason
@@ -533,14 +618,18 @@ def test_jsonl_bad_lines_cost_only_themselves(tmp_path):
 
 
 def test_jsonl_missing_text_and_mixed_turn_index(tmp_path):
-    rows = [{"conversation_id": "c1", "turn_idx": 0, "speaker": "AGENT", "text": "Hi."},
-            {"conversation_id": "c1", "turn_idx": 1, "speaker": "CUSTOMER"},
-            {"conversation_id": "c2", "turn_idx": 0, "speaker": "AGENT", "text": "Hi."},
-            {"conversation_id": "c2", "speaker": "CUSTOMER", "text": "Hello."}]
+    rows = [
+        {"conversation_id": "c1", "turn_idx": 0, "speaker": "AGENT", "text": "Hi."},
+        {"conversation_id": "c1", "turn_idx": 1, "speaker": "CUSTOMER"},
+        {"conversation_id": "c2", "turn_idx": 0, "speaker": "AGENT", "text": "Hi."},
+        {"conversation_id": "c2", "speaker": "CUSTOMER", "text": "Hello."},
+    ]
     convs, bad = read(write(tmp_path, "rows.jsonl", "\n".join(json.dumps(r) for r in rows)))
     assert not convs
-    assert [(b.record, b.field, b.utterances) for b in bad] == [("c1 (line 2)", "text", 2),
-                                                                 ("c2 (line 4)", "turn_idx", 2)]
+    assert [(b.record, b.field, b.utterances) for b in bad] == [
+        ("c1 (line 2)", "text", 2),
+        ("c2 (line 4)", "turn_idx", 2),
+    ]
 
 
 @pytest.mark.parametrize("name", ["export.jsonl", "export.json", "export.jsonl.gz"])
@@ -566,11 +655,14 @@ def test_canonical_jsonl_bad_conversation(tmp_path):
 # -- detection never confuses formats -----------------------------------------------------------------------------
 
 
-MELD_ROW = ("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode\n"
-            "1,Hi.,Joey,joy,positive,0,0,1,1\n")
+MELD_ROW = (
+    "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode\n"
+    "1,Hi.,Joey,joy,positive,0,0,1,1\n"
+)
 EMORY_ROW = "Utterance,Speaker,Emotion,Scene_ID,Utterance_ID,Season,Episode\nHi.,['Joey'],Joyful,1,1,1,1\n"
 CANONICAL = Conversation(  # a turn quoting vendor keys must not make our own output look like a vendor file
-    "c", [Utterance(0, "AGENT", 'See the "Transcript": [ and "entries": [ fields', role="agent")],
+    "c",
+    [Utterance(0, "AGENT", 'See the "Transcript": [ and "entries": [ fields', role="agent")],
     metadata={"source_format": "contact-lens"},
 ).to_json()
 SAMPLES = [

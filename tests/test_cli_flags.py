@@ -74,26 +74,36 @@ def test_a_misspelt_flag_is_refused_with_a_suggestion(capsys, previous_run, comm
     before = _snapshot(previous_run)
     typo, meant = ("--skip-exising", "--skip-existing") if command == "label" else ("--sampel", "--sample")
     err = usage_error(capsys, [command, str(CALLS), "-o", str(previous_run), typo])
-    assert err.strip().splitlines()[-1] == (f"bioserc {command}: error: unrecognized argument: {typo} "
-                                            f"(did you mean {meant}?)")
+    assert err.strip().splitlines()[-1] == (
+        f"bioserc {command}: error: unrecognized argument: {typo} (did you mean {meant}?)"
+    )
     assert _snapshot(previous_run) == before
 
 
-@pytest.mark.parametrize("argv, wanted", [
-    (["--skip"], "--skip-existing"),  # a prefix is not a flag (argparse would have taken it as --skip-existing)
-    (["--temp-location", "/tmp/x"], "--temp_location"),  # Beam's flags are snake_case only
-])
+@pytest.mark.parametrize(
+    "argv, wanted",
+    [
+        (["--skip"], "--skip-existing"),  # a prefix is not a flag (argparse would have taken it as --skip-existing)
+        (["--temp-location", "/tmp/x"], "--temp_location"),  # Beam's flags are snake_case only
+    ],
+)
 def test_prefixes_and_misspelt_beam_flags_are_refused(capsys, tmp_path, argv, wanted):
     err = usage_error(capsys, ["label", str(CALLS), "-o", str(tmp_path / "out"), *argv])
     assert f"(did you mean {wanted}?)" in err
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command, argv", [
-    ("bios", ["--scope", "per-conversation"]), ("bios", ["--mode", "per-speaker"]),
-    ("label", ["--bio-scope", "per-conversation"]), ("label", ["--bio_scope=per-conversation"]),
-    ("label", ["--bio-mode", "per-speaker"]), ("label", ["--batch-size", "8"]),
-])
+@pytest.mark.parametrize(
+    "command, argv",
+    [
+        ("bios", ["--scope", "per-conversation"]),
+        ("bios", ["--mode", "per-speaker"]),
+        ("label", ["--bio-scope", "per-conversation"]),
+        ("label", ["--bio_scope=per-conversation"]),
+        ("label", ["--bio-mode", "per-speaker"]),
+        ("label", ["--batch-size", "8"]),
+    ],
+)
 def test_flags_removed_before_0_1_0_are_unknown(capsys, tmp_path, command, argv):
     """--scope/--mode (one prompt per conversation) and label's --batch-size (now --batch-utterances) are gone."""
     err = usage_error(capsys, [command, str(CALLS), "-o", str(tmp_path / "out"), *argv])
@@ -105,13 +115,34 @@ def test_flags_removed_before_0_1_0_are_unknown(capsys, tmp_path, command, argv)
 def test_beam_and_runner_flags_pass_through_verbatim(parser, tmp_path):
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-    argv = [str(CALLS / "azure-fast-refund.json"), "--runner", "DirectRunner", "-o", str(tmp_path),
-            "--direct_num_workers", "1", str(CALLS / "calls-export.csv"), "--direct_running_mode=in_memory",
-            "--experiments", "a", "--experiments=b"]
+    argv = [
+        str(CALLS / "azure-fast-refund.json"),
+        "--runner",
+        "DirectRunner",
+        "-o",
+        str(tmp_path),
+        "--direct_num_workers",
+        "1",
+        str(CALLS / "calls-export.csv"),
+        "--direct_running_mode=in_memory",
+        "--experiments",
+        "a",
+        "--experiments=b",
+    ]
     args, beam_args = parse_pipeline_args(parser(), argv)
     assert args.inputs == [argv[0], argv[7]]  # a Beam flag's value is never taken for an input
-    assert beam_args == ["--runner", "DirectRunner", "--direct_num_workers", "1", "--direct_running_mode",
-                         "in_memory", "--experiments", "a", "--experiments", "b"]
+    assert beam_args == [
+        "--runner",
+        "DirectRunner",
+        "--direct_num_workers",
+        "1",
+        "--direct_running_mode",
+        "in_memory",
+        "--experiments",
+        "a",
+        "--experiments",
+        "b",
+    ]
     options = PipelineOptions(beam_args)
     assert options.view_as(DirectOptions).direct_num_workers == 1
     assert options.view_as(StandardOptions).runner == "DirectRunner"
@@ -119,26 +150,56 @@ def test_beam_and_runner_flags_pass_through_verbatim(parser, tmp_path):
 
 @pytest.mark.skipif(not _has_module("dask.distributed"), reason="the Dask runner needs dask and distributed")
 def test_dask_runner_flags_pass_through(tmp_path):
-    argv = [str(CALLS), "-o", str(tmp_path), "--runner", "apache_beam.runners.dask.dask_runner.DaskRunner",
-            "--dask_client_address", "127.0.0.1:8786"]
+    argv = [
+        str(CALLS),
+        "-o",
+        str(tmp_path),
+        "--runner",
+        "apache_beam.runners.dask.dask_runner.DaskRunner",
+        "--dask_client_address",
+        "127.0.0.1:8786",
+    ]
     _, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
     assert beam_args[-2:] == ["--dask_client_address", "127.0.0.1:8786"]
 
 
 def test_a_runner_that_cannot_be_imported_is_a_usage_error(capsys, tmp_path):
-    err = usage_error(capsys, ["label", str(CALLS), "-o", str(tmp_path / "out"), "--runner",
-                               "no_such_package.runner.NoRunner", "--no_such_flag", "h:1"])
+    err = usage_error(
+        capsys,
+        [
+            "label",
+            str(CALLS),
+            "-o",
+            str(tmp_path / "out"),
+            "--runner",
+            "no_such_package.runner.NoRunner",
+            "--no_such_flag",
+            "h:1",
+        ],
+    )
     assert "--runner no_such_package.runner.NoRunner: cannot import it" in err
 
 
 def test_snake_case_spellings_of_application_flags_are_accepted(tmp_path):
-    argv = [str(CALLS), "-o", str(tmp_path), "--skip_existing", "--conversations_per_batch", "4",
-            "--bio_words=30", "--speaker_roles", "1=agent", "--batch_utterances", "64"]
+    argv = [
+        str(CALLS),
+        "-o",
+        str(tmp_path),
+        "--skip_existing",
+        "--conversations_per_batch",
+        "4",
+        "--bio_words=30",
+        "--speaker_roles",
+        "1=agent",
+        "--batch_utterances",
+        "64",
+    ]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
     assert (args.skip_existing, args.conversations_per_batch, args.bio_words) == (True, 4, 30)
     assert (args.speaker_roles, args.batch_utterances, beam_args) == ({"1": "agent"}, 64, [])
-    args, _ = parse_pipeline_args(bios_pipeline.make_parser(), [str(CALLS), "-o", str(tmp_path), "--max_new_tokens",
-                                                                "8", "--batch_size", "4"])
+    args, _ = parse_pipeline_args(
+        bios_pipeline.make_parser(), [str(CALLS), "-o", str(tmp_path), "--max_new_tokens", "8", "--batch_size", "4"]
+    )
     assert (args.max_new_tokens, args.batch_size) == (8, 4)
 
 
@@ -153,8 +214,9 @@ def test_one_meaning_per_name_and_shared_defaults():
     assert not hasattr(label, "batch_size")
 
 
-@pytest.mark.parametrize("flag, value", [("--threads", "-1"), ("--batch-utterances", "0"),
-                                         ("--conversations-per-batch", "0")])
+@pytest.mark.parametrize(
+    "flag, value", [("--threads", "-1"), ("--batch-utterances", "0"), ("--conversations-per-batch", "0")]
+)
 def test_impossible_numbers_are_usage_errors(capsys, tmp_path, flag, value):
     err = usage_error(capsys, ["label", str(CALLS), "-o", str(tmp_path / "out"), flag, value])
     assert f"argument {flag}" in err and "must be at least" in err
@@ -163,8 +225,12 @@ def test_impossible_numbers_are_usage_errors(capsys, tmp_path, flag, value):
 @pytest.mark.skipif(_gcs_available(), reason="Beam's GCS filesystem is installed here: gs:// is readable")
 @pytest.mark.parametrize("command, where", [("label", "input"), ("label", "model"), ("bios", "output")])
 def test_gs_paths_without_the_gcp_extra_get_a_one_line_hint(capsys, tmp_path, command, where):
-    argv = [command, "gs://bucket/calls/*.json" if where == "input" else str(CALLS), "-o",
-            "gs://bucket/out" if where == "output" else str(tmp_path / "out")]
+    argv = [
+        command,
+        "gs://bucket/calls/*.json" if where == "input" else str(CALLS),
+        "-o",
+        "gs://bucket/out" if where == "output" else str(tmp_path / "out"),
+    ]
     if where == "model":
         argv += ["--model", "gs://bucket/models/default"]
     err = usage_error(capsys, argv)
@@ -178,8 +244,9 @@ def _help(*args: str) -> subprocess.CompletedProcess:
     """`--help` in a fresh process; the timeout allows for a loaded machine, where a niced import can take
     minutes."""
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "bioserc.cli", *args, "--help"], capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "bioserc.cli", *args, "--help"], capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def _flag_entries(text: str) -> dict[str, str]:
@@ -219,8 +286,19 @@ def test_pipeline_help_shows_every_default_and_the_beam_passthrough(command, req
 def test_label_runs_with_snake_case_and_beam_flags(tmp_path, caplog):
     """The real command: default model, fixtures, Beam flag and snake_case spellings all taken, no Beam warning."""
     out = tmp_path / "out"
-    argv = ["label", str(CALLS), "-o", str(out), "--no_bios", "--report_calls", "0", "--direct_num_workers", "1",
-            "--conversations_per_batch", "4"]
+    argv = [
+        "label",
+        str(CALLS),
+        "-o",
+        str(out),
+        "--no_bios",
+        "--report_calls",
+        "0",
+        "--direct_num_workers",
+        "1",
+        "--conversations_per_batch",
+        "4",
+    ]
     assert cli.main(argv) == 0
     assert "Discarding unparseable args" not in caplog.text
     run = json.loads((out / "run.json").read_text())

@@ -112,17 +112,42 @@ def test_gzip_directory_and_glob_inputs(tmp_path):
     ("name", "content", "record", "field", "reason"),
     [
         ("meld.valid.json", '{"1": {"labels": [0], ', "file", None, "malformed JSON"),
-        ("meld.valid.json", json.dumps({"7": {"labels": [0, 1], "sentences": ["a"], "genders": [onehot(0)]}}),
-         "7", "labels", "lengths differ"),
-        ("meld.valid.json", json.dumps({"7": {"labels": [9], "sentences": ["a"], "genders": [onehot(0)]}}),
-         "7", "labels[0]", "out of range"),
-        ("meld.valid.json", json.dumps({"7": {"labels": [], "sentences": [], "genders": []}}),
-         "7", "utterances", "empty conversation"),
+        (
+            "meld.valid.json",
+            json.dumps({"7": {"labels": [0, 1], "sentences": ["a"], "genders": [onehot(0)]}}),
+            "7",
+            "labels",
+            "lengths differ",
+        ),
+        (
+            "meld.valid.json",
+            json.dumps({"7": {"labels": [9], "sentences": ["a"], "genders": [onehot(0)]}}),
+            "7",
+            "labels[0]",
+            "out of range",
+        ),
+        (
+            "meld.valid.json",
+            json.dumps({"7": {"labels": [], "sentences": [], "genders": []}}),
+            "7",
+            "utterances",
+            "empty conversation",
+        ),
         ("meld.valid.json", json.dumps({"7": {"labels": [0], "genders": [onehot(0)]}}), "7", "sentences", "missing"),
-        ("meld.valid.json", json.dumps({"7": {"labels": [0], "sentences": [None], "genders": [onehot(0)]}}),
-         "7", "text", "has no text"),
-        ("meld.valid.json", b'{"7": {"labels": [0], "sentences": ["caf\xe9"], "genders": [[1,0,0,0,0,0,0,0,0]]}}',
-         "file", None, "not valid UTF-8"),
+        (
+            "meld.valid.json",
+            json.dumps({"7": {"labels": [0], "sentences": [None], "genders": [onehot(0)]}}),
+            "7",
+            "text",
+            "has no text",
+        ),
+        (
+            "meld.valid.json",
+            b'{"7": {"labels": [0], "sentences": ["caf\xe9"], "genders": [[1,0,0,0,0,0,0,0,0]]}}',
+            "file",
+            None,
+            "not valid UTF-8",
+        ),
         ("dev_sent_emo.csv", MELD_CSV.replace("surprise", "bored"), "0 (line 2)", "Emotion", "not in the meld"),
     ],
 )
@@ -199,6 +224,7 @@ def test_real_json_and_csv_releases_agree(json_file, csv_file, n_conv, n_utt):
     from_csv = list(report_c.track(read_items(str(RAW / csv_file))))
     assert (report_j.conversations, report_j.utterances, report_j.skipped) == (n_conv, n_utt, [])
     assert (report_c.conversations, report_c.utterances, report_c.skipped) == (n_conv, n_utt, [])
+
     # MELD's CSV numbers dev dialogues from 0 while the JSON continues after train: align by order.
     def order(c):
         return (c.id.count("_"), *map(int, c.id.split("_")))

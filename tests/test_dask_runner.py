@@ -26,8 +26,9 @@ from bioserc.readers import read_items
 from bioserc.schema import Conversation
 
 
-distributed = pytest.importorskip("distributed", reason="the Dask runner needs the dask extra: pip install "
-                                  "'bioserc[dask]'")
+distributed = pytest.importorskip(
+    "distributed", reason="the Dask runner needs the dask extra: pip install 'bioserc[dask]'"
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,8 +42,14 @@ DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 @pytest.fixture(scope="module")
 def cluster():
     """A scheduler and two single-threaded worker processes on 127.0.0.1, as `dask scheduler` + `dask worker` give."""
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                                  dashboard_address=None, env={"OMP_NUM_THREADS": "1"}) as local:
+    with distributed.LocalCluster(
+        n_workers=2,
+        processes=True,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        env={"OMP_NUM_THREADS": "1"},
+    ) as local:
         yield local.scheduler_address
 
 
@@ -56,13 +63,30 @@ def inputs(tmp_path_factory) -> list[str]:
     call and a different call under a taken id."""
     bad = tmp_path_factory.mktemp("bad")
     (bad / "torn.json").write_text('{"JobStatus": "COMPLETED", "Transcript": [ {"Content": "hi"')
-    (bad / "tca-bad-role.json").write_text(json.dumps({"JobStatus": "COMPLETED", "Transcript": [
-        {"Content": "Hello.", "ParticipantRole": "AGENT"}, {"Content": "Hi.", "ParticipantRole": "ROBOT"}]}))
-    (bad / "rows.jsonl").write_text(json.dumps({"conversation_id": "row-call", "speaker": "AGENT", "text": "Hello."})
-                                    + "\n{torn line\n")
+    (bad / "tca-bad-role.json").write_text(
+        json.dumps(
+            {
+                "JobStatus": "COMPLETED",
+                "Transcript": [
+                    {"Content": "Hello.", "ParticipantRole": "AGENT"},
+                    {"Content": "Hi.", "ParticipantRole": "ROBOT"},
+                ],
+            }
+        )
+    )
+    (bad / "rows.jsonl").write_text(
+        json.dumps({"conversation_id": "row-call", "speaker": "AGENT", "text": "Hello."}) + "\n{torn line\n"
+    )
     shutil.copy(DEMO / "ccai-moving-house-6631.json", bad / "ccai-moving-house-6631.json")
-    clash = Conversation.from_dict({"id": "tca-happy-renewal-7302", "utterances": [
-        {"index": 0, "speaker": "AGENT", "text": "Hello."}, {"index": 1, "speaker": "CUSTOMER", "text": "Hi."}]})
+    clash = Conversation.from_dict(
+        {
+            "id": "tca-happy-renewal-7302",
+            "utterances": [
+                {"index": 0, "speaker": "AGENT", "text": "Hello."},
+                {"index": 1, "speaker": "CUSTOMER", "text": "Hi."},
+            ],
+        }
+    )
     (bad / "clash.jsonl").write_text(clash.to_json() + "\n")
     return [str(DEMO), str(FIXTURES), str(bad)]
 
@@ -75,11 +99,17 @@ def by_content(rows: list[dict]) -> list[str]:
 def label_outputs(out: Path) -> dict:
     """Rows by content; archive.json as it is: merged from the workers' partials, it must not depend on the runner."""
     run = json.loads((out / "run.json").read_text())
-    return {name: by_content(list(read_jsonl(str(out / name))))
-            for name in ("utterances.jsonl", "conversations.jsonl", "dead_letter.jsonl")} | {
+    return {
+        name: by_content(list(read_jsonl(str(out / name))))
+        for name in ("utterances.jsonl", "conversations.jsonl", "dead_letter.jsonl")
+    } | {
         "calls.csv": sorted((out / "calls.csv").read_text().splitlines()),
-        "archive.json": (out / "archive.json").read_text(), "counters": run["counters"], "written": run["written"],
-        "problems": run["problems"], "exit_code": run["exit_code"]}
+        "archive.json": (out / "archive.json").read_text(),
+        "counters": run["counters"],
+        "written": run["written"],
+        "problems": run["problems"],
+        "exit_code": run["exit_code"],
+    }
 
 
 def label_both(tmp: Path, address: str, argv: list[str]) -> tuple[dict, dict]:
@@ -91,8 +121,9 @@ def label_both(tmp: Path, address: str, argv: list[str]) -> tuple[dict, dict]:
 
 
 def test_label_on_dask_matches_the_in_process_runner(cluster, inputs, tmp_path):
-    local, dask = label_both(tmp_path, cluster, [*inputs, "--model", DEFAULT_MODEL, "--no-bios",
-                                                 "--conversations-per-batch", "4"])
+    local, dask = label_both(
+        tmp_path, cluster, [*inputs, "--model", DEFAULT_MODEL, "--no-bios", "--conversations-per-batch", "4"]
+    )
     assert dask == local
     items = list(read_items(inputs))
     total = sum(len(i.utterances) if isinstance(i, Conversation) else i.utterances for i in items)
@@ -107,17 +138,26 @@ def test_label_with_a_bios_file_on_dask_matches(cluster, inputs, tmp_path):
     """The bios file is parsed by the first pipeline and looked up by the workers; the model reads bios (bio_mode
     mlp)."""
     bios = tmp_path / "bios.jsonl"
-    bios.write_text("\n".join([
-        json.dumps({"conversation_id": "tca-billing-overcharge-2211", "speaker": "CUSTOMER", "bio": "angry."}),
-        json.dumps({"conversation_id": "ccai-moving-house-6631", "speaker": "AGENT", "bio": "calm."}),
-        "{not json"]) + "\n")
+    bios.write_text(
+        "\n".join(
+            [
+                json.dumps({"conversation_id": "tca-billing-overcharge-2211", "speaker": "CUSTOMER", "bio": "angry."}),
+                json.dumps({"conversation_id": "ccai-moving-house-6631", "speaker": "AGENT", "bio": "calm."}),
+                "{not json",
+            ]
+        )
+        + "\n"
+    )
     model = make_artifact(tmp_path / "bert")
-    local, dask = label_both(tmp_path, cluster, [inputs[0], "--model", model, "--bios", str(bios),
-                                                 "--conversations-per-batch", "3"])
+    local, dask = label_both(
+        tmp_path, cluster, [inputs[0], "--model", model, "--bios", str(bios), "--conversations-per-batch", "3"]
+    )
     assert dask == local
     rows = [json.loads(r) for r in dask["utterances.jsonl"]]
     assert {(r["conversation_id"], r["speaker"], r["bio"]) for r in rows if r["bio"]} == {
-        ("tca-billing-overcharge-2211", "CUSTOMER", "angry."), ("ccai-moving-house-6631", "AGENT", "calm.")}
+        ("tca-billing-overcharge-2211", "CUSTOMER", "angry."),
+        ("ccai-moving-house-6631", "AGENT", "calm."),
+    }
     assert dask["counters"]["bio_rows_unreadable"] == 1 and dask["written"]["dead_letter_rows"] == 1
 
 
@@ -127,17 +167,37 @@ def test_bios_on_dask_match_the_in_process_runner(cluster, tmp_path):
     outs = {}
     for name, extra in (("local", []), ("dask", on_dask(cluster, "--dask_partition_size", "1"))):
         out = tmp_path / name
-        run = bios_pipeline.run([str(DEMO), "-o", str(out), "--model", str(llm), "--max-new-tokens", "8",
-                                 "--cache", "none", "--conversations-per-batch", "3", *extra])
-        outs[name] = {"bios": by_content(list(read_jsonl(str(out / "bios.jsonl")))),
-                      "dead": by_content(list(read_jsonl(str(out / "dead_letter.jsonl")))),
-                      "paper": json.loads((out / "bios.paper.json").read_text()), "counters": run.counters}
+        run = bios_pipeline.run(
+            [
+                str(DEMO),
+                "-o",
+                str(out),
+                "--model",
+                str(llm),
+                "--max-new-tokens",
+                "8",
+                "--cache",
+                "none",
+                "--conversations-per-batch",
+                "3",
+                *extra,
+            ]
+        )
+        outs[name] = {
+            "bios": by_content(list(read_jsonl(str(out / "bios.jsonl")))),
+            "dead": by_content(list(read_jsonl(str(out / "dead_letter.jsonl")))),
+            "paper": json.loads((out / "bios.paper.json").read_text()),
+            "counters": run.counters,
+        }
     assert outs["dask"] == outs["local"] and outs["dask"]["bios"]
     c = outs["dask"]["counters"]
     pairs = sum(len(conv.speakers) for conv in read_items(str(DEMO)))
     assert c["conversations_read"] == len(outs["dask"]["paper"]) == 8
-    assert len(outs["dask"]["bios"]) + len(outs["dask"]["dead"]) == pairs == c.get("bios_generated", 0) + c.get(
-        "bios_dead_lettered", 0)
+    assert (
+        len(outs["dask"]["bios"]) + len(outs["dask"]["dead"])
+        == pairs
+        == c.get("bios_generated", 0) + c.get("bios_dead_lettered", 0)
+    )
 
 
 def test_a_row_lost_on_the_way_from_the_workers_is_caught(cluster, tmp_path):
@@ -156,8 +216,10 @@ def test_a_row_lost_on_the_way_from_the_workers_is_caught(cluster, tmp_path):
     shard.write_text("".join(lines[1:]))
     outcome = label_pipeline.finish(plan, args, argv, time.time())
     assert outcome.exit_code == 1 and outcome.where != str(out)
-    assert outcome.problems == ["76 utterances were labelled but 75 rows were written",
-                                "archive.json counts 76 utterances but 75 rows were written"]
+    assert outcome.problems == [
+        "76 utterances were labelled but 75 rows were written",
+        "archive.json counts 76 utterances but 75 rows were written",
+    ]
     assert not (out / "utterances.jsonl").exists()
 
 
@@ -174,8 +236,19 @@ def test_workers_keep_no_step_outputs_of_finished_partitions(cluster, tmp_path):
         receivers = [o for o in gc.get_objects() if type(o).__name__ == "OneReceiver"]
         return len(receivers), sum(len(r.values) for r in receivers)
 
-    argv = [str(DEMO), "-o", str(tmp_path / "out"), "--model", DEFAULT_MODEL, "--no-bios", "--report-calls", "0",
-            "--conversations-per-batch", "1", *on_dask(cluster)]
+    argv = [
+        str(DEMO),
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        DEFAULT_MODEL,
+        "--no-bios",
+        "--report-calls",
+        "0",
+        "--conversations-per-batch",
+        "1",
+        *on_dask(cluster),
+    ]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
     pipeline = beam.Pipeline(options=runner.pipeline_options(beam_args))
     plan = label_pipeline.build(pipeline, args)
@@ -220,8 +293,17 @@ def test_the_grouping_pipeline_has_the_same_graph_for_any_archive_size(cluster, 
             folder.mkdir()
             for i in range(files):
                 shutil.copy(DEMO / "ccai-moving-house-6631.json", folder / f"call-{i:04d}.json")
-            argv = [str(folder), "-o", str(tmp_path / f"out-{files}"), "--model", DEFAULT_MODEL, "--no-bios",
-                    "--conversations-per-batch", "1", *on_dask(cluster)]
+            argv = [
+                str(folder),
+                "-o",
+                str(tmp_path / f"out-{files}"),
+                "--model",
+                DEFAULT_MODEL,
+                "--no-bios",
+                "--conversations-per-batch",
+                "1",
+                *on_dask(cluster),
+            ]
             args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
             pipeline = beam.Pipeline(options=runner.pipeline_options(beam_args))
             plan = label_pipeline.build(pipeline, args)

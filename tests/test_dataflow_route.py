@@ -28,8 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "transcripts"
 DEFAULT_MODEL = ROOT / "serving_artifacts" / "default"
 IMAGE = "europe-west1-docker.pkg.dev/bioserc-demo/bioserc/bioserc-cpu:0.1.0"
-DATAFLOW = ["--runner", "DataflowRunner", "--project", "bioserc-demo", "--region", "europe-west1", "--temp_location",
-            "gs://bucket/tmp"]
+DATAFLOW = [
+    "--runner",
+    "DataflowRunner",
+    "--project",
+    "bioserc-demo",
+    "--region",
+    "europe-west1",
+    "--temp_location",
+    "gs://bucket/tmp",
+]
 
 
 class RecordingRemote(LocalFileSystem):
@@ -47,8 +55,12 @@ class RecordingRemote(LocalFileSystem):
 
     def match(self, patterns, limits=None):
         results = super().match([p.removeprefix(self.PREFIX) for p in patterns], limits)
-        return [MatchResult(self.PREFIX + r.pattern, [FileMetadata(self.PREFIX + m.path, m.size_in_bytes)
-                                                      for m in r.metadata_list]) for r in results]
+        return [
+            MatchResult(
+                self.PREFIX + r.pattern, [FileMetadata(self.PREFIX + m.path, m.size_in_bytes) for m in r.metadata_list]
+            )
+            for r in results
+        ]
 
     def open(self, path, *args, **kwargs):
         RecordingRemote.opened.append(Path(path).name)
@@ -63,11 +75,28 @@ def wheel(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for folder in set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-                      .values()):
+    for folder in set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    ):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w",
-                    str(tmp / "dist")], check=True, capture_output=True, cwd=tmp, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(src),
+            "-w",
+            str(tmp / "dist"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp,
+        timeout=300,
+    )
     (built,) = (tmp / "dist").glob("bioserc-*.whl")
     return built
 
@@ -79,9 +108,21 @@ def test_the_wheel_carries_the_pipelines_the_default_model_and_the_extras(wheel)
     listed = json.loads((DEFAULT_MODEL / "manifest.json").read_text())["files"]
     default = "bioserc/serving_artifacts/default/"
     assert {default + "manifest.json", *(default + rel for rel in listed)} <= names
-    assert {f"bioserc/pipelines/{m}.py" for m in ("label_pipeline", "bios_pipeline", "records", "io", "outputs",
-                                                  "label_steps", "classifier_handler", "rows", "runner",
-                                                  "bio_steps")} <= names
+    assert {
+        f"bioserc/pipelines/{m}.py"
+        for m in (
+            "label_pipeline",
+            "bios_pipeline",
+            "records",
+            "io",
+            "outputs",
+            "label_steps",
+            "classifier_handler",
+            "rows",
+            "runner",
+            "bio_steps",
+        )
+    } <= names
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
     assert {"gcp", "dask"} <= extras
 
@@ -95,8 +136,17 @@ def test_a_dataflow_job_stages_the_wheel_or_names_the_image(wheel, tmp_path):
     from apache_beam.runners.portability.stager import Stager
     from apache_beam.transforms.environments import DockerEnvironment
 
-    argv = [str(DEMO), "-o", str(tmp_path / "out"), "--no-bios", *DATAFLOW, "--extra_package", str(wheel),
-            "--sdk_container_image", IMAGE]
+    argv = [
+        str(DEMO),
+        "-o",
+        str(tmp_path / "out"),
+        "--no-bios",
+        *DATAFLOW,
+        "--extra_package",
+        str(wheel),
+        "--sdk_container_image",
+        IMAGE,
+    ]
     args, beam_args = parse_pipeline_args(label_pipeline.make_parser(), argv)
     options = runner.pipeline_options(beam_args)
     pipeline = beam.Pipeline(options=options)
@@ -113,8 +163,11 @@ def test_a_dataflow_job_stages_the_wheel_or_names_the_image(wheel, tmp_path):
     # What DataflowRunner does with the flag (apiclient.get_container_image_from_options needs the gcp extra):
     image = options.view_as(WorkerOptions).sdk_container_image
     proto = pipeline.to_runner_api(default_environment=DockerEnvironment.from_container_image(image))
-    images = {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
-              for env in proto.components.environments.values() if env.urn == common_urns.environments.DOCKER.urn}
+    images = {
+        beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
+        for env in proto.components.environments.values()
+        if env.urn == common_urns.environments.DOCKER.urn
+    }
     assert images == {IMAGE}
 
 

@@ -43,12 +43,19 @@ def test_grouped_attention_matches_eager_with_padding_cache_and_4d_masks(tiny, o
     with torch.inference_mode():
         for model in (eager, grouped):
             first = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            second = model(input_ids=step, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1),
-                           position_ids=positions[:, -1:] + 1, past_key_values=first.past_key_values)
+            second = model(
+                input_ids=step,
+                attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1),
+                position_ids=positions[:, -1:] + 1,
+                past_key_values=first.past_key_values,
+            )
             again = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            scored = model(input_ids=torch.randint(5, 200, (3, 4), generator=torch.Generator().manual_seed(1)),
-                           attention_mask=block, position_ids=positions[:, -1:] + torch.arange(1, 5),
-                           past_key_values=again.past_key_values)
+            scored = model(
+                input_ids=torch.randint(5, 200, (3, 4), generator=torch.Generator().manual_seed(1)),
+                attention_mask=block,
+                position_ids=positions[:, -1:] + torch.arange(1, 5),
+                past_key_values=again.past_key_values,
+            )
             outs.append([first.logits[mask.bool()], second.logits, scored.logits])
     for a, b in zip(*outs, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)
@@ -62,9 +69,14 @@ def _reference(tokenizer, model, prompts, config):
     for messages in prompts:
         ids = tokenizer(render_chat(tokenizer, messages), return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            row = model.generate(**ids, max_new_tokens=config.max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, repetition_penalty=config.repetition_penalty,
-                                 no_repeat_ngram_size=config.no_repeat_ngram_size)[0, ids["input_ids"].shape[1]:]
+            row = model.generate(
+                **ids,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                repetition_penalty=config.repetition_penalty,
+                no_repeat_ngram_size=config.no_repeat_ngram_size,
+            )[0, ids["input_ids"].shape[1] :]
         out.append(row.tolist())
     return out
 
@@ -75,9 +87,13 @@ def test_greedy_loop_matches_generate_and_drops_finished_rows(tiny, one_thread):
     rows end at different steps."""
     config = GenerationConfig(max_new_tokens=16)
     backend = TransformersBackend(str(tiny), batch_size=4, device="cpu")
-    prompts = [[{"role": "system", "content": "Describe people."},
-                {"role": "user", "content": f"Conversation transcript: {text} Describe speaker {k}."}]
-               for k, text in enumerate(TEXTS[:4])]
+    prompts = [
+        [
+            {"role": "system", "content": "Describe people."},
+            {"role": "user", "content": f"Conversation transcript: {text} Describe speaker {k}."},
+        ]
+        for k, text in enumerate(TEXTS[:4])
+    ]
     free = _reference(backend.tokenizer, backend.model, prompts, config)
     stop = Counter(free[0][2:]).most_common(1)[0][0]  # a token row 0 writes, after a few others
     backend.model.generation_config.eos_token_id = stop
@@ -87,8 +103,9 @@ def test_greedy_loop_matches_generate_and_drops_finished_rows(tiny, one_thread):
 
     gens = backend.generate(prompts, config)
     assert [g.new_tokens for g in gens] == ends
-    assert [g.text for g in gens] == [backend.tokenizer.decode(row[:n], skip_special_tokens=True)
-                                      for row, n in zip(expected, ends, strict=True)]
+    assert [g.text for g in gens] == [
+        backend.tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(expected, ends, strict=True)
+    ]
     assert [g.finish_reason for g in gens] == ["stop" if n < config.max_new_tokens else "length" for n in ends]
     # every row computes its tokens plus the stop token; nothing after
     assert backend.counts["decode_slots"] == sum(min(n + 1, config.max_new_tokens) for n in ends)

@@ -26,19 +26,28 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def teachers(corpus, tmp_path_factory) -> list[str]:  # noqa: F811
     root = tmp_path_factory.mktemp("teachers")
-    return [train(train_config(corpus, root / f"t{seed}", bio_mode="none", max_steps=3, eval_every=3,
-                               seed=seed))["best_dir"] for seed in (1, 2)]
+    return [
+        train(train_config(corpus, root / f"t{seed}", bio_mode="none", max_steps=3, eval_every=3, seed=seed))[
+            "best_dir"
+        ]
+        for seed in (1, 2)
+    ]
 
 
-def test_the_student_learns_from_the_teachers_mean_and_resumes_and_seeds_reuse_it(corpus, teachers, tmp_path,  # noqa: F811
-                                                                           monkeypatch):
+def test_the_student_learns_from_the_teachers_mean_and_resumes_and_seeds_reuse_it(
+    corpus,  # noqa: F811
+    teachers,
+    tmp_path,
+    monkeypatch,
+):
     stopped = train(train_config(corpus, tmp_path, bio_mode="none", max_steps=2, eval_every=1, teachers=teachers))
     with gzip.open(tmp_path / TEACHER_FILE, "rt") as fh:
         header, *rows = map(json.loads, fh)
     assert header == {"teachers": teachers, "train_data": [corpus["train"]], "labels": list(MELD)}
     train_convs = read_conversations(corpus["train"])
-    members = [{(p.conversation_id, p.index): p.probs for p in load_classifier(t).predict(train_convs)}
-               for t in teachers]
+    members = [
+        {(p.conversation_id, p.index): p.probs for p in load_classifier(t).predict(train_convs)} for t in teachers
+    ]
     assert {(r["conversation_id"], r["index"]) for r in rows} == set(members[0])
     for r in rows:
         key = (r["conversation_id"], r["index"])
@@ -50,11 +59,22 @@ def test_the_student_learns_from_the_teachers_mean_and_resumes_and_seeds_reuse_i
         raise AssertionError("a resumed run labelled the train data again instead of reading its cache")
 
     monkeypatch.setattr(distill, "member_probs", relabel)
-    resumed = train(train_config(corpus, tmp_path, bio_mode="none", max_steps=4, eval_every=1, teachers=teachers,
-                                 resume=True))
+    resumed = train(
+        train_config(corpus, tmp_path, bio_mode="none", max_steps=4, eval_every=1, teachers=teachers, resume=True)
+    )
     assert resumed["steps"] == 4
-    other_seed = train(train_config(corpus, tmp_path / "seed-2", bio_mode="none", max_steps=1, eval_every=1, seed=2,
-                                    teachers=teachers, teacher_cache=str(tmp_path / TEACHER_FILE)))
+    other_seed = train(
+        train_config(
+            corpus,
+            tmp_path / "seed-2",
+            bio_mode="none",
+            max_steps=1,
+            eval_every=1,
+            seed=2,
+            teachers=teachers,
+            teacher_cache=str(tmp_path / TEACHER_FILE),
+        )
+    )
     assert other_seed["steps"] == 1 and not (tmp_path / "seed-2" / TEACHER_FILE).exists()
 
 
@@ -75,8 +95,10 @@ def test_teachers_must_share_the_labels_and_get_their_profiles_and_the_weight_is
     with pytest.raises(ValueError, match="reads speaker profiles"):
         train(train_config(corpus, tmp_path / "s", bio_mode="none", teachers=[with_bios]), dry_run=True)
     with pytest.raises(ValueError, match="predicts"):  # MELD teachers for an EmoryNLP student
-        train(train_config(corpus, tmp_path / "s", bio_mode="none", label_set="emorynlp", teachers=teachers),
-              dry_run=True)
+        train(
+            train_config(corpus, tmp_path / "s", bio_mode="none", label_set="emorynlp", teachers=teachers),
+            dry_run=True,
+        )
     with pytest.raises(ValueError, match="distill_weight"):
         train_config(corpus, tmp_path / "s", teachers=teachers, distill_weight=0.0)
     with_its_bios = f"{with_bios}={corpus['train_bios']}"

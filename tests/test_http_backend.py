@@ -33,10 +33,15 @@ Reply = tuple[int, dict[str, str], Any]
 
 def completion(text: str, prompt_tokens: int = 7, new_tokens: int = 3, finish: str = "stop") -> dict[str, Any]:
     return {
-        "id": "chatcmpl-1", "object": "chat.completion", "model": "tiny",
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "tiny",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens,
-                  "total_tokens": prompt_tokens + new_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": new_tokens,
+            "total_tokens": prompt_tokens + new_tokens,
+        },
     }
 
 
@@ -167,8 +172,11 @@ def test_5xx_retried_until_the_server_is_up(serve):
 
 
 def test_429_honours_retry_after(serve):
-    server = serve(lambda attempt, req: (429, {"Retry-After": "0"}, {"error": "slow down"}) if attempt == 1
-                   else echo(attempt, req))
+    server = serve(
+        lambda attempt, req: (
+            (429, {"Retry-After": "0"}, {"error": "slow down"}) if attempt == 1 else echo(attempt, req)
+        )
+    )
     backend = OpenAICompatibleBackend(server.url, "tiny", backoff_s=10)  # exponential backoff would sleep >= 5 s
     start = time.monotonic()
     [gen] = backend.generate([user("hi")], GREEDY)
@@ -178,8 +186,11 @@ def test_429_honours_retry_after(serve):
 
 
 def test_429_waits_as_long_as_retry_after_says(serve):
-    server = serve(lambda attempt, req: (429, {"Retry-After": "1"}, {"error": "slow down"}) if attempt == 1
-                   else echo(attempt, req))
+    server = serve(
+        lambda attempt, req: (
+            (429, {"Retry-After": "1"}, {"error": "slow down"}) if attempt == 1 else echo(attempt, req)
+        )
+    )
     backend = OpenAICompatibleBackend(server.url, "tiny", backoff_s=0.01)  # backoff alone would retry at once
     start = time.monotonic()
     [gen] = backend.generate([user("hi")], GREEDY)
@@ -188,8 +199,13 @@ def test_429_waits_as_long_as_retry_after_says(serve):
 
 def test_a_refused_prompt_fails_alone_and_nothing_is_lost(serve):
     """A 400 for one prompt is that prompt's error (not retried); every other prompt of the batch succeeds."""
-    server = serve(lambda attempt, req: (400, {}, {"error": {"message": "prompt has a forbidden token"}})
-                   if last_message(req) == "bad" else echo(attempt, req))
+    server = serve(
+        lambda attempt, req: (
+            (400, {}, {"error": {"message": "prompt has a forbidden token"}})
+            if last_message(req) == "bad"
+            else echo(attempt, req)
+        )
+    )
     backend = OpenAICompatibleBackend(server.url, "tiny", concurrency=4, backoff_s=0.01)
     prompts = ["a", "b", "bad", "c", "d"]
     gens = backend.generate([user(p) for p in prompts], GREEDY)
@@ -259,8 +275,12 @@ def test_api_key_header(serve, monkeypatch):
     monkeypatch.setenv("MY_SERVER_KEY", "sk-named")
     OpenAICompatibleBackend(server.url, "tiny", api_key_env="MY_SERVER_KEY").generate([user("named")], GREEDY)
     auth = {last_message(r): r["headers"].get("Authorization") for r in server.requests}
-    assert auth == {"none": None, "default env": "Bearer sk-env", "given": "Bearer sk-given",
-                    "named": "Bearer sk-named"}
+    assert auth == {
+        "none": None,
+        "default env": "Bearer sk-env",
+        "given": "Bearer sk-given",
+        "named": "Bearer sk-named",
+    }
     with pytest.raises(ValueError, match=r"\$UNSET_KEY, which is not set"):
         OpenAICompatibleBackend(server.url, "tiny", api_key_env="UNSET_KEY")
 
@@ -282,9 +302,16 @@ def test_approximate_token_count():
 def test_completions_endpoint_renders_the_prompt_locally(serve, tmp_path):
     """The trtllm-serve path: no chat extensions, the chat template applied here, exact token counts."""
     tokenizer = tiny_tokenizer(tmp_path)
-    server = serve(lambda attempt, req: (200, {}, {
-        "choices": [{"index": 0, "text": " cheerful", "finish_reason": "length"}],
-        "usage": {"prompt_tokens": 30, "completion_tokens": 12}}))
+    server = serve(
+        lambda attempt, req: (
+            200,
+            {},
+            {
+                "choices": [{"index": 0, "text": " cheerful", "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 12},
+            },
+        )
+    )
     backend = OpenAICompatibleBackend(server.url, "tiny", tokenizer_path=str(tmp_path), endpoint="completions")
     prefilled = user("describe Ann") + [{"role": "assistant", "content": "Ann:"}]
     [gen] = backend.generate([prefilled], GREEDY)
@@ -310,17 +337,31 @@ def test_cache_identity_is_server_served_name_and_request_options():
         return OpenAICompatibleBackend(**{**base, **options}).identity()
 
     assert identity() == identity(base_url="http://gpu-a:8000/v1/", concurrency=4, timeout_s=5)
-    assert len({json.dumps(identity(**o), sort_keys=True) for o in (
-        {}, {"base_url": "http://gpu-b:8000"}, {"model": "llama-retrained"},
-        {"extra_body": {"repetition_penalty": 1.1}})}) == 4
+    assert (
+        len(
+            {
+                json.dumps(identity(**o), sort_keys=True)
+                for o in (
+                    {},
+                    {"base_url": "http://gpu-b:8000"},
+                    {"model": "llama-retrained"},
+                    {"extra_body": {"repetition_penalty": 1.1}},
+                )
+            }
+        )
+        == 4
+    )
 
 
-CALLS = [Conversation("c1", [Utterance(0, "ANN", "Hi, is the shop open?"), Utterance(1, "BOB", "Yes, until six.")]),
-         Conversation("c2", [Utterance(0, "CARL", "My parcel is late."), Utterance(1, "DORA", "Let me check.")])]
+CALLS = [
+    Conversation("c1", [Utterance(0, "ANN", "Hi, is the shop open?"), Utterance(1, "BOB", "Yes, until six.")]),
+    Conversation("c2", [Utterance(0, "CARL", "My parcel is late."), Utterance(1, "DORA", "Let me check.")]),
+]
 
 
 def bio_server(serve) -> FakeOpenAI:
     """Writes a usable bio for every speaker but DORA, whose prompt the server refuses."""
+
     def responder(attempt: int, request: dict[str, Any]) -> Reply:
         if last_message(request) == "DORA is":
             return 400, {}, {"error": {"message": "this prompt is refused"}}
@@ -347,8 +388,21 @@ def test_bios_pipeline_through_the_openai_backend(serve, tmp_path):
     src = tmp_path / "calls.jsonl"
     src.write_text("".join(c.to_json() + "\n" for c in CALLS))
     out = tmp_path / "out"
-    bios_pipeline.run([str(src), "-o", str(out), "--backend", "openai", "--base-url", server.url,
-                       "--model", "tiny", "--cache", "none"])
+    bios_pipeline.run(
+        [
+            str(src),
+            "-o",
+            str(out),
+            "--backend",
+            "openai",
+            "--base-url",
+            server.url,
+            "--model",
+            "tiny",
+            "--cache",
+            "none",
+        ]
+    )
     bios = sorted((r["conversation_id"], r["speaker"]) for r in read_jsonl(str(out / "bios.jsonl")))
     dead = [(r["record"], r["speaker"]) for r in read_jsonl(str(out / "dead_letter.jsonl"))]
     assert bios == [("c1", "ANN"), ("c1", "BOB"), ("c2", "CARL")]

@@ -31,8 +31,12 @@ def label(inputs: list[Path], out: Path, *extra: str) -> int:
 def broken(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("broken")
     (folder / "torn.json").write_text('{"JobStatus": "COMPLETED", "Transcript": [ {"Content": "hi"')
-    (folder / "rows.jsonl").write_text(json.dumps({"conversation_id": "r", "speaker": "A", "text": "fine"}) + "\n"
-                                       + json.dumps({"conversation_id": "r", "speaker": "B", "text": 7}) + "\n")
+    (folder / "rows.jsonl").write_text(
+        json.dumps({"conversation_id": "r", "speaker": "A", "text": "fine"})
+        + "\n"
+        + json.dumps({"conversation_id": "r", "speaker": "B", "text": 7})
+        + "\n"
+    )
     return folder
 
 
@@ -61,8 +65,10 @@ def test_dead_letters_exit_1_unless_allowed(broken, tmp_path, capsys):
     assert f"labelled {DEMO_UTTERANCES} utterances" in last and "--allow-skips" in last
     assert label([DEMO, broken], tmp_path / "b", "--allow-skips") == 0
     assert len(lines(tmp_path / "b" / "utterances.jsonl")) == DEMO_UTTERANCES
-    assert {d["path"].rsplit("/", 1)[-1] for d in lines(tmp_path / "b" / "dead_letter.jsonl")} == {"torn.json",
-                                                                                                     "rows.jsonl"}
+    assert {d["path"].rsplit("/", 1)[-1] for d in lines(tmp_path / "b" / "dead_letter.jsonl")} == {
+        "torn.json",
+        "rows.jsonl",
+    }
 
 
 def test_the_demo_report_opens_with_the_archive_and_its_review_links_resolve(good_run, tmp_path):
@@ -87,8 +93,10 @@ def test_the_demo_report_opens_with_the_archive_and_its_review_links_resolve(goo
 
 
 def test_a_run_that_labels_nothing_fails_and_keeps_the_previous_outputs(good_run, broken, capsys):
-    before = {name: (good_run / name).read_bytes() for name in ("utterances.jsonl", "conversations.jsonl",
-                                                               "utterances.parquet", "run.json")}
+    before = {
+        name: (good_run / name).read_bytes()
+        for name in ("utterances.jsonl", "conversations.jsonl", "utterances.parquet", "run.json")
+    }
     for extra in ((), ("--allow-skips",)):
         assert label([broken], good_run, *extra) == 1
         assert "nothing was labelled" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -45,19 +45,54 @@ def make_artifact(root: Path) -> str:
 
     enc = root / "encoder"
     enc.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", "agent", "customer", "is", "calm", "angry", "thank",
-             "you", "sorry", "the", "bill", "card", "fee", "okay", "no", "yes", "i", "my", "a", "and"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        ":",
+        "agent",
+        "customer",
+        "is",
+        "calm",
+        "angry",
+        "thank",
+        "you",
+        "sorry",
+        "the",
+        "bill",
+        "card",
+        "fee",
+        "okay",
+        "no",
+        "yes",
+        "i",
+        "my",
+        "a",
+        "and",
+    ]
     (enc / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(enc / "vocab.txt")).save_pretrained(enc)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=128)).save_pretrained(enc)
-    model = BiosercBert.from_encoder(BiosercBertConfig(encoder=str(enc), bio_mode="mlp", max_length=48,
-                                                       bio_max_length=16, heads=2))
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(enc)
+    model = BiosercBert.from_encoder(
+        BiosercBertConfig(encoder=str(enc), bio_mode="mlp", max_length=48, bio_max_length=16, heads=2)
+    )
     out = root / "model"
     model.save_pretrained(str(out))
-    write_manifest(str(out), "pytorch-classifier", model_family="bioserc-bert", label_set="meld", labels=MELD,
-                   bio_mode="mlp")
+    write_manifest(
+        str(out), "pytorch-classifier", model_family="bioserc-bert", label_set="meld", labels=MELD, bio_mode="mlp"
+    )
     return str(out)
 
 
@@ -72,28 +107,56 @@ def setup(tmp_path_factory) -> dict:
     bad = root / "bad"
     (bad / "broken.json").parent.mkdir(parents=True)
     (bad / "broken.json").write_text('{"JobStatus": "COMPLETED", "Transcript": [ {"Content": "hi"')  # unknown count
-    write_json(bad / "tca-bad-role.json", {"JobStatus": "COMPLETED", "Transcript": [  # a bad turn costs its call: 3
-        {"Content": "Hello.", "ParticipantRole": "AGENT"}, {"Content": "Hi.", "ParticipantRole": "ROBOT"},
-        {"Content": "Bye.", "ParticipantRole": "CUSTOMER"}]})
-    rows = [{"conversation_id": "row-call", "turn_idx": i, "speaker": s, "text": t}
-            for i, (s, t) in enumerate([("AGENT", "Hello, how can I help?"), ("CUSTOMER", "My card is blocked.")])]
+    write_json(
+        bad / "tca-bad-role.json",
+        {
+            "JobStatus": "COMPLETED",
+            "Transcript": [  # a bad turn costs its call: 3
+                {"Content": "Hello.", "ParticipantRole": "AGENT"},
+                {"Content": "Hi.", "ParticipantRole": "ROBOT"},
+                {"Content": "Bye.", "ParticipantRole": "CUSTOMER"},
+            ],
+        },
+    )
+    rows = [
+        {"conversation_id": "row-call", "turn_idx": i, "speaker": s, "text": t}
+        for i, (s, t) in enumerate([("AGENT", "Hello, how can I help?"), ("CUSTOMER", "My card is blocked.")])
+    ]
     (bad / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn line\n")  # 2 good + 1 lost
     shutil.copy(DEMO / "ccai-moving-house-6631.json", bad / "ccai-moving-house-6631.json")  # identical duplicate
-    clash = Conversation.from_dict({"id": "tca-happy-renewal-7302", "utterances": [  # same id, different call
-        {"index": 0, "speaker": "AGENT", "text": "Hello."}, {"index": 1, "speaker": "CUSTOMER", "text": "Hi."}]})
+    clash = Conversation.from_dict(
+        {
+            "id": "tca-happy-renewal-7302",
+            "utterances": [  # same id, different call
+                {"index": 0, "speaker": "AGENT", "text": "Hello."},
+                {"index": 1, "speaker": "CUSTOMER", "text": "Hi."},
+            ],
+        }
+    )
     (bad / "clash.jsonl").write_text(clash.to_json() + "\n")
     bios = root / "bios.jsonl"
     bill, moving = "tca-billing-overcharge-2211", "ccai-moving-house-6631"
-    bios.write_text("\n".join([
-        json.dumps({"conversation_id": bill, "speaker": "AGENT", "bio": "AGENT is calm."}),
-        json.dumps({"conversation_id": bill, "speaker": "CUSTOMER", "bio": "CUSTOMER is angry."}),
-        json.dumps({"conversation_id": moving, "speaker": "CUSTOMER", "bio": "", "error": "degenerate"}),
-        "{not json"]) + "\n")
+    bios.write_text(
+        "\n".join(
+            [
+                json.dumps({"conversation_id": bill, "speaker": "AGENT", "bio": "AGENT is calm."}),
+                json.dumps({"conversation_id": bill, "speaker": "CUSTOMER", "bio": "CUSTOMER is angry."}),
+                json.dumps({"conversation_id": moving, "speaker": "CUSTOMER", "bio": "", "error": "degenerate"}),
+                "{not json",
+            ]
+        )
+        + "\n"
+    )
     items = list(read_items([str(DEMO), str(bad)]))
     total = sum(len(i.utterances) if isinstance(i, Conversation) else i.utterances for i in items)
     assert total == 76 + 3 + 2 + 1 + 8 + 2  # demo + bad role + rows (+1 torn line) + duplicate + clash
-    return {"root": root, "model": make_artifact(root), "inputs": [str(DEMO), str(bad)], "bios": str(bios),
-            "total": total}
+    return {
+        "root": root,
+        "model": make_artifact(root),
+        "inputs": [str(DEMO), str(bad)],
+        "bios": str(bios),
+        "total": total,
+    }
 
 
 def faulty(monkeypatch, conversation_id: str) -> None:
@@ -111,21 +174,36 @@ def faulty(monkeypatch, conversation_id: str) -> None:
                 raise RuntimeError(f"simulated fault on {conversation_id}")
             return self.inner.predict(conversations, bios, **kwargs)
 
-    monkeypatch.setattr(classifier_handler, "load_classifier",
-                        lambda path, device="cpu", threads=None: Faulty(real(path, device, threads)))
+    monkeypatch.setattr(
+        classifier_handler,
+        "load_classifier",
+        lambda path, device="cpu", threads=None: Faulty(real(path, device, threads)),
+    )
 
 
 def outputs(out: Path) -> dict:
-    return {"rows": list(read_jsonl(str(out / "utterances.jsonl"))),
-            "dead": list(read_jsonl(str(out / "dead_letter.jsonl"))),
-            "convs": {c["conversation_id"]: c for c in read_jsonl(str(out / "conversations.jsonl"))}}
+    return {
+        "rows": list(read_jsonl(str(out / "utterances.jsonl"))),
+        "dead": list(read_jsonl(str(out / "dead_letter.jsonl"))),
+        "convs": {c["conversation_id"]: c for c in read_jsonl(str(out / "conversations.jsonl"))},
+    }
 
 
 def label(setup: dict, out: Path, *extra: str):
     from bioserc.pipelines import label_pipeline
 
-    argv = [*setup["inputs"], "-o", str(out), "--model", setup["model"], "--bios", setup["bios"],
-            "--conversations-per-batch", "4", *extra]
+    argv = [
+        *setup["inputs"],
+        "-o",
+        str(out),
+        "--model",
+        setup["model"],
+        "--bios",
+        setup["bios"],
+        "--conversations-per-batch",
+        "4",
+        *extra,
+    ]
     return label_pipeline.run(argv)
 
 
@@ -252,8 +330,9 @@ def test_analytics_outputs_account_for_every_row(first_run):
 
     out, rows, convs = first_run["out"], first_run["rows"], first_run["convs"]
     archive = json.loads((out / "archive.json").read_text())
-    assert archive["utterances"] == len(rows) and archive["labels"] == dict(sorted(Counter(
-        r["label"] for r in rows).items()))
+    assert archive["utterances"] == len(rows) and archive["labels"] == dict(
+        sorted(Counter(r["label"] for r in rows).items())
+    )
     for role, totals in archive["roles"].items():
         mine = [r for r in rows if (r["role"] or "unknown") == role]
         assert totals["labels"] == dict(sorted(Counter(r["label"] for r in mine).items()))
@@ -274,8 +353,9 @@ def test_summarize_reproduces_the_label_outputs_byte_for_byte(first_run, tmp_pat
     again = summarized_copy(first_run["out"], tmp_path / "again")
     for name in ANALYTICS:
         assert (again / name).read_bytes() == (first_run["out"] / name).read_bytes(), name
-    other = summarized_copy(first_run["out"], tmp_path / "other", "--negative-threshold", "0.01",
-                            "--review-calls", "2")
+    other = summarized_copy(
+        first_run["out"], tmp_path / "other", "--negative-threshold", "0.01", "--review-calls", "2"
+    )
     archive = json.loads((other / "archive.json").read_text())
     assert archive["thresholds"]["negative"] == 0.01 and len(archive["review"]) == 2  # new thresholds, no model
 
@@ -322,7 +402,8 @@ def test_rerun_with_skip_existing_labels_only_the_rest_then_a_plain_rerun_replac
     label(setup, out)  # no --skip-existing: everything relabelled, files replaced (never appended)
     again = outputs(out)
     assert sorted((r["conversation_id"], r["index"], r["label"]) for r in again["rows"]) == sorted(
-        (r["conversation_id"], r["index"], r["label"]) for r in merged["rows"])
+        (r["conversation_id"], r["index"], r["label"]) for r in merged["rows"]
+    )
 
 
 def test_missing_or_tampered_artifact_fails_before_any_work(setup, tmp_path):
@@ -375,8 +456,12 @@ def test_bios_generated_in_the_pipeline(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "make_backend", lambda kind, model, **kw: ScriptedBackend())
     out = tmp_path / "out"
     inputs = [str(DEMO / "ccai-password-reset-5120.json"), str(DEMO / "tca-happy-renewal-7302.json")]
-    assert label_pipeline.main([*inputs, "-o", str(out), "--model", setup["model"], "--report-calls", "0",
-                                "--allow-skips"]) == 0  # failed bios are dead letters
+    assert (
+        label_pipeline.main(
+            [*inputs, "-o", str(out), "--model", setup["model"], "--report-calls", "0", "--allow-skips"]
+        )
+        == 0
+    )  # failed bios are dead letters
     c, got = json.loads((out / "run.json").read_text())["counters"], outputs(out)
     assert c["utterances_labeled"] == len(got["rows"]) == 18 and c["bios_generated"] == 2
     bios = {(r["conversation_id"], r["speaker"]): r["bio"] for r in got["rows"]}
@@ -392,9 +477,24 @@ def test_dataflow_pipeline_constructs_with_gpu_hints_on_inference_only(setup):
     from bioserc.pipelines import label_pipeline, runner
 
     hint = "type:nvidia-l4;count:1;install-nvidia-driver"
-    argv = [str(DEMO), "gs://bioserc-demo/calls/*.json", "-o", "gs://bioserc-demo/labels", "--model", setup["model"],
-            "--gpu-accelerator", hint, "--runner", "DataflowRunner", "--project", "bioserc-demo", "--region",
-            "europe-west1", "--temp_location", "gs://bioserc-demo/tmp"]
+    argv = [
+        str(DEMO),
+        "gs://bioserc-demo/calls/*.json",
+        "-o",
+        "gs://bioserc-demo/labels",
+        "--model",
+        setup["model"],
+        "--gpu-accelerator",
+        hint,
+        "--runner",
+        "DataflowRunner",
+        "--project",
+        "bioserc-demo",
+        "--region",
+        "europe-west1",
+        "--temp_location",
+        "gs://bioserc-demo/tmp",
+    ]
     args, beam_args = label_pipeline.make_parser().parse_known_args(argv)
     pipeline = beam.Pipeline(options=runner.pipeline_options(beam_args))
     assert type(pipeline.runner).__name__ == "DataflowRunner"
@@ -402,8 +502,12 @@ def test_dataflow_pipeline_constructs_with_gpu_hints_on_inference_only(setup):
     assert plan.bios == "generate" and plan.staging.startswith("gs://bioserc-demo/labels/.staging-")
     proto = pipeline.to_runner_api()
     envs = proto.components.environments
-    hinted = {t.unique_name for t in proto.components.transforms.values() if t.environment_id and
-              envs[t.environment_id].resource_hints.get("beam:resources:accelerator:v1") == hint.encode()}
+    hinted = {
+        t.unique_name
+        for t in proto.components.transforms.values()
+        if t.environment_id
+        and envs[t.environment_id].resource_hints.get("beam:resources:accelerator:v1") == hint.encode()
+    }
     tops = {name.split("/")[0] for name in hinted}
     assert tops == {"Classify", "Bios"}, tops
     names = {t.unique_name for t in proto.components.transforms.values()}
@@ -414,11 +518,30 @@ def test_dataflow_pipeline_constructs_with_gpu_hints_on_inference_only(setup):
 
 @pytest.mark.slow
 def test_wheel_builds_and_ships_the_pipelines(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT),
-                    "-w", str(tmp_path)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(ROOT),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     import zipfile
 
     (wheel,) = tmp_path.glob("bioserc-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"bioserc/pipelines/label_pipeline.py", "bioserc/pipelines/classifier_handler.py",
-            "bioserc/pipelines/report.py", "bioserc/models/classifier.py"} <= names
+    assert {
+        "bioserc/pipelines/label_pipeline.py",
+        "bioserc/pipelines/classifier_handler.py",
+        "bioserc/pipelines/report.py",
+        "bioserc/models/classifier.py",
+    } <= names

@@ -29,13 +29,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MELD = LABEL_SETS["meld"].labels
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"
 QLORA = str(CONFIGS / "meld_llama2_13b_qlora_paper.yaml")
-LLAMA2_13B = {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
-              "num_key_value_heads": 40, "vocab_size": 32000, "max_position_embeddings": 4096}
+LLAMA2_13B = {
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 40,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
 
 
 def conversations() -> list[Conversation]:
-    return [Conversation(f"c{c}", [Utterance(i, f"S{i % 2}", f"hello there {c} {i}", label=MELD[(c + i) % len(MELD)])
-                                   for i in range(4)], {"label_set": "meld"}) for c in range(6)]
+    return [
+        Conversation(
+            f"c{c}",
+            [Utterance(i, f"S{i % 2}", f"hello there {c} {i}", label=MELD[(c + i) % len(MELD)]) for i in range(4)],
+            {"label_set": "meld"},
+        )
+        for c in range(6)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +57,19 @@ def data(tmp_path_factory) -> dict[str, str]:
     convs = conversations()
     (root / "train.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in convs[:4]))
     (root / "dev.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in convs[4:]))
-    (root / "bios.jsonl").write_text("".join(json.dumps({"conversation_id": c.id, "speaker": s, "bio": f"{s} is calm"})
-                                             + "\n" for c in convs for s in c.speakers))
-    return {"train_data": str(root / "train.jsonl"), "dev_data": str(root / "dev.jsonl"),
-            "train_bios": str(root / "bios.jsonl"), "dev_bios": str(root / "bios.jsonl")}
+    (root / "bios.jsonl").write_text(
+        "".join(
+            json.dumps({"conversation_id": c.id, "speaker": s, "bio": f"{s} is calm"}) + "\n"
+            for c in convs
+            for s in c.speakers
+        )
+    )
+    return {
+        "train_data": str(root / "train.jsonl"),
+        "dev_data": str(root / "dev.jsonl"),
+        "train_bios": str(root / "bios.jsonl"),
+        "dev_bios": str(root / "bios.jsonl"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +97,24 @@ def adapter(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("lora")
     tiny_llama(root / "base")
-    model = llm_setup.add_lora(llm_setup.load_base_model(str(root / "base"), "cpu", "fp32"), 4, 8, 0.0,
-                               ["all-linear"], quantized=False, gradient_checkpointing=False)
+    model = llm_setup.add_lora(
+        llm_setup.load_base_model(str(root / "base"), "cpu", "fp32"),
+        4,
+        8,
+        0.0,
+        ["all-linear"],
+        quantized=False,
+        gradient_checkpointing=False,
+    )
     torch.manual_seed(1)
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.5)
     prompt = ErcPromptConfig(window=1, bio_mode="none")
     encoder = ChatEncoder(AutoTokenizer.from_pretrained(root / "base"), MELD, prompt)
-    llm_setup.save_adapter(model, encoder, str(root / "adapter"), base_model=str(root / "base"), label_set="meld",
-                           lora={"r": 4})
+    llm_setup.save_adapter(
+        model, encoder, str(root / "adapter"), base_model=str(root / "base"), label_set="meld", lora={"r": 4}
+    )
     return root / "adapter"
 
 
@@ -118,16 +148,38 @@ def test_serve_only_names_the_model_folders_not_an_embedded_name(tmp_path, monke
     merged, adapter, smollm2 = tmp_path / "merged", tmp_path / "adapter", tmp_path / "cache" / "smollm2-135m"
     merged.mkdir()
     tiny_llama(merged)
-    write_manifest(str(merged), "hf-llm", model_family="bioserc-llm", label_set="meld", labels=MELD,
-                   base_model="smollm2", dtype="bfloat16")
+    write_manifest(
+        str(merged),
+        "hf-llm",
+        model_family="bioserc-llm",
+        label_set="meld",
+        labels=MELD,
+        base_model="smollm2",
+        dtype="bfloat16",
+    )
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     write_manifest(str(adapter), "lora-adapter", base_model="smollm2", labels=MELD)
     smollm2.mkdir(parents=True)
     monkeypatch.setattr(embedded, "model_path", lambda name, progress=True: smollm2)  # no conversion in a test
     monkeypatch.chdir(tmp_path)
-    assert export_main(["trtllm", "--model", "merged", "-o", "serve", "--serve-only", "--adapter", "adapter",
-                        "--bio-prompt-tokens", "150"]) == 0  # the tiny model's context is 256
+    assert (
+        export_main(
+            [
+                "trtllm",
+                "--model",
+                "merged",
+                "-o",
+                "serve",
+                "--serve-only",
+                "--adapter",
+                "adapter",
+                "--bio-prompt-tokens",
+                "150",
+            ]
+        )
+        == 0
+    )  # the tiny model's context is 256
     readme = (tmp_path / "serve" / "README-serve.md").read_text()
     assert f"trtllm-serve {merged} --host 0.0.0.0 --port 8000 " in readme
     assert f"trtllm-serve {smollm2} --host 0.0.0.0 --port 8000 --extra_llm_api_options" in readme
@@ -149,14 +201,20 @@ def test_qlora_paper_config_dry_run_prints_the_plan_without_gpu_or_weights(llama
     per_layer = 4 * 32 * (5120 + 5120) + 3 * 32 * (5120 + 13824)  # r 32 on q, k, v, o, gate, up, down; no lm_head
     assert plan["trainable_parameters"] == 40 * per_layer
     memory = plan["estimated_memory_gib"]
-    assert 6 < memory["weights"] < 9 and memory["lora_and_optimizer"] == pytest.approx(40 * per_layer * 16 / 2**30,
-                                                                                         abs=0.01)
+    assert 6 < memory["weights"] < 9 and memory["lora_and_optimizer"] == pytest.approx(
+        40 * per_layer * 16 / 2**30, abs=0.01
+    )
     assert memory["total"] == pytest.approx(sum(v for k, v in memory.items() if k != "total"), abs=0.02)
 
 
 def test_qlora_run_without_cuda_fails_at_once_naming_what_is_missing(tmp_path):
-    config = load_config(QLORA, model=str(tmp_path / "absent-model"), train_data=[str(tmp_path / "absent.jsonl")],
-                         output_dir=str(tmp_path / "run"), device="cpu")
+    config = load_config(
+        QLORA,
+        model=str(tmp_path / "absent-model"),
+        train_data=[str(tmp_path / "absent.jsonl")],
+        output_dir=str(tmp_path / "run"),
+        device="cpu",
+    )
     with pytest.raises(ValueError, match=r"load_in_4bit \(QLoRA\) needs a CUDA GPU") as err:
         train(config)  # neither the data nor the model folder is read first
     assert "a CUDA GPU (device here: cpu)" in str(err.value)
@@ -165,8 +223,13 @@ def test_qlora_run_without_cuda_fails_at_once_naming_what_is_missing(tmp_path):
 
 
 def test_a_hub_id_is_refused_before_anything_is_fetched(data, tmp_path):
-    config = load_config(str(CONFIGS / "meld_llama2_7b_lora_paper.yaml"), model="meta-llama/Llama-2-7b-hf",
-                         output_dir=str(tmp_path), device="cpu", **data)
+    config = load_config(
+        str(CONFIGS / "meld_llama2_7b_lora_paper.yaml"),
+        model="meta-llama/Llama-2-7b-hf",
+        output_dir=str(tmp_path),
+        device="cpu",
+        **data,
+    )
     with pytest.raises(FileNotFoundError, match="'meta-llama/Llama-2-7b-hf' is neither an embedded model.*never"):
         train(config, dry_run=True)
 
@@ -174,8 +237,23 @@ def test_a_hub_id_is_refused_before_anything_is_fetched(data, tmp_path):
 def test_threads_reach_torch(llama13b, data, tmp_path, capsys):
     before = torch.get_num_threads()
     try:
-        assert main(argv(data, "--model", str(llama13b), "--output_dir", str(tmp_path), "--device", "cpu",
-                         "--threads", str(before + 1), "--dry-run")) == 0
+        assert (
+            main(
+                argv(
+                    data,
+                    "--model",
+                    str(llama13b),
+                    "--output_dir",
+                    str(tmp_path),
+                    "--device",
+                    "cpu",
+                    "--threads",
+                    str(before + 1),
+                    "--dry-run",
+                )
+            )
+            == 0
+        )
         assert torch.get_num_threads() == before + 1
     finally:
         torch.set_num_threads(before)

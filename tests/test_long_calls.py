@@ -22,8 +22,9 @@ WORDS = "i am so happy today no this is terrible what why the bill is wrong than
 
 def call(conv_id: str, turns: int, seed: int = 0) -> Conversation:
     rng = random.Random(seed)
-    return Conversation(conv_id, [Utterance(i, ("AGENT", "CUSTOMER")[i % 2], " ".join(rng.choices(WORDS, k=6)))
-                                  for i in range(turns)])
+    return Conversation(
+        conv_id, [Utterance(i, ("AGENT", "CUSTOMER")[i % 2], " ".join(rng.choices(WORDS, k=6))) for i in range(turns)]
+    )
 
 
 def test_batches_close_at_the_utterance_budget():
@@ -66,8 +67,10 @@ def test_chunked_encoding_gives_the_same_predictions(classifier, monkeypatch):
     monkeypatch.setattr(onnx_classifier, "ENCODE_CHUNK", 4)
     chunked = classifier.predict(convs)
     assert [p.label for p in chunked] == [p.label for p in whole]
-    assert max(abs(a - b) for p, q in zip(chunked, whole, strict=True) for a, b in zip(p.probs, q.probs,
-                                                                                        strict=True)) < 1e-5
+    assert (
+        max(abs(a - b) for p, q in zip(chunked, whole, strict=True) for a, b in zip(p.probs, q.probs, strict=True))
+        < 1e-5
+    )
 
 
 def test_a_call_longer_than_the_context_is_labelled_in_order(classifier):
@@ -75,7 +78,8 @@ def test_a_call_longer_than_the_context_is_labelled_in_order(classifier):
     short = call("short", 12, seed=3)
     preds = classifier.predict([conv, short], max_utterances=256)
     assert [(p.conversation_id, p.index) for p in preds] == [("marathon", i) for i in range(700)] + [
-        ("short", i) for i in range(12)]
+        ("short", i) for i in range(12)
+    ]
     # a call that fits the context is labelled exactly as on its own, whatever it is batched with
     alone = classifier.predict([short])
     got, want = [x for p in preds[700:] for x in p.probs], [x for p in alone for x in p.probs]

@@ -29,9 +29,11 @@ from bioserc.training.evaluate import main as evaluate_main
 
 
 pytest.importorskip("optimum.onnxruntime")
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 MELD = list(LABEL_SETS["meld"].labels)
 TEXTS = ["hello there", "how are you?", "Bob sounds tired.", "They argue about the rent.", "Ann is cheerful."]
@@ -39,9 +41,17 @@ TEXTS = ["hello there", "how are you?", "Bob sounds tired.", "They argue about t
 
 def conversations() -> list[Conversation]:
     """Two labelled conversations of 3 and 4 turns, two speakers each (prompts of different lengths)."""
-    return [Conversation(f"c{n}", [Utterance(i, f"SPEAKER_{(i + n) % 2}", TEXTS[(i + n) % 5],
-                                             label=MELD[(3 * i + n) % 7]) for i in range(3 + n)],
-                         {"label_set": "meld"}) for n in range(2)]
+    return [
+        Conversation(
+            f"c{n}",
+            [
+                Utterance(i, f"SPEAKER_{(i + n) % 2}", TEXTS[(i + n) % 5], label=MELD[(3 * i + n) % 7])
+                for i in range(3 + n)
+            ],
+            {"label_set": "meld"},
+        )
+        for n in range(2)
+    ]
 
 
 def speaker_bios(convs: list[Conversation]) -> dict[tuple[str, str], str]:
@@ -54,9 +64,19 @@ def merged(tmp_path_factory) -> str:
     directory = tmp_path_factory.mktemp("onnx-llm") / "merged"
     directory.mkdir()
     tiny_llama(directory)
-    write_manifest(str(directory), "hf-llm", model_family="bioserc-llm", label_set="meld", labels=MELD,
-                   prompt_version=ERC_PROMPT_VERSION, prompt=ErcPromptConfig(window=1).to_dict(),
-                   chat_template="auto", base_model="tiny", dtype="float32", step=6)
+    write_manifest(
+        str(directory),
+        "hf-llm",
+        model_family="bioserc-llm",
+        label_set="meld",
+        labels=MELD,
+        prompt_version=ERC_PROMPT_VERSION,
+        prompt=ErcPromptConfig(window=1).to_dict(),
+        chat_template="auto",
+        base_model="tiny",
+        dtype="float32",
+        step=6,
+    )
     return str(directory)
 
 
@@ -88,8 +108,9 @@ def test_onnx_runtime_scores_labels_like_pytorch(merged, exported):
     assert onnx.encoder.answers == reference.encoder.answers
     assert len(set(map(len, onnx.encoder.answers))) > 1  # answers of different lengths: right padding is exercised
     convs, bios = conversations(), speaker_bios(conversations())
-    prompts = [reference.encoder.prompt_ids(c, i, utterance_bio(bios, c, i)) for c in convs
-               for i in range(len(c.utterances))]
+    prompts = [
+        reference.encoder.prompt_ids(c, i, utterance_bio(bios, c, i)) for c in convs for i in range(len(c.utterances))
+    ]
     assert len(set(map(len, prompts))) > 1  # left padding too
     for scoring in ("sum", "mean"):
         reference.scoring = onnx.scoring = scoring
@@ -97,10 +118,12 @@ def test_onnx_runtime_scores_labels_like_pytorch(merged, exported):
         torch.testing.assert_close(onnx.scores(prompts), expected, atol=1e-4, rtol=0)
         assert expected.std() > 0.1  # the scores tell labels apart, so agreeing means something
         ours, theirs = onnx.predict(convs, bios, batch_size=3), reference.predict(convs, bios, batch_size=3)
-        assert [(p.conversation_id, p.index, p.label) for p in ours] == \
-            [(p.conversation_id, p.index, p.label) for p in theirs]
-        torch.testing.assert_close(torch.tensor([p.probs for p in ours]), torch.tensor([p.probs for p in theirs]),
-                                   atol=1e-4, rtol=0)
+        assert [(p.conversation_id, p.index, p.label) for p in ours] == [
+            (p.conversation_id, p.index, p.label) for p in theirs
+        ]
+        torch.testing.assert_close(
+            torch.tensor([p.probs for p in ours]), torch.tensor([p.probs for p in theirs]), atol=1e-4, rtol=0
+        )
     reference.mode = onnx.mode = "generate"
     assert [g.text for g in onnx.generate(convs[:1], bios)] == [g.text for g in reference.generate(convs[:1], bios)]
 
@@ -110,14 +133,34 @@ def test_evaluate_scores_an_onnx_llm_export(merged, exported, tmp_path, capsys):
     data = tmp_path / "dev.jsonl"
     data.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in convs))
     bios = tmp_path / "bios.jsonl"
-    bios.write_text("".join(json.dumps({"conversation_id": c, "speaker": s, "bio": b}) + "\n"
-                            for (c, s), b in speaker_bios(convs).items()))
+    bios.write_text(
+        "".join(
+            json.dumps({"conversation_id": c, "speaker": s, "bio": b}) + "\n"
+            for (c, s), b in speaker_bios(convs).items()
+        )
+    )
     report = evaluate(exported, str(data), str(bios), threads=1)
     assert report["n"] == 7 and report["scoring"] == "sum"
     reference = evaluate(merged, str(data), str(bios))
     assert (report["confusion"], report["weighted_f1"]) == (reference["confusion"], reference["weighted_f1"])
-    assert evaluate_main(["--model", exported, "--data", str(data), "--bios", str(bios), "--scoring", "mean",
-                          "--threads", "1", "--json"]) == 0
+    assert (
+        evaluate_main(
+            [
+                "--model",
+                exported,
+                "--data",
+                str(data),
+                "--bios",
+                str(bios),
+                "--scoring",
+                "mean",
+                "--threads",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["scoring"] == "mean" and out["n"] == 7
     with pytest.raises(ValueError, match=r"\['base_model'\] apply to PyTorch LLM artifacts only"):
@@ -132,8 +175,9 @@ def test_an_altered_export_is_refused_before_loading(exported, tmp_path):
         load_classifier(str(copy))
 
 
-def test_export_fails_and_promotes_nothing_when_onnx_runtime_disagrees(merged, exported, tmp_path, monkeypatch,
-                                                                       capsys):
+def test_export_fails_and_promotes_nothing_when_onnx_runtime_disagrees(
+    merged, exported, tmp_path, monkeypatch, capsys
+):
     from bioserc.models import onnx_llm_scoring
 
     real = onnx_llm_scoring.ort_label_loglik
@@ -159,11 +203,26 @@ def test_label_runs_on_an_onnx_llm_export(merged, exported, tmp_path):
     rows = {}
     for name, model in (("onnx", exported), ("torch", merged)):
         out = tmp_path / name
-        outcome = label_pipeline.run([demo, "-o", str(out), "--model", model, "--no-bios", "--batch-utterances", "8",
-                                      "--scoring", "mean", "--threads", "1"])
+        outcome = label_pipeline.run(
+            [
+                demo,
+                "-o",
+                str(out),
+                "--model",
+                model,
+                "--no-bios",
+                "--batch-utterances",
+                "8",
+                "--scoring",
+                "mean",
+                "--threads",
+                "1",
+            ]
+        )
         assert outcome.exit_code == 0, outcome.message
-        rows[name] = [(r["conversation_id"], r["index"], r["label"])
-                      for r in read_jsonl(str(out / "utterances.jsonl"))]
+        rows[name] = [
+            (r["conversation_id"], r["index"], r["label"]) for r in read_jsonl(str(out / "utterances.jsonl"))
+        ]
     assert len(rows["onnx"]) == 76 and {label for *_, label in rows["onnx"]} <= set(MELD)
     assert rows["onnx"] == rows["torch"]
     with pytest.raises(ArtifactError, match="LLM models only"):

@@ -28,8 +28,10 @@ def test_core_imports_no_beam():
     import subprocess
     import sys
 
-    code = ("import sys, bioserc.readers, bioserc.bios.extract, bioserc.models, bioserc.stats, bioserc.embedded; "
-            "print('apache_beam' in sys.modules)")
+    code = (
+        "import sys, bioserc.readers, bioserc.bios.extract, bioserc.models, bioserc.stats, bioserc.embedded; "
+        "print('apache_beam' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -46,8 +48,9 @@ def test_training_export_pipelines_never_import_each_other():
     core = ROOT / "bioserc"
     for path in core.rglob("*.py"):
         if path.name != "cli.py":
-            assert not re.search(r"^\s*(from|import)\s+(apache_beam|bioserc\.(training|export|pipelines))\b",
-                                 path.read_text(), re.M), f"{path}: the core must not import Beam or the three"
+            assert not re.search(
+                r"^\s*(from|import)\s+(apache_beam|bioserc\.(training|export|pipelines))\b", path.read_text(), re.M
+            ), f"{path}: the core must not import Beam or the three"
 
 
 def test_the_wheel_carries_every_shipped_model_and_finds_the_default_from_anywhere(tmp_path):
@@ -64,8 +67,23 @@ def test_the_wheel_carries_every_shipped_model_and_finds_the_default_from_anywhe
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     for folder in set(tool["package-dir"].values()):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w",
-                    str(tmp_path / "dist")], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(src),
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     (wheel,) = (tmp_path / "dist").glob("bioserc-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -79,11 +97,17 @@ def test_the_wheel_carries_every_shipped_model_and_finds_the_default_from_anywhe
     manifest = (ROOT / "serving_artifacts" / "default" / "manifest.json").read_text()
     default = "bioserc/serving_artifacts/default/"
 
-    code = ("import bioserc, bioserc.artifacts as a; from bioserc.models.classifier import load_classifier; "
-            "d = a.default_model_dir(); print(bioserc.__file__); print(d); print(load_classifier(d).model_id)")
+    code = (
+        "import bioserc, bioserc.artifacts as a; from bioserc.models.classifier import load_classifier; "
+        "d = a.default_model_dir(); print(bioserc.__file__); print(d); print(load_classifier(d).model_id)"
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     env.pop("BIOSERC_DEFAULT_MODEL", None)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
-                         env=env).stdout.split()
-    assert out == [str(tmp_path / "site" / "bioserc" / "__init__.py"), str(tmp_path / "site" / default.rstrip("/")),
-                   hashlib.sha256(manifest.encode()).hexdigest()[:16]]  # loaded (and verified) from the wheel
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env
+    ).stdout.split()
+    assert out == [
+        str(tmp_path / "site" / "bioserc" / "__init__.py"),
+        str(tmp_path / "site" / default.rstrip("/")),
+        hashlib.sha256(manifest.encode()).hexdigest()[:16],
+    ]  # loaded (and verified) from the wheel

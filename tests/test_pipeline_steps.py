@@ -84,23 +84,37 @@ def test_parse_files_cuts_batches_and_dead_letters_bad_records(tmp_path):
     path = tmp_path / "calls.jsonl"
     path.write_text(f"{CALL.to_json()}\n{{not json\n{OTHER.to_json()}\n")
     with in_process() as p:
-        batches = (p | beam.Create([[str(path)]])
-                   | beam.ParDo(ParseFiles("jsonl", {}, batch=1, count_utterances=True)) | beam.Map(shape))
+        batches = (
+            p
+            | beam.Create([[str(path)]])
+            | beam.ParDo(ParseFiles("jsonl", {}, batch=1, count_utterances=True))
+            | beam.Map(shape)
+        )
         # a bad record rides with the batch being filled; the counts with the last one
         assert_that(batches, equal_to([(f"{path}#0", ["c1"], [DEAD]), (f"{path}#1", ["c2"], [LEDGER])]))
 
 
 def test_decide_keeps_one_identical_copy_drops_differing_ones_and_skips_existing():
     same, other = Fingerprint("a.json", "d1"), Fingerprint("b.json", "d2")
-    keyed = [("twice", [Fingerprint("b.json", "d1"), same]), ("clash", [same, other]), ("old", [same, EXISTING]),
-             ("once", [same]), ("gone", [EXISTING])]
+    keyed = [
+        ("twice", [Fingerprint("b.json", "d1"), same]),
+        ("clash", [same, other]),
+        ("old", [same, EXISTING]),
+        ("once", [same]),
+        ("gone", [EXISTING]),
+    ]
     with in_process() as p:
         decisions = p | beam.Create(keyed) | beam.ParDo(Decide()) | beam.Map(lambda record: record[1])
-        assert_that(decisions, equal_to([
-            {"id": "twice", "action": "keep", "path": "a.json", "digest": "d1"},
-            {"id": "clash", "action": "drop", "copies": 2},
-            {"id": "old", "action": "skip"},
-        ]))
+        assert_that(
+            decisions,
+            equal_to(
+                [
+                    {"id": "twice", "action": "keep", "path": "a.json", "digest": "d1"},
+                    {"id": "clash", "action": "drop", "copies": 2},
+                    {"id": "old", "action": "skip"},
+                ]
+            ),
+        )
 
 
 def test_select_conversations_follows_the_decisions(tmp_path):
@@ -110,13 +124,27 @@ def test_select_conversations_follows_the_decisions(tmp_path):
     (staging / "decisions-0").write_text("".join(json.dumps(d) + "\n" for d in decisions))
     third = conv("c3", ("AGENT", "Bye."))
     with in_process() as p:
-        batches = (p | beam.Create([WorkBatch("k", [CALL, OTHER, third])])
-                   | beam.ParDo(SelectConversations(str(staging))))
+        batches = (
+            p | beam.Create([WorkBatch("k", [CALL, OTHER, third])]) | beam.ParDo(SelectConversations(str(staging)))
+        )
         assert_that(batches | beam.Map(shape), equal_to([("k", ["c3"], [DEAD, LEDGER])]), label="Kept")
         counts = batches | beam.Map(lambda batch: dict(ledger_of(batch.records)))
-        assert_that(counts, equal_to([{"utterances_read": 4, "conversations_skipped_existing": 1,
-                                       "utterances_skipped_existing": 2, "conversations_duplicated": 1,
-                                       "utterances_duplicated": 1, "utterances_dead_lettered": 1}]), label="Counted")
+        assert_that(
+            counts,
+            equal_to(
+                [
+                    {
+                        "utterances_read": 4,
+                        "conversations_skipped_existing": 1,
+                        "utterances_skipped_existing": 2,
+                        "conversations_duplicated": 1,
+                        "utterances_duplicated": 1,
+                        "utterances_dead_lettered": 1,
+                    }
+                ]
+            ),
+            label="Counted",
+        )
     assert fingerprint(CALL)[0] == "c1"
 
 
@@ -145,44 +173,90 @@ def test_no_bios_and_generated_bios_make_label_requests():
         return [(r.conversation.id, r.bios) for r in batch], dict(ledger_of(batch.records))
 
     with in_process() as p:
-        none = (p | "None" >> beam.Create([WorkBatch("k", [CALL])]) | beam.ParDo(NoBios(True))
-                | "NoneOut" >> beam.Map(requests))
+        none = (
+            p
+            | "None" >> beam.Create([WorkBatch("k", [CALL])])
+            | beam.ParDo(NoBios(True))
+            | "NoneOut" >> beam.Map(requests)
+        )
         assert_that(none, equal_to([([("c1", {})], {"speakers_without_bio": 2})]), label="NoBios")
-        made = (p | "Made" >> beam.Create([WorkBatch("k", [(CALL, [ok, failed])])])
-                | beam.ParDo(AttachGeneratedBios(True)) | "MadeOut" >> beam.Map(requests))
-        assert_that(made, equal_to([([("c1", {"AGENT": "A calm agent."})],
-                                     {"bios_generated": 1, "bios_dead_lettered": 1, "speakers_without_bio": 1})]),
-                    label="Generated")
+        made = (
+            p
+            | "Made" >> beam.Create([WorkBatch("k", [(CALL, [ok, failed])])])
+            | beam.ParDo(AttachGeneratedBios(True))
+            | "MadeOut" >> beam.Map(requests)
+        )
+        assert_that(
+            made,
+            equal_to(
+                [
+                    (
+                        [("c1", {"AGENT": "A calm agent."})],
+                        {"bios_generated": 1, "bios_dead_lettered": 1, "speakers_without_bio": 1},
+                    )
+                ]
+            ),
+            label="Generated",
+        )
 
 
 def test_bio_records_split_results_into_bios_dead_letters_and_paper_entries():
     ok = BioResult("c1", "AGENT", "A calm agent.", "m", "bio-v1", cached=True)
     failed = BioResult("c1", "CUSTOMER", "", "m", "bio-v1", error="too long")
     with in_process() as p:
-        records = (p | beam.Create([WorkBatch("k", [(CALL, [ok, failed])], [(DEAD, {"stage": "read"})])])
-                   | beam.ParDo(BioRecords()))
-        assert_that(records | beam.Map(lambda record: record[0]), equal_to([DEAD, BIOS, DEAD, PAPER, LEDGER]),
-                    label="Names")
+        records = (
+            p
+            | beam.Create([WorkBatch("k", [(CALL, [ok, failed])], [(DEAD, {"stage": "read"})])])
+            | beam.ParDo(BioRecords())
+        )
+        assert_that(
+            records | beam.Map(lambda record: record[0]), equal_to([DEAD, BIOS, DEAD, PAPER, LEDGER]), label="Names"
+        )
         paper = records | beam.Filter(lambda record: record[0] == PAPER) | beam.Map(lambda record: record[1])
         assert_that(paper, equal_to([{"conversation_id": "c1", "bios": ["A calm agent.", ""]}]), label="Paper")
 
 
 def test_emit_results_writes_rows_summaries_and_dead_letters():
-    labelled = LabelOutcome(LabelRequest(CALL, {"AGENT": "A calm agent."}), "model-1", LABELS,
-                            [Prediction("c1", 0, "neutral", [0.8, 0.1, 0.1]),
-                             Prediction("c1", 1, "anger", [0.1, 0.1, 0.8])])
+    labelled = LabelOutcome(
+        LabelRequest(CALL, {"AGENT": "A calm agent."}),
+        "model-1",
+        LABELS,
+        [Prediction("c1", 0, "neutral", [0.8, 0.1, 0.1]), Prediction("c1", 1, "anger", [0.1, 0.1, 0.8])],
+    )
     failed = LabelOutcome(LabelRequest(OTHER), "model-1", LABELS, error="RuntimeError: boom")
     with in_process() as p:
-        records = (p | beam.Create([WorkBatch("k", [(labelled.request, labelled), (failed.request, failed)])])
-                   | beam.ParDo(EmitResults(Thresholds())))
+        records = (
+            p
+            | beam.Create([WorkBatch("k", [(labelled.request, labelled), (failed.request, failed)])])
+            | beam.ParDo(EmitResults(Thresholds()))
+        )
         names = records | beam.Map(lambda record: record[0]) | beam.combiners.Count.PerElement()
-        assert_that(names, equal_to([(UTTERANCES, 2), (PARQUET, 2), (CONVERSATIONS, 1), (CALLS, 1), (DEAD, 1),
-                                     (ARCHIVE_PARTS, 1), (LEDGER, 1)]), label="Counts")
-        rows = (records | beam.Filter(lambda record: record[0] == UTTERANCES)
-                | beam.Map(lambda record: (record[1]["index"], record[1]["label"], record[1]["bio"])))
+        assert_that(
+            names,
+            equal_to(
+                [
+                    (UTTERANCES, 2),
+                    (PARQUET, 2),
+                    (CONVERSATIONS, 1),
+                    (CALLS, 1),
+                    (DEAD, 1),
+                    (ARCHIVE_PARTS, 1),
+                    (LEDGER, 1),
+                ]
+            ),
+            label="Counts",
+        )
+        rows = (
+            records
+            | beam.Filter(lambda record: record[0] == UTTERANCES)
+            | beam.Map(lambda record: (record[1]["index"], record[1]["label"], record[1]["bio"]))
+        )
         assert_that(rows, equal_to([(0, "neutral", "A calm agent."), (1, "anger", None)]), label="Rows")
-        dead = (records | "Dead" >> beam.Filter(lambda record: record[0] == DEAD)
-                | "DeadRow" >> beam.Map(lambda record: (record[1]["record"], record[1]["reason"])))
+        dead = (
+            records
+            | "Dead" >> beam.Filter(lambda record: record[0] == DEAD)
+            | "DeadRow" >> beam.Map(lambda record: (record[1]["record"], record[1]["reason"]))
+        )
         assert_that(dead, equal_to([("c2 utterance 0", "RuntimeError: boom")]), label="DeadLetters")
 
 
@@ -205,8 +279,9 @@ def test_bios_run_takes_a_test_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "make_backend", lambda kind, model, **kw: EchoBackend())
     path = tmp_path / "calls.jsonl"
     path.write_text(f"{CALL.to_json()}\n")
-    result = bios_pipeline.run([str(path), "-o", str(tmp_path / "out"), "--model", "unused"],
-                               test_pipeline=in_process())
+    result = bios_pipeline.run(
+        [str(path), "-o", str(tmp_path / "out"), "--model", "unused"], test_pipeline=in_process()
+    )
     assert result.exit_code == 0 and result.counters["bios_generated"] == 2
     assert len((tmp_path / "out" / "bios.jsonl").read_text().splitlines()) == 2
 
@@ -216,9 +291,19 @@ def test_label_run_takes_a_test_pipeline(tmp_path):
 
     path = tmp_path / "calls.jsonl"
     path.write_text(f"{CALL.to_json()}\n{OTHER.to_json()}\n")
-    outcome = label_pipeline.run([str(path), "-o", str(tmp_path / "out"), "--model",
-                                  str(ROOT / "serving_artifacts" / "default"), "--no-bios", "--report-calls", "0"],
-                                 test_pipeline=in_process())
+    outcome = label_pipeline.run(
+        [
+            str(path),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(ROOT / "serving_artifacts" / "default"),
+            "--no-bios",
+            "--report-calls",
+            "0",
+        ],
+        test_pipeline=in_process(),
+    )
     assert outcome.exit_code == 0 and not outcome.problems
     assert outcome.counters["utterances_labeled"] == 3
     assert len((tmp_path / "out" / "utterances.jsonl").read_text().splitlines()) == 3

@@ -36,8 +36,18 @@ def vector_rows(conversations, profile: str, dim: int, seed: int = 1) -> list[di
             vector = [rng.random() for _ in range(dim)]
             if profile == "scores":
                 vector = [round(v / sum(vector), 6) for v in vector]
-            rows.append({"conversation_id": c.id, "speaker": s, "bio": "", "profile": profile, "vector": vector,
-                         "prompt_version": "scores-v1", "model": "tiny-llm", "mode": "per-speaker"})
+            rows.append(
+                {
+                    "conversation_id": c.id,
+                    "speaker": s,
+                    "bio": "",
+                    "profile": profile,
+                    "vector": vector,
+                    "prompt_version": "scores-v1",
+                    "model": "tiny-llm",
+                    "mode": "per-speaker",
+                }
+            )
     return rows
 
 
@@ -46,9 +56,12 @@ def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("profiles")
     convs = make_corpus()
     train_convs, dev_convs = convs[:14], convs[14:]
-    out = {"convs": convs, "encoder": make_encoder(root / "encoder", layers=2),
-           "train": write_jsonl(root / "train.jsonl", (c.to_dict() for c in train_convs)),
-           "dev": write_jsonl(root / "dev.jsonl", (c.to_dict() for c in dev_convs))}
+    out = {
+        "convs": convs,
+        "encoder": make_encoder(root / "encoder", layers=2),
+        "train": write_jsonl(root / "train.jsonl", (c.to_dict() for c in train_convs)),
+        "dev": write_jsonl(root / "dev.jsonl", (c.to_dict() for c in dev_convs)),
+    }
     for profile, dim in (("scores", len(MELD)), ("latent", LATENT_DIM)):
         rows = vector_rows(convs, profile, dim)
         out[profile] = {(r["conversation_id"], r["speaker"]): r["vector"] for r in rows}
@@ -59,22 +72,37 @@ def data(tmp_path_factory) -> dict:
 
 
 def train_config(data: dict, out: Path, profile: str, **kw):
-    settings = {"train_data": data["train"], "dev_data": data["dev"], "train_bios": data[f"{profile}_train"],
-                "dev_bios": data[f"{profile}_dev"], "encoder": data["encoder"], "profile": profile, "max_length": 64,
-                "batch_size": 2, "lr_encoder": 1e-3, "lr_head": 3e-3, "warmup_ratio": 0.0, "patience": 0,
-                "output_dir": str(out), "device": "cpu", **kw}
+    settings = {
+        "train_data": data["train"],
+        "dev_data": data["dev"],
+        "train_bios": data[f"{profile}_train"],
+        "dev_bios": data[f"{profile}_dev"],
+        "encoder": data["encoder"],
+        "profile": profile,
+        "max_length": 64,
+        "batch_size": 2,
+        "lr_encoder": 1e-3,
+        "lr_head": 3e-3,
+        "warmup_ratio": 0.0,
+        "patience": 0,
+        "output_dir": str(out),
+        "device": "cpu",
+        **kw,
+    }
     return load_config(None, **settings)
 
 
 def make_model(data: dict, profile: str = "scores", bio_mode: str = "mlp") -> BiosercBert:
     torch.manual_seed(0)
     dim = len(MELD) if profile == "scores" else LATENT_DIM
-    return BiosercBert.from_encoder(BiosercBertConfig(encoder=data["encoder"], bio_mode=bio_mode, profile=profile,
-                                                      profile_dim=dim, max_length=64))
+    return BiosercBert.from_encoder(
+        BiosercBertConfig(encoder=data["encoder"], bio_mode=bio_mode, profile=profile, profile_dim=dim, max_length=64)
+    )
 
 
-@pytest.mark.parametrize(("profile", "dim", "bio_mode"), [("scores", len(MELD), "mlp"),
-                                                          ("latent", LATENT_DIM, "attn")])
+@pytest.mark.parametrize(
+    ("profile", "dim", "bio_mode"), [("scores", len(MELD), "mlp"), ("latent", LATENT_DIM, "attn")]
+)
 def test_one_epoch_on_vectors_saves_reloads_and_evaluates_identically(data, tmp_path, profile, dim, bio_mode):
     result = train(train_config(data, tmp_path / "run", profile, epochs=1, bio_mode=bio_mode))
     best = result["best_dir"]
@@ -101,11 +129,17 @@ def test_profile_or_size_mismatches_name_the_file_line_and_field(data, tmp_path)
     with pytest.raises(RecordError, match=r"record line 1, field 'profile': 'scores' rows .* profile latent"):
         load_bios(path, "latent")
     short = write_jsonl(tmp_path / "short.jsonl", [rows[0], rows[1], {**rows[2], "vector": [0.5, 0.5]}])
-    with pytest.raises(RecordError, match=r"short\.jsonl: record line 3, field 'vector': has 2 entries, expected 7 "
-                                          r"\(the first vector, .*short\.jsonl line 1\)"):
+    with pytest.raises(
+        RecordError,
+        match=r"short\.jsonl: record line 3, field 'vector': has 2 entries, expected 7 "
+        r"\(the first vector, .*short\.jsonl line 1\)",
+    ):
         load_bios(short, "scores")
-    with pytest.raises(RecordError, match=r"short\.jsonl: record line 1, field 'vector': has 7 entries, expected 9 "
-                                          r"\(the model's profile_dim\)"):
+    with pytest.raises(
+        RecordError,
+        match=r"short\.jsonl: record line 1, field 'vector': has 7 entries, expected 9 "
+        r"\(the model's profile_dim\)",
+    ):
         load_bios(short, "scores", 9)
     broken = write_jsonl(tmp_path / "broken.jsonl", [rows[0], {**rows[1], "vector": [1.0, float("nan")]}])
     with pytest.raises(RecordError, match=r"broken\.jsonl: record line 2, field 'vector': must be .* finite"):
@@ -168,12 +202,16 @@ def test_gradients_reach_the_projection_and_a_changed_vector_changes_the_logits(
 
 
 def test_text_profile_reads_text_and_emotion_bios_through_the_encoder(data, tmp_path):
-    rows = [{"conversation_id": "a", "speaker": "S", "bio": "S is calm", "profile": "text"},
-            {"conversation_id": "a", "speaker": "T", "bio": "T is nervous", "profile": "emotion"},
-            {"conversation_id": "a", "speaker": "U", "bio": "U is kind"}]  # rows written before profiles existed
-    assert load_bios(write_jsonl(tmp_path / "bios.jsonl", rows)) == {("a", "S"): "S is calm",
-                                                                     ("a", "T"): "T is nervous",
-                                                                     ("a", "U"): "U is kind"}
+    rows = [
+        {"conversation_id": "a", "speaker": "S", "bio": "S is calm", "profile": "text"},
+        {"conversation_id": "a", "speaker": "T", "bio": "T is nervous", "profile": "emotion"},
+        {"conversation_id": "a", "speaker": "U", "bio": "U is kind"},
+    ]  # rows written before profiles existed
+    assert load_bios(write_jsonl(tmp_path / "bios.jsonl", rows)) == {
+        ("a", "S"): "S is calm",
+        ("a", "T"): "T is nervous",
+        ("a", "U"): "U is kind",
+    }
     torch.manual_seed(0)
     model = BiosercBert.from_encoder(BiosercBertConfig(encoder=data["encoder"], bio_mode="attn", max_length=64))
     assert (model.config.profile, model.config.profile_dim) == ("text", 0)

@@ -28,10 +28,12 @@ from bioserc.schema import Conversation, Utterance
 
 
 pytest.importorskip("onnxruntime")
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:Exporting aten..index:UserWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Exporting aten..index:UserWarning"),
+]
 
 LATENT_DIM = 64  # the tiny Llama's hidden size
 # A call whose profiles the LLM fails to make (`flaky_llm`)
@@ -49,12 +51,30 @@ def models(tmp_path_factory) -> dict:
     out = {}
     for profile, dim, bio_mode in (("scores", len(LABELS), "mlp"), ("latent", LATENT_DIM, "attn")):
         torch.manual_seed(0)
-        model = BiosercBert.from_encoder(BiosercBertConfig(encoder=encoder, labels=list(LABELS), bio_mode=bio_mode,
-                                                           profile=profile, profile_dim=dim, max_length=48, heads=2))
+        model = BiosercBert.from_encoder(
+            BiosercBertConfig(
+                encoder=encoder,
+                labels=list(LABELS),
+                bio_mode=bio_mode,
+                profile=profile,
+                profile_dim=dim,
+                max_length=48,
+                heads=2,
+            )
+        )
         out[profile], out[f"{profile}_onnx"] = str(root / profile), str(root / f"{profile}-onnx")
         model.save_pretrained(out[profile])
-        write_manifest(out[profile], "pytorch-classifier", model_family="bioserc-bert", label_set="meld",
-                       labels=list(LABELS), window=2, bio_mode=bio_mode, profile=profile, profile_dim=dim)
+        write_manifest(
+            out[profile],
+            "pytorch-classifier",
+            model_family="bioserc-bert",
+            label_set="meld",
+            labels=list(LABELS),
+            window=2,
+            bio_mode=bio_mode,
+            profile=profile,
+            profile_dim=dim,
+        )
         out[f"{profile}_manifest"] = export_classifier(out[profile], out[f"{profile}_onnx"])
     calls = root / "calls.jsonl"
     calls.write_text("".join(c.to_json() + "\n" for c in CONVS))
@@ -87,15 +107,17 @@ def flaky_llm(monkeypatch):
 
 def profile_file(path: Path, profile: str, dim: int) -> str:
     """bios.jsonl rows of `profile` for every speaker of CONVS but one (who is then fed zeros)."""
-    return write_jsonl(path, [r for r in vector_rows(CONVS, profile, dim) if (r["conversation_id"], r["speaker"])
-                              != ("c1", "Carol")])
+    return write_jsonl(
+        path, [r for r in vector_rows(CONVS, profile, dim) if (r["conversation_id"], r["speaker"]) != ("c1", "Carol")]
+    )
 
 
 def label(models: dict, out: Path, model: str, *extra: str):
     from bioserc.pipelines import label_pipeline
 
-    return label_pipeline.run([models["calls"], "-o", str(out), "--model", models[model], "--report-calls", "0",
-                               *extra])
+    return label_pipeline.run(
+        [models["calls"], "-o", str(out), "--model", models[model], "--report-calls", "0", *extra]
+    )
 
 
 def rows_in_order(out: Path, predictions) -> list[dict]:
@@ -159,8 +181,9 @@ def made_here(llm: str, cache: Path, profile: str, labels) -> dict:
     from bioserc.bios.cache import BioCache
     from bioserc.bios.extract import BioExtractor
 
-    extractor = BioExtractor(make_backend("transformers", llm), profile=profile, labels=labels,
-                             cache=BioCache(str(cache)))
+    extractor = BioExtractor(
+        make_backend("transformers", llm), profile=profile, labels=labels, cache=BioCache(str(cache))
+    )
     made = [r for r in extractor.run(CONVS) if not r.error]
     assert len(made) == 5 and all(r.cached for r in made)
     return {(r.conversation_id, r.speaker): r.vector for r in made}
@@ -176,7 +199,9 @@ def test_label_makes_scores_profiles_with_the_model_labels_and_caches_them(model
     dead = list(read_jsonl(str(tmp_path / "torch" / "dead_letter.jsonl")))
     # a failed profile goes where a failed text bio goes: a dead letter of no utterance, its call still labelled
     assert sorted((d["stage"], d["record"], d["speaker"], d["utterances"]) for d in dead) == [
-        ("bios", "fails", "Amy", 0), ("bios", "fails", "Zed", 0)]
+        ("bios", "fails", "Amy", 0),
+        ("bios", "fails", "Zed", 0),
+    ]
 
     profiles = made_here(llm, cache, "scores", LABELS)  # `bioserc bios --profile scores --dataset` (LABELS)
     assert {len(v) for v in profiles.values()} == {len(LABELS)}
@@ -211,13 +236,22 @@ def test_profiles_the_model_cannot_read_are_clear_errors_before_any_work(models,
     rows = vector_rows(CONVS, "scores", len(LABELS))
     short = write_jsonl(tmp_path / "short.jsonl", [rows[0], {**rows[1], "vector": [0.2, 0.8]}])
     for bios, message in [
-            (latent, r"latent\.jsonl: record line 1, field 'profile': 'latent' rows cannot feed a model of profile "
-                     r"scores"),
-            (short, r"short\.jsonl: record line 2, field 'vector': has 2 entries, expected 4 \(the model's "
-                    r"profile_dim\)")]:
+        (
+            latent,
+            r"latent\.jsonl: record line 1, field 'profile': 'latent' rows cannot feed a model of profile "
+            r"scores",
+        ),
+        (
+            short,
+            r"short\.jsonl: record line 2, field 'vector': has 2 entries, expected 4 \(the model's "
+            r"profile_dim\)",
+        ),
+    ]:
         out = tmp_path / "out"
-        assert label_pipeline.main([models["calls"], "-o", str(out), "--model", models["scores_onnx"],
-                                    "--bios", bios]) == 2
+        assert (
+            label_pipeline.main([models["calls"], "-o", str(out), "--model", models["scores_onnx"], "--bios", bios])
+            == 2
+        )
         assert re.search(message, capsys.readouterr().err)
         assert not (out / "utterances.jsonl").exists()
     # A remote file is read by the pipeline's workers, with the same rule

@@ -29,12 +29,18 @@ from bioserc.schema import Conversation, Utterance
 # The tiny tokenizer's first tokens tell these words apart (MELD's "neutral" and "fear" share one: see below).
 LABELS = ("neutral", "sad", "angry", "tired")
 CALLS = [
-    Conversation("c1", [Utterance(0, "Ann", "Ann is cheerful and talks fast."),
-                        Utterance(1, "Bob", "Bob sounds tired, answers briefly."),
-                        Utterance(2, "Ann", "They argue about the rent."),
-                        Utterance(3, "Carol", "hello there, how are you?")]),
-    Conversation("c2", [Utterance(0, "Dan", "hello there, how are you?"),
-                        Utterance(1, "Eve", "They argue about the rent.")]),
+    Conversation(
+        "c1",
+        [
+            Utterance(0, "Ann", "Ann is cheerful and talks fast."),
+            Utterance(1, "Bob", "Bob sounds tired, answers briefly."),
+            Utterance(2, "Ann", "They argue about the rent."),
+            Utterance(3, "Carol", "hello there, how are you?"),
+        ],
+    ),
+    Conversation(
+        "c2", [Utterance(0, "Dan", "hello there, how are you?"), Utterance(1, "Eve", "They argue about the rent.")]
+    ),
 ]
 
 
@@ -112,7 +118,8 @@ def test_shared_prefix_prefill_equals_each_prompt_alone(backend):
     assert len(groups) == len(CALLS)
     rests = [[len(tokens[i]) - g.shared for i in g.members] for g in groups]
     assert shared_counts["prefill_slots"] - shared_counts["prefilled_tokens"] == sum(
-        max(r) * len(r) - sum(r) for r in rests)
+        max(r) * len(r) - sum(r) for r in rests
+    )
     for s, a in zip(shared, alone, strict=True):
         assert s.prompt_tokens == a.prompt_tokens
         assert np.abs(s.logits - a.logits).max() < 1e-5 and np.abs(s.hidden - a.hidden).max() < 1e-5
@@ -138,13 +145,17 @@ def test_cache_keys_follow_source_label_set_and_model(backend, llm_dir, tmp_path
     def key(profile, labels=LABELS, on=backend):
         return BioExtractor(on, profile=profile, labels=labels).key(conv, speaker)
 
-    keys = [key("text"), key("emotion"), key("scores"), key("latent"), key("scores", LABELS[:3]),
-            key("latent", None)]
+    keys = [key("text"), key("emotion"), key("scores"), key("latent"), key("scores", LABELS[:3]), key("latent", None)]
     assert len(set(keys)) == len(keys)
     # text keys are the ones bioserc wrote before profiles existed, so their caches stay valid
     config = GenerationConfig()
-    assert keys[0] == bio_key(transcript_text(conv), speaker, backend.identity(), "bio-v1",
-                              {**config.to_dict(), "mode": "per-speaker", "words": 60})
+    assert keys[0] == bio_key(
+        transcript_text(conv),
+        speaker,
+        backend.identity(),
+        "bio-v1",
+        {**config.to_dict(), "mode": "per-speaker", "words": 60},
+    )
     copy = tmp_path / "retrained"
     shutil.copytree(llm_dir, copy)
     config_file = copy / "config.json"
@@ -163,17 +174,25 @@ def test_cache_keys_follow_source_label_set_and_model(backend, llm_dir, tmp_path
 def test_labels_sharing_a_first_token_are_refused_by_name(backend):
     with pytest.raises(ValueError, match="labels 'neutral' and 'fear' start with the same token"):
         BioExtractor(backend, profile="scores", labels=LABEL_SETS["meld"].labels)
-    assert label_probabilities([0.0, 5.0, 1.0, 3.0], [3, 1]) == pytest.approx([1 / (1 + np.e ** 2),
-                                                                              1 / (1 + np.e ** -2)])
+    assert label_probabilities([0.0, 5.0, 1.0, 3.0], [3, 1]) == pytest.approx([1 / (1 + np.e**2), 1 / (1 + np.e**-2)])
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--profile", "scores", "--backend", "openai", "--base-url", "http://127.0.0.1:9", "--dataset", "meld"],
-     "profile scores needs a local backend (transformers or onnx); the openai backend only returns generated text"),
-    (["--profile", "latent", "--backend", "trtllm"], "profile latent needs a local backend (transformers or onnx)"),
-    (["--profile", "latent", "--backend", "onnx"], "profile latent needs the transformers backend"),
-    (["--profile", "scores"], "profile scores needs the label set whose words it scores (--dataset"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--profile", "scores", "--backend", "openai", "--base-url", "http://127.0.0.1:9", "--dataset", "meld"],
+            "profile scores needs a local backend (transformers or onnx); the openai backend only returns generated "
+            "text",
+        ),
+        (
+            ["--profile", "latent", "--backend", "trtllm"],
+            "profile latent needs a local backend (transformers or onnx)",
+        ),
+        (["--profile", "latent", "--backend", "onnx"], "profile latent needs the transformers backend"),
+        (["--profile", "scores"], "profile scores needs the label set whose words it scores (--dataset"),
+    ],
+)
 def test_profiles_a_backend_cannot_make_are_usage_errors_before_anything_loads(flags, message, tmp_path, capsys):
     from bioserc import cli
 
@@ -192,15 +211,45 @@ def test_bios_profile_scores_end_to_end(llm_dir, backend, tmp_path, monkeypatch,
     src = tmp_path / "calls.jsonl"
     src.write_text("".join(c.to_json() + "\n" for c in CALLS))
     out = tmp_path / "out"
-    assert cli.main(["bios", str(src), "-o", str(out), "--model", str(llm_dir), "--profile", "scores",
-                     "--dataset", "tiny", "--batch-size", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "bios",
+                str(src),
+                "-o",
+                str(out),
+                "--model",
+                str(llm_dir),
+                "--profile",
+                "scores",
+                "--dataset",
+                "tiny",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     rows = {(r["conversation_id"], r["speaker"]): r for r in read_jsonl(str(out / "bios.jsonl"))}
     assert not list(read_jsonl(str(out / "dead_letter.jsonl")))
     expected = profiles(backend, "scores")
     assert rows.keys() == expected.keys()
     for pair, row in rows.items():
-        assert set(row) == {"conversation_id", "speaker", "bio", "model", "prompt_version", "truncated",
-                            "prompt_tokens", "new_tokens", "cached", "error", "profile", "vector", "seconds"}
+        assert set(row) == {
+            "conversation_id",
+            "speaker",
+            "bio",
+            "model",
+            "prompt_version",
+            "truncated",
+            "prompt_tokens",
+            "new_tokens",
+            "cached",
+            "error",
+            "profile",
+            "vector",
+            "seconds",
+        }
         assert (row["profile"], row["prompt_version"], row["bio"], row["cached"]) == ("scores", "scores-v1", "", False)
         assert row["vector"] == expected[pair].vector and abs(sum(row["vector"]) - 1) < 1e-5
     paper = json.loads((out / "bios.paper.json").read_text())

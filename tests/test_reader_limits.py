@@ -46,8 +46,12 @@ class RemoteLike(LocalFileSystem):
 
     def match(self, patterns, limits=None):
         results = super().match([p.removeprefix(self.PREFIX) for p in patterns], limits)
-        return [MatchResult(self.PREFIX + r.pattern, [FileMetadata(self.PREFIX + m.path, m.size_in_bytes)
-                                                      for m in r.metadata_list]) for r in results]
+        return [
+            MatchResult(
+                self.PREFIX + r.pattern, [FileMetadata(self.PREFIX + m.path, m.size_in_bytes) for m in r.metadata_list]
+            )
+            for r in results
+        ]
 
     def open(self, path, *args, **kwargs):
         return super().open(path.removeprefix(self.PREFIX), *args, **kwargs)
@@ -59,11 +63,20 @@ def rows_jsonl(n_convs: int, turns: int, text_bytes: int) -> tuple[bytes, dict[s
     lines = []
     for c in range(n_convs):
         for t in range(turns):
-            text = f"conversation {c} turn {t}: " + " ".join(f"w{(c * 31 + t * 7 + k) % 997}" for k in range(
-                text_bytes // 5))
+            text = f"conversation {c} turn {t}: " + " ".join(
+                f"w{(c * 31 + t * 7 + k) % 997}" for k in range(text_bytes // 5)
+            )
             expected.setdefault(f"call-{c}", []).append(text)
-            lines.append(json.dumps({"conversation_id": f"call-{c}", "turn_idx": t,
-                                     "speaker": "AGENT" if t % 2 else "CUSTOMER", "text": text}))
+            lines.append(
+                json.dumps(
+                    {
+                        "conversation_id": f"call-{c}",
+                        "turn_idx": t,
+                        "speaker": "AGENT" if t % 2 else "CUSTOMER",
+                        "text": text,
+                    }
+                )
+            )
     return ("\n".join(lines) + "\n").encode(), expected
 
 
@@ -132,17 +145,37 @@ def deep(prefix: str) -> bytes:
 
 # file name, content, expected reason (start): each one file that must become exactly one file-level dead letter
 BROKEN_FILES = [
-    pytest.param("corrupt.jsonl.gz", lambda: (g := gz_rows())[:40] + bytes(b ^ 0x5A for b in g[40:80]) + g[80:],
-                 "corrupt gzip data", id="corrupt-gzip"),
-    pytest.param("truncated.jsonl.gz", lambda: (g := gz_rows())[: len(g) // 2], "corrupt gzip data: truncated",
-                 id="truncated-gzip"),
-    pytest.param("garbage-after.jsonl.gz", lambda: gz_rows() + b"PK\x03\x04", "corrupt gzip data: trailing",
-                 id="trailing-garbage"),
+    pytest.param(
+        "corrupt.jsonl.gz",
+        lambda: (g := gz_rows())[:40] + bytes(b ^ 0x5A for b in g[40:80]) + g[80:],
+        "corrupt gzip data",
+        id="corrupt-gzip",
+    ),
+    pytest.param(
+        "truncated.jsonl.gz",
+        lambda: (g := gz_rows())[: len(g) // 2],
+        "corrupt gzip data: truncated",
+        id="truncated-gzip",
+    ),
+    pytest.param(
+        "garbage-after.jsonl.gz",
+        lambda: gz_rows() + b"PK\x03\x04",
+        "corrupt gzip data: trailing",
+        id="trailing-garbage",
+    ),
     pytest.param("meld.test.json", lambda: deep('{"dia1": '), "nesting too deep", id="deep-bioserc-json"),
-    pytest.param("tca-deep.json", lambda: deep('{"JobStatus": "COMPLETED", "Transcript": [{"Content": '),
-                 "nesting too deep", id="deep-aws-tca"),
-    pytest.param("deep.jsonl.gz", lambda: gzip.compress(deep('{"id": "c1", "utterances": ')), "nesting too deep",
-                 id="deep-jsonl-gz"),
+    pytest.param(
+        "tca-deep.json",
+        lambda: deep('{"JobStatus": "COMPLETED", "Transcript": [{"Content": '),
+        "nesting too deep",
+        id="deep-aws-tca",
+    ),
+    pytest.param(
+        "deep.jsonl.gz",
+        lambda: gzip.compress(deep('{"id": "c1", "utterances": ')),
+        "nesting too deep",
+        id="deep-jsonl-gz",
+    ),
 ]
 
 
@@ -175,8 +208,12 @@ def make_links(root: Path) -> dict[str, str]:
     os.symlink(root / "a.json", root / "b.json")
     os.symlink(root / "self.jsonl", root / "self.jsonl")
     os.symlink(root / "missing.json", root / "broken.json")
-    return {"a.json": "symlink loop", "b.json": "symlink loop", "self.jsonl": "symlink loop",
-            "broken.json": "cannot open"}
+    return {
+        "a.json": "symlink loop",
+        "b.json": "symlink loop",
+        "self.jsonl": "symlink loop",
+        "broken.json": "cannot open",
+    }
 
 
 def test_symlink_loops_are_kept_as_inputs_and_dead_lettered(tmp_path):
@@ -217,15 +254,20 @@ def test_utterance_cap_applies_to_canonical_jsonl(tmp_path):
 def test_empty_and_whitespace_text_dead_lettered_per_utterance(tmp_path):
     path = write_canonical(
         tmp_path,
-        canonical("mixed", [(0, "AGENT", "Hello."), (1, "CUSTOMER", ""), (2, "AGENT", "How can I help?"),
-                            (3, "CUSTOMER", " \t\n ")]),
+        canonical(
+            "mixed",
+            [(0, "AGENT", "Hello."), (1, "CUSTOMER", ""), (2, "AGENT", "How can I help?"), (3, "CUSTOMER", " \t\n ")],
+        ),
         canonical("silent", [(0, "AGENT", " "), (1, "CUSTOMER", "")]),
     )
     convs, bad = split(read_items(path))
     assert [(c.id, [u.index for u in c.utterances]) for c in convs] == [("mixed", [0, 2])]
     assert [(b.record, b.field, b.utterances) for b in bad] == [
-        ("mixed utterance 1", "text", 1), ("mixed utterance 3", "text", 1),
-        ("silent utterance 0", "text", 1), ("silent utterance 1", "text", 1)]
+        ("mixed utterance 1", "text", 1),
+        ("mixed utterance 3", "text", 1),
+        ("silent utterance 0", "text", 1),
+        ("silent utterance 1", "text", 1),
+    ]
     assert all(b.reason == "empty or whitespace-only text" for b in bad)
     assert sum(len(c.utterances) for c in convs) + sum(b.utterances for b in bad) == 6
 
@@ -237,15 +279,23 @@ def test_vendor_turn_that_normalises_to_nothing_is_dead_lettered(tmp_path):
     path.write_text(json.dumps(doc), encoding="utf-8")
     (conv,), (bad,) = split(read_items(str(path)))
     assert [u.index for u in conv.utterances] == [0, 1, 3, 4, 5]
-    assert (bad.record, bad.field, bad.utterances, bad.raw) == ("tca-billing-dispute-0142 utterance 2", "text", 1,
-                                                                 "\u00a0 \x00 ")
+    assert (bad.record, bad.field, bad.utterances, bad.raw) == (
+        "tca-billing-dispute-0142 utterance 2",
+        "text",
+        1,
+        "\u00a0 \x00 ",
+    )
 
 
-@pytest.mark.parametrize("field, utterance, position", [("text", (1, "CUSTOMER", "caf\x00e"), 3),
-                                                          ("speaker", (1, "CUST\x01", "Hi."), 4)])
+@pytest.mark.parametrize(
+    "field, utterance, position", [("text", (1, "CUSTOMER", "caf\x00e"), 3), ("speaker", (1, "CUST\x01", "Hi."), 4)]
+)
 def test_control_characters_in_canonical_jsonl_are_rejected(tmp_path, field, utterance, position):
-    path = write_canonical(tmp_path, canonical("c1", [(0, "AGENT", "Hello.\tTabs\r\nare fine."), utterance]),
-                           canonical("c2", [(0, "AGENT", "Fine.")]))
+    path = write_canonical(
+        tmp_path,
+        canonical("c1", [(0, "AGENT", "Hello.\tTabs\r\nare fine."), utterance]),
+        canonical("c2", [(0, "AGENT", "Fine.")]),
+    )
     convs, bad = split(read_items(path))
     assert [c.id for c in convs] == ["c2"]
     assert [(b.record, b.field, b.utterances) for b in bad] == [("c1", field, 2)]
@@ -254,8 +304,9 @@ def test_control_characters_in_canonical_jsonl_are_rejected(tmp_path, field, utt
 
 
 def test_duplicate_index_in_canonical_jsonl_is_rejected(tmp_path):
-    path = write_canonical(tmp_path, canonical("c1", [(0, "AGENT", "Hi."), (1, "CUSTOMER", "Hello."),
-                                                      (1, "AGENT", "Again?")]))
+    path = write_canonical(
+        tmp_path, canonical("c1", [(0, "AGENT", "Hi."), (1, "CUSTOMER", "Hello."), (1, "AGENT", "Again?")])
+    )
     (bad,) = split(read_items(path))[1]
     assert (bad.record, bad.field, bad.utterances) == ("c1", "index", 3)
     assert bad.reason == "utterance index 1 appears more than once"
@@ -284,9 +335,14 @@ def test_beam_turns_every_per_file_failure_into_one_dead_letter(tmp_path):
     for row in dead:
         by_file.setdefault(os.path.basename(row["path"]), []).append(row)
     long_rows = by_file.pop("long.jsonl")
-    assert sorted((r["record"], r["utterances"]) for r in long_rows) == [("long", MAX_UTTERANCES + 1),
-                                                                          ("ok utterance 1", 1)]
+    assert sorted((r["record"], r["utterances"]) for r in long_rows) == [
+        ("long", MAX_UTTERANCES + 1),
+        ("ok utterance 1", 1),
+    ]
     assert {name: [r["reason"][: len(expected[name])] for r in rows] for name, rows in by_file.items()} == {
-        name: [reason] for name, reason in expected.items()}
-    assert all(by_file[n][0]["record"] == "file" and by_file[n][0]["utterances"] == 0 and by_file[n][0]["raw"] is None
-               for n in links)
+        name: [reason] for name, reason in expected.items()
+    }
+    assert all(
+        by_file[n][0]["record"] == "file" and by_file[n][0]["utterances"] == 0 and by_file[n][0]["raw"] is None
+        for n in links
+    )

@@ -31,11 +31,51 @@ SEED = 20240513
 HEAD = 64 * 1024
 MIB = 1024 * 1024
 
-WORDS = ["hello", "café", "naïve", "Straße", "e\u0301te\u0301", "日本語です", "中文", "😀", "👍🏽", "привет", "Ωμέγα",
-         "مرحبا", "עברית", "it’s", "“quoted”", "—", "…", "\u00a0", "don't", '"', "'", "\\", ",", ";", "{", "}",
-         "[1,", "2]", "<b>bold</b>", "null", "NaN", "1e308", "\\n", "%s", "$25", "#", "\t", "\n", "\r\n", "  ",
-         "\u2028", "\x85"]
-SPEAKERS = ["Joey", "Ross Geller", "Émilie", "张伟", "O'Brien", "Dr. \"Quote\"", "SPEAKER,1"]
+WORDS = [
+    "hello",
+    "café",
+    "naïve",
+    "Straße",
+    "e\u0301te\u0301",
+    "日本語です",
+    "中文",
+    "😀",
+    "👍🏽",
+    "привет",
+    "Ωμέγα",
+    "مرحبا",
+    "עברית",
+    "it’s",
+    "“quoted”",
+    "—",
+    "…",
+    "\u00a0",
+    "don't",
+    '"',
+    "'",
+    "\\",
+    ",",
+    ";",
+    "{",
+    "}",
+    "[1,",
+    "2]",
+    "<b>bold</b>",
+    "null",
+    "NaN",
+    "1e308",
+    "\\n",
+    "%s",
+    "$25",
+    "#",
+    "\t",
+    "\n",
+    "\r\n",
+    "  ",
+    "\u2028",
+    "\x85",
+]
+SPEAKERS = ["Joey", "Ross Geller", "Émilie", "张伟", "O'Brien", 'Dr. "Quote"', "SPEAKER,1"]
 
 
 def random_text(rng: random.Random, long: bool = False) -> str:
@@ -56,26 +96,48 @@ def random_calls(rng: random.Random, prefix: str, n: int, long: bool) -> list[Ca
     calls = []
     for c in range(n):
         speakers = rng.sample(SPEAKERS, 2)
-        turns = [(speakers[t % 2], random_text(rng, long=long and c == 0 and t == 0))
-                 for t in range(rng.randint(1, 12))]
+        turns = [
+            (speakers[t % 2], random_text(rng, long=long and c == 0 and t == 0)) for t in range(rng.randint(1, 12))
+        ]
         calls.append(Call(f"{prefix}_{c}", turns))
     return calls
 
 
-def beam_read(inputs: list[str], out: Path, fmt: str = "auto", reader_options: dict[str, Any] | None = None,
-              max_bytes: int | None = None) -> tuple[list[Conversation], list[dict[str, Any]]]:
+def beam_read(
+    inputs: list[str],
+    out: Path,
+    fmt: str = "auto",
+    reader_options: dict[str, Any] | None = None,
+    max_bytes: int | None = None,
+) -> tuple[list[Conversation], list[dict[str, Any]]]:
     """Run the pipelines' reader on Beam's in-process runner; return its conversations and dead-letter rows."""
     limit = {} if max_bytes is None else {"max_bytes": max_bytes}
     with beam.Pipeline() as pipeline:
-        read = (pipeline | FileGroups(inputs, 4)
-                | "Parse" >> beam.ParDo(ParseFiles(fmt, reader_options or {}, batch=3, **limit)))
-        _ = (read | "Convs" >> beam.FlatMap(lambda batch: [c.to_json() for c in batch])
-             | "WriteConvs" >> beam.io.WriteToText(str(out / "convs")))
-        _ = (read | "DeadRows" >> beam.FlatMap(lambda batch: [row for name, row in batch.records if name == DEAD])
-             | "Dead" >> beam.Map(json.dumps) | "WriteDead" >> beam.io.WriteToText(str(out / "dead")))
-    rows = {name: [json.loads(line) for f in sorted(out.glob(f"{name}*"))
-                   for line in f.read_text(encoding="utf-8").split("\n") if line]  # not splitlines: U+2028 is text
-            for name in ("convs", "dead")}
+        read = (
+            pipeline
+            | FileGroups(inputs, 4)
+            | "Parse" >> beam.ParDo(ParseFiles(fmt, reader_options or {}, batch=3, **limit))
+        )
+        _ = (
+            read
+            | "Convs" >> beam.FlatMap(lambda batch: [c.to_json() for c in batch])
+            | "WriteConvs" >> beam.io.WriteToText(str(out / "convs"))
+        )
+        _ = (
+            read
+            | "DeadRows" >> beam.FlatMap(lambda batch: [row for name, row in batch.records if name == DEAD])
+            | "Dead" >> beam.Map(json.dumps)
+            | "WriteDead" >> beam.io.WriteToText(str(out / "dead"))
+        )
+    rows = {
+        name: [
+            json.loads(line)
+            for f in sorted(out.glob(f"{name}*"))
+            for line in f.read_text(encoding="utf-8").split("\n")
+            if line
+        ]  # not splitlines: U+2028 is text
+        for name in ("convs", "dead")
+    }
     return [Conversation.from_dict(c) for c in rows["convs"]], rows["dead"]
 
 
@@ -88,10 +150,13 @@ def build_archive(root: Path) -> dict[str, tuple[str, list[tuple[str, str | None
             calls = random_calls(rng, f"{variant}-{n}-{fmt.reader}_x", fmt.calls, long=True)
             save(root / variant, fmt.write(calls), variant == "gz")
             for c in calls:
-                expected[c.id] = (fmt.reader, [(normalize_text(x), x) if fmt.normalised else (x, None)
-                                               for _, x in c.turns])
-    big = [Call(f"gz-big-{c}", [(rng.choice(SPEAKERS), f"{c}.{t} " + bulky(rng)) for t in range(5)])
-           for c in range(400)]  # 2,000 rows of ~8.6 KB, gzipped: the case that lost 342 utterances
+                expected[c.id] = (
+                    fmt.reader,
+                    [(normalize_text(x), x) if fmt.normalised else (x, None) for _, x in c.turns],
+                )
+    big = [
+        Call(f"gz-big-{c}", [(rng.choice(SPEAKERS), f"{c}.{t} " + bulky(rng)) for t in range(5)]) for c in range(400)
+    ]  # 2,000 rows of ~8.6 KB, gzipped: the case that lost 342 utterances
     files = write_rows(big)
     assert sum(map(len, files.values())) > 16 * MIB
     save(root / "gz", files, gzipped=True)
@@ -106,8 +171,10 @@ def archive(tmp_path_factory) -> tuple[Path, dict[str, tuple[str, list[tuple[str
 
 
 def assert_all_back(convs: list[Conversation], expected: dict[str, tuple[str, list[tuple[str, str | None]]]]):
-    got = {c.id: (c.metadata.get("source_format", "jsonl"), [(u.text, u.original_text) for u in c.utterances])
-           for c in convs}
+    got = {
+        c.id: (c.metadata.get("source_format", "jsonl"), [(u.text, u.original_text) for u in c.utterances])
+        for c in convs
+    }
     assert len(got) == len(convs)  # no id read twice
     assert sorted(got) == sorted(expected)
     for conv_id, want in expected.items():

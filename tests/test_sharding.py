@@ -19,11 +19,17 @@ def three_layers(path: str, rng: np.random.Generator, widths: tuple[int, ...] = 
     weights = [rng.normal(size=(a, b)).astype(np.float32) for a, b in zip(widths, widths[1:], strict=False)]
     inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
     inits.append(numpy_helper.from_array(np.ones(widths[-1], np.float32), "bias"))
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}"])
-             for i in range(len(weights))]
+    nodes = [
+        helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}"]) for i in range(len(weights))
+    ]
     nodes.append(helper.make_node("Add", [f"h{len(weights)}", "bias"], ["y"]))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", widths[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", widths[-1]])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", widths[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", widths[-1]])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 

@@ -48,8 +48,11 @@ def shipped(tmp_path, monkeypatch) -> Path:
 def test_shipped_names_default_first_then_sorted(shipped):
     (shipped / "aaa").mkdir()
     shutil.copy(DEFAULT / "manifest.json", shipped / "aaa")
-    assert shipped_models() == {"default": str(shipped / "default"), "aaa": str(shipped / "aaa"),
-                                "other": str(shipped / "other")}
+    assert shipped_models() == {
+        "default": str(shipped / "default"),
+        "aaa": str(shipped / "aaa"),
+        "other": str(shipped / "other"),
+    }
     assert list(shipped_models()) == ["default", "aaa", "other"]
     assert artifacts.default_model_dir() == str(shipped / "default")
 
@@ -84,8 +87,18 @@ def test_label_and_evaluate_parse_a_shipped_name(shipped):
 
 def test_label_with_a_shipped_name_uses_that_folder(shipped, tmp_path):
     out = tmp_path / "out"
-    argv = ["label", str(CALLS), "-o", str(out), "--model", "other", "--report-calls", "0",
-            "--direct_num_workers", "1"]
+    argv = [
+        "label",
+        str(CALLS),
+        "-o",
+        str(out),
+        "--model",
+        "other",
+        "--report-calls",
+        "0",
+        "--direct_num_workers",
+        "1",
+    ]
     assert main(argv) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == str(shipped / "other")

@@ -58,8 +58,9 @@ def parse(page: str) -> Anchors:
 
 def write_rows(folder: Path, calls: list[list[dict]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "utterances.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for rows in calls
-                                                     for r in rows))
+    (folder / "utterances.jsonl").write_text(
+        "".join(json.dumps(r, sort_keys=True) + "\n" for rows in calls for r in rows)
+    )
     return folder
 
 
@@ -67,10 +68,22 @@ def write_rows(folder: Path, calls: list[list[dict]]) -> Path:
 def out(tmp_path) -> Path:
     """Five calls: two go wrong (one with an id that needs cleaning for an HTML id), three are fine."""
     calm = [("AGENT", "agent", 0.1, 0), ("CUSTOMER", "customer", 0.2, 4000)]
-    angry = [("AGENT", "agent", 0.0, 0), ("CUSTOMER", "customer", -0.9, 3000), ("AGENT", "agent", 0.0, 8000),
-             ("CUSTOMER", "customer", -0.8, 12000)]
-    return write_rows(tmp_path / "out", [call("a-calm", calm), call("b-calm", calm), call("z angry/1", angry),
-                                         call("c-calm", calm), call("y-angry", angry[:2] + [("AGENT", "agent", 0.5)])])
+    angry = [
+        ("AGENT", "agent", 0.0, 0),
+        ("CUSTOMER", "customer", -0.9, 3000),
+        ("AGENT", "agent", 0.0, 8000),
+        ("CUSTOMER", "customer", -0.8, 12000),
+    ]
+    return write_rows(
+        tmp_path / "out",
+        [
+            call("a-calm", calm),
+            call("b-calm", calm),
+            call("z angry/1", angry),
+            call("c-calm", calm),
+            call("y-angry", angry[:2] + [("AGENT", "agent", 0.5)]),
+        ],
+    )
 
 
 def summarize(*argv: str) -> int:
@@ -89,8 +102,11 @@ def test_summarize_writes_every_per_call_and_archive_output(out, capsys):
     parquet = pq.read_table(out / "calls.parquet").to_pylist()
     assert parquet[2]["customer_score"] == convs[2]["analytics"]["roles"][1]["score"] == -0.8333
     archive = json.loads((out / "archive.json").read_text())
-    assert (archive["calls"], archive["utterances"], archive["labels"]) == (5, 13, {"anger": 3, "joy": 1,
-                                                                                    "neutral": 9})
+    assert (archive["calls"], archive["utterances"], archive["labels"]) == (
+        5,
+        13,
+        {"anger": 3, "joy": 1, "neutral": 9},
+    )
     assert [r["conversation_id"] for r in archive["review"]] == ["y-angry", "z angry/1"]  # -0.90, then -0.83
     # the report opens with the archive page, and every review link lands on a section of the page, although only
     # one call is plotted besides them (--report-calls 1)
@@ -105,12 +121,29 @@ def test_summarize_writes_every_per_call_and_archive_output(out, capsys):
 def test_new_thresholds_change_the_outputs_without_the_model(out):
     assert summarize(out, "--report-calls", "0") == 0
     before = json.loads((out / "archive.json").read_text())
-    assert summarize(out, "--report-calls", "0", "--min-negative-run", "3", "--negative-threshold", "0.95",
-                     "--review-calls", "1") == 0
+    assert (
+        summarize(
+            out,
+            "--report-calls",
+            "0",
+            "--min-negative-run",
+            "3",
+            "--negative-threshold",
+            "0.95",
+            "--review-calls",
+            "1",
+        )
+        == 0
+    )
     after = json.loads((out / "archive.json").read_text())
     assert before["flagged_calls"] == 2 and after["flagged_calls"] == 0 and after["review"] == []
-    assert after["thresholds"] == {"negative": 0.95, "min_negative_run": 3, "shift_delta": 0.8, "end_weight": 2.0,
-                                   "review_calls": 1}
+    assert after["thresholds"] == {
+        "negative": 0.95,
+        "min_negative_run": 3,
+        "shift_delta": 0.8,
+        "end_weight": 2.0,
+        "review_calls": 1,
+    }
     assert not list(out.glob(".staging-*"))
 
 
@@ -121,13 +154,20 @@ def test_a_folder_without_utterances_is_an_error_naming_the_file(tmp_path, capsy
     assert list(tmp_path.iterdir()) == []  # nothing written, no lock left
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("{torn", "line 3: not JSON"),
-    ('{"conversation_id": "x", "index": 0, "speaker": "A", "label": "joy"}', "line 3: not an utterance row "
-     "(field 'probs'"),
-    ('{"conversation_id": "x", "index": 0, "speaker": "A", "label": "joy", "probs": {"joy": "high"}}',
-     "line 3: not an utterance row (field 'probs'"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{torn", "line 3: not JSON"),
+        (
+            '{"conversation_id": "x", "index": 0, "speaker": "A", "label": "joy"}',
+            "line 3: not an utterance row (field 'probs'",
+        ),
+        (
+            '{"conversation_id": "x", "index": 0, "speaker": "A", "label": "joy", "probs": {"joy": "high"}}',
+            "line 3: not an utterance row (field 'probs'",
+        ),
+    ],
+)
 def test_a_malformed_line_is_an_error_naming_file_and_line(out, capsys, line, message):
     path = out / "utterances.jsonl"
     lines = path.read_text().splitlines()
@@ -142,6 +182,11 @@ def test_help_shows_every_threshold_with_its_default(capsys):
     with pytest.raises(SystemExit):
         summarize("--help")
     text = " ".join(capsys.readouterr().out.split())
-    for flag, default in (("--negative-threshold", "0.5"), ("--min-negative-run", "2"), ("--shift-delta", "0.8"),
-                          ("--end-weight", "2.0"), ("--review-calls", "20")):
+    for flag, default in (
+        ("--negative-threshold", "0.5"),
+        ("--min-negative-run", "2"),
+        ("--shift-delta", "0.8"),
+        ("--end-weight", "2.0"),
+        ("--review-calls", "20"),
+    ):
         assert re.search(rf"{flag} \w .*?\(default: {re.escape(default)}\)", text), flag

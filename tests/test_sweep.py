@@ -43,22 +43,40 @@ def tiny(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tiny")
     convs = make_corpus()
     rows = bio_rows(convs)
-    return {"train_data": write_jsonl(root / "train.jsonl", (c.to_dict() for c in convs[:14])),
-            "dev_data": write_jsonl(root / "dev.jsonl", (c.to_dict() for c in convs[14:])),
-            "train_bios": write_jsonl(root / "train_bios.jsonl", rows),
-            "dev_bios": write_jsonl(root / "dev_bios.jsonl", rows),
-            "encoder": make_encoder(root / "encoder", layers=1)}
+    return {
+        "train_data": write_jsonl(root / "train.jsonl", (c.to_dict() for c in convs[:14])),
+        "dev_data": write_jsonl(root / "dev.jsonl", (c.to_dict() for c in convs[14:])),
+        "train_bios": write_jsonl(root / "train_bios.jsonl", rows),
+        "dev_bios": write_jsonl(root / "dev_bios.jsonl", rows),
+        "encoder": make_encoder(root / "encoder", layers=1),
+    }
 
 
-def write_grid(directory: Path, tiny: dict[str, str], seeds=(1, 2), variants=None, epochs: int = 2,
-               **extra) -> str:
+def write_grid(directory: Path, tiny: dict[str, str], seeds=(1, 2), variants=None, epochs: int = 2, **extra) -> str:
     """A grid on the shipped MELD config with the tiny encoder; the data comes with --set (see `data_sets`)."""
-    overrides = {"encoder": tiny["encoder"], "train_bios": tiny["train_bios"], "dev_bios": tiny["dev_bios"],
-                 "max_length": 64, "bio_max_length": 32, "batch_size": 2, "epochs": epochs, "lr_encoder": 1e-3,
-                 "lr_head": 3e-3, "warmup_ratio": 0.0, "device": "cpu"}
-    grid = {"base_config": {"meld": BASE}, "datasets": ["meld"], "seeds": list(seeds),
-            "variants": variants or {"nobio": {"bio_mode": "none"}, "text": {"bio_mode": "mlp"}},
-            "reference": "nobio", "overrides": overrides, "root": str(directory / "sweep"), **extra}
+    overrides = {
+        "encoder": tiny["encoder"],
+        "train_bios": tiny["train_bios"],
+        "dev_bios": tiny["dev_bios"],
+        "max_length": 64,
+        "bio_max_length": 32,
+        "batch_size": 2,
+        "epochs": epochs,
+        "lr_encoder": 1e-3,
+        "lr_head": 3e-3,
+        "warmup_ratio": 0.0,
+        "device": "cpu",
+    }
+    grid = {
+        "base_config": {"meld": BASE},
+        "datasets": ["meld"],
+        "seeds": list(seeds),
+        "variants": variants or {"nobio": {"bio_mode": "none"}, "text": {"bio_mode": "mlp"}},
+        "reference": "nobio",
+        "overrides": overrides,
+        "root": str(directory / "sweep"),
+        **extra,
+    }
     path = directory / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     return str(path)
@@ -70,9 +88,11 @@ def data_sets(tiny: dict[str, str]) -> list[str]:
 
 def in_process(calls: list[str]):
     """train_bert's own command line in this process; records each cell's output_dir."""
+
     def runner(argv: list[str], log_path: str) -> int:
         calls.append(argv[argv.index("--output_dir") + 1])
         return train_bert.main(argv)
+
     return runner
 
 
@@ -103,8 +123,12 @@ def test_sweep_trains_all_cells_resumes_a_stopped_one_and_skips_done_ones(tiny, 
     with pytest.raises(Killed):
         sweep.main(argv, runner=in_process(calls))
     assert [Path(c).relative_to(root).as_posix() for c in calls] == keys[:2]
-    assert statuses(capsys, argv) == {keys[0]: "done", keys[1]: "partial epoch 1, step 7", keys[2]: "todo",
-                                      keys[3]: "todo"}
+    assert statuses(capsys, argv) == {
+        keys[0]: "done",
+        keys[1]: "partial epoch 1, step 7",
+        keys[2]: "todo",
+        keys[3]: "todo",
+    }
 
     monkeypatch.setattr(train_bert, "evaluate_and_checkpoint", original_eval)
     original_epoch, entered = train_bert.train_epoch, {}
@@ -132,15 +156,20 @@ def test_sweep_trains_all_cells_resumes_a_stopped_one_and_skips_done_ones(tiny, 
             assert rows[variant][metric]["std"] == pytest.approx(statistics.stdev(values))
             assert rows[variant][metric]["per_seed"] == {"1": values[0], "2": values[1]}
         assert rows[variant]["train_wall_s"] > 0 and rows[variant]["train_wall_complete"]
-    diffs = [reports[f"meld/text/seed-{s}"]["weighted_f1"] - reports[f"meld/nobio/seed-{s}"]["weighted_f1"]
-             for s in (1, 2)]
+    diffs = [
+        reports[f"meld/text/seed-{s}"]["weighted_f1"] - reports[f"meld/nobio/seed-{s}"]["weighted_f1"] for s in (1, 2)
+    ]
     assert rows["text"]["vs_reference"]["weighted_f1"]["mean"] == pytest.approx(statistics.mean(diffs))
     assert rows["text"]["vs_reference"]["weighted_f1"]["per_seed"] == pytest.approx({"1": diffs[0], "2": diffs[1]})
     assert rows["nobio"]["vs_reference"] is None
     attempts = [json.loads(line) for line in (root / "cells.jsonl").read_text().splitlines()]
     assert [(a["event"], a["variant"], a["seed"], a["rc"], a["status"]) for a in attempts if a["event"] == "end"] == [
-        ("end", "nobio", 1, 0, "done"), ("end", "text", 1, None, "partial epoch 1, step 7"),
-        ("end", "text", 1, 0, "done"), ("end", "nobio", 2, 0, "done"), ("end", "text", 2, 0, "done")]
+        ("end", "nobio", 1, 0, "done"),
+        ("end", "text", 1, None, "partial epoch 1, step 7"),
+        ("end", "text", 1, 0, "done"),
+        ("end", "nobio", 2, 0, "done"),
+        ("end", "text", 2, 0, "done"),
+    ]
 
     capsys.readouterr()
     assert sweep.main(argv, runner=lambda argv, log: pytest.fail(f"trained a done cell: {argv}")) == 0
@@ -161,10 +190,12 @@ def fake_cell(root: Path, key: str, weighted: float, macro: float) -> None:
     """A finished cell as train_bert leaves it: done.json and best/dev_report.json."""
     (root / key / "best").mkdir(parents=True)
     (root / key / "done.json").write_text("{}")
-    per_class = {label: {"f1": weighted + i, "precision": 0.0, "recall": 0.0, "support": 1}
-                 for i, label in enumerate(MELD)}
-    (root / key / "best" / "dev_report.json").write_text(json.dumps(
-        {"weighted_f1": weighted, "macro_f1": macro, "accuracy": 50.0, "per_class": per_class, "step": 3}))
+    per_class = {
+        label: {"f1": weighted + i, "precision": 0.0, "recall": 0.0, "support": 1} for i, label in enumerate(MELD)
+    }
+    (root / key / "best" / "dev_report.json").write_text(
+        json.dumps({"weighted_f1": weighted, "macro_f1": macro, "accuracy": 50.0, "per_class": per_class, "step": 3})
+    )
 
 
 def test_results_average_finished_seeds_only_and_pair_differences_by_seed(tiny, tmp_path, capsys):
@@ -178,12 +209,18 @@ def test_results_average_finished_seeds_only_and_pair_differences_by_seed(tiny, 
     (root / "meld/text/seed-3/last/trainer_state.json").write_text(json.dumps({"epoch": 1, "step": 5}))
     (root / "meld/text/seed-3/best").mkdir()
     (root / "meld/text/seed-3/best/dev_report.json").write_text(json.dumps({"weighted_f1": 99.0}))
-    (root / "cells.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [
-        {"event": "start", "dataset": "meld", "variant": "nobio", "seed": 1},
-        {"event": "end", "dataset": "meld", "variant": "nobio", "seed": 1, "wall_s": 10.0},
-        {"event": "start", "dataset": "meld", "variant": "nobio", "seed": 2},  # killed with the sweep: no end
-        {"event": "start", "dataset": "meld", "variant": "nobio", "seed": 2},
-        {"event": "end", "dataset": "meld", "variant": "nobio", "seed": 2, "wall_s": 20.0}]))
+    (root / "cells.jsonl").write_text(
+        "".join(
+            json.dumps(row) + "\n"
+            for row in [
+                {"event": "start", "dataset": "meld", "variant": "nobio", "seed": 1},
+                {"event": "end", "dataset": "meld", "variant": "nobio", "seed": 1, "wall_s": 10.0},
+                {"event": "start", "dataset": "meld", "variant": "nobio", "seed": 2},  # killed with the sweep: no end
+                {"event": "start", "dataset": "meld", "variant": "nobio", "seed": 2},
+                {"event": "end", "dataset": "meld", "variant": "nobio", "seed": 2, "wall_s": 20.0},
+            ]
+        )
+    )
 
     assert sweep.main([grid, "--report-only"]) == 0
     rows = {row["variant"]: row for row in json.loads((root / "results.json").read_text())["table"]}
@@ -194,7 +231,7 @@ def test_results_average_finished_seeds_only_and_pair_differences_by_seed(tiny, 
     assert text["macro_f1"]["mean"] == pytest.approx(32.5) and text["per_class_f1"]["neutral"] == pytest.approx(53.0)
     paired = text["vs_reference"]
     assert paired["seeds"] == [1, 2] and paired["weighted_f1"]["per_seed"] == {"1": 1.0, "2": 3.0}
-    assert (paired["weighted_f1"]["mean"], paired["weighted_f1"]["std"]) == pytest.approx((2.0, 2 ** 0.5))
+    assert (paired["weighted_f1"]["mean"], paired["weighted_f1"]["std"]) == pytest.approx((2.0, 2**0.5))
     assert paired["macro_f1"]["per_seed"] == {"1": -1.0, "2": 5.0}
     assert (nobio["train_wall_s"], nobio["train_wall_complete"]) == (15.0, False)  # seed 3 has no logged wall
     assert text["train_wall_s"] is None
@@ -215,14 +252,24 @@ def test_a_fresh_checkout_keeps_finished_cells_from_the_record(tiny, tmp_path, c
     before = json.loads((root / "results.json").read_text())
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     assert [(r["variant"], r["seed"], r["weighted_f1"]) for r in rows] == [
-        ("nobio", 1, 50.0), ("nobio", 2, 52.0), ("text", 1, 53.0)]
+        ("nobio", 1, 50.0),
+        ("nobio", 2, 52.0),
+        ("text", 1, 53.0),
+    ]
     assert [(r["config"]["seed"], r["config"]["bio_mode"], r["config"]["epochs"]) for r in rows] == [
-        (1, "none", 2), (2, "none", 2), (1, "mlp", 2)]
+        (1, "none", 2),
+        (2, "none", 2),
+        (1, "mlp", 2),
+    ]
 
     shutil.rmtree(root)  # a fresh checkout: no run folders, only the committed record
     recorded = "done (recorded; no run folder)"
-    assert statuses(capsys, grid) == {"meld/nobio/seed-1": recorded, "meld/text/seed-1": recorded,
-                                      "meld/nobio/seed-2": recorded, "meld/text/seed-2": "todo"}
+    assert statuses(capsys, grid) == {
+        "meld/nobio/seed-1": recorded,
+        "meld/text/seed-1": recorded,
+        "meld/nobio/seed-2": recorded,
+        "meld/text/seed-2": "todo",
+    }
     calls: list[str] = []
     assert sweep.main(grid, runner=lambda argv, log: calls.append(argv[argv.index("--output_dir") + 1]) or 1) == 1
     assert calls == [str(root / "meld" / "text" / "seed-2")]  # only the cell never finished is trained
@@ -240,16 +287,23 @@ def test_a_fresh_checkout_keeps_finished_cells_from_the_record(tiny, tmp_path, c
     assert f"{record} line 4: not a sweep record row" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("change", "sets", "message"), [
-    ({"variants": {"nobio": {"bio_mod": "none"}}, "reference": "nobio"}, [], r"variant nobio: unknown .*'bio_mod'"),
-    ({"overrides": {"seed": 3}}, [], r"overrides sets \['seed'\]"),
-    ({"reference": "text-v2"}, [], "`reference` must name one of the variants"),
-    ({"seeds": [1, 1]}, [], "`seeds` must be a non-empty list of distinct integers"),
-    ({"base_config": {"emorynlp": BASE}}, [], "`base_config` must map every dataset"),
-    ({}, ["emorynlp.train_data=x"], "DATASET in"),
-    ({}, ["threads=2"], r"--set sets \['threads'\]"),
-    ({"variants": {"nobio": {"train_bios": []}}, "reference": "nobio"}, [], "field train_bios must be"),
-])
+@pytest.mark.parametrize(
+    ("change", "sets", "message"),
+    [
+        (
+            {"variants": {"nobio": {"bio_mod": "none"}}, "reference": "nobio"},
+            [],
+            r"variant nobio: unknown .*'bio_mod'",
+        ),
+        ({"overrides": {"seed": 3}}, [], r"overrides sets \['seed'\]"),
+        ({"reference": "text-v2"}, [], "`reference` must name one of the variants"),
+        ({"seeds": [1, 1]}, [], "`seeds` must be a non-empty list of distinct integers"),
+        ({"base_config": {"emorynlp": BASE}}, [], "`base_config` must map every dataset"),
+        ({}, ["emorynlp.train_data=x"], "DATASET in"),
+        ({}, ["threads=2"], r"--set sets \['threads'\]"),
+        ({"variants": {"nobio": {"train_bios": []}}, "reference": "nobio"}, [], "field train_bios must be"),
+    ],
+)
 def test_bad_grids_fail_before_training_naming_the_file_and_field(tiny, tmp_path, capsys, change, sets, message):
     grid = write_grid(tmp_path, tiny)
     raw = yaml.safe_load(Path(grid).read_text())
@@ -278,8 +332,19 @@ def test_a_real_subprocess_cell_passes_threads_and_logs_its_wall(tiny, tmp_path)
 def test_resume_without_a_checkpoint_starts_fresh_applies_threads_and_marks_done(tiny, tmp_path, monkeypatch):
     threads: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    config = train_bert.load_config(None, **tiny, bio_mode="none", max_length=64, batch_size=2, max_steps=3,
-                                    eval_every=3, output_dir=str(tmp_path), device="cpu", resume=True, threads=3)
+    config = train_bert.load_config(
+        None,
+        **tiny,
+        bio_mode="none",
+        max_length=64,
+        batch_size=2,
+        max_steps=3,
+        eval_every=3,
+        output_dir=str(tmp_path),
+        device="cpu",
+        resume=True,
+        threads=3,
+    )
     result = train_bert.train(config)
     assert threads == [3] and result["steps"] == 3
     done = json.loads((tmp_path / "done.json").read_text())
@@ -288,10 +353,20 @@ def test_resume_without_a_checkpoint_starts_fresh_applies_threads_and_marks_done
 
 
 def test_a_variant_names_per_dataset_files_with_the_dataset_placeholder(tiny, tmp_path):
-    grid = write_grid(tmp_path, tiny, variants={"scores": {"profile": "scores",
-                                                           "train_bios": "profiles/{dataset}.train.jsonl",
-                                                           "dev_bios": ["profiles/{dataset}.valid.jsonl", "x.jsonl"]}},
-                      base_config={"meld": BASE, "emorynlp": EMORY}, datasets=["meld", "emorynlp"], reference=None)
+    grid = write_grid(
+        tmp_path,
+        tiny,
+        variants={
+            "scores": {
+                "profile": "scores",
+                "train_bios": "profiles/{dataset}.train.jsonl",
+                "dev_bios": ["profiles/{dataset}.valid.jsonl", "x.jsonl"],
+            }
+        },
+        base_config={"meld": BASE, "emorynlp": EMORY},
+        datasets=["meld", "emorynlp"],
+        reference=None,
+    )
     cells = {c.dataset: c for c in sweep.load_grid(grid).cells}
     for dataset in ("meld", "emorynlp"):
         assert cells[dataset].settings["train_bios"] == f"profiles/{dataset}.train.jsonl"

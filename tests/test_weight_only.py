@@ -16,16 +16,24 @@ from bioserc.export.weight_only import quantize_weights  # noqa: E402
 
 def embed_and_project(path: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """ids -> Gather(table) -> MatMul(w) + bias: an encoder's first and last steps in miniature."""
-    weights = {"table": rng.normal(size=(200, 48)).astype(np.float32),
-               "w": rng.normal(size=(48, 64)).astype(np.float32),
-               "bias": rng.normal(size=(64,)).astype(np.float32)}
+    weights = {
+        "table": rng.normal(size=(200, 48)).astype(np.float32),
+        "w": rng.normal(size=(48, 64)).astype(np.float32),
+        "bias": rng.normal(size=(64,)).astype(np.float32),
+    }
     weights["w"][:, 5] = 0.0  # an all-zero output channel must stay zero
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
-             helper.make_node("MatMul", ["emb", "w"], ["proj"]),
-             helper.make_node("Add", ["proj", "bias"], ["out"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 64])],
-                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"]),
+        helper.make_node("MatMul", ["emb", "w"], ["proj"]),
+        helper.make_node("Add", ["proj", "bias"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 64])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return weights
 
@@ -52,8 +60,10 @@ def test_weights_become_int8_and_outputs_stay_close(tmp_path):
     # each weight is off by at most half a step of its block's scale
     step = np.repeat(stored["w_scale"], 32, axis=0)[:48]
     assert np.all(np.abs(stored["w_int8"] * step - weights["w"]) <= step / 2 + 1e-6)
-    assert np.all(np.abs(stored["table_int8"] * stored["table_scale"][:, None] - weights["table"])
-                  <= stored["table_scale"][:, None] / 2 + 1e-6)
+    assert np.all(
+        np.abs(stored["table_int8"] * stored["table_scale"][:, None] - weights["table"])
+        <= stored["table_scale"][:, None] / 2 + 1e-6
+    )
     after = run(path, ids)
     assert np.abs(after - before).max() < 0.02 * np.abs(before).max()
     # ORT's fused kernel quantizes activations in blocks by default: a zero channel is zero up to that rounding
@@ -90,14 +100,24 @@ def test_four_bit_matmul_weights_are_packed_and_tables_stay_int8(tmp_path):
 def test_shared_or_non_weight_initializers_are_left_alone(tmp_path):
     path = str(tmp_path / "g.onnx")
     table = np.ones((64, 32), np.float32)
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
-             helper.make_node("Add", ["emb", "table_row"], ["out"]),
-             helper.make_node("MatMul", ["table", "table_t"], ["unused"])]  # table as a left operand: not a weight
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 32]),
-                               helper.make_tensor_value_info("unused", TensorProto.FLOAT, [64, 64])],
-                              [numpy_helper.from_array(table, "table"),
-                               numpy_helper.from_array(np.ones(32, np.float32), "table_row"),
-                               numpy_helper.from_array(np.ones((32, 64), np.float32), "table_t")])
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"]),
+        helper.make_node("Add", ["emb", "table_row"], ["out"]),
+        helper.make_node("MatMul", ["table", "table_t"], ["unused"]),
+    ]  # table as a left operand: not a weight
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 32]),
+            helper.make_tensor_value_info("unused", TensorProto.FLOAT, [64, 64]),
+        ],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.ones(32, np.float32), "table_row"),
+            numpy_helper.from_array(np.ones((32, 64), np.float32), "table_t"),
+        ],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     assert quantize_weights(path) == ["table_t"]

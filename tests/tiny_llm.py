@@ -11,8 +11,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 TEXTS = [
-    "Ann is cheerful and talks fast.", "Bob sounds tired, answers briefly.", "They argue about the rent.",
-    "Describe the speaker's mood and way of speaking.", "Conversation transcript: hello there, how are you?",
+    "Ann is cheerful and talks fast.",
+    "Bob sounds tired, answers briefly.",
+    "They argue about the rent.",
+    "Describe the speaker's mood and way of speaking.",
+    "Conversation transcript: hello there, how are you?",
 ]
 
 
@@ -24,11 +27,18 @@ def tiny_tokenizer(directory: Path) -> Any:
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(TEXTS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="<pad>",
-                                        model_input_names=["input_ids", "attention_mask"])
+    raw.train_from_iterator(
+        TEXTS,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<pad>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="</s>", pad_token="<pad>", model_input_names=["input_ids", "attention_mask"]
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(directory)
     return tokenizer
@@ -44,8 +54,18 @@ def tiny_llama(directory: Path) -> None:
 
     tokenizer = tiny_tokenizer(directory)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         initializer_range=0.2, tie_word_embeddings=False, bos_token_id=None,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(config).eval().save_pretrained(directory)

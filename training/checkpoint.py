@@ -46,10 +46,19 @@ def save_best(directory: str, model, report: dict, step: int) -> None:
     model.save_pretrained(tmp)
     _write_json(os.path.join(tmp, DEV_REPORT), {**report, "step": step})
     cfg = model.config
-    write_manifest(tmp, "pytorch-classifier", model_family="bioserc-bert", label_set=cfg.label_set,
-                   labels=list(cfg.labels), window=cfg.window, bio_mode=cfg.bio_mode, profile=cfg.profile,
-                   profile_dim=cfg.profile_dim, step=step,
-                   metrics={"dev_weighted_f1": report.get("weighted_f1")})
+    write_manifest(
+        tmp,
+        "pytorch-classifier",
+        model_family="bioserc-bert",
+        label_set=cfg.label_set,
+        labels=list(cfg.labels),
+        window=cfg.window,
+        bio_mode=cfg.bio_mode,
+        profile=cfg.profile,
+        profile_dim=cfg.profile_dim,
+        step=step,
+        metrics={"dev_weighted_f1": report.get("weighted_f1")},
+    )
     replace_dir(tmp, directory)
 
 
@@ -58,16 +67,19 @@ def load_dev_report(directory: str) -> dict:
         return json.load(fh)
 
 
-def save_last(directory: str, model, optimizer, scheduler, state: TrainState,
-              ema: AveragedModel | None = None) -> None:
+def save_last(
+    directory: str, model, optimizer, scheduler, state: TrainState, ema: AveragedModel | None = None
+) -> None:
     tmp = f"{directory}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     if ema is not None:
         ema.module.save_pretrained(os.path.join(tmp, EMA_DIR))
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-               os.path.join(tmp, STATE_TENSORS))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+        os.path.join(tmp, STATE_TENSORS),
+    )
     _write_json(os.path.join(tmp, STATE_JSON), asdict(state))
     replace_dir(tmp, directory)
 
@@ -78,8 +90,9 @@ def load_last(directory: str, optimizer, scheduler, ema: AveragedModel | None = 
     if ema is not None:
         ema_dir = os.path.join(directory, EMA_DIR)
         if not os.path.isdir(ema_dir):
-            raise ValueError(f"{directory} has no {EMA_DIR}/ (trained without ema_decay): resume with the same "
-                             "ema_decay")
+            raise ValueError(
+                f"{directory} has no {EMA_DIR}/ (trained without ema_decay): resume with the same ema_decay"
+            )
         ema.module.load_state_dict(type(ema.module).from_pretrained(ema_dir).state_dict())
         ema.n_averaged.fill_(1)  # already started: later updates average into these weights
     saved = torch.load(os.path.join(directory, STATE_TENSORS), weights_only=True)

@@ -57,8 +57,9 @@ def make_parser(cls: type, doc: str | None, prog: str | None = None):
     return parser
 
 
-def parse_config(cls: type[Config], doc: str | None, argv: Sequence[str] | None = None,
-                 prog: str | None = None) -> tuple[Config, bool]:
+def parse_config(
+    cls: type[Config], doc: str | None, argv: Sequence[str] | None = None, prog: str | None = None
+) -> tuple[Config, bool]:
     """(config, dry_run) from the command line: --config's values become the defaults the flags override."""
     parser = make_parser(cls, doc, prog)
     known, _ = parser.parse_known_args(argv)

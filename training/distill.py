@@ -31,7 +31,7 @@ UtteranceKey = tuple[str, int]  # (conversation_id, Utterance.index)
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
-    """"DIR" or "DIR=BIOS" (a teacher that reads speaker profiles, with its bios.jsonl for the train data)."""
+    """ "DIR" or "DIR=BIOS" (a teacher that reads speaker profiles, with its bios.jsonl for the train data)."""
     model_dir, _, bios = spec.partition("=")
     return model_dir, bios or None
 
@@ -43,17 +43,22 @@ def check_teachers(specs: Sequence[str], labels: Sequence[str]) -> None:
         model_dir, bios = split_spec(spec)
         manifest = read_manifest(model_dir)
         if manifest.get("kind") not in CLASSIFIER_KINDS:
-            raise ValueError(f"teacher {model_dir}: a {manifest.get('kind')} artifact; teachers are utterance "
-                             "classifiers (training's best/ folders or their ONNX exports)")
+            raise ValueError(
+                f"teacher {model_dir}: a {manifest.get('kind')} artifact; teachers are utterance "
+                "classifiers (training's best/ folders or their ONNX exports)"
+            )
         if set(manifest.get("labels") or ()) != set(labels):
             raise ValueError(f"teacher {model_dir} predicts {manifest.get('labels')}, the student {list(labels)}")
         if bios is None and manifest.get("bio_mode", "none") != "none":
-            raise ValueError(f"teacher {model_dir} reads speaker profiles: pass it as {model_dir}=BIOS with the "
-                             "bios.jsonl of the train data")
+            raise ValueError(
+                f"teacher {model_dir} reads speaker profiles: pass it as {model_dir}=BIOS with the "
+                "bios.jsonl of the train data"
+            )
 
 
-def member_probs(spec: str, conversations: Sequence[Conversation],
-                 labels: Sequence[str]) -> dict[UtteranceKey, list[float]]:
+def member_probs(
+    spec: str, conversations: Sequence[Conversation], labels: Sequence[str]
+) -> dict[UtteranceKey, list[float]]:
     """One classifier's ("DIR" or "DIR=BIOS", `check_teachers`-checked) probabilities, in `labels` order, for every
     utterance of `conversations`; also what `bench/seed_ensemble.py` averages."""
     model_dir, bios_path = split_spec(spec)
@@ -61,12 +66,19 @@ def member_probs(spec: str, conversations: Sequence[Conversation],
     order = [list(classifier.labels).index(y) for y in labels]
     bios = load_bios([bios_path], *bio_profile(model_dir, read_manifest(model_dir))) if bios_path else None
     logger.info("teacher %s: labelling %d train conversations", model_dir, len(conversations))
-    return {(p.conversation_id, p.index): [p.probs[i] for i in order]
-            for p in classifier.predict(conversations, bios, progress=True)}
+    return {
+        (p.conversation_id, p.index): [p.probs[i] for i in order]
+        for p in classifier.predict(conversations, bios, progress=True)
+    }
 
 
-def teacher_probs(specs: Sequence[str], train_data: Sequence[str], conversations: Sequence[Conversation],
-                  labels: Sequence[str], cache: str) -> dict[UtteranceKey, list[float]]:
+def teacher_probs(
+    specs: Sequence[str],
+    train_data: Sequence[str],
+    conversations: Sequence[Conversation],
+    labels: Sequence[str],
+    cache: str,
+) -> dict[UtteranceKey, list[float]]:
     """The teachers' mean probabilities (in `labels` order) for every utterance of `conversations` (read from
     `train_data`): from the `cache` file when the same teachers made it from the same data for the same labels, else
     computed and written there."""
@@ -90,8 +102,13 @@ def teacher_probs(specs: Sequence[str], train_data: Sequence[str], conversations
     return mean
 
 
-def soft_targets(conversation_ids: Sequence[str], utterance_indices: Sequence[Sequence[int]],
-                 probs: Mapping[UtteranceKey, Sequence[float]], n_utt: int, n_labels: int) -> torch.Tensor:
+def soft_targets(
+    conversation_ids: Sequence[str],
+    utterance_indices: Sequence[Sequence[int]],
+    probs: Mapping[UtteranceKey, Sequence[float]],
+    n_utt: int,
+    n_labels: int,
+) -> torch.Tensor:
     """(B, L, C) teacher probabilities of a collated batch; zeros at padding positions."""
     out = torch.zeros(len(conversation_ids), n_utt, n_labels)
     for b, (conv, indices) in enumerate(zip(conversation_ids, utterance_indices, strict=True)):
@@ -101,8 +118,9 @@ def soft_targets(conversation_ids: Sequence[str], utterance_indices: Sequence[Se
     return out
 
 
-def distill_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, ignore: int,
-                 weight: torch.Tensor | None = None) -> torch.Tensor:
+def distill_loss(
+    logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, ignore: int, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy of (N, C) logits against (N, C) soft targets over the rows whose gold label is not `ignore`,
     each row weighted by its gold class's weight as the hard loss is (a weighted mean)."""
     keep = labels != ignore

@@ -65,8 +65,13 @@ def bio_profile(model_dir: str, manifest: dict[str, Any]) -> tuple[str, int | No
     return config.get("profile", "text"), config.get("profile_dim") or None
 
 
-def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None,
-               batch_size: int = 8, progress: bool = False) -> dict:
+def llm_report(
+    classifier,
+    conversations: Sequence[Conversation],
+    bios: Mapping[BioKey, str] | None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict:
     """The report of a `bioserc.models.llm_scoring.LlmClassifier` in its mode; generate mode adds `invalid` (count
     of labelled utterances whose answer was no label) and `invalid_rate`, and "<invalid>" joins the label list."""
     from bioserc.models.llm_scoring import INVALID
@@ -80,10 +85,18 @@ def llm_report(classifier, conversations: Sequence[Conversation], bios: Mapping[
     return {**report, "invalid": invalid, "invalid_rate": invalid / report["n"]}
 
 
-def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
-             bios: str | Sequence[str] | Mapping[BioKey, Bio] | None = None, batch_size: int = 8,
-             device: str = "cpu", progress: bool = False, mode: str = "score", base_model: str | None = None,
-             threads: int | None = None, scoring: str = "sum") -> dict:
+def evaluate(
+    model_dir: str,
+    data: str | Sequence[str] | Sequence[Conversation],
+    bios: str | Sequence[str] | Mapping[BioKey, Bio] | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = False,
+    mode: str = "score",
+    base_model: str | None = None,
+    threads: int | None = None,
+    scoring: str = "sum",
+) -> dict:
     """Load `model_dir` (verified against its manifest), predict `data` and return the report.
 
     Args:
@@ -113,8 +126,10 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
     manifest = read_manifest(model_dir)
     llm = manifest.get("kind") in LLM_KINDS
     if not llm and (mode != "score" or base_model or scoring != "sum"):
-        raise ValueError("--mode generate, --scoring and --base-model apply to LLM artifacts only; "
-                         f"{model_dir!r} holds an utterance classifier")
+        raise ValueError(
+            "--mode generate, --scoring and --base-model apply to LLM artifacts only; "
+            f"{model_dir!r} holds an utterance classifier"
+        )
     llm_options = {"mode": mode, "scoring": scoring} if llm else {}
     if base_model:  # LoRA adapters only: load_classifier refuses it for an onnx-llm export
         llm_options["base_model"] = base_model
@@ -130,8 +145,13 @@ def evaluate(model_dir: str, data: str | Sequence[str] | Sequence[Conversation],
     uses_bios = classifier.bio_mode != "none"
     if bios and not uses_bios:
         logger.warning("%s uses no bios (bio_mode none): the %d bios given are ignored", model_dir, len(bios))
-    return {**report, "model_dir": model_dir, "mode": mode, "scoring": scoring if llm else None,
-            "bios_missing": len(missing_bios(data, bios)) if uses_bios else 0}
+    return {
+        **report,
+        "model_dir": model_dir,
+        "mode": mode,
+        "scoring": scoring if llm else None,
+        "bios_missing": len(missing_bios(data, bios)) if uses_bios else 0,
+    }
 
 
 def render(report: dict) -> str:
@@ -139,8 +159,10 @@ def render(report: dict) -> str:
     scoring = f", scoring {report['scoring']}" if report.get("scoring") and report["mode"] == "score" else ""
     lines = [f"model: {report['model_dir']} (mode {report['mode']}{scoring})", "", render_report(report)]
     if "invalid" in report:
-        lines.append(f"\n{report['invalid']} generated answers were no label ({100 * report['invalid_rate']:.1f}%); "
-                     "they count as wrong (column <invalid>)")
+        lines.append(
+            f"\n{report['invalid']} generated answers were no label ({100 * report['invalid_rate']:.1f}%); "
+            "they count as wrong (column <invalid>)"
+        )
     if report["bios_missing"]:
         lines.append(f"\n{report['bios_missing']} speaker(s) had no bio and were scored with an empty one")
     return "\n".join(lines)
@@ -148,24 +170,46 @@ def render(report: dict) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bioserc evaluate", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", required=True, dest="model_dir", type=resolve_model_arg,
-                        help="classifier artifact: <output_dir>/best, an ONNX export, an LLM adapter, a merged LLM "
-                             "or its ONNX export; or the name of a classifier shipped with bioserc "
-                             f"({shipped_names()}; a local folder of that name wins)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        dest="model_dir",
+        type=resolve_model_arg,
+        help="classifier artifact: <output_dir>/best, an ONNX export, an LLM adapter, a merged LLM "
+        "or its ONNX export; or the name of a classifier shipped with bioserc "
+        f"({shipped_names()}; a local folder of that name wins)",
+    )
     parser.add_argument("--data", required=True, nargs="+", help="labelled conversations: files, directories, globs")
-    parser.add_argument("--bios", nargs="*", default=[],
-                        help="bios.jsonl file(s) from `bioserc bios`, for models that use bios")
+    parser.add_argument(
+        "--bios", nargs="*", default=[], help="bios.jsonl file(s) from `bioserc bios`, for models that use bios"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="conversations (BERT) or prompts (LLM) per batch")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device (cpu, cuda, cuda:N) or, for ONNX exports, cpu / cuda / tensorrt / auto")
-    parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="CPU threads for inference (ONNX Runtime intra-op threads, or torch's); 0: automatic, "
-                             "every CPU this process may use")
-    parser.add_argument("--mode", choices=["score", "generate"], default="score",
-                        help="LLMs: label scoring (always a valid label) or free generation as in the paper")
-    parser.add_argument("--scoring", choices=["sum", "mean", "first"], default="sum",
-                        help="LLMs, score mode: a label's score is its answer's summed token log-probs (favours short "
-                             "labels), their mean, or its first token's (labels must start with different tokens)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device (cpu, cuda, cuda:N) or, for ONNX exports, cpu / cuda / tensorrt / auto",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CPU threads for inference (ONNX Runtime intra-op threads, or torch's); 0: automatic, "
+        "every CPU this process may use",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["score", "generate"],
+        default="score",
+        help="LLMs: label scoring (always a valid label) or free generation as in the paper",
+    )
+    parser.add_argument(
+        "--scoring",
+        choices=["sum", "mean", "first"],
+        default="sum",
+        help="LLMs, score mode: a label's score is its answer's summed token log-probs (favours short "
+        "labels), their mean, or its first token's (labels must start with different tokens)",
+    )
     parser.add_argument("--base-model", help="LLM adapters: base model folder, if not the one in the manifest")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     parser.add_argument("--output", help="also write the JSON report to this file")
@@ -179,9 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 0:
         parser.error(f"--threads must be 0 (automatic) or more, got {args.threads}")
     try:
-        report = evaluate(args.model_dir, args.data, args.bios, args.batch_size, args.device, progress=True,
-                          mode=args.mode, base_model=args.base_model, threads=args.threads or None,
-                          scoring=args.scoring)
+        report = evaluate(
+            args.model_dir,
+            args.data,
+            args.bios,
+            args.batch_size,
+            args.device,
+            progress=True,
+            mode=args.mode,
+            base_model=args.base_model,
+            threads=args.threads or None,
+            scoring=args.scoring,
+        )
         text = json.dumps(report, indent=2)
         if args.output:
             with open(args.output, "w", encoding="utf-8") as fh:

@@ -55,7 +55,8 @@ def local_model(name_or_path: str) -> str:
         raise FileNotFoundError(
             f"model {name_or_path!r} is neither an embedded model ({', '.join(CAUSAL_LMS)}) nor a local Hugging Face "
             "folder with a config.json. The Hub is never contacted: download the checkpoint once (e.g. `hf download "
-            "meta-llama/Llama-2-13b-chat-hf --local-dir /models/Llama-2-13b-chat-hf`) and pass that folder")
+            "meta-llama/Llama-2-13b-chat-hf --local-dir /models/Llama-2-13b-chat-hf`) and pass that folder"
+        )
     return path
 
 
@@ -72,8 +73,10 @@ def require_qlora(device: str) -> None:
     missing = qlora_missing(device)
     if missing:
         error = ImportError if device == "cuda" else ValueError
-        raise error(f"load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; missing here: {', '.join(missing)}. "
-                    "Set load_in_4bit: false to train plain LoRA instead")
+        raise error(
+            f"load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; missing here: {', '.join(missing)}. "
+            "Set load_in_4bit: false to train plain LoRA instead"
+        )
 
 
 def base_model_ref(name_or_path: str) -> str:
@@ -84,8 +87,9 @@ def base_model_ref(name_or_path: str) -> str:
     return os.path.abspath(resolved) if os.path.isdir(resolved) else resolved
 
 
-def load_base_model(name_or_path: str, device: str, precision: str, attn_implementation: str = "auto",
-                    load_in_4bit: bool = False):
+def load_base_model(
+    name_or_path: str, device: str, precision: str, attn_implementation: str = "auto", load_in_4bit: bool = False
+):
     """A causal LM for LoRA training: eager attention on CPU (sdpa is much slower there, offline-models.md 2.3).
 
     QLoRA (`load_in_4bit`) is the paper's NF4 + double quantisation with bf16 compute; it needs CUDA and bitsandbytes.
@@ -100,21 +104,34 @@ def load_base_model(name_or_path: str, device: str, precision: str, attn_impleme
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=DTYPES[precision] if precision != "fp32" else torch.float32)
+            load_in_4bit=True,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=DTYPES[precision] if precision != "fp32" else torch.float32,
+        )
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), **kwargs)
     return model if load_in_4bit else model.to(device)
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, target_modules: Sequence[str], quantized: bool,
-             gradient_checkpointing: bool):
+def add_lora(
+    model,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: Sequence[str],
+    quantized: bool,
+    gradient_checkpointing: bool,
+):
     """Wrap `model` in a peft LoRA model; only the adapter weights stay trainable."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     return get_peft_model(model, lora_config(r, alpha, dropout, target_modules))
 
 
@@ -123,8 +140,9 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: Sequence[str
     from peft import LoraConfig
 
     targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets, task_type="CAUSAL_LM"
+    )
 
 
 def parameter_counts(model_dir: str, lora) -> dict[str, int]:
@@ -137,9 +155,12 @@ def parameter_counts(model_dir: str, lora) -> dict[str, int]:
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
         head = model.get_output_embeddings()
-        counts = {"total": sum(p.numel() for p in model.parameters()),
-                  "quantisable": sum(m.weight.numel() for m in model.modules()
-                                     if isinstance(m, torch.nn.Linear) and m is not head)}
+        counts = {
+            "total": sum(p.numel() for p in model.parameters()),
+            "quantisable": sum(
+                m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+            ),
+        }
         counts["trainable"] = sum(p.numel() for p in get_peft_model(model, lora).parameters() if p.requires_grad)
     return counts
 
@@ -147,8 +168,14 @@ def parameter_counts(model_dir: str, lora) -> dict[str, int]:
 NF4_BYTES = 4.127 / 8  # NF4 + double-quantised block constants (QLoRA paper, section 3)
 
 
-def estimate_memory_gib(counts: Mapping[str, int], model_config, precision: str, load_in_4bit: bool,
-                        batch_tokens: int, gradient_checkpointing: bool) -> dict[str, float]:
+def estimate_memory_gib(
+    counts: Mapping[str, int],
+    model_config,
+    precision: str,
+    load_in_4bit: bool,
+    batch_tokens: int,
+    gradient_checkpointing: bool,
+) -> dict[str, float]:
     """A rough peak memory (GPU memory on CUDA) of one training step, to size a machine before renting it.
 
     Weights: NF4 for the quantisable ones under QLoRA, the rest in fp32 (prepare_model_for_kbit_training upcasts
@@ -165,8 +192,11 @@ def estimate_memory_gib(counts: Mapping[str, int], model_config, precision: str,
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
     layer = 17 * width * hidden * batch_tokens
     kept = layers * width * hidden * batch_tokens + layer if gradient_checkpointing else layers * layer
-    parts = {"weights": weights, "lora_and_optimizer": counts["trainable"] * 16,
-             "activations": kept + batch_tokens * model_config.vocab_size * 4 * 2}
+    parts = {
+        "weights": weights,
+        "lora_and_optimizer": counts["trainable"] * 16,
+        "activations": kept + batch_tokens * model_config.vocab_size * 4 * 2,
+    }
     return {k: round(v / 2**30, 2) for k, v in {**parts, "total": sum(parts.values())}.items()}
 
 
@@ -185,7 +215,7 @@ def class_quotas(counts: Mapping[str, int], total: int, balance: float) -> dict[
             floors = {label: int(share) for label, share in shares.items()}
             # largest remainders fill the rounding gap, ties broken by label for determinism
             rest = sorted(left, key=lambda label: (floors[label] - shares[label], label))
-            for label in rest[:room - sum(floors.values())]:
+            for label in rest[: room - sum(floors.values())]:
                 floors[label] += 1
             return {**quotas, **floors}
         for label in full:
@@ -193,9 +223,14 @@ def class_quotas(counts: Mapping[str, int], total: int, balance: float) -> dict[
     return quotas
 
 
-def build_features(conversations: Sequence[Conversation], bios: Mapping[BioKey, str], encoder: ChatEncoder,
-                   max_samples: int = 0, seed: int = 42,
-                   class_balance: float = 0.0) -> tuple[list[dict[str, list[int]]], int]:
+def build_features(
+    conversations: Sequence[Conversation],
+    bios: Mapping[BioKey, str],
+    encoder: ChatEncoder,
+    max_samples: int = 0,
+    seed: int = 42,
+    class_balance: float = 0.0,
+) -> tuple[list[dict[str, list[int]]], int]:
     """One training sample per labelled utterance (a seeded random subset of `max_samples` if set, its label mix
     set by `class_balance`, see `class_quotas`); returns the samples and how many were dropped for not fitting
     max_length."""
@@ -252,9 +287,11 @@ class PadCollator:
 
     def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": torch.full((len(features), width), self.pad_id, dtype=torch.long),
-                 "attention_mask": torch.zeros(len(features), width, dtype=torch.long),
-                 "labels": torch.full((len(features), width), IGNORE, dtype=torch.long)}
+        batch = {
+            "input_ids": torch.full((len(features), width), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros(len(features), width, dtype=torch.long),
+            "labels": torch.full((len(features), width), IGNORE, dtype=torch.long),
+        }
         for b, f in enumerate(features):
             n = len(f["input_ids"])
             for key in batch:
@@ -263,8 +300,16 @@ class PadCollator:
         return batch
 
 
-def save_adapter(model, encoder: ChatEncoder, directory: str, base_model: str, label_set: str, lora: dict,
-                 report: dict | None = None, **fields: Any) -> None:
+def save_adapter(
+    model,
+    encoder: ChatEncoder,
+    directory: str,
+    base_model: str,
+    label_set: str,
+    lora: dict,
+    report: dict | None = None,
+    **fields: Any,
+) -> None:
     """The adapter (safetensors) + tokenizer (with its chat template) + dev report + a lora-adapter manifest."""
     tmp = f"{directory}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -275,7 +320,17 @@ def save_adapter(model, encoder: ChatEncoder, directory: str, base_model: str, l
         with open(os.path.join(tmp, DEV_REPORT), "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
         metrics = {"dev_weighted_f1": report.get("weighted_f1")}
-    write_manifest(tmp, "lora-adapter", model_family="bioserc-llm", base_model=base_model, label_set=label_set,
-                   labels=list(encoder.labels), prompt_version=ERC_PROMPT_VERSION, prompt=encoder.prompt.to_dict(),
-                   lora=lora, metrics=metrics, **fields)
+    write_manifest(
+        tmp,
+        "lora-adapter",
+        model_family="bioserc-llm",
+        base_model=base_model,
+        label_set=label_set,
+        labels=list(encoder.labels),
+        prompt_version=ERC_PROMPT_VERSION,
+        prompt=encoder.prompt.to_dict(),
+        lora=lora,
+        metrics=metrics,
+        **fields,
+    )
     replace_dir(tmp, directory)

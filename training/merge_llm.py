@@ -40,8 +40,9 @@ def merge(base: str | None, adapter: str, out: str, dtype: str = DTYPES[0]) -> d
 
     manifest = verify_artifact(adapter, "lora-adapter")
     base = base or manifest["base_model"]
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=getattr(torch, dtype),
-                                                 use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(base), dtype=getattr(torch, dtype), use_safetensors=True
+    )
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tmp = f"{out.rstrip(os.sep)}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -49,11 +50,26 @@ def merge(base: str | None, adapter: str, out: str, dtype: str = DTYPES[0]) -> d
     AutoTokenizer.from_pretrained(adapter).save_pretrained(tmp)
     if os.path.isfile(os.path.join(adapter, DEV_REPORT)):
         shutil.copy(os.path.join(adapter, DEV_REPORT), tmp)
-    keep = ("model_family", "label_set", "labels", "prompt_version", "prompt", "chat_template", "lora", "metrics",
-            "step")
+    keep = (
+        "model_family",
+        "label_set",
+        "labels",
+        "prompt_version",
+        "prompt",
+        "chat_template",
+        "lora",
+        "metrics",
+        "step",
+    )
     fields = {k: manifest[k] for k in keep if k in manifest}
-    new = write_manifest(tmp, "hf-llm", **fields, base_model=base, dtype=dtype,
-                         source_adapter={"path": os.path.abspath(adapter), "manifest_hash": manifest_id(adapter)})
+    new = write_manifest(
+        tmp,
+        "hf-llm",
+        **fields,
+        base_model=base,
+        dtype=dtype,
+        source_adapter={"path": os.path.abspath(adapter), "manifest_hash": manifest_id(adapter)},
+    )
     replace_dir(tmp, out)
     return new
 
@@ -65,19 +81,25 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bioserc merge", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--adapter", required=True, help="adapter folder written by train_llm (OUT/adapter)")
-    parser.add_argument("--base", help="base model folder or embedded name; None: the base the adapter's manifest "
-                        "names")
+    parser.add_argument(
+        "--base", help="base model folder or embedded name; None: the base the adapter's manifest names"
+    )
     parser.add_argument("-o", "--output", required=True, help="folder for the merged model")
-    parser.add_argument("--dtype", default=DTYPES[0], choices=DTYPES,
-                        help="dtype the merge runs in and the weights are saved in (recorded in the manifest)")
+    parser.add_argument(
+        "--dtype",
+        default=DTYPES[0],
+        choices=DTYPES,
+        help="dtype the merge runs in and the weights are saved in (recorded in the manifest)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     manifest = merge(args.base, args.adapter, args.output, args.dtype)
-    print(json.dumps({k: manifest[k] for k in ("kind", "base_model", "dtype", "label_set", "prompt_version")},
-                     indent=2))
+    print(
+        json.dumps({k: manifest[k] for k in ("kind", "base_model", "dtype", "label_set", "prompt_version")}, indent=2)
+    )
     print(f"merged model written to {args.output}", file=sys.stderr)
     return 0
 

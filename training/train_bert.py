@@ -82,9 +82,14 @@ class TrainBertConfig:
     encoder: str = field(default="minilm", metadata={"help": "embedded model name or local HF folder (no Hub)"})
     window: int = field(default=2, metadata={"help": "± utterances of context around the target"})
     bio_mode: str = field(default="mlp", metadata={"help": "mlp | attn | none: how the bio head fuses profiles"})
-    profile: str = field(default="text", metadata={"help": "the speaker profiles read: text (bio text, also emotion "
-                                                           "bios) | scores | latent (vectors from `bioserc bios "
-                                                           "--profile`); ignored with bio_mode none"})
+    profile: str = field(
+        default="text",
+        metadata={
+            "help": "the speaker profiles read: text (bio text, also emotion "
+            "bios) | scores | latent (vectors from `bioserc bios "
+            "--profile`); ignored with bio_mode none"
+        },
+    )
     max_length: int = field(default=256, metadata={"help": "tokens per utterance window"})
     bio_max_length: int = field(default=128, metadata={"help": "tokens per bio"})
     freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers"})
@@ -101,18 +106,33 @@ class TrainBertConfig:
     label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing"})
     class_weights: bool = field(default=True, metadata={"help": "weigh class c by ln(N / N_c) of the train labels"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
-    ema_decay: float = field(default=0.0, metadata={"help": "evaluate and save an exponential moving average of the "
-                                                           "weights with this decay per step (e.g. 0.99; 0: off): "
-                                                           "it smooths the noisy epoch-to-epoch dev curve, but did "
-                                                           "not beat the raw weights on MELD over 3 seeds"})
-    teachers: list[str] = field(default_factory=list, metadata={
-        "help": "distil from these trained classifiers (best/ folders or ONNX exports; DIR=BIOS for one that reads "
-                "profiles): their mean probabilities on the train data become a second target"})
-    distill_weight: float = field(default=0.5, metadata={"help": "with teachers: the loss is (1 - w) x the gold "
-                                                                 "labels' + w x the teachers' (0 < w <= 1)"})
-    teacher_cache: str = field(default="", metadata={
-        "help": "file caching the teachers' train probabilities (default: output_dir/teacher_probs.jsonl.gz); runs "
-                "with the same teachers and train data (a sweep's seeds) can share one"})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "evaluate and save an exponential moving average of the "
+            "weights with this decay per step (e.g. 0.99; 0: off): "
+            "it smooths the noisy epoch-to-epoch dev curve, but did "
+            "not beat the raw weights on MELD over 3 seeds"
+        },
+    )
+    teachers: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "distil from these trained classifiers (best/ folders or ONNX exports; DIR=BIOS for one that "
+            "reads profiles): their mean probabilities on the train data become a second target"
+        },
+    )
+    distill_weight: float = field(
+        default=0.5,
+        metadata={"help": "with teachers: the loss is (1 - w) x the gold labels' + w x the teachers' (0 < w <= 1)"},
+    )
+    teacher_cache: str = field(
+        default="",
+        metadata={
+            "help": "file caching the teachers' train probabilities (default: output_dir/teacher_probs.jsonl.gz); "
+            "runs with the same teachers and train data (a sweep's seeds) can share one"
+        },
+    )
     # evaluation, checkpoints
     eval_every: int = field(default=0, metadata={"help": "evaluate on dev every N optimiser steps (0: per epoch)"})
     patience: int = field(default=3, metadata={"help": "stop after N evaluations without a better dev F1 (0: off)"})
@@ -135,10 +155,18 @@ class TrainBertConfig:
         """The model's settings; `profile_dim` is the train bios' vector size (scores/latent profiles). A bio_mode
         none model reads no profile, so its config says text, as every model's did before profiles."""
         profile = self.profile if self.bio_mode != "none" else "text"
-        return BiosercBertConfig(encoder=self.encoder, label_set=self.label_set, window=self.window,
-                                 bio_mode=self.bio_mode, profile=profile, profile_dim=profile_dim,
-                                 dropout=self.dropout, max_length=self.max_length,
-                                 bio_max_length=self.bio_max_length, freeze_layers=self.freeze_layers)
+        return BiosercBertConfig(
+            encoder=self.encoder,
+            label_set=self.label_set,
+            window=self.window,
+            bio_mode=self.bio_mode,
+            profile=profile,
+            profile_dim=profile_dim,
+            dropout=self.dropout,
+            max_length=self.max_length,
+            bio_max_length=self.bio_max_length,
+            freeze_layers=self.freeze_layers,
+        )
 
 
 def load_config(path: str | None = None, **overrides: Any) -> TrainBertConfig:
@@ -153,8 +181,9 @@ def class_weights(conversations: Sequence[Conversation], labels: Sequence[str]) 
     return torch.tensor([math.log(total / counts[y]) if counts[y] else 0.0 for y in labels])
 
 
-def _load_split(config: TrainBertConfig, name: str,
-                dim: int | None = None) -> tuple[list[Conversation], dict[BioKey, Bio]]:
+def _load_split(
+    config: TrainBertConfig, name: str, dim: int | None = None
+) -> tuple[list[Conversation], dict[BioKey, Bio]]:
     """`{name}_data` and its bios of the configured profile; vectors must have `dim` entries (None: any one size)."""
     data, bios_paths = getattr(config, f"{name}_data"), getattr(config, f"{name}_bios")
     if not data:
@@ -163,15 +192,21 @@ def _load_split(config: TrainBertConfig, name: str,
     if config.bio_mode == "none":
         return conversations, {}
     if not bios_paths:
-        raise ValueError(f"bio_mode={config.bio_mode} needs {name}_bios (bios.jsonl from `bioserc bios`); "
-                         "or set bio_mode: none")
+        raise ValueError(
+            f"bio_mode={config.bio_mode} needs {name}_bios (bios.jsonl from `bioserc bios`); or set bio_mode: none"
+        )
     bios = load_bios(bios_paths, config.profile, dim)
     if config.profile != "text" and not bios:
         raise ValueError(f"{name}_bios {bios_paths} hold no {config.profile} vector to train with")
     missing = missing_bios(conversations, bios)
     if missing:
-        logger.warning("%s: %d speaker(s) have no bio and get %s, e.g. %s", name, len(missing),
-                       "an empty one" if config.profile == "text" else f"a zero {config.profile} vector", missing[:3])
+        logger.warning(
+            "%s: %d speaker(s) have no bio and get %s, e.g. %s",
+            name,
+            len(missing),
+            "an empty one" if config.profile == "text" else f"a zero {config.profile} vector",
+            missing[:3],
+        )
     return conversations, bios
 
 
@@ -179,8 +214,10 @@ def make_optimizer(model: BiosercBert, config: TrainBertConfig, total_steps: int
     from transformers import get_linear_schedule_with_warmup
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # every trainable one, heads included
-    groups = [{"params": [p for n, p in params if n.startswith("encoder.")], "lr": config.lr_encoder},
-              {"params": [p for n, p in params if not n.startswith("encoder.")], "lr": config.lr_head}]
+    groups = [
+        {"params": [p for n, p in params if n.startswith("encoder.")], "lr": config.lr_encoder},
+        {"params": [p for n, p in params if not n.startswith("encoder.")], "lr": config.lr_head},
+    ]
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler
@@ -262,16 +299,22 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
     last = os.path.join(config.output_dir, "last")
     resuming = config.resume and os.path.isdir(last)
     if os.path.isdir(last) and not config.resume and not dry_run:
-        raise ValueError(f"{config.output_dir} already holds a checkpoint: pass --resume to continue it, or another "
-                         "output_dir")
-    model = BiosercBert.from_pretrained(last, device=device) if resuming else \
-        BiosercBert.from_encoder(config.model_config(profile_dim)).to(device)
+        raise ValueError(
+            f"{config.output_dir} already holds a checkpoint: pass --resume to continue it, or another output_dir"
+        )
+    model = (
+        BiosercBert.from_pretrained(last, device=device)
+        if resuming
+        else BiosercBert.from_encoder(config.model_config(profile_dim)).to(device)
+    )
     saved, wanted = model.config.settings(), config.model_config(profile_dim).settings()
     if resuming and (saved["profile"], saved["profile_dim"]) != (wanted["profile"], wanted["profile_dim"]):
         # the bios were read for the config, not for the checkpoint
-        raise ValueError(f"{last} reads profile {saved['profile']} (profile_dim {saved['profile_dim']}), but the "
-                         f"config and bios give {wanted['profile']} ({wanted['profile_dim']}): resume with the same "
-                         "profile and bios")
+        raise ValueError(
+            f"{last} reads profile {saved['profile']} (profile_dim {saved['profile_dim']}), but the "
+            f"config and bios give {wanted['profile']} ({wanted['profile_dim']}): resume with the same "
+            "profile and bios"
+        )
     if resuming and saved | {"encoder": ""} != wanted | {"encoder": ""}:
         logger.warning("resuming with the checkpoint's model settings %s; the config's differ", saved)
     check_teachers(config.teachers, model.config.labels)
@@ -281,17 +324,38 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
     total = config.max_steps or steps_per_epoch * config.epochs
     optimizer, scheduler = make_optimizer(model, config, total)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
-    return Run(config, device, model, Collator(model.tokenizer, model.config), loss_fn, optimizer, scheduler,
-               train_convs, train_bios, dev_convs, dev_bios, steps_per_epoch, total, resuming, ema=ema)
+    return Run(
+        config,
+        device,
+        model,
+        Collator(model.tokenizer, model.config),
+        loss_fn,
+        optimizer,
+        scheduler,
+        train_convs,
+        train_bios,
+        dev_convs,
+        dev_bios,
+        steps_per_epoch,
+        total,
+        resuming,
+        ema=ema,
+    )
 
 
 def dry_run_report(run: Run) -> dict[str, Any]:
     """One forward pass + loss on the first batch: the config, data and model fit together."""
-    loss = run.loss(run.train_convs[:run.config.batch_size], run.train_bios)
-    return {"dry_run": True, "train_conversations": len(run.train_convs), "dev_conversations": len(run.dev_convs),
-            "parameters": sum(p.numel() for p in run.model.parameters()),
-            "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
-            "steps": run.total, "loss": loss.item(), "device": str(run.device)}
+    loss = run.loss(run.train_convs[: run.config.batch_size], run.train_bios)
+    return {
+        "dry_run": True,
+        "train_conversations": len(run.train_convs),
+        "dev_conversations": len(run.dev_convs),
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        "steps": run.total,
+        "loss": loss.item(),
+        "device": str(run.device),
+    }
 
 
 def begin(run: Run) -> None:
@@ -307,13 +371,19 @@ def begin(run: Run) -> None:
         run.state = load_last(run.last_dir, run.optimizer, run.scheduler, run.ema)
         with open(run.metrics_path, encoding="utf-8") as fh:  # drop rows logged after the checkpoint was written
             run.history = [row for row in map(json.loads, fh) if row["step"] <= run.state.step]
-        logger.info("resuming %s at step %d (epoch %d, batch %d)", out, run.state.step, run.state.epoch,
-                    run.state.batch_in_epoch)
+        logger.info(
+            "resuming %s at step %d (epoch %d, batch %d)",
+            out,
+            run.state.step,
+            run.state.epoch,
+            run.state.batch_in_epoch,
+        )
     _write_history(run.metrics_path, run.history)
     if run.config.teachers:
         cache = run.config.teacher_cache or os.path.join(out, TEACHER_FILE)
-        run.teacher = teacher_probs(run.config.teachers, run.config.train_data, run.train_convs,
-                                    run.model.config.labels, cache)
+        run.teacher = teacher_probs(
+            run.config.teachers, run.config.train_data, run.train_convs, run.model.config.labels, cache
+        )
     run.start = time.monotonic()
 
 
@@ -348,8 +418,11 @@ def train_epoch(run: Run, bar: tqdm) -> None:
         end_of_epoch = i + 1 == len(batches)
         if end_of_epoch:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if state.step >= run.total or (config.eval_every and state.step % config.eval_every == 0) or \
-                (not config.eval_every and end_of_epoch):
+        if (
+            state.step >= run.total
+            or (config.eval_every and state.step % config.eval_every == 0)
+            or (not config.eval_every and end_of_epoch)
+        ):
             bar.write(evaluate_and_checkpoint(run))
         if finished(run):
             return
@@ -358,12 +431,21 @@ def train_epoch(run: Run, bar: tqdm) -> None:
 def evaluate_and_checkpoint(run: Run) -> str:
     """Score dev, save best/ when it improved and last/ always, log the metrics row; returns the progress line."""
     state = run.state
-    report = score(run.dev_convs, predict(run.eval_model, run.dev_convs, run.dev_bios, run.config.batch_size),
-                   run.model.config.labels)
-    row = {"step": state.step, "epoch": round(state.step / run.steps_per_epoch, 3),
-           "train_loss": sum(run.running) / len(run.running), "lr": run.scheduler.get_last_lr()[0],
-           "dev_weighted_f1": report["weighted_f1"], "dev_accuracy": report["accuracy"],
-           "dev_macro_f1": report["macro_f1"], "elapsed_s": round(time.monotonic() - run.start, 1)}
+    report = score(
+        run.dev_convs,
+        predict(run.eval_model, run.dev_convs, run.dev_bios, run.config.batch_size),
+        run.model.config.labels,
+    )
+    row = {
+        "step": state.step,
+        "epoch": round(state.step / run.steps_per_epoch, 3),
+        "train_loss": sum(run.running) / len(run.running),
+        "lr": run.scheduler.get_last_lr()[0],
+        "dev_weighted_f1": report["weighted_f1"],
+        "dev_accuracy": report["accuracy"],
+        "dev_macro_f1": report["macro_f1"],
+        "elapsed_s": round(time.monotonic() - run.start, 1),
+    }
     run.running = []
     if report["weighted_f1"] > state.best_f1:
         state.best_f1, state.best_step, state.bad_evals = report["weighted_f1"], state.step, 0
@@ -373,8 +455,10 @@ def evaluate_and_checkpoint(run: Run) -> str:
     save_last(run.last_dir, run.model, run.optimizer, run.scheduler, state, run.ema)
     run.history.append(row)
     _write_history(run.metrics_path, run.history)
-    return (f"step {state.step}: train loss {row['train_loss']:.4f}, dev W-F1 {row['dev_weighted_f1']:.2f} "
-            f"(best {state.best_f1:.2f} @ {state.best_step})")
+    return (
+        f"step {state.step}: train loss {row['train_loss']:.4f}, dev W-F1 {row['dev_weighted_f1']:.2f} "
+        f"(best {state.best_f1:.2f} @ {state.best_step})"
+    )
 
 
 def final_report(run: Run) -> dict[str, Any]:
@@ -382,9 +466,15 @@ def final_report(run: Run) -> dict[str, Any]:
     out, state = run.config.output_dir, run.state
     plot_training_curve(run.history, os.path.join(out, "training_curve.png"))
     plot_confusion(load_dev_report(run.best_dir), os.path.join(out, "confusion_dev.png"))
-    return {"output_dir": out, "best_dir": run.best_dir, "best_step": state.best_step,
-            "best_dev_weighted_f1": state.best_f1, "steps": state.step, "stopped_early": state.step < run.total,
-            "history": run.history}
+    return {
+        "output_dir": out,
+        "best_dir": run.best_dir,
+        "best_step": state.best_step,
+        "best_dev_weighted_f1": state.best_f1,
+        "steps": state.step,
+        "stopped_early": state.step < run.total,
+        "history": run.history,
+    }
 
 
 def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
@@ -396,8 +486,9 @@ def train(config: TrainBertConfig, dry_run: bool = False) -> dict[str, Any]:
     if dry_run:
         return dry_run_report(run)
     begin(run)
-    with tqdm(total=run.total, initial=run.state.step, desc="training", unit="step", file=sys.stderr,
-              mininterval=10) as bar:
+    with tqdm(
+        total=run.total, initial=run.state.step, desc="training", unit="step", file=sys.stderr, mininterval=10
+    ) as bar:
         run.model.train()
         while not finished(run):
             train_epoch(run, bar)

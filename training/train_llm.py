@@ -61,10 +61,13 @@ class TrainLlmConfig:
     dev_bios: list[str] = field(default_factory=list, metadata={"help": "bios.jsonl(.gz) for the dev data"})
     label_set: str = field(default="meld", metadata={"help": "meld | emorynlp | iemocap"})
     max_train_samples: int = field(default=0, metadata={"help": "train on a seeded random subset (0: all)"})
-    class_balance: float = field(default=0.0, metadata={"help": "label mix of the subset: 0 the corpus's, 1 equal "
-                                                                 "per label, 0.5 between (count**0.5)"})
-    max_eval_samples: int = field(default=0, metadata={"help": "dev utterances to evaluate, whole conversations "
-                                                               "(0: all)"})
+    class_balance: float = field(
+        default=0.0,
+        metadata={"help": "label mix of the subset: 0 the corpus's, 1 equal per label, 0.5 between (count**0.5)"},
+    )
+    max_eval_samples: int = field(
+        default=0, metadata={"help": "dev utterances to evaluate, whole conversations (0: all)"}
+    )
     # prompt
     window: int = field(default=5, metadata={"help": "± utterances of context (past and future)"})
     bio_mode: str = field(default="prompt", metadata={"help": "prompt (target speaker's bio) | none (ablation)"})
@@ -82,8 +85,9 @@ class TrainLlmConfig:
     lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA scaling alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"],
-                                          metadata={"help": "modules that get adapters (PEFT names)"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "modules that get adapters (PEFT names)"}
+    )
     # optimisation (Trainer names)
     num_train_epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (0: epochs decide)"})
@@ -121,8 +125,13 @@ class TrainLlmConfig:
         return ErcPromptConfig(window=self.window, bio_mode=self.bio_mode, list_labels=self.list_labels)
 
     def lora(self) -> dict[str, Any]:
-        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
-                "target_modules": self.lora_target_modules, "qlora": self.load_in_4bit}
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "target_modules": self.lora_target_modules,
+            "qlora": self.load_in_4bit,
+        }
 
 
 def load_config(path: str | None = None, **overrides: Any) -> TrainLlmConfig:
@@ -134,17 +143,34 @@ def training_arguments(config: TrainLlmConfig, device: str, precision: str):
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        output_dir=config.output_dir, num_train_epochs=config.num_train_epochs, max_steps=config.max_steps or -1,
+        output_dir=config.output_dir,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type, warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim=config.optim,
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
-        gradient_checkpointing=config.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
-        neftune_noise_alpha=config.neftune_noise_alpha or None, group_by_length=config.group_by_length,
-        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, eval_strategy="no", report_to="none", seed=config.seed,
-        remove_unused_columns=False, dataloader_num_workers=0)
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        neftune_noise_alpha=config.neftune_noise_alpha or None,
+        group_by_length=config.group_by_length,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
 
 
 def plan(config: TrainLlmConfig, model_dir: str, rows: Sequence[dict], precision: str) -> dict[str, Any]:
@@ -157,20 +183,30 @@ def plan(config: TrainLlmConfig, model_dir: str, rows: Sequence[dict], precision
     batches = math.ceil(len(rows) / config.per_device_train_batch_size)
     per_epoch = math.ceil(batches / config.gradient_accumulation_steps)
     batch_tokens = config.per_device_train_batch_size * max(len(row["input_ids"]) for row in rows)
-    return {"model_dir": os.path.abspath(model_dir), "optimizer_steps_per_epoch": per_epoch,
-            "optimizer_steps": config.max_steps or math.ceil(config.num_train_epochs * per_epoch),
-            "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps,
-            "parameters": counts["total"], "trainable_parameters": counts["trainable"],
-            "estimated_memory_gib": setup.estimate_memory_gib(counts, AutoConfig.from_pretrained(model_dir), precision,
-                                                              config.load_in_4bit, batch_tokens,
-                                                              config.gradient_checkpointing)}
+    return {
+        "model_dir": os.path.abspath(model_dir),
+        "optimizer_steps_per_epoch": per_epoch,
+        "optimizer_steps": config.max_steps or math.ceil(config.num_train_epochs * per_epoch),
+        "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps,
+        "parameters": counts["total"],
+        "trainable_parameters": counts["trainable"],
+        "estimated_memory_gib": setup.estimate_memory_gib(
+            counts,
+            AutoConfig.from_pretrained(model_dir),
+            precision,
+            config.load_in_4bit,
+            batch_tokens,
+            config.gradient_checkpointing,
+        ),
+    }
 
 
 class DevEvaluator:
     """Scores the adapter on dev and keeps the history in output_dir/dev_metrics.jsonl (continued on --resume)."""
 
-    def __init__(self, config: TrainLlmConfig, model, encoder: ChatEncoder, convs: list[Conversation],
-                 bios: dict) -> None:
+    def __init__(
+        self, config: TrainLlmConfig, model, encoder: ChatEncoder, convs: list[Conversation], bios: dict
+    ) -> None:
         self.config, self.model, self.encoder, self.convs, self.bios = config, model, encoder, convs, bios
         self.path = os.path.join(config.output_dir, "dev_metrics.jsonl")
         self.history: list[dict[str, Any]] = []
@@ -213,8 +249,9 @@ def _train_features(config: TrainLlmConfig, encoder: ChatEncoder) -> tuple[list[
     """The rows to train on (samples packed when `packing`), how many samples were too long to keep, and how many
     were kept."""
     convs, bios = setup.load_split(config, "train")
-    features, dropped = setup.build_features(convs, bios, encoder, config.max_train_samples, config.seed,
-                                              config.class_balance)
+    features, dropped = setup.build_features(
+        convs, bios, encoder, config.max_train_samples, config.seed, config.class_balance
+    )
     if not features:
         raise ValueError("nothing to train: no labelled utterance in train_data fits max_seq_length")
     if dropped:
@@ -226,8 +263,9 @@ def _start_output(config: TrainLlmConfig) -> list[str]:
     """Make output_dir and write train_config.json; the checkpoints already there (an error without --resume)."""
     checkpoints = glob.glob(os.path.join(config.output_dir, "checkpoint-*"))
     if checkpoints and not config.resume:
-        raise ValueError(f"{config.output_dir} already holds checkpoints: pass --resume to continue, or another "
-                         "output_dir")
+        raise ValueError(
+            f"{config.output_dir} already holds checkpoints: pass --resume to continue, or another output_dir"
+        )
     os.makedirs(config.output_dir, exist_ok=True)
     with open(os.path.join(config.output_dir, "train_config.json"), "w", encoding="utf-8") as fh:
         json.dump(asdict(config), fh, indent=2)
@@ -256,34 +294,66 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
     rows, dropped, samples = _train_features(config, encoder)
     dev_convs, dev_bios = setup.load_split(config, "dev")
     dev_convs = setup.first_utterances(dev_convs, config.max_eval_samples)
-    summary = {"samples": samples, "dropped": dropped, "rows": len(rows), "device": device,
-               "precision": precision, **plan(config, model_dir, rows, precision)}
+    summary = {
+        "samples": samples,
+        "dropped": dropped,
+        "rows": len(rows),
+        "device": device,
+        "precision": precision,
+        **plan(config, model_dir, rows, precision),
+    }
     logger.info("plan: %s", json.dumps(summary))
     if dry_run and cannot_load:
-        return {"dry_run": True, **summary, "dev_conversations": len(dev_convs),
-                "not_run": f"loading the weights and a forward pass; missing for QLoRA: {', '.join(cannot_load)}"}
+        return {
+            "dry_run": True,
+            **summary,
+            "dev_conversations": len(dev_convs),
+            "not_run": f"loading the weights and a forward pass; missing for QLoRA: {', '.join(cannot_load)}",
+        }
     args = training_arguments(config, device, precision)
     model = setup.load_base_model(model_dir, device, precision, config.attn_implementation, config.load_in_4bit)
-    model = setup.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
-                           config.load_in_4bit, config.gradient_checkpointing)
+    model = setup.add_lora(
+        model,
+        config.lora_r,
+        config.lora_alpha,
+        config.lora_dropout,
+        config.lora_target_modules,
+        config.load_in_4bit,
+        config.gradient_checkpointing,
+    )
     collator = setup.PadCollator(encoder.pad_id)
     if dry_run:
-        batch = {k: v.to(device) for k, v in collator(rows[:config.per_device_train_batch_size]).items()}
+        batch = {k: v.to(device) for k, v in collator(rows[: config.per_device_train_batch_size]).items()}
         loss = model(**batch).loss
-        return {"dry_run": True, **summary, "dev_conversations": len(dev_convs), "loss": loss.item(),
-                "answer_tokens": int((batch["labels"] != -100).sum())}
+        return {
+            "dry_run": True,
+            **summary,
+            "dev_conversations": len(dev_convs),
+            "loss": loss.item(),
+            "answer_tokens": int((batch["labels"] != -100).sum()),
+        }
 
     checkpoints = _start_output(config)
     adapter_dir = os.path.join(config.output_dir, "adapter")
     evaluate = DevEvaluator(config, model, encoder, dev_convs, dev_bios)
-    meta = {"base_model": setup.base_model_ref(config.model), "label_set": config.label_set, "lora": config.lora(),
-            "chat_template": config.chat_template}
+    meta = {
+        "base_model": setup.base_model_ref(config.model),
+        "label_set": config.label_set,
+        "lora": config.lora(),
+        "chat_template": config.chat_template,
+    }
 
     def save(report: dict[str, Any] | None, step: int) -> None:
         setup.save_adapter(model, encoder, adapter_dir, report=report, step=step, **meta)
 
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, processing_class=tokenizer,
-                      callbacks=[DevEvalCallback(evaluate, save)] if config.eval_steps else [])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[DevEvalCallback(evaluate, save)] if config.eval_steps else [],
+    )
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=bool(checkpoints) and config.resume)
     elapsed = time.monotonic() - start
@@ -291,11 +361,19 @@ def train(config: TrainLlmConfig, dry_run: bool = False) -> dict[str, Any]:
         step = trainer.state.global_step
         save(evaluate(step) if dev_convs and config.eval_mode != "none" else None, step)
     best = max(evaluate.history, key=lambda row: row["dev_weighted_f1"], default={})
-    return {**summary, "output_dir": config.output_dir, "adapter_dir": adapter_dir, "steps": trainer.state.global_step,
-            "train_loss": result.training_loss, "train_seconds": round(elapsed, 1), "train_tokens": collator.tokens,
-            "train_tokens_per_second": round(collator.tokens / elapsed, 1) if elapsed else None,
-            "dev_weighted_f1": best.get("dev_weighted_f1"), "best_step": best.get("step"),
-            "loss_history": [row["loss"] for row in trainer.state.log_history if "loss" in row]}
+    return {
+        **summary,
+        "output_dir": config.output_dir,
+        "adapter_dir": adapter_dir,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_seconds": round(elapsed, 1),
+        "train_tokens": collator.tokens,
+        "train_tokens_per_second": round(collator.tokens / elapsed, 1) if elapsed else None,
+        "dev_weighted_f1": best.get("dev_weighted_f1"),
+        "best_step": best.get("step"),
+        "loss_history": [row["loss"] for row in trainer.state.log_history if "loss" in row],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

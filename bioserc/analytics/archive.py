@@ -44,9 +44,14 @@ def _review_item(summary: dict[str, Any]) -> dict[str, Any]:
     reasons = a["reasons"][:MAX_REASONS]
     if len(a["reasons"]) > MAX_REASONS:
         reasons.append(f"... and {len(a['reasons']) - MAX_REASONS} more")
-    return {"conversation_id": summary["conversation_id"], "call_score": a["call_score"],
-            "scored_group": a["scored_group"], "escalations": a["escalations"], "reasons": reasons,
-            "jump_to": {"index": jump["first"], "start_ms": jump["start_ms"]}}
+    return {
+        "conversation_id": summary["conversation_id"],
+        "call_score": a["call_score"],
+        "scored_group": a["scored_group"],
+        "escalations": a["escalations"],
+        "reasons": reasons,
+        "jump_to": {"index": jump["first"], "start_ms": jump["start_ms"]},
+    }
 
 
 def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
@@ -121,32 +126,64 @@ class ArchiveTotals:
 
     def to_dict(self) -> dict[str, Any]:
         self.review = heapq.nsmallest(self.review_calls, self.review, key=_review_rank)
-        return {"review_calls": self.review_calls, "calls": self.calls, "utterances": self.utterances,
-                "score_sum": self.score_sum, "flagged": self.flagged, "escalated": self.escalated,
-                "labels": self.labels, "histogram": self.histogram, "escalations": self.escalations,
-                "roles": self.roles, "review": self.review}
+        return {
+            "review_calls": self.review_calls,
+            "calls": self.calls,
+            "utterances": self.utterances,
+            "score_sum": self.score_sum,
+            "flagged": self.flagged,
+            "escalated": self.escalated,
+            "labels": self.labels,
+            "histogram": self.histogram,
+            "escalations": self.escalations,
+            "roles": self.roles,
+            "review": self.review,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchiveTotals:
         totals = cls(data["review_calls"])
-        for key in ("calls", "utterances", "score_sum", "flagged", "escalated", "labels", "histogram", "escalations",
-                    "roles", "review"):
+        for key in (
+            "calls",
+            "utterances",
+            "score_sum",
+            "flagged",
+            "escalated",
+            "labels",
+            "histogram",
+            "escalations",
+            "roles",
+            "review",
+        ):
             setattr(totals, key, data[key])
         return totals
 
     def extract(self, thresholds: Thresholds) -> dict[str, Any]:
         """archive.json's content: every mapping sorted by key, the review list ranked."""
-        review = sorted(self.review, key=_review_rank)[:self.review_calls]
+        review = sorted(self.review, key=_review_rank)[: self.review_calls]
         return {
-            "schema_version": ARCHIVE_SCHEMA_VERSION, "thresholds": asdict(thresholds), "calls": self.calls,
-            "utterances": self.utterances, "labels": dict(sorted(self.labels.items())),
-            "roles": {name: {"calls": r["calls"], "utterances": r["utterances"],
-                             "labels": dict(sorted(r["labels"].items())),
-                             "mean_score": _mean(r["score_sum"], sum(r["histogram"])),
-                             "score_histogram": r["histogram"]} for name, r in sorted(self.roles.items())},
-            "call_scores": {"mean": _mean(self.score_sum, self.calls), "bin_edges": bin_edges(),
-                            "histogram": self.histogram},
-            "escalations": dict(sorted(self.escalations.items())), "calls_with_escalations": self.escalated,
+            "schema_version": ARCHIVE_SCHEMA_VERSION,
+            "thresholds": asdict(thresholds),
+            "calls": self.calls,
+            "utterances": self.utterances,
+            "labels": dict(sorted(self.labels.items())),
+            "roles": {
+                name: {
+                    "calls": r["calls"],
+                    "utterances": r["utterances"],
+                    "labels": dict(sorted(r["labels"].items())),
+                    "mean_score": _mean(r["score_sum"], sum(r["histogram"])),
+                    "score_histogram": r["histogram"],
+                }
+                for name, r in sorted(self.roles.items())
+            },
+            "call_scores": {
+                "mean": _mean(self.score_sum, self.calls),
+                "bin_edges": bin_edges(),
+                "histogram": self.histogram,
+            },
+            "escalations": dict(sorted(self.escalations.items())),
+            "calls_with_escalations": self.escalated,
             "flagged_calls": self.flagged,
             "review": [{"rank": i + 1, **item} for i, item in enumerate(review)],
         }

@@ -41,20 +41,46 @@ def add_analytics_args(parser: argparse.ArgumentParser) -> None:
     """The threshold flags, in their own group, with their defaults in --help."""
     d = Thresholds()
     g = parser.add_argument_group("analytics (conversations.jsonl, calls.csv/.parquet, archive.json, report.html)")
-    g.add_argument("--negative-threshold", type=_bounded(float, 0.0, 1.0), default=d.negative, metavar="T",
-                   help="a turn is negative at a valence score <= -T (default: %(default)s)")
-    g.add_argument("--min-negative-run", type=_bounded(int, 1), default=d.min_negative_run, metavar="N",
-                   help="consecutive negative turns of one role that make an escalation (default: %(default)s)")
-    g.add_argument("--shift-delta", type=_bounded(float, 0.0, 2.0), default=d.shift_delta, metavar="D",
-                   help="a drop of at least D from a role's turn that was not negative to its next, negative one is "
-                   "an escalation (default: %(default)s)")
-    g.add_argument("--end-weight", type=_bounded(float, 1.0), default=d.end_weight, metavar="W",
-                   help="weight of a role's last turn relative to its first in its call score, growing linearly "
-                   "(1: a plain mean) (default: %(default)s)")
-    g.add_argument("--review-calls", type=_bounded(int, 0), default=d.review_calls, metavar="N",
-                   help="calls listed for review in archive.json and report.html (default: %(default)s)")
+    g.add_argument(
+        "--negative-threshold",
+        type=_bounded(float, 0.0, 1.0),
+        default=d.negative,
+        metavar="T",
+        help="a turn is negative at a valence score <= -T (default: %(default)s)",
+    )
+    g.add_argument(
+        "--min-negative-run",
+        type=_bounded(int, 1),
+        default=d.min_negative_run,
+        metavar="N",
+        help="consecutive negative turns of one role that make an escalation (default: %(default)s)",
+    )
+    g.add_argument(
+        "--shift-delta",
+        type=_bounded(float, 0.0, 2.0),
+        default=d.shift_delta,
+        metavar="D",
+        help="a drop of at least D from a role's turn that was not negative to its next, negative one is "
+        "an escalation (default: %(default)s)",
+    )
+    g.add_argument(
+        "--end-weight",
+        type=_bounded(float, 1.0),
+        default=d.end_weight,
+        metavar="W",
+        help="weight of a role's last turn relative to its first in its call score, growing linearly "
+        "(1: a plain mean) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--review-calls",
+        type=_bounded(int, 0),
+        default=d.review_calls,
+        metavar="N",
+        help="calls listed for review in archive.json and report.html (default: %(default)s)",
+    )
 
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
-    return Thresholds(args.negative_threshold, args.min_negative_run, args.shift_delta, args.end_weight,
-                      args.review_calls)
+    return Thresholds(
+        args.negative_threshold, args.min_negative_run, args.shift_delta, args.end_weight, args.review_calls
+    )

@@ -24,12 +24,32 @@ from collections.abc import Iterable, Mapping
 NEGATIVE, NEUTRAL, POSITIVE = -1, 0, 1
 
 VALENCE: dict[str, dict[str, int]] = {
-    "meld": {"neutral": NEUTRAL, "surprise": NEUTRAL, "fear": NEGATIVE, "sadness": NEGATIVE, "joy": POSITIVE,
-             "disgust": NEGATIVE, "anger": NEGATIVE},
-    "emorynlp": {"Joyful": POSITIVE, "Mad": NEGATIVE, "Peaceful": POSITIVE, "Neutral": NEUTRAL, "Sad": NEGATIVE,
-                 "Powerful": POSITIVE, "Scared": NEGATIVE},
-    "iemocap": {"happy": POSITIVE, "sad": NEGATIVE, "neutral": NEUTRAL, "angry": NEGATIVE, "excited": POSITIVE,
-                "frustrated": NEGATIVE},
+    "meld": {
+        "neutral": NEUTRAL,
+        "surprise": NEUTRAL,
+        "fear": NEGATIVE,
+        "sadness": NEGATIVE,
+        "joy": POSITIVE,
+        "disgust": NEGATIVE,
+        "anger": NEGATIVE,
+    },
+    "emorynlp": {
+        "Joyful": POSITIVE,
+        "Mad": NEGATIVE,
+        "Peaceful": POSITIVE,
+        "Neutral": NEUTRAL,
+        "Sad": NEGATIVE,
+        "Powerful": POSITIVE,
+        "Scared": NEGATIVE,
+    },
+    "iemocap": {
+        "happy": POSITIVE,
+        "sad": NEGATIVE,
+        "neutral": NEUTRAL,
+        "angry": NEGATIVE,
+        "excited": POSITIVE,
+        "frustrated": NEGATIVE,
+    },
 }
 LABEL_VALENCE: dict[str, int] = {name: v for table in VALENCE.values() for name, v in table.items()}
 

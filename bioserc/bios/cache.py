@@ -40,8 +40,9 @@ def model_fingerprint(folder: str) -> str:
     names = sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name)))
     if not names:
         raise FileNotFoundError(f"model folder {folder!r} holds no files")
-    stats = tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name in names
-                  for st in [os.stat(os.path.join(folder, name))])
+    stats = tuple(
+        (name, st.st_size, st.st_mtime_ns, st.st_ino) for name in names for st in [os.stat(os.path.join(folder, name))]
+    )
     return _fingerprint(os.path.realpath(folder), stats)
 
 

@@ -72,17 +72,24 @@ class BioRequest:
 
 class BioExtractor:
     """Args:
-        backend: the loaded LLM.
-        config: decoding settings (greedy by default).
-        words: word limit asked for in the prompt.
-        cache: optional `BioCache`; cached bios are returned without generating.
-        profile: the profile source, one of `bioserc.bios.profiles.PROFILES` ("text": the bio).
-        labels: the label words the scores profile scores, in the order of its vectors; the latent profile lists them
-            in its question when given.
+    backend: the loaded LLM.
+    config: decoding settings (greedy by default).
+    words: word limit asked for in the prompt.
+    cache: optional `BioCache`; cached bios are returned without generating.
+    profile: the profile source, one of `bioserc.bios.profiles.PROFILES` ("text": the bio).
+    labels: the label words the scores profile scores, in the order of its vectors; the latent profile lists them
+        in its question when given.
     """
 
-    def __init__(self, backend: LLMBackend, config: GenerationConfig | None = None, words: int = 60,
-                 cache: BioCache | None = None, profile: str = "text", labels: Sequence[str] | None = None):
+    def __init__(
+        self,
+        backend: LLMBackend,
+        config: GenerationConfig | None = None,
+        words: int = 60,
+        cache: BioCache | None = None,
+        profile: str = "text",
+        labels: Sequence[str] | None = None,
+    ):
         check_profile(profile, backend.name, backend.prefill_outputs(), labels)
         self.backend, self.config, self.words, self.cache = backend, config or GenerationConfig(), words, cache
         self.profile, self.labels, self.version = profile, list(labels) if labels else None, PROMPT_VERSIONS[profile]
@@ -102,8 +109,15 @@ class BioExtractor:
         return bio_key(transcript_text(conv), speaker, self.identity, self.version, params)
 
     def result(self, conv: Conversation, speaker: str, **fields) -> BioResult:
-        return BioResult(conv.id, speaker, fields.pop("bio", ""), self.backend.model_id, self.version,
-                         profile=self.profile, **fields)
+        return BioResult(
+            conv.id,
+            speaker,
+            fields.pop("bio", ""),
+            self.backend.model_id,
+            self.version,
+            profile=self.profile,
+            **fields,
+        )
 
     def plan(self, conv: Conversation) -> tuple[list[BioResult], list[BioRequest]]:
         done: list[BioResult] = []
@@ -112,8 +126,16 @@ class BioExtractor:
             key = self.key(conv, speaker)
             hit = self.cache.get(key) if self.cache is not None else None
             if hit:
-                done.append(self.result(conv, speaker, bio=hit["bio"], truncated=hit.get("truncated", False),
-                                        vector=hit.get("vector"), cached=True))
+                done.append(
+                    self.result(
+                        conv,
+                        speaker,
+                        bio=hit["bio"],
+                        truncated=hit.get("truncated", False),
+                        vector=hit.get("vector"),
+                        cached=True,
+                    )
+                )
             else:
                 todo[speaker] = key
         if not todo:
@@ -124,8 +146,9 @@ class BioExtractor:
             return done + [self.result(conv, s, error=str(err)) for s in todo], []
 
     def speaker_request(self, conv: Conversation, speaker: str, key: str) -> BioRequest:
-        prompt = profile_prompt(self.profile, conv, speaker, self.words, self.labels, self.backend.count_tokens,
-                                self.budget)
+        prompt = profile_prompt(
+            self.profile, conv, speaker, self.words, self.labels, self.backend.count_tokens, self.budget
+        )
         return BioRequest(conv, speaker, prompt, key)
 
     def generate(self, requests: list[BioRequest]) -> list[BioResult]:
@@ -141,19 +164,26 @@ class BioExtractor:
         seconds = round((time.perf_counter() - start) / len(requests), 4)
         results = []
         for req, gen in zip(requests, gens, strict=True):
-            stats = {"truncated": req.prompt.truncated, "prompt_tokens": gen.prompt_tokens,
-                     "new_tokens": gen.new_tokens, "seconds": seconds}
+            stats = {
+                "truncated": req.prompt.truncated,
+                "prompt_tokens": gen.prompt_tokens,
+                "new_tokens": gen.new_tokens,
+                "seconds": seconds,
+            }
             if gen.error is not None:  # this prompt alone failed; the batch's other prompts stand
-                results.append(self.result(req.conversation, req.speaker, error=f"{REQUEST_FAILED} {gen.error}",
-                                           **stats))
+                results.append(
+                    self.result(req.conversation, req.speaker, error=f"{REQUEST_FAILED} {gen.error}", **stats)
+                )
                 continue
             bio = clean_bio(req.prompt.answer_prefix + gen.text, gen.finish_reason == "length")
             results.append(self.finish(req, bio, stats))
         return results
 
     def failed(self, requests: list[BioRequest], err: Exception) -> list[BioResult]:
-        return [self.result(r.conversation, r.speaker, error=f"{GENERATION_FAILED} {type(err).__name__}: {err}")
-                for r in requests]
+        return [
+            self.result(r.conversation, r.speaker, error=f"{GENERATION_FAILED} {type(err).__name__}: {err}")
+            for r in requests
+        ]
 
     def prefill(self, requests: list[BioRequest]) -> list[BioResult]:
         """The vector profiles: one prefill per request (shared transcripts once, by the backend), no decoding."""
@@ -165,13 +195,30 @@ class BioExtractor:
         seconds = round((time.perf_counter() - start) / len(requests), 4)
         results = []
         for req, state in zip(requests, states, strict=True):
-            vector = rounded(label_probabilities(state.logits, self.label_ids) if self.label_ids is not None
-                             else state.hidden)
+            vector = rounded(
+                label_probabilities(state.logits, self.label_ids) if self.label_ids is not None else state.hidden
+            )
             if self.cache is not None:
-                self.cache.put(req.key, {"conversation_id": req.conversation.id, "speaker": req.speaker, "bio": "",
-                                         "vector": vector, "truncated": req.prompt.truncated})
-            results.append(self.result(req.conversation, req.speaker, vector=vector, truncated=req.prompt.truncated,
-                                       prompt_tokens=state.prompt_tokens, seconds=seconds))
+                self.cache.put(
+                    req.key,
+                    {
+                        "conversation_id": req.conversation.id,
+                        "speaker": req.speaker,
+                        "bio": "",
+                        "vector": vector,
+                        "truncated": req.prompt.truncated,
+                    },
+                )
+            results.append(
+                self.result(
+                    req.conversation,
+                    req.speaker,
+                    vector=vector,
+                    truncated=req.prompt.truncated,
+                    prompt_tokens=state.prompt_tokens,
+                    seconds=seconds,
+                )
+            )
         return results
 
     def finish(self, req: BioRequest, bio: str, stats: dict) -> BioResult:
@@ -179,12 +226,20 @@ class BioExtractor:
         if reason:
             return self.result(req.conversation, req.speaker, bio=bio, error=reason, **stats)
         if self.cache is not None:
-            self.cache.put(req.key, {"conversation_id": req.conversation.id, "speaker": req.speaker, "bio": bio,
-                                     "truncated": stats["truncated"]})
+            self.cache.put(
+                req.key,
+                {
+                    "conversation_id": req.conversation.id,
+                    "speaker": req.speaker,
+                    "bio": bio,
+                    "truncated": stats["truncated"],
+                },
+            )
         return self.result(req.conversation, req.speaker, bio=bio, **stats)
 
-    def generate_chunks(self, requests: list[BioRequest], size: int | None = None,
-                        progress: Callable[[int], Any] | None = None) -> Iterator[BioResult]:
+    def generate_chunks(
+        self, requests: list[BioRequest], size: int | None = None, progress: Callable[[int], Any] | None = None
+    ) -> Iterator[BioResult]:
         """`generate` over chunks of about `size` prompts (None: one chunk), calling `progress(bios)` after each.
 
         A conversation's prompts stay in one chunk, so the backend prefills their shared transcript once; shorter

@@ -75,8 +75,12 @@ class HFGenerationBackend(LLMBackend):
         alone = self.share_prefix and self.model.device.type == "cpu"
         return self._by_chunks(batch, lambda chunk, ids: self._last_chunk(chunk, ids, hidden), alone)
 
-    def _by_chunks(self, batch: list[Messages], run: Callable[[list[PrefixGroup], list[list[int]]], list],
-                   group_alone: bool = False) -> list:
+    def _by_chunks(
+        self,
+        batch: list[Messages],
+        run: Callable[[list[PrefixGroup], list[list[int]]], list],
+        group_alone: bool = False,
+    ) -> list:
         """Tokenize, group by shared prefix, pack into batches (or one group per batch) and `run` each; results in
         input order."""
         if not batch:
@@ -84,8 +88,11 @@ class HFGenerationBackend(LLMBackend):
         ids = self.tokenizer([self.render(m) for m in batch], add_special_tokens=False)["input_ids"]
         groups = prefix_groups(ids) if self.share_prefix else [PrefixGroup([i], 0) for i in range(len(ids))]
         results: list[Any] = [None] * len(ids)
-        chunks = ([[g] for g in split_groups(groups, self.batch_size)] if group_alone
-                  else pack_groups(groups, [len(s) for s in ids], self.batch_size))
+        chunks = (
+            [[g] for g in split_groups(groups, self.batch_size)]
+            if group_alone
+            else pack_groups(groups, [len(s) for s in ids], self.batch_size)
+        )
         for chunk in chunks:
             members = [i for g in chunk for i in g.members]
             for i, out in zip(members, run(chunk, ids), strict=True):
@@ -97,18 +104,24 @@ class HFGenerationBackend(LLMBackend):
 
         pad = self.tokenizer.pad_token_id
         width = max(g.shared for g in groups)  # prefix columns
-        rests = {i: ids[i][g.shared:] for g in groups for i in g.members}
+        rests = {i: ids[i][g.shared :] for g in groups for i in g.members}
         tail = max(len(r) for r in rests.values())
         rows, masks = [], []
         for g in groups:
             lead = width - g.shared
             for i in g.members:
                 gap = tail - len(rests[i])
-                rows.append([pad] * lead + ids[i][:g.shared] + [pad] * gap + rests[i])
+                rows.append([pad] * lead + ids[i][: g.shared] + [pad] * gap + rests[i])
                 masks.append([0] * lead + [1] * g.shared + [0] * gap + [1] * len(rests[i]))
         device = self.model.device
-        return Layout(torch.tensor(rows, device=device), torch.tensor(masks, device=device), masks, width, tail,
-                      sum(len(r) for r in rests.values()))
+        return Layout(
+            torch.tensor(rows, device=device),
+            torch.tensor(masks, device=device),
+            masks,
+            width,
+            tail,
+            sum(len(r) for r in rests.values()),
+        )
 
     def _keep_last_logits(self) -> dict[str, Any]:
         """Skip the vocabulary projection of all but the last position where the model can (transformers models with
@@ -116,8 +129,9 @@ class HFGenerationBackend(LLMBackend):
         models always return them all."""
         return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
 
-    def _generate_chunk(self, groups: list[PrefixGroup], ids: list[list[int]],
-                        config: GenerationConfig) -> list[Generation]:
+    def _generate_chunk(
+        self, groups: list[PrefixGroup], ids: list[list[int]], config: GenerationConfig
+    ) -> list[Generation]:
         import torch
 
         input_ids, attention_mask, masks, width, tail, rest_tokens = self._layout(groups, ids)
@@ -131,14 +145,21 @@ class HFGenerationBackend(LLMBackend):
         gens = []
         for row, mask in zip(rows, masks, strict=True):
             n = next((k for k, t in enumerate(row) if t in stop), len(row))
-            gens.append(Generation(
-                text=self.tokenizer.decode(row[:n], skip_special_tokens=True),
-                prompt_tokens=sum(mask), new_tokens=n, finish_reason="stop" if n < len(row) else "length",
-            ))
+            gens.append(
+                Generation(
+                    text=self.tokenizer.decode(row[:n], skip_special_tokens=True),
+                    prompt_tokens=sum(mask),
+                    new_tokens=n,
+                    finish_reason="stop" if n < len(row) else "length",
+                )
+            )
         self.counts.update(
-            prompts=len(masks), prompt_tokens=sum(map(sum, masks)), generated_tokens=sum(g.new_tokens for g in gens),
+            prompts=len(masks),
+            prompt_tokens=sum(map(sum, masks)),
+            generated_tokens=sum(g.new_tokens for g in gens),
             prefilled_tokens=sum(g.shared for g in groups) + rest_tokens,
-            prefill_slots=len(groups) * width + len(masks) * tail, decode_slots=decode_slots,
+            prefill_slots=len(groups) * width + len(masks) * tail,
+            decode_slots=decode_slots,
         )
         return gens
 
@@ -148,8 +169,9 @@ class HFGenerationBackend(LLMBackend):
         eos = eos if isinstance(eos, list) else [eos]
         return {t for t in [*eos, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id] if t is not None}
 
-    def _greedy(self, input_ids: Any, attention_mask: Any, past: Any, width: int,
-                config: GenerationConfig) -> tuple[list[list[int]], int]:
+    def _greedy(
+        self, input_ids: Any, attention_mask: Any, past: Any, width: int, config: GenerationConfig
+    ) -> tuple[list[list[int]], int]:
         """Greedy decoding, each row leaving the batch at its first stop token, so later steps compute only the bios
         still being written (`generate` keeps computing finished rows until the longest ends: 21-24% of decode
         slots on MELD). Same logits processors as `generate` (repetition penalty, then no-repeat n-grams) over the
@@ -169,8 +191,14 @@ class HFGenerationBackend(LLMBackend):
         new: list[list[int]] = [[] for _ in alive]
         slots = 0
         for step in range(config.max_new_tokens):
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
-                             past_key_values=past, use_cache=True, **self._keep_last_logits())
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_positions,
+                past_key_values=past,
+                use_cache=True,
+                **self._keep_last_logits(),
+            )
             tokens = processors(seqs, out.logits[:, -1].float()).argmax(-1)
             slots += len(alive)
             for row, token in zip(alive, tokens.tolist(), strict=True):
@@ -188,18 +216,26 @@ class HFGenerationBackend(LLMBackend):
             step_ids, step_positions = tokens[:, None], mask.long().sum(-1, keepdim=True) - 1
         return new, slots
 
-    def _sample(self, input_ids: Any, attention_mask: Any, past: Any,
-                config: GenerationConfig) -> tuple[list[list[int]], int]:
+    def _sample(
+        self, input_ids: Any, attention_mask: Any, past: Any, config: GenerationConfig
+    ) -> tuple[list[list[int]], int]:
         """Sampling through `generate` (seeded), whose random draws depend on the whole batch staying together."""
         import torch
 
         torch.manual_seed(config.seed)
         out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, past_key_values=past, do_sample=True,
-            max_new_tokens=config.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            temperature=config.temperature, top_p=config.top_p, repetition_penalty=config.repetition_penalty,
-            no_repeat_ngram_size=config.no_repeat_ngram_size)
-        new = out[:, input_ids.shape[1]:]
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past,
+            do_sample=True,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            repetition_penalty=config.repetition_penalty,
+            no_repeat_ngram_size=config.no_repeat_ngram_size,
+        )
+        new = out[:, input_ids.shape[1] :]
         return new.tolist(), new.numel()
 
     def _last_chunk(self, groups: list[PrefixGroup], ids: list[list[int]], hidden: bool) -> list[LastState]:
@@ -211,14 +247,22 @@ class HFGenerationBackend(LLMBackend):
         position_ids = positions(attention_mask)
         with torch.inference_mode():
             past = self._prefill(groups, input_ids[:, :width], attention_mask[:, :width]) if width else None
-            out = self.model(input_ids=input_ids[:, width:], attention_mask=attention_mask,
-                             position_ids=position_ids[:, width:], past_key_values=past, output_hidden_states=hidden,
-                             **self._keep_last_logits())
+            out = self.model(
+                input_ids=input_ids[:, width:],
+                attention_mask=attention_mask,
+                position_ids=position_ids[:, width:],
+                past_key_values=past,
+                output_hidden_states=hidden,
+                **self._keep_last_logits(),
+            )
         logits = out.logits[:, -1].float().cpu().numpy()
         states = out.hidden_states[-1][:, -1].float().cpu().numpy() if hidden else [None] * len(masks)
-        self.counts.update(prompts=len(masks), prompt_tokens=sum(map(sum, masks)),
-                           prefilled_tokens=sum(g.shared for g in groups) + rest_tokens,
-                           prefill_slots=len(groups) * width + len(masks) * tail)
+        self.counts.update(
+            prompts=len(masks),
+            prompt_tokens=sum(map(sum, masks)),
+            prefilled_tokens=sum(g.shared for g in groups) + rest_tokens,
+            prefill_slots=len(groups) * width + len(masks) * tail,
+        )
         return [LastState(row, state, sum(mask)) for row, state, mask in zip(logits, states, masks, strict=True)]
 
     def _prefill(self, groups: list[PrefixGroup], prefix_ids: Any, prefix_mask: Any) -> Any:
@@ -232,8 +276,9 @@ class HFGenerationBackend(LLMBackend):
             start += len(g.members)
         ids, mask = prefix_ids[firsts], prefix_mask[firsts]
         position_ids = positions(mask)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
-                         **self._keep_last_logits())
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **self._keep_last_logits()
+        )
         return repeat_rows(out.past_key_values, torch.tensor(index, device=ids.device))
 
 

@@ -58,37 +58,52 @@ class BackendRequestError(RuntimeError):
 
 class OpenAICompatibleBackend(LLMBackend):
     """Args:
-        base_url: server root, e.g. http://localhost:8000 (a trailing /v1 is accepted too).
-        model: the model name the server serves (as listed by GET /v1/models).
-        api_key: bearer token. Without it the key is read from the environment variable `api_key_env` names
-            (default OPENAI_API_KEY); none is sent when that is unset (vLLM's default), unless `api_key_env` was
-            named explicitly, which then must be set.
-        concurrency: requests in flight at once.
-        max_retries: retries after the first attempt, for connection errors, timeouts, 429 and 5xx only.
-        timeout_s: per-request limit on connecting and on waiting for the (non-streamed) response.
-        tokenizer_path: a local HF tokenizer folder for exact `count_tokens`; without it counts are approximate.
-        max_context: the served model's context length (the server does not report it).
-        endpoint: "chat" (/v1/chat/completions) or "completions" (/v1/completions, needs `tokenizer_path`: the
-            prompt is rendered here with the model's chat template, for servers without vLLM's chat prefill).
-        backoff_s: first retry delay; doubled each retry, capped at 30 s, with random jitter.
-        extra_body: fields merged into every request body, for server extensions such as
-            {"repetition_penalty": 1.1} (vLLM, SGLang); part of the bio cache key.
+    base_url: server root, e.g. http://localhost:8000 (a trailing /v1 is accepted too).
+    model: the model name the server serves (as listed by GET /v1/models).
+    api_key: bearer token. Without it the key is read from the environment variable `api_key_env` names
+        (default OPENAI_API_KEY); none is sent when that is unset (vLLM's default), unless `api_key_env` was
+        named explicitly, which then must be set.
+    concurrency: requests in flight at once.
+    max_retries: retries after the first attempt, for connection errors, timeouts, 429 and 5xx only.
+    timeout_s: per-request limit on connecting and on waiting for the (non-streamed) response.
+    tokenizer_path: a local HF tokenizer folder for exact `count_tokens`; without it counts are approximate.
+    max_context: the served model's context length (the server does not report it).
+    endpoint: "chat" (/v1/chat/completions) or "completions" (/v1/completions, needs `tokenizer_path`: the
+        prompt is rendered here with the model's chat template, for servers without vLLM's chat prefill).
+    backoff_s: first retry delay; doubled each retry, capped at 30 s, with random jitter.
+    extra_body: fields merged into every request body, for server extensions such as
+        {"repetition_penalty": 1.1} (vLLM, SGLang); part of the bio cache key.
     """
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, api_key_env: str | None = None,
-                 concurrency: int = 32, max_retries: int = 5, timeout_s: float = 300,
-                 tokenizer_path: str | None = None, max_context: int = 8192, endpoint: str = "chat",
-                 backoff_s: float = 0.5, extra_body: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        concurrency: int = 32,
+        max_retries: int = 5,
+        timeout_s: float = 300,
+        tokenizer_path: str | None = None,
+        max_context: int = 8192,
+        endpoint: str = "chat",
+        backoff_s: float = 0.5,
+        extra_body: dict[str, Any] | None = None,
+    ):
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}, not {endpoint!r}")
         if endpoint == "completions" and tokenizer_path is None:
-            raise ValueError("endpoint 'completions' renders prompts here with the model's chat template and needs "
-                             "tokenizer_path (the model's local folder)")
+            raise ValueError(
+                "endpoint 'completions' renders prompts here with the model's chat template and needs "
+                "tokenizer_path (the model's local folder)"
+            )
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
-            raise ValueError(f"need concurrency >= 1, max_retries >= 0 and timeout_s > 0; got {concurrency}, "
-                             f"{max_retries}, {timeout_s}")
+            raise ValueError(
+                f"need concurrency >= 1, max_retries >= 0 and timeout_s > 0; got {concurrency}, "
+                f"{max_retries}, {timeout_s}"
+            )
         if api_key is None:
             api_key = os.environ.get(api_key_env or "OPENAI_API_KEY")
             if api_key is None and api_key_env:
@@ -115,8 +130,14 @@ class OpenAICompatibleBackend(LLMBackend):
         if self.endpoint == "completions" and self.tokenizer_path is not None:
             path = self.tokenizer_path
             template = model_fingerprint(path) if os.path.isdir(path) else path
-        return {"backend": self.name, "base_url": self.base_url, "model": self.model, "endpoint": self.endpoint,
-                "extra_body": self.extra_body, "template": template}
+        return {
+            "backend": self.name,
+            "base_url": self.base_url,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "extra_body": self.extra_body,
+            "template": template,
+        }
 
     def count_tokens(self, messages: Messages) -> int:
         """Exact with `tokenizer_path`; otherwise ceil(characters / 4) + 8 per message (template overhead).
@@ -206,8 +227,9 @@ class OpenAICompatibleBackend(LLMBackend):
             except urllib.error.HTTPError as err:
                 text = _read_body(err)
                 if err.code not in RETRY_STATUSES:
-                    raise BackendRequestError(f"{url} returned HTTP {err.code} {err.reason}: {text}",
-                                              err.code, text) from err
+                    raise BackendRequestError(
+                        f"{url} returned HTTP {err.code} {err.reason}: {text}", err.code, text
+                    ) from err
                 last = f"HTTP {err.code} {err.reason}: {text}"
                 retry_after = _retry_after_s(err.headers.get("Retry-After"))
             except (OSError, http.client.HTTPException) as err:  # URLError, connection errors and timeouts
@@ -218,7 +240,7 @@ class OpenAICompatibleBackend(LLMBackend):
 
     def _backoff(self, attempt: int) -> float:
         """Exponential delay, randomly shortened by up to half so parallel workers do not retry in lockstep."""
-        return min(MAX_BACKOFF_S, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+        return min(MAX_BACKOFF_S, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
 
 
 def _read_body(err: urllib.error.HTTPError) -> str:

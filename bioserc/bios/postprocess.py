@@ -30,7 +30,7 @@ def degenerate_reason(text: str) -> str | None:
     if len(words) < MIN_WORDS:
         return f"empty or too short output ({len(words)} words)"
     if len(words) >= 20:
-        trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
         if len(set(trigrams)) / len(trigrams) < 0.4:
             return "degenerate output (the same phrase repeated)"
     return None

@@ -52,7 +52,7 @@ def prefix_groups(sequences: list[list[int]], min_shared: int = 16, max_members:
     j = len(order)
     while j > 0:
         i = cut[j]
-        groups.append(PrefixGroup(order[i:j], min(cap[i:j] + adjacent[i:j - 1])))
+        groups.append(PrefixGroup(order[i:j], min(cap[i:j] + adjacent[i : j - 1])))
         j = i
     return groups[::-1]
 
@@ -62,7 +62,7 @@ def split_groups(groups: list[PrefixGroup], size: int) -> list[PrefixGroup]:
     out = []
     for g in groups:
         for start in range(0, len(g.members), size):
-            out.append(PrefixGroup(g.members[start:start + size], g.shared))
+            out.append(PrefixGroup(g.members[start : start + size], g.shared))
     return out
 
 

@@ -33,8 +33,12 @@ from bioserc.schema import Conversation
 
 PROFILES = ("text", "emotion", "scores", "latent")
 VECTOR_PROFILES = ("scores", "latent")
-PROMPT_VERSIONS = {"text": BIO_PROMPT_VERSION, "emotion": EMOTION_PROMPT_VERSION, "scores": SCORES_PROMPT_VERSION,
-                   "latent": SCORES_PROMPT_VERSION}
+PROMPT_VERSIONS = {
+    "text": BIO_PROMPT_VERSION,
+    "emotion": EMOTION_PROMPT_VERSION,
+    "scores": SCORES_PROMPT_VERSION,
+    "latent": SCORES_PROMPT_VERSION,
+}
 # What each local backend kind's `prefill_last` returns, for the pipelines' checks before a model loads.
 PREFILL_OUTPUTS = {"transformers": ("logits", "hidden"), "onnx": ("logits",)}
 ANSWER_END = "emotion:"  # how the feeling prompt's pre-filled answer ends (`bioserc.prompts.bio.feeling_messages`)
@@ -50,15 +54,25 @@ def check_profile(profile: str, backend: str, outputs: Sequence[str], labels: Se
     if profile == "scores" and not labels:
         raise ValueError("profile scores needs the label set whose words it scores (--dataset meld, emorynlp, ...)")
     if profile in VECTOR_PROFILES and not outputs:
-        raise ValueError(f"profile {profile} needs a local backend (transformers or onnx); the {backend} backend "
-                         f"only returns generated text")
+        raise ValueError(
+            f"profile {profile} needs a local backend (transformers or onnx); the {backend} backend "
+            f"only returns generated text"
+        )
     if profile == "latent" and "hidden" not in outputs:
-        raise ValueError(f"profile latent needs the transformers backend: the {backend} backend returns logits but "
-                         f"no hidden states")
+        raise ValueError(
+            f"profile latent needs the transformers backend: the {backend} backend returns logits but no hidden states"
+        )
 
 
-def profile_prompt(profile: str, conv: Conversation, speaker: str, words: int, labels: Sequence[str] | None,
-                   count_tokens: Callable, budget: int) -> BioPrompt:
+def profile_prompt(
+    profile: str,
+    conv: Conversation,
+    speaker: str,
+    words: int,
+    labels: Sequence[str] | None,
+    count_tokens: Callable,
+    budget: int,
+) -> BioPrompt:
     """The per-speaker prompt of `profile`, shortened to `budget` tokens like a bio prompt."""
     if profile == "text":
         return speaker_prompt(conv, speaker, words, count_tokens, budget)
@@ -78,13 +92,15 @@ def label_token_ids(encode: Callable[[str], list[int]], labels: Sequence[str]) -
     ids = []
     for label, word in zip(labels, label_words(tuple(labels)), strict=True):
         tokens = encode(f"{ANSWER_END} {word}")
-        if tokens[:len(context)] != context or len(tokens) == len(context):
+        if tokens[: len(context)] != context or len(tokens) == len(context):
             raise ValueError(f"label {label!r} does not tokenize as a continuation of {ANSWER_END!r}")
         first = tokens[len(context)]
         if first in owner:
-            raise ValueError(f"labels {owner[first]!r} and {label!r} start with the same token (id {first}) in this "
-                             f"model's tokenizer, so the scores profile cannot tell them apart; use a label set whose "
-                             f"words start differently")
+            raise ValueError(
+                f"labels {owner[first]!r} and {label!r} start with the same token (id {first}) in this "
+                f"model's tokenizer, so the scores profile cannot tell them apart; use a label set whose "
+                f"words start differently"
+            )
         owner[first] = label
         ids.append(first)
     return ids

@@ -50,18 +50,24 @@ def context_length(model: str, default: int = 8192) -> int:
 
 class TrtLlmBackend(LLMBackend):
     """Args:
-        model: a local HF folder (the merged model; tensorrt-llm's PyTorch backend needs no engine build).
-        batch_size: requests the runtime schedules together (its `max_batch_size`, in-flight batching); the same
-            option as the other local backends, so the pipelines' `--batch-size` reaches it.
-        max_seq_len: prompt plus generated tokens per request; None keeps the model's own limit.
-        dtype: "auto", "bfloat16", "float16", ...
-        tensor_parallel_size: GPUs per model.
+    model: a local HF folder (the merged model; tensorrt-llm's PyTorch backend needs no engine build).
+    batch_size: requests the runtime schedules together (its `max_batch_size`, in-flight batching); the same
+        option as the other local backends, so the pipelines' `--batch-size` reaches it.
+    max_seq_len: prompt plus generated tokens per request; None keeps the model's own limit.
+    dtype: "auto", "bfloat16", "float16", ...
+    tensor_parallel_size: GPUs per model.
     """
 
     name = "trtllm"
 
-    def __init__(self, model: str, batch_size: int = 64, max_seq_len: int | None = None, dtype: str = "auto",
-                 tensor_parallel_size: int = 1):
+    def __init__(
+        self,
+        model: str,
+        batch_size: int = 64,
+        max_seq_len: int | None = None,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+    ):
         trt = require_tensorrt_llm()
         from transformers import AutoTokenizer
 
@@ -81,18 +87,32 @@ class TrtLlmBackend(LLMBackend):
     def generate(self, batch: list[Messages], config: GenerationConfig) -> list[Generation]:
         """One call for the whole batch: the runtime's in-flight batching orders and pads requests itself."""
         if config.do_sample:
-            params = self._sampling_params(max_tokens=config.max_new_tokens, temperature=config.temperature,
-                                           top_p=config.top_p, seed=config.seed,
-                                           repetition_penalty=config.repetition_penalty)
+            params = self._sampling_params(
+                max_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=config.seed,
+                repetition_penalty=config.repetition_penalty,
+            )
         else:
-            params = self._sampling_params(max_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed,
-                                           repetition_penalty=config.repetition_penalty)
+            params = self._sampling_params(
+                max_tokens=config.max_new_tokens,
+                temperature=0.0,
+                seed=config.seed,
+                repetition_penalty=config.repetition_penalty,
+            )
         outputs = self.llm.generate([self._encode(m) for m in batch], params)
         gens = []
         for out in outputs:
             best = out.outputs[0]
-            gens.append(Generation(text=best.text, prompt_tokens=len(out.prompt_token_ids),
-                                   new_tokens=len(best.token_ids), finish_reason=best.finish_reason))
+            gens.append(
+                Generation(
+                    text=best.text,
+                    prompt_tokens=len(out.prompt_token_ids),
+                    new_tokens=len(best.token_ids),
+                    finish_reason=best.finish_reason,
+                )
+            )
         return gens
 
     def close(self) -> None:

@@ -67,16 +67,46 @@ class BiosercBertConfig(PretrainedConfig):
     """
 
     model_type = MODEL_TYPE
-    FIELDS = ("encoder", "label_set", "labels", "window", "bio_mode", "profile", "profile_dim", "speaker_hidden",
-              "ctx_ffn", "heads", "dropout", "ctx_dropout", "max_length", "bio_max_length", "freeze_layers",
-              "encode_chunk")
+    FIELDS = (
+        "encoder",
+        "label_set",
+        "labels",
+        "window",
+        "bio_mode",
+        "profile",
+        "profile_dim",
+        "speaker_hidden",
+        "ctx_ffn",
+        "heads",
+        "dropout",
+        "ctx_dropout",
+        "max_length",
+        "bio_max_length",
+        "freeze_layers",
+        "encode_chunk",
+    )
 
-    def __init__(self, encoder: str = "minilm", label_set: str = "meld", labels: list[str] | None = None,
-                 window: int = 2, bio_mode: str = "mlp", profile: str = "text", profile_dim: int = 0,
-                 speaker_hidden: int | None = None, ctx_ffn: int | None = None, heads: int = 8, dropout: float = 0.2,
-                 ctx_dropout: float = 0.1, max_length: int = 256, bio_max_length: int = 128, freeze_layers: int = 0,
-                 encode_chunk: int = 256, encoder_config: PretrainedConfig | dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        encoder: str = "minilm",
+        label_set: str = "meld",
+        labels: list[str] | None = None,
+        window: int = 2,
+        bio_mode: str = "mlp",
+        profile: str = "text",
+        profile_dim: int = 0,
+        speaker_hidden: int | None = None,
+        ctx_ffn: int | None = None,
+        heads: int = 8,
+        dropout: float = 0.2,
+        ctx_dropout: float = 0.1,
+        max_length: int = 256,
+        bio_max_length: int = 128,
+        freeze_layers: int = 0,
+        encode_chunk: int = 256,
+        encoder_config: PretrainedConfig | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if bio_mode not in HEAD_BIO_MODES:
             raise ValueError(f"bio_mode must be one of {HEAD_BIO_MODES}, got {bio_mode!r}")
         if profile not in HEAD_PROFILES:
@@ -124,7 +154,7 @@ def sinusoid(length: int, dim: int, device: torch.device, dtype: torch.dtype) ->
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
     pe = torch.zeros(length, dim, device=device)
     pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq)[:, :dim // 2]
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
     return pe.to(dtype)
 
 
@@ -145,10 +175,10 @@ def _layers(encoder: nn.Module) -> nn.ModuleList:
 
 class BiosercBert(PreTrainedModel):
     """Args:
-        config: the settings; `config.encoder_config` builds a randomly initialised encoder when `encoder` is None
-            (`from_pretrained` then loads the weights).
-        encoder: a pretrained HF encoder (`from_encoder`).
-        tokenizer: the encoder's tokenizer, kept as `self.tokenizer` for `Collator` and saved with the model.
+    config: the settings; `config.encoder_config` builds a randomly initialised encoder when `encoder` is None
+        (`from_pretrained` then loads the weights).
+    encoder: a pretrained HF encoder (`from_encoder`).
+    tokenizer: the encoder's tokenizer, kept as `self.tokenizer` for `Collator` and saved with the model.
     """
 
     config_class = BiosercBertConfig
@@ -158,8 +188,10 @@ class BiosercBert(PreTrainedModel):
         super().__init__(config)
         if encoder is None:
             if config.encoder_config is None:
-                raise ValueError("BiosercBertConfig.encoder_config is not set: build the model with "
-                                 "BiosercBert.from_encoder(config) or load it with from_pretrained")
+                raise ValueError(
+                    "BiosercBertConfig.encoder_config is not set: build the model with "
+                    "BiosercBert.from_encoder(config) or load it with from_pretrained"
+                )
             encoder = AutoModel.from_config(config.encoder_config)
         config.encoder_config = encoder.config
         self.encoder, self.tokenizer = encoder, tokenizer
@@ -170,8 +202,9 @@ class BiosercBert(PreTrainedModel):
             if width % config.heads:
                 raise ValueError(f"{name} {width} is not divisible by heads={config.heads}")
         self.utt_proj = nn.Linear(hidden, hidden)
-        layer = nn.TransformerEncoderLayer(hidden, config.heads, config.ctx_ffn or 2 * hidden, config.ctx_dropout,
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            hidden, config.heads, config.ctx_ffn or 2 * hidden, config.ctx_dropout, batch_first=True
+        )
         self.context = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.intra_proj, self.inter_proj = nn.Linear(hidden, spk), nn.Linear(hidden, spk)
         self.intra = nn.MultiheadAttention(spk, config.heads, dropout=config.dropout, batch_first=True)
@@ -185,8 +218,9 @@ class BiosercBert(PreTrainedModel):
         if config.bio_mode != "none":
             self.head_bio = nn.Linear(hidden, n)
             if config.profile in VECTOR_PROFILES:  # LayerNorm: probabilities and hidden states differ in scale
-                self.profile_proj = nn.Sequential(nn.LayerNorm(config.profile_dim),
-                                                  nn.Linear(config.profile_dim, hidden), nn.Tanh())
+                self.profile_proj = nn.Sequential(
+                    nn.LayerNorm(config.profile_dim), nn.Linear(config.profile_dim, hidden), nn.Tanh()
+                )
         self.freeze(config.freeze_layers)
         self.post_init()
 
@@ -218,13 +252,19 @@ class BiosercBert(PreTrainedModel):
         fixed-size Slice."""
         step = self.config.encode_chunk
         if self.training or len(input_ids) <= step:
-            return masked_mean(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
-                               pool_mask)
-        return torch.cat([self.encode(input_ids[i:i + step], attention_mask[i:i + step], pool_mask[i:i + step])
-                          for i in range(0, len(input_ids), step)])
+            return masked_mean(
+                self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, pool_mask
+            )
+        return torch.cat(
+            [
+                self.encode(input_ids[i : i + step], attention_mask[i : i + step], pool_mask[i : i + step])
+                for i in range(0, len(input_ids), step)
+            ]
+        )
 
-    def speaker_attention(self, attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor,
-                          utt_mask: torch.Tensor) -> torch.Tensor:
+    def speaker_attention(
+        self, attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor, utt_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Self-attention of x (B, L, D) where utterance q may look at utterance k only if allowed[b, q, k]."""
         allowed = allowed & utt_mask.unsqueeze(1) & utt_mask.unsqueeze(2)
         # A row with nothing to look at (padding, or the only speaker of a conversation in the inter-speaker view)
@@ -234,11 +274,20 @@ class BiosercBert(PreTrainedModel):
         mask = (~allowed).repeat_interleave(attn.num_heads, dim=0)  # (B*heads, L, L), batch-major as MHA expects
         return attn(x, x, x, attn_mask=mask, need_weights=False)[0]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
-                utt_position: torch.Tensor, utt_mask: torch.Tensor, utt_speaker: torch.Tensor,
-                bio_input_ids: torch.Tensor | None = None, bio_attention_mask: torch.Tensor | None = None,
-                speaker_bio: torch.Tensor | None = None, speaker_mask: torch.Tensor | None = None,
-                speaker_profile: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_mask: torch.Tensor,
+        utt_position: torch.Tensor,
+        utt_mask: torch.Tensor,
+        utt_speaker: torch.Tensor,
+        bio_input_ids: torch.Tensor | None = None,
+        bio_attention_mask: torch.Tensor | None = None,
+        speaker_bio: torch.Tensor | None = None,
+        speaker_mask: torch.Tensor | None = None,
+        speaker_profile: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, L, C) for B conversations padded to L utterances; see `Collator` for the inputs."""
         n_conv, n_utt = utt_mask.shape
         utt = torch.tanh(self.utt_proj(self.encode(input_ids, attention_mask, target_mask)))  # (N, H)
@@ -249,8 +298,12 @@ class BiosercBert(PreTrainedModel):
         intra = self.speaker_attention(self.intra, self.intra_proj(ctx), same, utt_mask)
         inter = self.speaker_attention(self.inter, self.inter_proj(ctx), ~same, utt_mask)
         drop = self.dropout
-        logits = (self.head_ctx(drop(ctx)) + self.head_utt(drop(utt)) + self.head_intra(drop(intra))
-                  + self.head_inter(drop(inter)))
+        logits = (
+            self.head_ctx(drop(ctx))
+            + self.head_utt(drop(utt))
+            + self.head_intra(drop(intra))
+            + self.head_inter(drop(inter))
+        )
         if self.config.bio_mode == "none":
             return logits
         if self.config.profile in VECTOR_PROFILES:
@@ -261,8 +314,9 @@ class BiosercBert(PreTrainedModel):
         own = conv_bios.gather(1, utt_speaker.unsqueeze(-1).expand(-1, -1, hidden))  # (B, L, H)
         if self.config.bio_mode == "mlp":
             return logits + self.head_bio(drop(own))
-        attended = self.bio_attn(utt + own, conv_bios, conv_bios, key_padding_mask=~speaker_mask,
-                                 need_weights=False)[0]
+        attended = self.bio_attn(utt + own, conv_bios, conv_bios, key_padding_mask=~speaker_mask, need_weights=False)[
+            0
+        ]
         return logits + self.head_bio(drop(attended))
 
     # ------------------------------------------------------------------------------------------------ save / load
@@ -277,10 +331,12 @@ class BiosercBert(PreTrainedModel):
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             encoder = AutoModel.from_pretrained(path, local_files_only=True)
         except OSError as err:
-            raise ValueError(f"encoder {config.encoder!r} is neither an embedded model ({', '.join(MODELS)}) nor a "
-                             "local Hugging Face model folder; the Hub is never contacted, so download it once "
-                             "(e.g. `hf download FacebookAI/roberta-large --local-dir models/roberta-large`) "
-                             "and pass the folder") from err
+            raise ValueError(
+                f"encoder {config.encoder!r} is neither an embedded model ({', '.join(MODELS)}) nor a "
+                "local Hugging Face model folder; the Hub is never contacted, so download it once "
+                "(e.g. `hf download FacebookAI/roberta-large --local-dir models/roberta-large`) "
+                "and pass the folder"
+            ) from err
         return cls(config, encoder, tokenizer)
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
@@ -291,8 +347,9 @@ class BiosercBert(PreTrainedModel):
             fh.write("".join(f"{label}\n" for label in self.config.labels))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: Any, device: torch.device | str | None = None,
-                        **kwargs: Any) -> BiosercBert:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, *args: Any, device: torch.device | str | None = None, **kwargs: Any
+    ) -> BiosercBert:
         """Load a saved folder (local only) with its tokenizer, onto `device`; every weight must be in the file.
 
         `device` may also be given positionally (`from_pretrained(folder, "cpu")`); `AutoModel.from_pretrained`

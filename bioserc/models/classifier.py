@@ -24,9 +24,14 @@ class UtteranceClassifier(Protocol):
     model_id: str  # manifest hash: which exact artifact produced a prediction
     bio_mode: str
 
-    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None = None,
-                batch_size: int = 8, progress: bool = False,
-                max_utterances: int | None = None) -> list[Prediction]: ...
+    def predict(
+        self,
+        conversations: Sequence[Conversation],
+        bios: Mapping[BioKey, Bio] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+        max_utterances: int | None = None,
+    ) -> list[Prediction]: ...
 
 
 class TorchClassifier:
@@ -49,8 +54,9 @@ class TorchClassifier:
         return predict(self.model, conversations, bios, batch_size, progress, max_utterances)
 
 
-def load_classifier(directory: str, device: str = "cpu", threads: int | None = None,
-                    **llm_options: Any) -> UtteranceClassifier:
+def load_classifier(
+    directory: str, device: str = "cpu", threads: int | None = None, **llm_options: Any
+) -> UtteranceClassifier:
     """The classifier in `directory`, verified against its manifest before anything is loaded.
 
     `device` is a torch device for PyTorch artifacts (`bioserc.devices.resolve_device`: "auto" = CUDA when available)
@@ -70,8 +76,10 @@ def load_classifier(directory: str, device: str = "cpu", threads: int | None = N
     if kind == "onnx-llm":
         torch_only = sorted({"base_model", "dtype"} & set(llm_options))
         if torch_only:
-            raise ValueError(f"{torch_only} apply to PyTorch LLM artifacts only; {directory!r} holds an {kind} "
-                             "export (merged fp32 weights)")
+            raise ValueError(
+                f"{torch_only} apply to PyTorch LLM artifacts only; {directory!r} holds an {kind} "
+                "export (merged fp32 weights)"
+            )
         from bioserc.models.onnx_llm_scoring import OnnxLlmClassifier
 
         return OnnxLlmClassifier.from_artifact(directory, device.split(":", 1)[0], threads, manifest, **llm_options)

@@ -63,15 +63,26 @@ def load_bios(paths: str | Iterable[str], profile: str = "text", dim: int | None
     return bios
 
 
-def row_bio(path: str, where: str, row: dict[str, Any], profile: str, dim: int | None = None,
-            source: str = "the model's profile_dim") -> Bio | None:
+def row_bio(
+    path: str,
+    where: str,
+    row: dict[str, Any],
+    profile: str,
+    dim: int | None = None,
+    source: str = "the model's profile_dim",
+) -> Bio | None:
     """What one bios.jsonl row gives a model of `profile`: its bio text, its vector (of `dim` numbers unless None;
     `source` says where `dim` came from), or None for a failed row. A row of another profile or a bad vector is a
     `RecordError` (the record is `where`): a model silently fed profiles it was not trained on would still predict,
     only worse. Shared by `load_bios` and the labelling pipeline's reading of `--bios`."""
     if (kind := row.get("profile", "text")) not in ROW_KINDS[profile]:
-        raise RecordError(path, where, "profile", f"{kind!r} rows cannot feed a model of profile {profile} (it reads "
-                          f"{' or '.join(ROW_KINDS[profile])} rows, from `bioserc bios --profile`)")
+        raise RecordError(
+            path,
+            where,
+            "profile",
+            f"{kind!r} rows cannot feed a model of profile {profile} (it reads "
+            f"{' or '.join(ROW_KINDS[profile])} rows, from `bioserc bios --profile`)",
+        )
     if row.get("error") or (profile == "text" and not row.get("bio")):
         return None  # failed bios belong to the dead-letter output
     if profile == "text":
@@ -100,8 +111,11 @@ def _bio_key(path: str, where: str, row: dict[str, Any]) -> BioKey:
 
 
 def _vector(path: str, where: str, value: Any) -> list[float]:
-    if not isinstance(value, list) or not value or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
         raise RecordError(path, where, "vector", "must be a non-empty list of finite numbers")
     return [float(v) for v in value]
 
@@ -113,8 +127,12 @@ def missing_bios(conversations: Iterable[Conversation], bios: Mapping[BioKey, Bi
     return [(c.id, s) for c in conversations for s in c.speakers if (c.id, s) not in bios]
 
 
-def length_sorted_batches(conversations: Sequence[Conversation], batch_size: int,
-                          shuffle_seed: int | None = None, max_utterances: int | None = None) -> list[list[int]]:
+def length_sorted_batches(
+    conversations: Sequence[Conversation],
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    max_utterances: int | None = None,
+) -> list[list[int]]:
     """Index batches of conversations with similar utterance counts, so little padding gets encoded.
 
     A batch closes at `batch_size` conversations or, when `max_utterances` is set, before its utterance count would
@@ -174,8 +192,8 @@ class Collator:
         # Where the tokenizer's own special tokens go ([CLS] x [SEP], <s> x </s>, ...), read off one real encoding.
         bare = tokenizer("x", add_special_tokens=False)["input_ids"]
         full = tokenizer("x")["input_ids"]
-        start = next(i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare)
-        self.prefix, self.suffix = full[:start], full[start + len(bare):]
+        start = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
+        self.prefix, self.suffix = full[:start], full[start + len(bare) :]
         if max(self.max_length, self.bio_max_length) > tokenizer.model_max_length:
             raise ValueError(f"max_length/bio_max_length exceed the encoder's limit of {tokenizer.model_max_length}")
         self.budget = self.max_length - len(self.prefix) - len(self.suffix) - 2  # 2 target markers
@@ -184,14 +202,14 @@ class Collator:
 
     def window_ids(self, pieces: list[list[int]], i: int) -> tuple[list[int], int, int]:
         """Token ids of utterance i's window and the [start, end) span of its marked target (markers included)."""
-        target = pieces[i][:self.budget]
-        left = [t for p in pieces[max(0, i - self.window):i] for t in p]
-        right = [t for p in pieces[i + 1:i + 1 + self.window] for t in p]
+        target = pieces[i][: self.budget]
+        left = [t for p in pieces[max(0, i - self.window) : i] for t in p]
+        right = [t for p in pieces[i + 1 : i + 1 + self.window] for t in p]
         room = self.budget - len(target)
         # Keep the context nearest the target: split the room evenly and hand what one side cannot use to the other.
         n_left = min(len(left), max(room // 2, room - len(right)))
         n_right = min(len(right), room - n_left)
-        left, right = left[len(left) - n_left:], right[:n_right]
+        left, right = left[len(left) - n_left :], right[:n_right]
         ids = self.prefix + left + [self.sep] + target + [self.sep] + right + self.suffix
         start = len(self.prefix) + len(left)
         return ids, start, start + len(target) + 2
@@ -214,31 +232,45 @@ class Collator:
                 utt_speaker[b, i] = slot[utt.speaker]
                 if utt.label is not None:
                     if utt.label not in self.label_ids:
-                        raise ValueError(f"conversation {conv.id} utterance {utt.index}: label {utt.label!r} is not "
-                                         f"one of the model's labels {list(self.label_ids)}")
+                        raise ValueError(
+                            f"conversation {conv.id} utterance {utt.index}: label {utt.label!r} is not "
+                            f"one of the model's labels {list(self.label_ids)}"
+                        )
                     labels[b, i] = self.label_ids[utt.label]
-            utt_mask[b, :len(conv.utterances)] = True
+            utt_mask[b, : len(conv.utterances)] = True
 
         width = max(len(ids) for ids, _, _ in windows)
         input_ids = torch.full((len(windows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
         attention_mask = torch.zeros(len(windows), width, dtype=torch.long)
         target_mask = torch.zeros(len(windows), width)
         for n, (ids, start, end) in enumerate(windows):
-            input_ids[n, :len(ids)] = torch.tensor(ids)
-            attention_mask[n, :len(ids)] = 1
+            input_ids[n, : len(ids)] = torch.tensor(ids)
+            attention_mask[n, : len(ids)] = 1
             target_mask[n, start:end] = 1.0
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "target_mask": target_mask,
-                  "utt_position": torch.tensor(positions), "utt_mask": utt_mask, "utt_speaker": utt_speaker}
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "target_mask": target_mask,
+            "utt_position": torch.tensor(positions),
+            "utt_mask": utt_mask,
+            "utt_speaker": utt_speaker,
+        }
         missing: list[BioKey] = []
         if self.vectors:
             inputs.update(self.profile_inputs(conversations, bios or {}, missing))
         elif self.use_bios:
             inputs.update(self.bio_inputs(conversations, bios or {}, missing))
-        return Batch([c.id for c in conversations], [[u.index for u in c.utterances] for c in conversations],
-                     inputs, labels, missing)
+        return Batch(
+            [c.id for c in conversations],
+            [[u.index for u in c.utterances] for c in conversations],
+            inputs,
+            labels,
+            missing,
+        )
 
-    def bio_inputs(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str],
-                   missing: list[BioKey]) -> dict[str, torch.Tensor]:
+    def bio_inputs(
+        self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str], missing: list[BioKey]
+    ) -> dict[str, torch.Tensor]:
         """Each distinct bio text of the batch is tokenised (and later encoded) once; speakers index into them."""
         unique: dict[str, int] = {}
         n_spk = max(len(c.speakers) for c in conversations)
@@ -252,13 +284,19 @@ class Collator:
                     text = ""
                 speaker_bio[b, k] = unique.setdefault(text, len(unique))
                 speaker_mask[b, k] = True
-        enc = self.tokenizer(list(unique), padding=True, truncation=True, max_length=self.bio_max_length,
-                             return_tensors="pt")
-        return {"bio_input_ids": enc["input_ids"], "bio_attention_mask": enc["attention_mask"],
-                "speaker_bio": speaker_bio, "speaker_mask": speaker_mask}
+        enc = self.tokenizer(
+            list(unique), padding=True, truncation=True, max_length=self.bio_max_length, return_tensors="pt"
+        )
+        return {
+            "bio_input_ids": enc["input_ids"],
+            "bio_attention_mask": enc["attention_mask"],
+            "speaker_bio": speaker_bio,
+            "speaker_mask": speaker_mask,
+        }
 
-    def profile_inputs(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio],
-                       missing: list[BioKey]) -> dict[str, torch.Tensor]:
+    def profile_inputs(
+        self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio], missing: list[BioKey]
+    ) -> dict[str, torch.Tensor]:
         """Each speaker's profile vector, zeros for a speaker without one (as a missing text bio is encoded empty)."""
         n_spk = max(len(c.speakers) for c in conversations)
         speaker_profile = torch.zeros(len(conversations), n_spk, self.profile_dim)
@@ -270,8 +308,10 @@ class Collator:
                     missing.append((conv.id, speaker))
                 elif isinstance(vector, str) or len(vector) != self.profile_dim:
                     got = "a text bio" if isinstance(vector, str) else f"{len(vector)} numbers"
-                    raise ValueError(f"conversation {conv.id} speaker {speaker}: the model reads {self.profile} "
-                                     f"profiles of {self.profile_dim} numbers, got {got}")
+                    raise ValueError(
+                        f"conversation {conv.id} speaker {speaker}: the model reads {self.profile} "
+                        f"profiles of {self.profile_dim} numbers, got {got}"
+                    )
                 else:
                     speaker_profile[b, k] = torch.as_tensor(vector, dtype=speaker_profile.dtype)
                 speaker_mask[b, k] = True

@@ -18,9 +18,16 @@ import torch
 GROUPED_ATTENTION = "bioserc_grouped"
 
 
-def grouped_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                              attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
-                              **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """query (B, H, Q, D), key/value (B, KV, L, D), mask (B, 1 or H, Q, >= L) -> output (B, Q, H, D), weights."""
     batch, heads, q_len, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]

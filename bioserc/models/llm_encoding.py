@@ -30,8 +30,10 @@ def apply_template_choice(tokenizer: Any, chat_template: str) -> None:
     if chat_template == "chatml":
         tokenizer.chat_template = CHATML_TEMPLATE
     elif not tokenizer.chat_template:
-        raise ValueError("the tokenizer has no chat template (a base model such as Llama-2?): set chat_template: "
-                         "chatml to render the paper's ChatML as plain text")
+        raise ValueError(
+            "the tokenizer has no chat template (a base model such as Llama-2?): set chat_template: "
+            "chatml to render the paper's ChatML as plain text"
+        )
 
 
 class ChatEncoder:
@@ -54,8 +56,9 @@ class ChatEncoder:
         self.pad_id = 0 if pad is None else pad
         eot_ids = self.encode(self.end_of_turn)
         # generation stops at the end-of-turn token when it is a single one (ChatML's <|im_end|>), else at EOS
-        self.stop_ids = sorted({eot_ids[0]} if len(eot_ids) == 1 else set()) or \
-            ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        self.stop_ids = sorted({eot_ids[0]} if len(eot_ids) == 1 else set()) or (
+            [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        )
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -68,17 +71,21 @@ class ChatEncoder:
         prompt = self.render(_PROBE, True)
         full = self.render([*_PROBE, {"role": "assistant", "content": "LABEL"}], False)
         if not full.startswith(prompt + "LABEL"):
-            raise ValueError("the chat template does not render an assistant answer right after its generation "
-                             f"prompt ({full[len(prompt) - 20:]!r}); use chat_template: chatml")
-        return full[len(prompt) + len("LABEL"):].rstrip() or (self.tokenizer.eos_token or "")
+            raise ValueError(
+                "the chat template does not render an assistant answer right after its generation "
+                f"prompt ({full[len(prompt) - 20 :]!r}); use chat_template: chatml"
+            )
+        return full[len(prompt) + len("LABEL") :].rstrip() or (self.tokenizer.eos_token or "")
 
     def _answer_ids(self, label: str) -> list[int]:
         prompt = self.render(_PROBE, True)
         head, full = self.encode(prompt), self.encode(prompt + label + self.end_of_turn)
-        if full[:len(head)] != head:
-            raise ValueError(f"label {label!r} merges with the generation prompt's last token under this tokenizer; "
-                             "prompt and answer cannot be split into tokens cleanly")
-        return full[len(head):]
+        if full[: len(head)] != head:
+            raise ValueError(
+                f"label {label!r} merges with the generation prompt's last token under this tokenizer; "
+                "prompt and answer cannot be split into tokens cleanly"
+            )
+        return full[len(head) :]
 
     def prompt_ids(self, conv: Conversation, i: int, bio: str | None = None) -> list[int]:
         """Generation-prompt ids of utterance position i; over the budget, the window shrinks until it fits."""
@@ -97,13 +104,18 @@ class ChatEncoder:
         if label is None:
             return None
         if label not in self.labels:
-            raise ValueError(f"conversation {conv.id} utterance {conv.utterances[i].index}: label {label!r} is not "
-                             f"one of {self.labels}")
+            raise ValueError(
+                f"conversation {conv.id} utterance {conv.utterances[i].index}: label {label!r} is not "
+                f"one of {self.labels}"
+            )
         prompt, answer = self.prompt_ids(conv, i, bio), self.answers[self.labels.index(label)]
         if self.max_length and len(prompt) + len(answer) > self.max_length:
             return None
-        return {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)),
-                "labels": [IGNORE] * len(prompt) + answer}
+        return {
+            "input_ids": prompt + answer,
+            "attention_mask": [1] * (len(prompt) + len(answer)),
+            "labels": [IGNORE] * len(prompt) + answer,
+        }
 
 
 def utterance_bio(bios: Mapping[BioKey, str] | None, conv: Conversation, i: int) -> str | None:

@@ -55,9 +55,11 @@ def check_scoring(scoring: str, labels: Sequence[str], answers: Sequence[Sequenc
         by_token[answer[0]].append(label)
     clashes = [" / ".join(map(repr, group)) for group in by_token.values() if len(group) > 1]
     if clashes:
-        raise ValueError(f"scoring 'first' needs labels whose answers start with different tokens, but "
-                         f"{'; '.join(clashes)} share their first token under this tokenizer; use scoring 'sum' or "
-                         "'mean'")
+        raise ValueError(
+            f"scoring 'first' needs labels whose answers start with different tokens, but "
+            f"{'; '.join(clashes)} share their first token under this tokenizer; use scoring 'sum' or "
+            "'mean'"
+        )
 
 
 def first_token_scores(first: torch.Tensor, answers: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -77,20 +79,26 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for b, row in enumerate(rows):
-        ids[b, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[b, width - len(row):] = 1
+        ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[b, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
-def label_loglik(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
-                 scoring: str = "sum") -> torch.Tensor:
+def label_loglik(
+    model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, scoring: str = "sum"
+) -> torch.Tensor:
     """(B, K) scores of K answers after each of B prompts (token ids; prompts left-padded here), per `scoring`."""
     return label_logliks(model, prompts, answers, pad_id, first_only=scoring == "first")[scoring]
 
 
 @torch.inference_mode()
-def label_logliks(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
-                  first_only: bool = False) -> dict[str, torch.Tensor]:
+def label_logliks(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    pad_id: int,
+    first_only: bool = False,
+) -> dict[str, torch.Tensor]:
     """Every scoring's (B, K) label scores from one pass ({"first", "sum", "mean"}; only "first" if `first_only`),
     so a benchmark compares scorings on identical forward passes.
 
@@ -101,8 +109,7 @@ def label_logliks(model: Any, prompts: Sequence[Sequence[int]], answers: Sequenc
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=not first_only,
-                logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=not first_only, logits_to_keep=1)
     first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): the distribution of every answer's first token
     scores = {"first": first_token_scores(first, answers).cpu()}
     if first_only:
@@ -113,14 +120,20 @@ def label_logliks(model: Any, prompts: Sequence[Sequence[int]], answers: Sequenc
     block = torch.tensor([t for a in answers for t in a], device=device)
     n_prompt, n_block, batch = ids.shape[1], len(block), len(prompts)
     own = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # (T, T)
-    allowed = torch.cat([mask.bool()[:, None, :].expand(batch, n_block, n_prompt),
-                         own.expand(batch, n_block, n_block)], dim=-1)  # (B, T, P + T)
+    allowed = torch.cat(
+        [mask.bool()[:, None, :].expand(batch, n_block, n_prompt), own.expand(batch, n_block, n_block)], dim=-1
+    )  # (B, T, P + T)
     dtype = model.get_input_embeddings().weight.dtype  # the dtype attention runs in (LoRA weights may be fp32)
     mask4d = torch.zeros(batch, 1, n_block, n_prompt + n_block, dtype=dtype, device=device)
     mask4d.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
     block_positions = mask.sum(-1, keepdim=True) + offset[None, :]  # (B, T)
-    out2 = model(input_ids=block.expand(batch, n_block), attention_mask=mask4d, position_ids=block_positions,
-                 past_key_values=out.past_key_values, use_cache=True)
+    out2 = model(
+        input_ids=block.expand(batch, n_block),
+        attention_mask=mask4d,
+        position_ids=block_positions,
+        past_key_values=out.past_key_values,
+        use_cache=True,
+    )
     later = out2.logits.float().log_softmax(-1)  # (B, T, V): block token t predicts token t + 1 of its answer
 
     token_lp = first[:, block]  # (B, T); right for offset 0
@@ -132,18 +145,26 @@ def label_logliks(model: Any, prompts: Sequence[Sequence[int]], answers: Sequenc
 
 
 @torch.inference_mode()
-def generate_texts(model: Any, encoder: ChatEncoder, prompts: Sequence[Sequence[int]],
-                   max_new_tokens: int = 10) -> list[str]:
+def generate_texts(
+    model: Any, encoder: ChatEncoder, prompts: Sequence[Sequence[int]], max_new_tokens: int = 10
+) -> list[str]:
     """Greedy answers, cut at the end-of-turn marker (or EOS) and stripped."""
     from transformers import GenerationConfig
 
     ids, mask = left_pad(prompts, encoder.pad_id, model.device)  # a torch model or optimum's ORTModelForCausalLM
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=encoder.stop_ids or None,
-                              pad_token_id=encoder.pad_id, bos_token_id=model.generation_config.bos_token_id)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=encoder.stop_ids or None,
+        pad_token_id=encoder.pad_id,
+        bos_token_id=model.generation_config.bos_token_id,
+    )
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     stops = [s for s in (encoder.end_of_turn, encoder.tokenizer.eos_token, encoder.tokenizer.pad_token) if s]
-    return [parse_answer(encoder.tokenizer.decode(row, skip_special_tokens=False), stops)
-            for row in out[:, ids.shape[1]:].tolist()]
+    return [
+        parse_answer(encoder.tokenizer.decode(row, skip_special_tokens=False), stops)
+        for row in out[:, ids.shape[1] :].tolist()
+    ]
 
 
 def parse_answer(text: str, stops: Sequence[str]) -> str:
@@ -167,13 +188,17 @@ def encoder_from_artifact(directory: str, manifest: dict[str, Any]) -> ChatEncod
     from bioserc.artifacts import ArtifactError
 
     if "prompt" not in manifest or "labels" not in manifest:
-        raise ValueError(f"{directory!r} is a {manifest['kind']} artifact without an ERC prompt and labels: "
-                         "not an emotion classifier written by `bioserc train llm` / `bioserc merge` (or the "
-                         "`bioserc export onnx-llm` of a merged one)")
+        raise ValueError(
+            f"{directory!r} is a {manifest['kind']} artifact without an ERC prompt and labels: "
+            "not an emotion classifier written by `bioserc train llm` / `bioserc merge` (or the "
+            "`bioserc export onnx-llm` of a merged one)"
+        )
     prompt = ErcPromptConfig.from_dict(manifest["prompt"])
     if manifest.get("bio_mode", prompt.bio_mode) != prompt.bio_mode:  # onnx-llm states it for pipelines to plan with
-        raise ArtifactError(f"{directory!r}: manifest bio_mode {manifest['bio_mode']!r} differs from its prompt's "
-                            f"{prompt.bio_mode!r}; re-export the artifact")
+        raise ArtifactError(
+            f"{directory!r}: manifest bio_mode {manifest['bio_mode']!r} differs from its prompt's "
+            f"{prompt.bio_mode!r}; re-export the artifact"
+        )
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     return ChatEncoder(tokenizer, manifest["labels"], prompt)
 
@@ -204,8 +229,15 @@ class LlmClassifier:
         max_new_tokens: generation budget.
     """
 
-    def __init__(self, model: Any, encoder: ChatEncoder, model_id: str = "in-memory", mode: str = "score",
-                 scoring: str = "sum", max_new_tokens: int = 10):
+    def __init__(
+        self,
+        model: Any,
+        encoder: ChatEncoder,
+        model_id: str = "in-memory",
+        mode: str = "score",
+        scoring: str = "sum",
+        max_new_tokens: int = 10,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {MODES}")
         check_scoring(scoring, encoder.labels, encoder.answers)
@@ -215,8 +247,9 @@ class LlmClassifier:
         self.scoring, self.max_new_tokens = scoring, max_new_tokens
 
     @classmethod
-    def from_pretrained(cls, directory: str, device: str = "auto", base_model: str | None = None,
-                        dtype: str = "auto", **kwargs: Any) -> LlmClassifier:
+    def from_pretrained(
+        cls, directory: str, device: str = "auto", base_model: str | None = None, dtype: str = "auto", **kwargs: Any
+    ) -> LlmClassifier:
         """Load a `bioserc train llm` adapter (kind lora-adapter, on its base model) or a merged folder (hf-llm)."""
         from peft.utils import CONFIG_NAME as ADAPTER_CONFIG
         from transformers import AutoModelForCausalLM
@@ -232,8 +265,11 @@ class LlmClassifier:
         device = resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        options = {"dtype": getattr(torch, dtype), "attn_implementation": "sdpa" if device.startswith("cuda")
-                   else "eager", "use_safetensors": True}
+        options = {
+            "dtype": getattr(torch, dtype),
+            "attn_implementation": "sdpa" if device.startswith("cuda") else "eager",
+            "use_safetensors": True,
+        }
         if manifest["kind"] == "hf-llm":
             model = AutoModelForCausalLM.from_pretrained(directory, **options)
         else:
@@ -263,8 +299,14 @@ class LlmClassifier:
         chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)  # little padding per batch
         return tqdm(chunks, desc=desc, unit="batch", disable=not progress)
 
-    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
-                batch_size: int = 8, progress: bool = False, max_utterances: int | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        conversations: Sequence[Conversation],
+        bios: Mapping[BioKey, str] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+        max_utterances: int | None = None,
+    ) -> list[Prediction]:
         """One `Prediction` per utterance, in input order (in generate mode, invalid answers get label INVALID).
 
         `batch_size` prompts (one per utterance) go into each forward pass; `max_utterances`, the pipelines'
@@ -281,8 +323,13 @@ class LlmClassifier:
                     out[n] = Prediction(*keys[n], self.labels[int(row.argmax())], row.tolist())
         return out  # type: ignore[return-value]
 
-    def generate(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str] | None = None,
-                 batch_size: int = 8, progress: bool = False) -> list[GeneratedLabel]:
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        bios: Mapping[BioKey, str] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> list[GeneratedLabel]:
         """Free generation (paper-notes 5.5): exact match after stripping, else INVALID with all-zero probs."""
         keys, prompts = self._prompts(conversations, bios)
         out: list[GeneratedLabel | None] = [None] * len(keys)

@@ -33,16 +33,22 @@ ENCODE_CHUNK = 256  # sequences per encoder call: bounds activation memory whate
 
 class OnnxClassifier:
     """Args:
-        directory: an onnx-classifier artifact; its checksums are verified before any session is created.
-        provider: "auto" (TensorRT, CUDA, CPU, whichever onnxruntime offers), "tensorrt", "cuda" or "cpu".
-        threads: intra-op threads per session (default: the CPUs this process may use).
-        pad_to_max: pad every encoder call to the model's max_length / bio_max_length instead of to the longest
-            window of the batch: slower on CPU, but a fixed shape spares the TensorRT EP engine rebuilds.
-        manifest: the manifest `verify_artifact` already returned for `directory` (skips hashing twice).
+    directory: an onnx-classifier artifact; its checksums are verified before any session is created.
+    provider: "auto" (TensorRT, CUDA, CPU, whichever onnxruntime offers), "tensorrt", "cuda" or "cpu".
+    threads: intra-op threads per session (default: the CPUs this process may use).
+    pad_to_max: pad every encoder call to the model's max_length / bio_max_length instead of to the longest
+        window of the batch: slower on CPU, but a fixed shape spares the TensorRT EP engine rebuilds.
+    manifest: the manifest `verify_artifact` already returned for `directory` (skips hashing twice).
     """
 
-    def __init__(self, directory: str, provider: str = "auto", threads: int | None = None, pad_to_max: bool = False,
-                 manifest: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        directory: str,
+        provider: str = "auto",
+        threads: int | None = None,
+        pad_to_max: bool = False,
+        manifest: dict[str, Any] | None = None,
+    ):
         manifest = manifest or verify_artifact(directory, "onnx-classifier")  # given = already verified by the caller
         from transformers import AutoTokenizer
 
@@ -64,8 +70,9 @@ class OnnxClassifier:
         self.providers = self.encoder.get_providers()
         self._head_inputs = {i.name for i in self.head.get_inputs()}
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, pool_mask: np.ndarray,
-               width: int | None = None) -> np.ndarray:
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pool_mask: np.ndarray, width: int | None = None
+    ) -> np.ndarray:
         """Pooled encoder states (N, H), `ENCODE_CHUNK` sequences per encoder call.
 
         Sequences are taken in length order and each call is padded to its own longest one (or to `width`, a fixed
@@ -79,8 +86,11 @@ class OnnxClassifier:
             used = min(size, input_ids.shape[1])
             ids = np.full((len(rows), size), pad_id, dtype=np.int64)
             mask, pool = np.zeros((len(rows), size), dtype=np.int64), np.zeros((len(rows), size), dtype=np.float32)
-            ids[:, :used], mask[:, :used], pool[:, :used] = (input_ids[rows, :used], attention_mask[rows, :used],
-                                                              pool_mask[rows, :used])
+            ids[:, :used], mask[:, :used], pool[:, :used] = (
+                input_ids[rows, :used],
+                attention_mask[rows, :used],
+                pool_mask[rows, :used],
+            )
             out = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask, "pool_mask": pool})[0]
             if pooled is None:
                 pooled = np.empty((len(lengths), out.shape[-1]), dtype=np.float32)
@@ -91,26 +101,47 @@ class OnnxClassifier:
     def logits(self, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
         """(B, L, C) logits for one `Collator` batch (the keyword arguments `BiosercBert.forward` takes)."""
         x = {k: v.numpy() for k, v in inputs.items()}
-        pooled = self.encode(x["input_ids"], x["attention_mask"], x["target_mask"],
-                             self.config.max_length if self.pad_to_max else None)
+        pooled = self.encode(
+            x["input_ids"], x["attention_mask"], x["target_mask"], self.config.max_length if self.pad_to_max else None
+        )
         n_conv, n_utt = x["utt_mask"].shape
         slots = np.zeros((n_conv * n_utt, pooled.shape[-1]), dtype=np.float32)
         slots[x["utt_position"]] = pooled
-        feeds: dict[str, Any] = {"utterances": slots.reshape(n_conv, n_utt, -1), "utterance_mask": x["utt_mask"],
-                                 "utterance_speaker": x["utt_speaker"]}
+        feeds: dict[str, Any] = {
+            "utterances": slots.reshape(n_conv, n_utt, -1),
+            "utterance_mask": x["utt_mask"],
+            "utterance_speaker": x["utt_speaker"],
+        }
         if self.bio_mode != "none":
             feeds["speaker_mask"] = x["speaker_mask"]
             if self.collator.vectors:
                 feeds["speaker_profiles"] = x["speaker_profile"]  # (B, S, D): the head projects them
             else:
-                bios = self.encode(x["bio_input_ids"], x["bio_attention_mask"], x["bio_attention_mask"],
-                                   self.config.bio_max_length if self.pad_to_max else None)
+                bios = self.encode(
+                    x["bio_input_ids"],
+                    x["bio_attention_mask"],
+                    x["bio_attention_mask"],
+                    self.config.bio_max_length if self.pad_to_max else None,
+                )
                 feeds["speaker_bios"] = bios[x["speaker_bio"]]  # (B, S, H): each distinct bio was encoded once
         return self.head.run(None, {k: v for k, v in feeds.items() if k in self._head_inputs})[0]
 
-    def predict(self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None = None,
-                batch_size: int = 8, progress: bool = False, max_utterances: int | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        conversations: Sequence[Conversation],
+        bios: Mapping[BioKey, Bio] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+        max_utterances: int | None = None,
+    ) -> list[Prediction]:
         """One `Prediction` per utterance, in input order (as `bioserc.models.predict.predict`)."""
-        return predict_conversations(conversations, bios, self.collator, self.labels,
-                                     lambda batch: torch.from_numpy(self.logits(batch.inputs)), batch_size,
-                                     max_utterances, progress)
+        return predict_conversations(
+            conversations,
+            bios,
+            self.collator,
+            self.labels,
+            lambda batch: torch.from_numpy(self.logits(batch.inputs)),
+            batch_size,
+            max_utterances,
+            progress,
+        )

@@ -23,8 +23,9 @@ ONNX_FILE = "model.onnx"
 
 
 @torch.inference_mode()
-def ort_label_loglik(model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
-                     scoring: str = "sum") -> torch.Tensor:
+def ort_label_loglik(
+    model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, scoring: str = "sum"
+) -> torch.Tensor:
     """(B, K) scores of K answers after each of B prompts, as `llm_scoring.label_loglik`, with an
     `optimum.onnxruntime.ORTModelForCausalLM`.
 
@@ -50,9 +51,13 @@ def ort_label_loglik(model: Any, prompts: Sequence[Sequence[int]], answers: Sequ
     inputs = inputs.masked_fill(known == 0, pad_id)
     past = tuple(tuple(t.repeat_interleave(n_labels, 0) for t in layer) for layer in out.past_key_values)
     lengths = mask.sum(-1).repeat_interleave(n_labels)[:, None]
-    out2 = model(input_ids=inputs, attention_mask=torch.cat([mask.repeat_interleave(n_labels, 0), known], -1),
-                 position_ids=lengths + torch.arange(width, device=ids.device)[None], past_key_values=past,
-                 use_cache=False)
+    out2 = model(
+        input_ids=inputs,
+        attention_mask=torch.cat([mask.repeat_interleave(n_labels, 0), known], -1),
+        position_ids=lengths + torch.arange(width, device=ids.device)[None],
+        past_key_values=past,
+        use_cache=False,
+    )
     later = out2.logits.float().log_softmax(-1)  # (B * K, width, V): input j predicts answer token j + 1
     token_lp = later.gather(-1, targets[..., None]).squeeze(-1) * known
     return per_label(sums + token_lp.sum(-1).view(batch, n_labels), answers, scoring).cpu()
@@ -65,13 +70,20 @@ def ort_causal_lm(directory: str, provider: str = "auto", threads: int | None = 
     try:
         from optimum.onnxruntime import ORTModelForCausalLM
     except ImportError as err:
-        raise ImportError("ONNX LLM scoring needs onnxruntime and optimum-onnx: pip install 'bioserc[cpu]' (or "
-                          "'bioserc[gpu]' for CUDA)") from err
+        raise ImportError(
+            "ONNX LLM scoring needs onnxruntime and optimum-onnx: pip install 'bioserc[cpu]' (or "
+            "'bioserc[gpu]' for CUDA)"
+        ) from err
     from bioserc.runtime import CPU, CUDA, ort_providers, session_options
 
-    return ORTModelForCausalLM.from_pretrained(directory, file_name=ONNX_FILE, use_cache=True, local_files_only=True,
-                                               providers=ort_providers(provider, candidates=(CUDA, CPU)),
-                                               session_options=session_options(threads))
+    return ORTModelForCausalLM.from_pretrained(
+        directory,
+        file_name=ONNX_FILE,
+        use_cache=True,
+        local_files_only=True,
+        providers=ort_providers(provider, candidates=(CUDA, CPU)),
+        session_options=session_options(threads),
+    )
 
 
 class OnnxLlmClassifier(LlmClassifier):
@@ -79,8 +91,14 @@ class OnnxLlmClassifier(LlmClassifier):
     label scores from `ort_label_loglik`."""
 
     @classmethod
-    def from_artifact(cls, directory: str, provider: str = "auto", threads: int | None = None,
-                      manifest: dict[str, Any] | None = None, **kwargs: Any) -> OnnxLlmClassifier:
+    def from_artifact(
+        cls,
+        directory: str,
+        provider: str = "auto",
+        threads: int | None = None,
+        manifest: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> OnnxLlmClassifier:
         """Load the export, verified first (`manifest`: what `verify_artifact` already returned for it).
 
         Args:

@@ -46,8 +46,9 @@ class Piece:
     keep: range
 
 
-def pieces(conversations: Sequence[Conversation], max_context: int = MAX_CONTEXT,
-           overlap: int = CONTEXT_OVERLAP) -> list[Piece]:
+def pieces(
+    conversations: Sequence[Conversation], max_context: int = MAX_CONTEXT, overlap: int = CONTEXT_OVERLAP
+) -> list[Piece]:
     """Conversations of at most `max_context` utterances as they are; longer ones as overlapping pieces."""
     step = max_context - 2 * overlap
     if step < 1:
@@ -60,15 +61,27 @@ def pieces(conversations: Sequence[Conversation], max_context: int = MAX_CONTEXT
             continue
         for begin in range(0, n, step):
             lo, hi = max(0, begin - overlap), min(n, begin + step + overlap)
-            out.append(Piece(i, replace(conv, utterances=conv.utterances[lo:hi]), lo,
-                             range(begin - lo, min(begin + step, n) - lo)))
+            out.append(
+                Piece(
+                    i,
+                    replace(conv, utterances=conv.utterances[lo:hi]),
+                    lo,
+                    range(begin - lo, min(begin + step, n) - lo),
+                )
+            )
     return out
 
 
-def predict_conversations(conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None,
-                          collator: Collator, labels: Sequence[str], logits: Callable[[Batch], torch.Tensor],
-                          batch_size: int = 8, max_utterances: int | None = None,
-                          progress: bool = False) -> list[Prediction]:
+def predict_conversations(
+    conversations: Sequence[Conversation],
+    bios: Mapping[BioKey, Bio] | None,
+    collator: Collator,
+    labels: Sequence[str],
+    logits: Callable[[Batch], torch.Tensor],
+    batch_size: int = 8,
+    max_utterances: int | None = None,
+    progress: bool = False,
+) -> list[Prediction]:
     """One `Prediction` per utterance, in input order; `logits(batch)` returns (B, L, C) for one `Collator` batch.
 
     Speakers without a bio are encoded with an empty one (a zero vector for the scores/latent profiles, as training
@@ -83,23 +96,40 @@ def predict_conversations(conversations: Sequence[Conversation], bios: Mapping[B
             piece = parts[i]
             for k in piece.keep:
                 u, p = piece.conversation.utterances[k], probs[b, k]
-                found[piece.source].append((piece.start + k, Prediction(piece.conversation.id, u.index,
-                                                                         labels[int(p.argmax())], p.tolist())))
+                found[piece.source].append(
+                    (piece.start + k, Prediction(piece.conversation.id, u.index, labels[int(p.argmax())], p.tolist()))
+                )
     if collator.use_bios and (n_missing := len(missing_bios(conversations, bios))):
-        logger.warning("%d speaker(s) had no bio and were classified with %s", n_missing,
-                       f"a zero {collator.profile} vector" if collator.vectors else "an empty one")
+        logger.warning(
+            "%d speaker(s) had no bio and were classified with %s",
+            n_missing,
+            f"a zero {collator.profile} vector" if collator.vectors else "an empty one",
+        )
     return [p for i in range(len(conversations)) for _, p in sorted(found[i], key=lambda kp: kp[0])]
 
 
 @torch.inference_mode()
-def predict(model: BiosercBert, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio] | None = None,
-            batch_size: int = 8, progress: bool = False, max_utterances: int | None = None) -> list[Prediction]:
+def predict(
+    model: BiosercBert,
+    conversations: Sequence[Conversation],
+    bios: Mapping[BioKey, Bio] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    max_utterances: int | None = None,
+) -> list[Prediction]:
     """`predict_conversations` with a PyTorch `BiosercBert` (in eval mode for the call)."""
     was_training = model.training
     model.eval()
     try:
-        return predict_conversations(conversations, bios, Collator(model.tokenizer, model.config),
-                                     model.config.labels, lambda batch: model(**batch.to(model.device).inputs),
-                                     batch_size, max_utterances, progress)
+        return predict_conversations(
+            conversations,
+            bios,
+            Collator(model.tokenizer, model.config),
+            model.config.labels,
+            lambda batch: model(**batch.to(model.device).inputs),
+            batch_size,
+            max_utterances,
+            progress,
+        )
     finally:
         model.train(was_training)

@@ -111,7 +111,7 @@ def fit_lines(lines: list[str], build: Callable[[str], list[dict[str, str]]], co
         keep = max(2, min(keep - 1, int(keep * budget / total)))
         head, tail = (keep + 1) // 2, keep // 2
         omitted = len(lines) - keep
-        messages = build("\n".join(lines[:head] + [f"[... {omitted} turns omitted ...]"] + lines[len(lines) - tail:]))
+        messages = build("\n".join(lines[:head] + [f"[... {omitted} turns omitted ...]"] + lines[len(lines) - tail :]))
         total = count_tokens(messages)
     if total > budget:
         raise ValueError(f"prompt needs {total} tokens even with only the first and last turns; budget is {budget}")
@@ -119,8 +119,9 @@ def fit_lines(lines: list[str], build: Callable[[str], list[dict[str, str]]], co
 
 
 def speaker_prompt(conv: Conversation, name: str, words: int, count_tokens, budget: int) -> BioPrompt:
-    messages, omitted = fit_lines(render_lines(conv), lambda t: per_speaker_messages(t, name, words),
-                                  count_tokens, budget)
+    messages, omitted = fit_lines(
+        render_lines(conv), lambda t: per_speaker_messages(t, name, words), count_tokens, budget
+    )
     return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
 
 
@@ -129,9 +130,10 @@ def emotion_prompt(conv: Conversation, name: str, words: int, count_tokens, budg
     return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
 
 
-def feeling_prompt(conv: Conversation, name: str, labels: tuple[str, ...] | None, count_tokens,
-                   budget: int) -> BioPrompt:
-    messages, omitted = fit_lines(render_lines(conv), lambda t: feeling_messages(t, name, labels), count_tokens,
-                                  budget)
+def feeling_prompt(
+    conv: Conversation, name: str, labels: tuple[str, ...] | None, count_tokens, budget: int
+) -> BioPrompt:
+    messages, omitted = fit_lines(
+        render_lines(conv), lambda t: feeling_messages(t, name, labels), count_tokens, budget
+    )
     return BioPrompt(messages, messages[-1]["content"], omitted > 0, omitted)
-

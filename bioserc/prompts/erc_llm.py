@@ -26,9 +26,11 @@ PROMPT_BIO_MODES = ("prompt", "none")  # prompt: the target speaker's bio goes i
 SYSTEM = "### You are an expert at analyzing the emotion of utterances among speakers in a conversation."
 SYSTEM_BIO = "\n### Given the characteristic of this speaker, {speaker}: \n{bio}"
 SYSTEM_CONTEXT = "\n### Given the following conversation as a context \n{context}"
-USER_BIO = ("Based on above conversation and characteristic of the speakers, which emotional label of {speaker} "
-            "in the utterance \"{text}\".")
-USER_NO_BIO = "Based on above conversation, which emotional label of {speaker} in the utterance \"{text}\"."
+USER_BIO = (
+    "Based on above conversation and characteristic of the speakers, which emotional label of {speaker} "
+    'in the utterance "{text}".'
+)
+USER_NO_BIO = 'Based on above conversation, which emotional label of {speaker} in the utterance "{text}".'
 LABEL_LIST = " Answer with one of: {labels}."  # ours: not in the paper's prompt
 
 # The paper's ChatML (trl.setup_chat_format), as plain text: for tokenizers without a chat template. Unlike trl we add
@@ -74,8 +76,15 @@ def context_lines(conv: Conversation, i: int, window: int) -> list[str]:
     return [f" {u.speaker}: {_clip(u.text)}" for u in conv.utterances[lo:hi]]
 
 
-def erc_messages(conv: Conversation, i: int, labels: Sequence[str], config: ErcPromptConfig,
-                 bio: str | None = None, answer: str | None = None, window: int | None = None) -> list[dict[str, str]]:
+def erc_messages(
+    conv: Conversation,
+    i: int,
+    labels: Sequence[str],
+    config: ErcPromptConfig,
+    bio: str | None = None,
+    answer: str | None = None,
+    window: int | None = None,
+) -> list[dict[str, str]]:
     """The chat sample of utterance position i (0-based in `conv.utterances`).
 
     Args:
@@ -92,8 +101,9 @@ def erc_messages(conv: Conversation, i: int, labels: Sequence[str], config: ErcP
     if config.bio_mode == "prompt":
         system += SYSTEM_BIO.format(speaker=target.speaker, bio=bio or "")
     system += SYSTEM_CONTEXT.format(context=context)
-    user = (USER_BIO if config.bio_mode == "prompt" else USER_NO_BIO).format(speaker=target.speaker,
-                                                                          text=_clip(target.text))
+    user = (USER_BIO if config.bio_mode == "prompt" else USER_NO_BIO).format(
+        speaker=target.speaker, text=_clip(target.text)
+    )
     if config.list_labels:
         user += LABEL_LIST.format(labels=", ".join(labels))
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]

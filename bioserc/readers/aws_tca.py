@@ -25,8 +25,13 @@ from bioserc.readers.base import (
 from bioserc.schema import Conversation
 
 
-ROLE_NAMES = {"AGENT": "agent", "CUSTOMER": "customer", "SYSTEM": "system", "CUSTOM_BOT": "bot",
-              "SUPERVISOR": "supervisor"}
+ROLE_NAMES = {
+    "AGENT": "agent",
+    "CUSTOMER": "customer",
+    "SYSTEM": "system",
+    "CUSTOM_BOT": "bot",
+    "SUPERVISOR": "supervisor",
+}
 
 TRANSCRIPT_KEY = re.compile(r'"Transcript"\s*:\s*\[')
 
@@ -58,8 +63,12 @@ class AwsTcaReader(BaseReader):
     @classmethod
     def detect(cls, path: str, head: str) -> bool:
         # Contact Lens shares the layout but names turns by ParticipantId; TCA turns never carry one.
-        return (head.lstrip().startswith("{") and TRANSCRIPT_KEY.search(head) is not None
-                and '"ParticipantId"' not in head and ('"ParticipantRole"' in head or '"JobStatus"' in head))
+        return (
+            head.lstrip().startswith("{")
+            and TRANSCRIPT_KEY.search(head) is not None
+            and '"ParticipantId"' not in head
+            and ('"ParticipantRole"' in head or '"JobStatus"' in head)
+        )
 
     def conversation_id(self, path: str, doc: dict[str, Any]) -> str:
         return str(doc.get("JobName") or conversation_id_from_path(path))
@@ -96,14 +105,23 @@ class AwsTcaReader(BaseReader):
                 raise RecordError(path, record, None, "turn is not a JSON object", raw=json.dumps(turn))
             speaker, role = resolve(record, turn)
             meta = {"source_id": turn.get("Id"), "vendor_sentiment": turn.get("Sentiment")}
-            utterances.append(self.make_utterance(
-                path, record, i, speaker, turn.get("Content"), role=role,
-                start_ms=millis(path, record, "BeginOffsetMillis", turn.get("BeginOffsetMillis")),
-                end_ms=millis(path, record, "EndOffsetMillis", turn.get("EndOffsetMillis")),
-                metadata={k: v for k, v in meta.items() if v is not None},
-            ))
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    record,
+                    i,
+                    speaker,
+                    turn.get("Content"),
+                    role=role,
+                    start_ms=millis(path, record, "BeginOffsetMillis", turn.get("BeginOffsetMillis")),
+                    end_ms=millis(path, record, "EndOffsetMillis", turn.get("EndOffsetMillis")),
+                    metadata={k: v for k, v in meta.items() if v is not None},
+                )
+            )
         return self.make_conversation(
-            path, conv_id, utterances,
+            path,
+            conv_id,
+            utterances,
             language=doc.get("LanguageCode"),
             channel=doc.get("Channel"),
             categories=dig(doc, "Categories", "MatchedCategories") or None,

@@ -96,13 +96,18 @@ def objects(value: Any) -> list[dict[str, Any]]:
 class AwsTranscribeReader(BaseReader):
     name = "aws-transcribe"
     priority = 34
-    description = ("AWS Transcribe (standard) job JSON: results.audio_segments, or results.items with speaker_labels "
-                   "/ channel_labels; roles via --speaker-roles spk_0=... or --channel-roles ch_0=...")
+    description = (
+        "AWS Transcribe (standard) job JSON: results.audio_segments, or results.items with speaker_labels "
+        "/ channel_labels; roles via --speaker-roles spk_0=... or --channel-roles ch_0=..."
+    )
 
     @classmethod
     def detect(cls, path: str, head: str) -> bool:
-        return (head.lstrip().startswith("{") and RESULTS_KEY.search(head) is not None
-                and TRANSCRIPTS_KEY.search(head) is not None)
+        return (
+            head.lstrip().startswith("{")
+            and RESULTS_KEY.search(head) is not None
+            and TRANSCRIPTS_KEY.search(head) is not None
+        )
 
     def parse(self, path: str, data: bytes) -> Iterator[ReadItem]:
         doc = load_json(path, decode_utf8(path, data))
@@ -123,11 +128,14 @@ class AwsTranscribeReader(BaseReader):
         except RecordError as err:
             yield BadRecord.from_error(err, utterances=len(segments) if isinstance(segments, list) else 0)
 
-    def speaker_of(self, path: str, record: str, names: dict[tuple[str, str], str],
-                   labelled: dict[str, Any]) -> tuple[str, str | None, dict[str, str]]:
+    def speaker_of(
+        self, path: str, record: str, names: dict[tuple[str, str], str], labelled: dict[str, Any]
+    ) -> tuple[str, str | None, dict[str, str]]:
         """(speaker, role, {label field: label}) from a segment's or word's spk_<n> or ch_<n> label."""
-        for field, prefix, kind, roles in (("speaker_label", "spk_", "SPEAKER", self.speaker_roles),
-                                           ("channel_label", "ch_", "CHANNEL", self.channel_roles)):
+        for field, prefix, kind, roles in (
+            ("speaker_label", "spk_", "SPEAKER", self.speaker_roles),
+            ("channel_label", "ch_", "CHANNEL", self.channel_roles),
+        ):
             label = labelled.get(field)
             if label is None:
                 continue
@@ -135,8 +143,13 @@ class AwsTranscribeReader(BaseReader):
                 raise RecordError(path, record, field, f"{label!r} is not a label like {prefix}0")
             speaker, role = mapped_speaker(names, roles, label, f"{kind}_{label.removeprefix(prefix)}")
             return speaker, role, {field: label}
-        raise RecordError(path, record, "speaker_label", "no speaker_label or channel_label: turns need a job run "
-                          "with speaker partitioning (ShowSpeakerLabels) or channel identification")
+        raise RecordError(
+            path,
+            record,
+            "speaker_label",
+            "no speaker_label or channel_label: turns need a job run "
+            "with speaker partitioning (ShowSpeakerLabels) or channel identification",
+        )
 
     def from_audio_segments(self, path: str, conv_id: str, results: dict[str, Any]) -> Conversation:
         segments = results["audio_segments"]
@@ -148,13 +161,22 @@ class AwsTranscribeReader(BaseReader):
         for i, record, seg, text in speech_segments(path, conv_id, "audio_segments", segments, "transcript", skipped):
             speaker, role, label = self.speaker_of(path, record, names, seg)
             meta = {"source_id": seg.get("id", i), **label}
-            utterances.append(self.make_utterance(
-                path, record, len(utterances), speaker, text, role=role,
-                start_ms=seconds_ms(path, record, "start_time", seg.get("start_time")),
-                end_ms=seconds_ms(path, record, "end_time", seg.get("end_time")), metadata=meta,
-            ))
-        return self.make_conversation(path, conv_id, utterances, language=results.get("language_code"),
-                                      skipped_segments=dict(skipped) or None)
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    record,
+                    len(utterances),
+                    speaker,
+                    text,
+                    role=role,
+                    start_ms=seconds_ms(path, record, "start_time", seg.get("start_time")),
+                    end_ms=seconds_ms(path, record, "end_time", seg.get("end_time")),
+                    metadata=meta,
+                )
+            )
+        return self.make_conversation(
+            path, conv_id, utterances, language=results.get("language_code"), skipped_segments=dict(skipped) or None
+        )
 
     def from_items(self, path: str, conv_id: str, results: dict[str, Any]) -> Conversation:
         items = results.get("items")
@@ -182,8 +204,11 @@ class AwsTranscribeReader(BaseReader):
             start = seconds_ms(path, record, "start_time", item.get("start_time"))
             if start is None:
                 raise RecordError(path, record, "start_time", "a spoken word has no start_time")
-            labelled = item if {"speaker_label", "channel_label"} & item.keys() else \
-                labels.get((item.get("start_time"), item.get("end_time")), {})
+            labelled = (
+                item
+                if {"speaker_label", "channel_label"} & item.keys()
+                else labels.get((item.get("start_time"), item.get("end_time")), {})
+            )
             speaker, role, label = self.speaker_of(path, record, names, labelled)
             end = seconds_ms(path, record, "end_time", item.get("end_time"))
             words.append(Word(i, start, end, speaker, role, label, content))
@@ -192,9 +217,17 @@ class AwsTranscribeReader(BaseReader):
         for _, group in itertools.groupby(in_time, key=lambda w: w.speaker):
             turn = list(group)
             first = turn[0]
-            utterances.append(self.make_utterance(
-                path, f"{conv_id} items[{first.item}]", len(utterances), first.speaker,
-                " ".join(w.text for w in turn), role=first.role, start_ms=first.start, end_ms=turn[-1].end,
-                metadata={"source_id": first.item, **first.label},
-            ))
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    f"{conv_id} items[{first.item}]",
+                    len(utterances),
+                    first.speaker,
+                    " ".join(w.text for w in turn),
+                    role=first.role,
+                    start_ms=first.start,
+                    end_ms=turn[-1].end,
+                    metadata={"source_id": first.item, **first.label},
+                )
+            )
         return self.make_conversation(path, conv_id, utterances, language=results.get("language_code"))

@@ -59,8 +59,10 @@ def offset_ms(path: str, record: str, phrase: dict[str, Any], name: str) -> int 
 class AzureSttReader(BaseReader):
     name = "azure-stt"
     priority = 33
-    description = ("Azure Speech batch (recognizedPhrases[]) or fast (phrases[]) transcription JSON; roles via "
-                   "--speaker-roles (speaker 1, 2) or --channel-roles (channel 0, 1)")
+    description = (
+        "Azure Speech batch (recognizedPhrases[]) or fast (phrases[]) transcription JSON; roles via "
+        "--speaker-roles (speaker 1, 2) or --channel-roles (channel 0, 1)"
+    )
 
     @classmethod
     def detect(cls, path: str, head: str) -> bool:
@@ -87,20 +89,34 @@ class AzureSttReader(BaseReader):
             elif status in NON_SPEECH:
                 skipped[status] += 1
             else:
-                yield BadRecord(path, record, "recognitionStatus", f"recognitionStatus is {status!r}, not 'Success'",
-                                raw=json.dumps(phrase)[:2000], utterances=1)
+                yield BadRecord(
+                    path,
+                    record,
+                    "recognitionStatus",
+                    f"recognitionStatus is {status!r}, not 'Success'",
+                    raw=json.dumps(phrase)[:2000],
+                    utterances=1,
+                )
         if skipped and not recognized:
             counts = ", ".join(f"{n} {status}" for status, n in skipped.items())
             yield BadRecord(path, conv_id, key, f"no speech: every phrase is silence or noise ({counts})")
             return
         try:
-            yield self.conversation(path, conv_id, doc, recognized, fast=key == "phrases",
-                                    skipped_segments=dict(skipped) or None)
+            yield self.conversation(
+                path, conv_id, doc, recognized, fast=key == "phrases", skipped_segments=dict(skipped) or None
+            )
         except RecordError as err:
             yield BadRecord.from_error(err, utterances=len(recognized))
 
-    def conversation(self, path: str, conv_id: str, doc: dict[str, Any], recognized: list[Any], fast: bool,
-                     skipped_segments: dict[str, int] | None) -> Conversation:
+    def conversation(
+        self,
+        path: str,
+        conv_id: str,
+        doc: dict[str, Any],
+        recognized: list[Any],
+        fast: bool,
+        skipped_segments: dict[str, int] | None,
+    ) -> Conversation:
         timed = []
         for i, record, phrase in recognized:
             if not isinstance(phrase, dict):
@@ -121,13 +137,22 @@ class AzureSttReader(BaseReader):
             text, confidence = self.text_of(path, record, phrase, fast)
             duration = offset_ms(path, record, phrase, "duration")
             meta = {"source_id": i, "channel": channel, "speaker_id": speaker_id, "confidence": confidence}
-            utterances.append(self.make_utterance(
-                path, record, index, speaker, text, role=role, start_ms=start,
-                end_ms=None if duration is None else start + duration,
-                metadata={k: v for k, v in meta.items() if v is not None},
-            ))
-        return self.make_conversation(path, conv_id, utterances, source=doc.get("source"),
-                                      skipped_segments=skipped_segments)
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    record,
+                    index,
+                    speaker,
+                    text,
+                    role=role,
+                    start_ms=start,
+                    end_ms=None if duration is None else start + duration,
+                    metadata={k: v for k, v in meta.items() if v is not None},
+                )
+            )
+        return self.make_conversation(
+            path, conv_id, utterances, source=doc.get("source"), skipped_segments=skipped_segments
+        )
 
     def text_of(self, path: str, record: str, phrase: dict[str, Any], fast: bool) -> tuple[Any, Any]:
         """Fast results put the text on the phrase; batch results in the top `nBest` hypothesis."""

@@ -121,8 +121,9 @@ def read_limited(fh: BinaryIO, path: str, max_bytes: int = MAX_FILE_BYTES) -> by
     for piece in inflate(path, pieces) if gzipped else pieces:
         if out.tell() + len(piece) > max_bytes:
             what = "decompressed size" if gzipped else "size"
-            raise RecordError(path, "file", None,
-                              f"{what} exceeds the limit of {max_bytes / 2**20:g} MiB (--max-file-mb)")
+            raise RecordError(
+                path, "file", None, f"{what} exceeds the limit of {max_bytes / 2**20:g} MiB (--max-file-mb)"
+            )
         out.write(piece)
     return out.getvalue()
 
@@ -144,14 +145,16 @@ def load_json(path: str, text: str, record: str = "file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise RecordError(path, record, None, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}",
-                          raw=text[:2000]) from None
+        raise RecordError(
+            path, record, None, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}", raw=text[:2000]
+        ) from None
     except RecursionError:
         raise RecordError(path, record, None, f"nesting too deep: {NESTING_REASON}") from None
 
 
-def speech_segments(path: str, conv_id: str, field: str, segments: list[Any], text_key: str,
-                    skipped: Counter) -> Iterator[tuple[int, str, dict[str, Any], Any]]:
+def speech_segments(
+    path: str, conv_id: str, field: str, segments: list[Any], text_key: str, skipped: Counter
+) -> Iterator[tuple[int, str, dict[str, Any], Any]]:
     """(position, record name, segment, text) of each vendor segment that holds speech.
 
     A segment whose text is empty is silence or noise the vendor kept, not a lost turn: it is counted in
@@ -192,8 +195,13 @@ class BaseReader(ABC):
     priority: ClassVar[int] = 50  # lower runs first in auto-detection: put specific formats before generic ones
     description: ClassVar[str] = ""
 
-    def __init__(self, dataset: str | None = None, speaker_roles: dict[str, str] | None = None,
-                 channel_roles: dict[str, str] | None = None, normalize: bool = True):
+    def __init__(
+        self,
+        dataset: str | None = None,
+        speaker_roles: dict[str, str] | None = None,
+        channel_roles: dict[str, str] | None = None,
+        normalize: bool = True,
+    ):
         self.dataset = dataset
         self.speaker_roles = checked_roles(speaker_roles, "speaker_roles")
         self.channel_roles = checked_roles(channel_roles, "channel_roles")
@@ -272,28 +280,44 @@ def check_conversation(path: str, conv: Conversation) -> Iterator[ReadItem]:
     """
     n = len(conv.utterances)
     if n > MAX_UTTERANCES:
-        yield BadRecord(path, conv.id, "utterances", f"{n} utterances exceeds the limit of {MAX_UTTERANCES}; "
-                        "check that conversation ids are not shared by different calls", utterances=n)
+        yield BadRecord(
+            path,
+            conv.id,
+            "utterances",
+            f"{n} utterances exceeds the limit of {MAX_UTTERANCES}; "
+            "check that conversation ids are not shared by different calls",
+            utterances=n,
+        )
         return
     repeated = [i for i, count in Counter(u.index for u in conv.utterances).items() if count > 1]
     if repeated:
-        yield BadRecord(path, conv.id, "index", f"utterance index {repeated[0]} appears more than once",
-                        utterances=n)
+        yield BadRecord(path, conv.id, "index", f"utterance index {repeated[0]} appears more than once", utterances=n)
         return
     for utt in conv.utterances:
         for name in ("speaker", "text"):
             at = find_control_character(getattr(utt, name))
             if at is not None:
                 char = getattr(utt, name)[at]
-                yield BadRecord(path, conv.id, name, f"utterance {utt.index} {name} contains control character "
-                                f"U+{ord(char):04X} at position {at}", utterances=n)
+                yield BadRecord(
+                    path,
+                    conv.id,
+                    name,
+                    f"utterance {utt.index} {name} contains control character U+{ord(char):04X} at position {at}",
+                    utterances=n,
+                )
                 return
     kept = [u for u in conv.utterances if u.text.strip()]
     for utt in conv.utterances:
         if not utt.text.strip():
             raw = utt.original_text[:RAW_LIMIT] if utt.original_text else None
-            yield BadRecord(path, f"{conv.id} utterance {utt.index}", "text", "empty or whitespace-only text",
-                            raw=raw, utterances=1)
+            yield BadRecord(
+                path,
+                f"{conv.id} utterance {utt.index}",
+                "text",
+                "empty or whitespace-only text",
+                raw=raw,
+                utterances=1,
+            )
     if len(kept) == n:
         yield conv
     elif kept:

@@ -37,8 +37,9 @@ class BiosercJsonReader(BaseReader):
         for name in LABEL_SETS:
             if base.startswith(name):
                 return LABEL_SETS[name]
-        raise RecordError(path, "file", None,
-                          f"cannot tell the dataset from the file name; pass --dataset {'|'.join(LABEL_SETS)}")
+        raise RecordError(
+            path, "file", None, f"cannot tell the dataset from the file name; pass --dataset {'|'.join(LABEL_SETS)}"
+        )
 
     def parse(self, path: str, data: bytes) -> Iterator[ReadItem]:
         labels = self.label_set_for(path)
@@ -60,9 +61,13 @@ class BiosercJsonReader(BaseReader):
                 raise RecordError(path, conv_id, key, "missing or not a list", raw=json.dumps(record)[:2000])
         sentences, label_ids, genders = record["sentences"], record["labels"], record["genders"]
         if not (len(sentences) == len(label_ids) == len(genders)):
-            raise RecordError(path, conv_id, "labels",
-                              f"lengths differ: {len(sentences)} sentences, {len(label_ids)} labels, "
-                              f"{len(genders)} genders", raw=json.dumps(record)[:2000])
+            raise RecordError(
+                path,
+                conv_id,
+                "labels",
+                f"lengths differ: {len(sentences)} sentences, {len(label_ids)} labels, {len(genders)} genders",
+                raw=json.dumps(record)[:2000],
+            )
         utterances = []
         for i, (text, label_id, gender) in enumerate(zip(sentences, label_ids, genders, strict=True)):
             speaker = self.speaker_name(path, conv_id, i, gender)
@@ -82,8 +87,12 @@ class BiosercJsonReader(BaseReader):
             return speaker_k(gender.index(1))
         names = IEMOCAP_NAMES.get(conv_id[:5])
         if names is None or gender not in names:
-            raise RecordError(path, conv_id, f"genders[{i}]",
-                              f"gender {gender!r} in a conversation id without an IEMOCAP session prefix")
+            raise RecordError(
+                path,
+                conv_id,
+                f"genders[{i}]",
+                f"gender {gender!r} in a conversation id without an IEMOCAP session prefix",
+            )
         return names[gender]
 
 

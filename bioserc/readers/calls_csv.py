@@ -82,14 +82,26 @@ class CallsCsvReader(BaseReader):
             if not cells:
                 continue
             if len(cells) != len(header):
-                yield BadRecord(path, f"line {line}", None, f"wrong number of columns: {len(cells)} cells, the "
-                                f"header has {len(header)}", raw=",".join(cells)[:2000], utterances=1)
+                yield BadRecord(
+                    path,
+                    f"line {line}",
+                    None,
+                    f"wrong number of columns: {len(cells)} cells, the header has {len(header)}",
+                    raw=",".join(cells)[:2000],
+                    utterances=1,
+                )
                 continue
             row = dict(zip(header, cells, strict=True))
             conv_id = row["conversation_id"].strip()
             if not conv_id:
-                yield BadRecord(path, f"line {line}", "conversation_id", "empty conversation id",
-                                raw=",".join(cells)[:2000], utterances=1)
+                yield BadRecord(
+                    path,
+                    f"line {line}",
+                    "conversation_id",
+                    "empty conversation id",
+                    raw=",".join(cells)[:2000],
+                    utterances=1,
+                )
                 continue
             groups.setdefault(conv_id, []).append((line, row))
         for conv_id, group in groups.items():
@@ -107,11 +119,19 @@ class CallsCsvReader(BaseReader):
             if role is not None and role not in ROLES:
                 raise RecordError(path, record, "role", f"{row['role']!r} is not one of {list(ROLES)}")
             extra: dict[str, Any] = {k: v for k, v in row.items() if k not in KNOWN and v != ""}
-            utterances.append(self.make_utterance(
-                path, record, i, speaker, row["text"], role=role,
-                start_ms=self.time_of(path, record, row, "start"), end_ms=self.time_of(path, record, row, "end"),
-                metadata=extra,
-            ))
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    record,
+                    i,
+                    speaker,
+                    row["text"],
+                    role=role,
+                    start_ms=self.time_of(path, record, row, "start"),
+                    end_ms=self.time_of(path, record, row, "end"),
+                    metadata=extra,
+                )
+            )
         return self.make_conversation(path, conv_id, utterances)
 
     @staticmethod

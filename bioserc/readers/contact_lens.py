@@ -28,16 +28,22 @@ class ContactLensReader(AwsTcaReader):
 
     @classmethod
     def detect(cls, path: str, head: str) -> bool:
-        return (head.lstrip().startswith("{") and TRANSCRIPT_KEY.search(head) is not None
-                and PARTICIPANT_ID_KEY.search(head) is not None)
+        return (
+            head.lstrip().startswith("{")
+            and TRANSCRIPT_KEY.search(head) is not None
+            and PARTICIPANT_ID_KEY.search(head) is not None
+        )
 
     def conversation_id(self, path: str, doc: dict[str, Any]) -> str:
         return str(dig(doc, "CustomerMetadata", "ContactId") or conversation_id_from_path(path))
 
     def speaker_resolver(self, path: str, doc: dict[str, Any]) -> SpeakerResolver:
         participants = doc.get("Participants")
-        roles = {p.get("ParticipantId"): p.get("ParticipantRole")
-                 for p in (participants if isinstance(participants, list) else []) if isinstance(p, dict)}
+        roles = {
+            p.get("ParticipantId"): p.get("ParticipantRole")
+            for p in (participants if isinstance(participants, list) else [])
+            if isinstance(p, dict)
+        }
         names: dict[tuple[str, str], str] = {}
 
         def resolve(record: str, turn: dict[str, Any]) -> tuple[str, str]:
@@ -47,8 +53,12 @@ class ContactLensReader(AwsTcaReader):
             vendor = roles.get(pid, pid)
             role = ROLE_NAMES.get(vendor) if isinstance(vendor, str) else None
             if role is None:
-                raise RecordError(path, record, "ParticipantId", f"participant {pid!r} has no role in Participants "
-                                  f"(expected one of {list(ROLE_NAMES)})")
+                raise RecordError(
+                    path,
+                    record,
+                    "ParticipantId",
+                    f"participant {pid!r} has no role in Participants (expected one of {list(ROLE_NAMES)})",
+                )
             return numbered_speaker(names, role, pid), role
 
         return resolve

@@ -59,8 +59,9 @@ class CorpusCsvReader(BaseReader):
         for row in reader:
             line = reader.line_num
             if None in row or any(v is None for v in row.values()):
-                yield BadRecord(path, f"line {line}", None, "wrong number of columns", raw=str(row)[:2000],
-                                utterances=1)
+                yield BadRecord(
+                    path, f"line {line}", None, "wrong number of columns", raw=str(row)[:2000], utterances=1
+                )
                 continue
             groups.setdefault(self.conversation_key(row), []).append((line, row))
         for conv_id, rows in groups.items():
@@ -85,10 +86,19 @@ class CorpusCsvReader(BaseReader):
                 raise RecordError(path, record, "Emotion", str(err)) from None
             speaker, extra = self.speaker_of(path, record, row)
             start, end = self.times(row)
-            utterances.append(self.make_utterance(
-                path, record, i, speaker, row["Utterance"], label=emotion, start_ms=start, end_ms=end,
-                metadata={**extra, **self.row_metadata(row)},
-            ))
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    record,
+                    i,
+                    speaker,
+                    row["Utterance"],
+                    label=emotion,
+                    start_ms=start,
+                    end_ms=end,
+                    metadata={**extra, **self.row_metadata(row)},
+                )
+            )
         return self.make_conversation(path, conv_id, utterances, label_set=labels.name, split=_split_of(path))
 
     def times(self, row: dict[str, str]) -> tuple[int | None, int | None]:

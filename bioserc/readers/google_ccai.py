@@ -27,8 +27,13 @@ from bioserc.readers.roles import numbered_speaker
 from bioserc.schema import Conversation
 
 
-ROLE_NAMES = {"AGENT": "agent", "HUMAN_AGENT": "agent", "AUTOMATED_AGENT": "bot", "CUSTOMER": "customer",
-              "END_USER": "customer"}
+ROLE_NAMES = {
+    "AGENT": "agent",
+    "HUMAN_AGENT": "agent",
+    "AUTOMATED_AGENT": "bot",
+    "CUSTOMER": "customer",
+    "END_USER": "customer",
+}
 
 ENTRIES_KEY = re.compile(r'"entries"\s*:\s*\[')
 
@@ -85,11 +90,18 @@ class GoogleCcaiReader(BaseReader):
                 raise RecordError(path, record, "role", f"{vendor!r} is not one of {list(ROLE_NAMES)}")
             user = entry.get("user_id")
             meta = {"source_id": i, "user_id": user, "start_timestamp_usec": t}
-            utterances.append(self.make_utterance(
-                path, record, i, numbered_speaker(names, role, str(user)), entry.get("text"), role=role,
-                start_ms=None if t is None else (t - origin) // 1000,
-                metadata={k: v for k, v in meta.items() if v is not None},
-            ))
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    record,
+                    i,
+                    numbered_speaker(names, role, str(user)),
+                    entry.get("text"),
+                    role=role,
+                    start_ms=None if t is None else (t - origin) // 1000,
+                    metadata={k: v for k, v in meta.items() if v is not None},
+                )
+            )
         return self.make_conversation(path, conv_id, utterances, categories=category_names(doc))
 
 

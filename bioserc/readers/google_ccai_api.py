@@ -50,8 +50,10 @@ def duration_ms(path: str, record: str, field: str, value: Any) -> int | None:
 class GoogleCcaiApiReader(BaseReader):
     name = "google-ccai-api"
     priority = 35
-    description = ("Google CCAI Insights API conversation export (transcript.transcriptSegments[]); "
-                   "--channel-roles maps channelTag for segments without a participant role")
+    description = (
+        "Google CCAI Insights API conversation export (transcript.transcriptSegments[]); "
+        "--channel-roles maps channelTag for segments without a participant role"
+    )
 
     @classmethod
     def detect(cls, path: str, head: str) -> bool:
@@ -62,8 +64,11 @@ class GoogleCcaiApiReader(BaseReader):
         if not isinstance(doc, dict):
             raise RecordError(path, "file", None, f"top level is a JSON {type(doc).__name__}, expected an object")
         name = doc.get("name")
-        conv_id = name.rstrip("/").rsplit("/", 1)[-1] if isinstance(name, str) and name.strip("/ ") else \
-            conversation_id_from_path(path)
+        conv_id = (
+            name.rstrip("/").rsplit("/", 1)[-1]
+            if isinstance(name, str) and name.strip("/ ")
+            else conversation_id_from_path(path)
+        )
         transcript = doc.get("transcript")
         segments = transcript.get("transcriptSegments") if isinstance(transcript, dict) else None
         if not isinstance(segments, list):
@@ -83,20 +88,33 @@ class GoogleCcaiApiReader(BaseReader):
             if not isinstance(words, list) or not all(isinstance(w, dict) for w in words):
                 raise RecordError(path, record, "words", "not a list of objects")
             sentiment = seg.get("sentiment")
-            meta = {"source_id": i, "channel_tag": seg.get("channelTag"), "confidence": seg.get("confidence"),
-                    "message_time": seg.get("messageTime"),
-                    "vendor_sentiment": sentiment.get("score") if isinstance(sentiment, dict) else None}
-            utterances.append(self.make_utterance(
-                path, record, len(utterances), speaker, text, role=role,
-                start_ms=duration_ms(path, record, "words[0].startOffset", words[0].get("startOffset")),
-                end_ms=duration_ms(path, record, "words[-1].endOffset", words[-1].get("endOffset")),
-                metadata={k: v for k, v in meta.items() if v is not None},
-            ))
-        return self.make_conversation(path, conv_id, utterances, language=doc.get("languageCode"),
-                                      skipped_segments=dict(skipped) or None)
+            meta = {
+                "source_id": i,
+                "channel_tag": seg.get("channelTag"),
+                "confidence": seg.get("confidence"),
+                "message_time": seg.get("messageTime"),
+                "vendor_sentiment": sentiment.get("score") if isinstance(sentiment, dict) else None,
+            }
+            utterances.append(
+                self.make_utterance(
+                    path,
+                    record,
+                    len(utterances),
+                    speaker,
+                    text,
+                    role=role,
+                    start_ms=duration_ms(path, record, "words[0].startOffset", words[0].get("startOffset")),
+                    end_ms=duration_ms(path, record, "words[-1].endOffset", words[-1].get("endOffset")),
+                    metadata={k: v for k, v in meta.items() if v is not None},
+                )
+            )
+        return self.make_conversation(
+            path, conv_id, utterances, language=doc.get("languageCode"), skipped_segments=dict(skipped) or None
+        )
 
-    def speaker_of(self, path: str, record: str, names: dict[tuple[str, str], str],
-                   seg: dict[str, Any]) -> tuple[str, str | None]:
+    def speaker_of(
+        self, path: str, record: str, names: dict[tuple[str, str], str], seg: dict[str, Any]
+    ) -> tuple[str, str | None]:
         """The participant's role where CCAI names one, else the user's role for the channel."""
         participant = seg.get("segmentParticipant")
         participant = participant if isinstance(participant, dict) else {}
@@ -106,6 +124,11 @@ class GoogleCcaiApiReader(BaseReader):
             who = participant.get("dialogflowParticipantName") or participant.get("userId") or f"CHANNEL_{tag}"
             return numbered_speaker(names, role, str(who)), role
         if tag is None:
-            raise RecordError(path, record, "channelTag", f"participant role {participant.get('role')!r} is not one "
-                              f"of {list(ROLE_NAMES)} and there is no channelTag to map with --channel-roles")
+            raise RecordError(
+                path,
+                record,
+                "channelTag",
+                f"participant role {participant.get('role')!r} is not one "
+                f"of {list(ROLE_NAMES)} and there is no channelTag to map with --channel-roles",
+            )
         return mapped_speaker(names, self.channel_roles, str(tag), f"CHANNEL_{tag}")

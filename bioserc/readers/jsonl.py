@@ -20,8 +20,20 @@ from bioserc.readers.base import BaseReader, ReadItem, decode_utf8, load_json, r
 from bioserc.schema import ROLES, Conversation, Utterance
 
 
-ROW_FIELDS = {"conversation_id", "speaker", "speaker_id", "text", "role", "speaker_role", "turn_idx", "index",
-              "start_ms", "end_ms", "label", "metadata"}
+ROW_FIELDS = {
+    "conversation_id",
+    "speaker",
+    "speaker_id",
+    "text",
+    "role",
+    "speaker_role",
+    "turn_idx",
+    "index",
+    "start_ms",
+    "end_ms",
+    "label",
+    "metadata",
+}
 
 
 def first_of(row: dict[str, Any], *keys: str) -> Any:
@@ -81,8 +93,14 @@ class JsonlReader(BaseReader):
             elif isinstance(obj.get("conversation_id"), str | int) and str(obj["conversation_id"]).strip():
                 groups.setdefault(str(obj["conversation_id"]), []).append((n, obj))
             else:
-                yield BadRecord(path, f"line {n}", "conversation_id", "missing or empty (and no 'utterances': "
-                                "not a conversation either)", raw=json.dumps(obj)[:2000], utterances=1)
+                yield BadRecord(
+                    path,
+                    f"line {n}",
+                    "conversation_id",
+                    "missing or empty (and no 'utterances': not a conversation either)",
+                    raw=json.dumps(obj)[:2000],
+                    utterances=1,
+                )
         for conv_id, rows in groups.items():
             try:
                 yield self.from_rows(path, conv_id, rows)
@@ -113,13 +131,18 @@ class JsonlReader(BaseReader):
         if any(t is not None for t in turns):
             for (n, _), turn in zip(rows, turns, strict=True):
                 if not is_int(turn):
-                    raise RecordError(path, f"{conv_id} (line {n})", "turn_idx",
-                                      f"{turn!r} is not an integer (other rows of this conversation have one)")
+                    raise RecordError(
+                        path,
+                        f"{conv_id} (line {n})",
+                        "turn_idx",
+                        f"{turn!r} is not an integer (other rows of this conversation have one)",
+                    )
             if len(set(turns)) != len(turns):
                 raise RecordError(path, conv_id, "turn_idx", "the same turn index appears on more than one line")
             rows = [r for _, r in sorted(zip(turns, rows, strict=True), key=lambda p: p[0])]
-        return self.make_conversation(path, conv_id, [self.row_utterance(path, conv_id, i, n, row)
-                                                      for i, (n, row) in enumerate(rows)])
+        return self.make_conversation(
+            path, conv_id, [self.row_utterance(path, conv_id, i, n, row) for i, (n, row) in enumerate(rows)]
+        )
 
     def row_utterance(self, path: str, conv_id: str, i: int, n: int, row: dict[str, Any]) -> Utterance:
         record = f"{conv_id} (line {n})"
@@ -143,5 +166,6 @@ class JsonlReader(BaseReader):
         speaker = first_of(row, "speaker", "speaker_id")
         if speaker is None and role is not None:
             speaker = role.upper()  # a source that records only roles, like the vendor readers
-        return self.make_utterance(path, record, i, speaker, row.get("text"), role=role, label=row.get("label"),
-                                   metadata=meta, **times)
+        return self.make_utterance(
+            path, record, i, speaker, row.get("text"), role=role, label=row.get("label"), metadata=meta, **times
+        )

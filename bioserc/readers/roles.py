@@ -14,11 +14,15 @@ from typing import Any
 from bioserc.schema import ROLES
 
 
-SPEAKER_ROLES_HELP = ("roles for diarized speaker ids, e.g. '1=agent,2=customer': Azure speaker 1, 2, ...; "
-                      "AWS Transcribe spk_0, spk_1, ...; the speaker cell of calls-csv rows with no role")
-CHANNEL_ROLES_HELP = ("roles for the channels of a stereo recording, e.g. '0=agent,1=customer': Azure channel 0, 1; "
-                      "AWS Transcribe ch_0, ch_1; Google CCAI API channelTag 1, 2 (for segments without a "
-                      "participant role)")
+SPEAKER_ROLES_HELP = (
+    "roles for diarized speaker ids, e.g. '1=agent,2=customer': Azure speaker 1, 2, ...; "
+    "AWS Transcribe spk_0, spk_1, ...; the speaker cell of calls-csv rows with no role"
+)
+CHANNEL_ROLES_HELP = (
+    "roles for the channels of a stereo recording, e.g. '0=agent,1=customer': Azure channel 0, 1; "
+    "AWS Transcribe ch_0, ch_1; Google CCAI API channelTag 1, 2 (for segments without a "
+    "participant role)"
+)
 
 
 def parse_roles(text: str, flag: str) -> dict[str, str]:
@@ -54,8 +58,9 @@ def numbered_speaker(names: dict[tuple[str, str], str], role: str, key: str) -> 
     return names[(role, key)]
 
 
-def mapped_speaker(names: dict[tuple[str, str], str], roles: dict[str, str], key: str,
-                   name: str) -> tuple[str, str | None]:
+def mapped_speaker(
+    names: dict[tuple[str, str], str], roles: dict[str, str], key: str, name: str
+) -> tuple[str, str | None]:
     """(speaker, role) for one vendor id: named by role (AGENT, AGENT_2) where the user mapped `key`, else the
     vendor-derived `name` (SPEAKER_1, CHANNEL_0) with role None; nothing is guessed."""
     role = roles.get(key)
@@ -78,5 +83,12 @@ def _roles_type(flag: str):
     return parse
 
 
-__all__ = ["CHANNEL_ROLES_HELP", "SPEAKER_ROLES_HELP", "add_role_args", "checked_roles", "mapped_speaker",
-           "numbered_speaker", "parse_roles"]
+__all__ = [
+    "CHANNEL_ROLES_HELP",
+    "SPEAKER_ROLES_HELP",
+    "add_role_args",
+    "checked_roles",
+    "mapped_speaker",
+    "numbered_speaker",
+    "parse_roles",
+]

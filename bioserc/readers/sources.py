@@ -83,13 +83,23 @@ def reader_for(path: str, data: bytes, fmt: str = "auto", **options: Any) -> Bas
         return get_reader_class(fmt)(**options)
     cls = detect_reader_class(path, sniff_head(data))
     if cls is None:
-        raise RecordError(path, "file", None, "unsupported format: no reader recognises this file; supported formats: "
-                          f"{', '.join(reader_names())} (pass --format NAME to force one)")
+        raise RecordError(
+            path,
+            "file",
+            None,
+            "unsupported format: no reader recognises this file; supported formats: "
+            f"{', '.join(reader_names())} (pass --format NAME to force one)",
+        )
     return cls(**options)
 
 
-def read_path(path: str, fmt: str = "auto", max_bytes: int = MAX_FILE_BYTES,
-              opener: Callable[[str], BinaryIO] | None = None, **options: Any) -> Iterator[ReadItem]:
+def read_path(
+    path: str,
+    fmt: str = "auto",
+    max_bytes: int = MAX_FILE_BYTES,
+    opener: Callable[[str], BinaryIO] | None = None,
+    **options: Any,
+) -> Iterator[ReadItem]:
     """Yield one file's conversations and bad records; a file that cannot be opened, read or parsed is one BadRecord.
 
     `opener` returns a raw (not decompressing) binary file object; the default is the local `open`. The content is
@@ -108,8 +118,9 @@ def _open_local(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
-def read_items(specs: str | Iterable[str], fmt: str = "auto", max_bytes: int = MAX_FILE_BYTES,
-               **options: Any) -> Iterator[ReadItem]:
+def read_items(
+    specs: str | Iterable[str], fmt: str = "auto", max_bytes: int = MAX_FILE_BYTES, **options: Any
+) -> Iterator[ReadItem]:
     """Yield every conversation and bad record from all inputs, file by file."""
     for path in resolve_inputs(specs):
         yield from read_path(path, fmt, max_bytes, **options)
@@ -147,12 +158,22 @@ class ReadReport:
                 yield item
 
     def summary(self) -> str:
-        lines = [f"read {self.conversations} conversations, {self.utterances} utterances; "
-                 f"skipped {len(self.skipped)} record(s)"]
+        lines = [
+            f"read {self.conversations} conversations, {self.utterances} utterances; "
+            f"skipped {len(self.skipped)} record(s)"
+        ]
         reasons = Counter(b.reason.split(":")[0] for b in self.skipped)
         lines += [f"  {n} x {reason}" for reason, n in reasons.most_common()]
         return "\n".join(lines)
 
 
-__all__ = ["ReadReport", "decode_utf8", "read_conversations", "read_items", "read_path", "reader_for",
-           "reader_options", "resolve_inputs"]
+__all__ = [
+    "ReadReport",
+    "decode_utf8",
+    "read_conversations",
+    "read_items",
+    "read_path",
+    "reader_for",
+    "reader_options",
+    "resolve_inputs",
+]
