@@ -210,13 +210,6 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 even if some inputs were dead-lettered (unreadable, duplicated or failed)",
     )
-    g.add_argument(
-        "--report-calls",
-        type=at_least(0),
-        default=20,
-        metavar="N",
-        help="calls plotted in report.html besides those listed for review (0: no report)",
-    )
     add_analytics_args(p)
     return p
 

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from bioserc.analytics.thresholds import add_analytics_args, thresholds_from
-from bioserc.flags import at_least
 from bioserc.pipelines.analytics import Analytics, SummarizeError, recompute
 from bioserc.pipelines.io import output_path
 from bioserc.pipelines.options import HelpFormatter
@@ -48,13 +47,6 @@ def make_parser() -> argparse.ArgumentParser:
         prog="bioserc summarize", description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
     )
     p.add_argument("output", metavar="OUT_DIR", help="a `bioserc label` output folder (local or gs://)")
-    p.add_argument(
-        "--report-calls",
-        type=at_least(0),
-        default=20,
-        metavar="N",
-        help="calls plotted in report.html besides those listed for review (0: no report)",
-    )
     add_analytics_args(p)
     return p
 

@@ -38,7 +38,7 @@ def _bounded(kind: type, low: float, high: float | None = None) -> Callable[[str
 
 
 def add_analytics_args(parser: argparse.ArgumentParser) -> None:
-    """The threshold flags, in their own group, with their defaults in --help."""
+    """The threshold flags and the report's size, in their own group, with their defaults in --help."""
     d = Thresholds()
     g = parser.add_argument_group("analytics (conversations.jsonl, calls.csv/.parquet, archive.json, report.html)")
     g.add_argument(
@@ -77,6 +77,13 @@ def add_analytics_args(parser: argparse.ArgumentParser) -> None:
         default=d.review_calls,
         metavar="N",
         help="calls listed for review in archive.json and report.html (default: %(default)s)",
+    )
+    g.add_argument(
+        "--report-calls",
+        type=_bounded(int, 0),
+        default=20,
+        metavar="N",
+        help="calls plotted in report.html besides those listed for review (0: no report) (default: %(default)s)",
     )
 
 
