@@ -17,12 +17,19 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 
 from report_io import emit
 
 from bioserc.artifacts import resolve_model_arg
 from bioserc.models.classifier import load_classifier
 from bioserc.readers import read_conversations
+from bioserc.schema import Conversation
+
+
+def unlabelled(path: str) -> list[Conversation]:
+    """The calls in `path` without their gold labels (the short file's are another label set's)."""
+    return [replace(c, utterances=[replace(u, label=None) for u in c.utterances]) for c in read_conversations(path)]
 
 
 def seconds_per_utterance(model, convs, batch_utterances: int) -> float:
@@ -45,7 +52,7 @@ def main() -> None:
     args = p.parse_args()
 
     model = load_classifier(resolve_model_arg(args.model), threads=args.threads or None)
-    data = {"long": read_conversations(args.long), "short": read_conversations(args.short)}
+    data = {"long": unlabelled(args.long), "short": unlabelled(args.short)}
     seconds: dict[str, list[float]] = {name: [] for name in data}
     load_before = os.getloadavg()
     for _ in range(args.rounds):

@@ -1,6 +1,6 @@
-"""The committed models (the default, the fast MiniLM one, EmoryNLP): intact, small enough for the repository, their
-W-F1 stated over seeds, labelling the demo archive; the default found from any directory and shown by `bioserc
-models list` with its checksum status."""
+"""The committed models (the default, the fast MiniLM one, EmoryNLP, IEMOCAP): intact, small enough for the
+repository, their W-F1 stated over seeds, labelling the demo archive (and an IEMOCAP file, by name, from any
+directory); the default found from any directory and shown by `bioserc models list` with its checksum status."""
 
 from __future__ import annotations
 
@@ -26,11 +26,18 @@ def test_no_tracked_file_is_over_the_size_limit():
     assert sizes and not {f: s for f, s in sizes.items() if s > MAX_FILE_MB * 2**20}
 
 
-@pytest.mark.parametrize(("name", "label_set", "precision", "min_f1", "min_seeds"),
-                         [("default", "meld", "int4", 60, 3), ("meld-minilm", "meld", "int8", 58, 3),
-                          ("emorynlp", "emorynlp", "int8", 39, 3)])
-def test_shipped_models_verify_state_their_seeds_and_label_the_demo_calls(name, label_set, precision, min_f1,
-                                                                          min_seeds):
+@pytest.mark.parametrize(
+    ("name", "label_set", "precision", "min_f1", "min_seeds"),
+    [
+        ("default", "meld", "int4", 60, 3),
+        ("meld-minilm", "meld", "int8", 58, 3),
+        ("emorynlp", "emorynlp", "int8", 39, 3),
+        ("iemocap", "iemocap", "int8", 55, 3),
+    ],
+)
+def test_shipped_models_verify_state_their_seeds_and_label_the_demo_calls(
+    name, label_set, precision, min_f1, min_seeds
+):
     pytest.importorskip("onnxruntime")
     from bioserc.models.classifier import load_classifier
 
@@ -86,3 +93,48 @@ def test_models_list_shows_the_default_with_its_checksum_status(tmp_path, monkey
     monkeypatch.setenv(DEFAULT_MODEL_ENV, str(tmp_path / "gone"))
     row = models_list(capsys)
     assert row["status"] == "missing" and not row["installed"]
+
+
+IEMOCAP_CALLS = {  # a tiny file in the BiosERC JSON layout of IEMOCAP: genders become the session's pseudo-names
+    "Ses02F_impro01": {
+        "labels": [2, 5, 3, 5, 1, 2],
+        "sentences": [
+            "Hi, I'm calling about my order.",
+            "It still hasn't arrived, three weeks now.",
+            "This is ridiculous, I want my money back!",
+            "Nobody ever calls me back.",
+            "I'm just so tired of this.",
+            "Okay. Thank you.",
+        ],
+        "genders": ["F", "F", "F", "F", "F", "M"],
+    },
+    "Ses02M_impro02": {
+        "labels": [0, 4, 0, 2],
+        "sentences": [
+            "Good news, the refund went through!",
+            "Oh that's wonderful, thank you!",
+            "Glad I could help.",
+            "Bye.",
+        ],
+        "genders": ["M", "F", "M", "F"],
+    },
+}
+
+
+def test_label_and_evaluate_with_the_iemocap_model_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from bioserc.cli import main
+
+    data = tmp_path / "iemocap.valid.json"
+    data.write_text(json.dumps(IEMOCAP_CALLS))
+    monkeypatch.chdir(tmp_path)
+    assert main(["label", str(data), "-o", "out", "--model", "iemocap", "--report-calls", "0"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "utterances.jsonl").read_text().splitlines()]
+    iemocap = ["happy", "sad", "neutral", "angry", "excited", "frustrated"]
+    assert len(rows) == 10 and {r["speaker"] for r in rows} == {"PATRICIA", "JOHN"}
+    assert all(r["label"] in iemocap and sorted(r["probs"]) == sorted(iemocap) for r in rows)
+    assert {r["gold_label"] for r in rows} == {"neutral", "frustrated", "angry", "sad", "happy", "excited"}
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "iemocap", "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["labels"] == iemocap and report["n"] == 10 and 0 <= report["weighted_f1"] <= 100
