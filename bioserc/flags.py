@@ -20,16 +20,20 @@ from bioserc.readers.roles import add_role_args
 DATASET_HELP = "label set for BiosERC JSON files whose name does not start with the dataset name"
 
 
-def at_least(minimum: int | float, kind: type = int) -> Callable[[str], int | float]:
-    """An argparse type: a number no smaller than `minimum` (a zero batch or a negative limit is a usage error)."""
+def at_least(
+    minimum: int | float, kind: type = int, maximum: int | float | None = None
+) -> Callable[[str], int | float]:
+    """An argparse type: a number no smaller than `minimum` (and, given, no larger than `maximum`): a zero batch or a
+    negative limit is a usage error."""
 
     def number(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        if value < minimum or (maximum is not None and value > maximum):
+            span = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
         return value
 
     return number

@@ -8,8 +8,9 @@ not negative to its next, negative one; a role's call score weighs its last turn
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from bioserc.flags import at_least
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,43 +22,27 @@ class Thresholds:
     review_calls: int = 20  # calls archive.json and report.html list for review
 
 
-def _bounded(kind: type, low: float, high: float | None = None) -> Callable[[str], int | float]:
-    """An argparse type: a number in [low, high]."""
-
-    def number(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            span = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
-        return value
-
-    return number
-
-
 def add_analytics_args(parser: argparse.ArgumentParser) -> None:
     """The threshold flags and the report's size, in their own group, with their defaults in --help."""
     d = Thresholds()
     g = parser.add_argument_group("analytics (conversations.jsonl, calls.csv/.parquet, archive.json, report.html)")
     g.add_argument(
         "--negative-threshold",
-        type=_bounded(float, 0.0, 1.0),
+        type=at_least(0.0, float, 1.0),
         default=d.negative,
         metavar="T",
         help="a turn is negative at a valence score <= -T (default: %(default)s)",
     )
     g.add_argument(
         "--min-negative-run",
-        type=_bounded(int, 1),
+        type=at_least(1),
         default=d.min_negative_run,
         metavar="N",
         help="consecutive negative turns of one role that make an escalation (default: %(default)s)",
     )
     g.add_argument(
         "--shift-delta",
-        type=_bounded(float, 0.0, 2.0),
+        type=at_least(0.0, float, 2.0),
         default=d.shift_delta,
         metavar="D",
         help="a drop of at least D from a role's turn that was not negative to its next, negative one is "
@@ -65,7 +50,7 @@ def add_analytics_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--end-weight",
-        type=_bounded(float, 1.0),
+        type=at_least(1.0, float),
         default=d.end_weight,
         metavar="W",
         help="weight of a role's last turn relative to its first in its call score, growing linearly "
@@ -73,14 +58,14 @@ def add_analytics_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--review-calls",
-        type=_bounded(int, 0),
+        type=at_least(0),
         default=d.review_calls,
         metavar="N",
         help="calls listed for review in archive.json and report.html (default: %(default)s)",
     )
     g.add_argument(
         "--report-calls",
-        type=_bounded(int, 0),
+        type=at_least(0),
         default=20,
         metavar="N",
         help="calls plotted in report.html besides those listed for review (0: no report) (default: %(default)s)",
