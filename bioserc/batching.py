@@ -16,3 +16,21 @@ def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
         raise ValueError(f"batch size must be at least 1, got {size}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def token_budget_chunks(lengths: Sequence[int], size: int, max_tokens: int) -> list[list[int]]:
+    """As `length_sorted_chunks`, but a batch also ends before its padded size (items x longest length) would pass
+    `max_tokens`: what an encoder call holds in activations follows the tokens, not the number of sequences.
+
+    A single item longer than `max_tokens` still gets a batch of its own.
+    """
+    if size < 1 or max_tokens < 1:
+        raise ValueError(f"batch size and token budget must be at least 1, got {size} and {max_tokens}")
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if current and (len(current) == size or (len(current) + 1) * max(lengths[i], 1) > max_tokens):
+            chunks.append(current)
+            current = []
+        current.append(i)
+    return chunks + [current] if current else chunks

@@ -23,6 +23,8 @@ int8 tables scored 61.18 (74 MiB), 4-bit tables too (blocks of 32 along the row)
 
 from __future__ import annotations
 
+import os
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -100,3 +102,44 @@ def quantize_weights(
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return done
+
+
+def dequantize_weights(source: str, target: str) -> list[str]:
+    """Write `source`'s graph to `target` with every constant `DequantizeLinear` folded into an fp32 initializer
+    (weights stored beside it in `target`.data); return the folded tensors' names.
+
+    The inverse of `quantize_weights` for a shipped artifact whose fp32 checkpoint is gone: the fp32 graph of the
+    weights it actually ships, the reference that other precisions of the same model are compared with.
+    """
+    model = onnx.load(source)
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    folded, kept = [], []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not all(i in initializers for i in node.input if i):
+            kept.append(node)
+            continue
+        q = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32) if len(node.input) > 2 else 0.0
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis, block = attrs.get("axis", 1) % max(q.ndim, 1), attrs.get("block_size", 0)
+        if block:  # one scale per `block` entries along `axis`
+            scale, zero = (
+                np.take(np.repeat(v, block, axis=axis), range(q.shape[axis]), axis=axis) if np.ndim(v) else v
+                for v in (scale, zero)
+            )
+        elif q.ndim > 1:  # one scale per slice along `axis`
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zero = (np.reshape(v, shape) if np.ndim(v) else v for v in (scale, zero))
+        graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), node.output[0]))
+        folded.append(node.output[0])
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    stored = [init for init in graph.initializer if init.name in used]
+    graph.ClearField("node")
+    graph.node.extend(kept)
+    graph.ClearField("initializer")
+    graph.initializer.extend(stored)
+    onnx.save(model, target, save_as_external_data=True, location=os.path.basename(target) + ".data")
+    return folded

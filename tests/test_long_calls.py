@@ -59,13 +59,23 @@ def classifier():
     return OnnxClassifier(str(DEFAULT), provider="cpu", threads=1)
 
 
-def test_chunked_encoding_gives_the_same_predictions(classifier, monkeypatch):
+@pytest.mark.parametrize("limit,value", [("ENCODE_CHUNK", 4), ("ENCODE_TOKENS", 40)])
+def test_chunked_encoding_gives_the_same_predictions(classifier, monkeypatch, limit, value):
     from bioserc.models import onnx_classifier
 
     convs = [call(f"c{i}", n, seed=i) for i, n in enumerate([5, 17, 9, 30])]
     whole = classifier.predict(convs)
-    monkeypatch.setattr(onnx_classifier, "ENCODE_CHUNK", 4)
+    calls = []
+    run = classifier.encoder.run
+    monkeypatch.setattr(
+        classifier, "encoder", type("Spy", (), {"run": lambda self, o, f: calls.append(f) or run(o, f)})()
+    )
+    monkeypatch.setattr(onnx_classifier, limit, value)
     chunked = classifier.predict(convs)
+    sizes = [f["input_ids"].shape for f in calls]
+    assert len(sizes) > 1 and all(
+        n <= value if limit == "ENCODE_CHUNK" else n == 1 or n * t <= value for n, t in sizes
+    )
     assert [p.label for p in chunked] == [p.label for p in whole]
     assert (
         max(abs(a - b) for p, q in zip(chunked, whole, strict=True) for a, b in zip(p.probs, q.probs, strict=True))

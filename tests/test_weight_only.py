@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from bioserc.export.weight_only import quantize_weights  # noqa: E402
+from bioserc.export.weight_only import dequantize_weights, quantize_weights  # noqa: E402
 
 
 def embed_and_project(path: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -121,3 +121,25 @@ def test_shared_or_non_weight_initializers_are_left_alone(tmp_path):
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     assert quantize_weights(path) == ["table_t"]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_dequantize_folds_the_stored_weights_back_to_fp32(tmp_path, bits):
+    rng = np.random.default_rng(bits)
+    path, flat = str(tmp_path / "g.onnx"), str(tmp_path / "flat.onnx")
+    weights = embed_and_project(path, rng)
+    quantize_weights(path, bits=bits)
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+
+    assert sorted(dequantize_weights(path, flat)) == ["table", "w"]
+    model = onnx.load(flat)
+    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    folded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert sorted(folded) == ["bias", "table", "w"] and all(v.dtype == np.float32 for v in folded.values())
+    q = stored[f"w_int{bits}"].astype(np.float32)
+    assert np.array_equal(folded["w"], q * np.repeat(stored["w_scale"], 32, axis=0)[:48])
+    assert np.array_equal(folded["table"], stored["table_int8"] * stored["table_scale"][:, None])
+    assert np.abs(folded["w"] - weights["w"]).max() > 0  # it is the quantized model, not the original
+    ids = rng.integers(0, 200, 30)
+    flat_out = run(flat, ids)
+    assert np.allclose(flat_out, folded["table"][ids] @ folded["w"] + weights["bias"], atol=1e-4)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bioserc.artifacts import artifact_file, manifest_id, verify_artifact
-from bioserc.batching import length_sorted_chunks
+from bioserc.batching import token_budget_chunks
 from bioserc.models.bioserc_bert import CONFIG_FILE, BiosercBertConfig
 from bioserc.models.collate import Bio, BioKey, Collator
 from bioserc.models.predict import Prediction, predict_conversations
@@ -28,7 +28,11 @@ from bioserc.schema import Conversation
 
 logger = logging.getLogger(__name__)
 
-ENCODE_CHUNK = 256  # sequences per encoder call: bounds activation memory whatever the batch or call length
+# Per encoder call: at most ENCODE_CHUNK sequences and ENCODE_TOKENS padded tokens. The activations (and what ONNX
+# Runtime's arena keeps of them) follow the tokens of a call, so this bounds memory whatever the batch, the call
+# length or the encoder (docs/BENCHMARKS.md, "Memory per call").
+ENCODE_CHUNK = 256
+ENCODE_TOKENS = 2048
 
 
 class OnnxClassifier:
@@ -73,7 +77,7 @@ class OnnxClassifier:
     def encode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, pool_mask: np.ndarray, width: int | None = None
     ) -> np.ndarray:
-        """Pooled encoder states (N, H), `ENCODE_CHUNK` sequences per encoder call.
+        """Pooled encoder states (N, H), at most `ENCODE_CHUNK` sequences and `ENCODE_TOKENS` tokens per encoder call.
 
         Sequences are taken in length order and each call is padded to its own longest one (or to `width`, a fixed
         length): memory stays bounded for a call of thousands of turns, and short windows are not padded to long ones.
@@ -81,7 +85,8 @@ class OnnxClassifier:
         lengths = attention_mask.sum(1)
         pad_id = self.tokenizer.pad_token_id or 0
         pooled: np.ndarray | None = None
-        for rows in length_sorted_chunks(lengths.tolist(), ENCODE_CHUNK):
+        sizes = [width or int(n) for n in lengths.tolist()]
+        for rows in token_budget_chunks(sizes, ENCODE_CHUNK, ENCODE_TOKENS):
             size = width or max(int(lengths[rows].max()), 1)
             used = min(size, input_ids.shape[1])
             ids = np.full((len(rows), size), pad_id, dtype=np.int64)
