@@ -10,8 +10,9 @@ Starts from the artifact folder (what users have; the default's fp32 checkpoint 
     int8 compute         the same graph with ORT's MatMulNBits accuracy level 4 (activations int8 in small blocks)
     int8 dynamic         `quantize_dynamic --per-channel` of the fp32 graph (activations int8, one scale per tensor)
 
-and the shipped graph with the encoder-call limits changed (`ENCODE_TOKENS` off: 256 windows a call), and with the
-pipeline's batching (16 calls per predict, as `--conversations-per-batch 16`) against 64 calls per predict. Every
+and the shipped graph with the encoder-call limits changed (`ENCODE_TOKENS` off: 256 windows a call, as before issue
+32; or other `--token-budgets`), and with the pipeline's batching (16 calls per predict, as
+`--conversations-per-batch 16`) against 64 calls per predict. Every
 variant labels the same conversations in interleaved rounds (median wall); reported: utterances/s, label agreement
 and max probability difference with fp32, weighted F1, and `fraction_of_sgemm` (FLOPs of the real tokens per second
 of the whole predict, over a 2048^3 fp32 torch.mm on the same threads).
@@ -68,12 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="serving_artifacts/default", help="an onnx-classifier artifact folder")
     parser.add_argument("--data", required=True, help="gold-labelled conversations (e.g. MELD valid)")
+    parser.add_argument("--conversations", type=int, help="only the first N conversations (a quick check)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--token-budgets", type=int, nargs="*", default=[], help="more ENCODE_TOKENS to time")
     parser.add_argument("--out", default=None, help="write the report here (JSON)")
     args = parser.parse_args()
 
-    convs = list(read_conversations(args.data))
+    convs = list(read_conversations(args.data))[: args.conversations]
     gold = [u.label for c in convs for u in c.utterances]
     n = len(gold)
     clf = OnnxClassifier(args.model, provider="cpu", threads=args.threads)
@@ -100,7 +103,9 @@ def main() -> None:
         return go
 
     variants = {name: with_encoder(name) for name in sessions}
-    variants["shipped, no token budget"] = with_encoder("shipped", tokens=10**9)
+    variants["shipped, no token budget (before)"] = with_encoder("shipped", tokens=10**9)
+    for tokens in args.token_budgets:
+        variants[f"shipped, {tokens} tokens a call"] = with_encoder("shipped", tokens=tokens)
     variants["shipped, 64 calls a predict"] = with_encoder("shipped", run=in_calls_of(clf, 64))
     report: dict = {
         "model": args.model,

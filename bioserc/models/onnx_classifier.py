@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # Runtime's arena keeps of them) follow the tokens of a call, so this bounds memory whatever the batch, the call
 # length or the encoder (docs/BENCHMARKS.md, "Memory per call").
 ENCODE_CHUNK = 256
-ENCODE_TOKENS = 2048
+ENCODE_TOKENS = 512
 
 
 class OnnxClassifier:

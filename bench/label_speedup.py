@@ -1,0 +1,89 @@
+"""`bioserc label` of this checkout against another checkout's code, side by side in one run (issue 32's speed bar).
+
+    git worktree add /tmp/before <commit>
+    python bench/label_speedup.py --before /tmp/before --data ../shared/data/raw/meld/meld.valid.json \
+        --model default --rounds 2 --out docs/bench/label_speedup.json
+
+Both sides run the real CLI (`--no-bios`, default threads and batching) in a child process with this venv, the
+other side's code first on PYTHONPATH, in alternating rounds; reported per side: median wall, utterances/s and peak
+RSS, and how many rows carry the same label on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from report_io import emit
+
+
+def label(tree: str | None, data: str, model: str, out: Path) -> tuple[float, float]:
+    env = {**os.environ, "PYTHONPATH": tree} if tree else dict(os.environ)
+    argv = [sys.executable, "-m", "bioserc.cli", "label", os.path.abspath(data), "-o", str(out), "--no-bios"]
+    argv += ["--report-calls", "0", "--model", model]
+    start = time.perf_counter()
+    with open(str(out) + ".log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=tempfile.gettempdir())
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bioserc label failed ({tree or 'this checkout'}): see {out}.log")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def labels(out: Path) -> dict[tuple[str, int], str]:
+    rows = (json.loads(line) for line in (out / "utterances.jsonl").read_text(encoding="utf-8").split("\n") if line)
+    return {(r["conversation_id"], r["index"]): r["label"] for r in rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", required=True, help="the other checkout (e.g. a git worktree of the old commit)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", help="write the report here (JSON)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="label-speedup-"))
+    sides = {"before": args.before, "after": None}
+    walls: dict[str, list[float]] = {s: [] for s in sides}
+    peaks: dict[str, list[float]] = {s: [] for s in sides}
+    load_before = os.getloadavg()
+    for r in range(args.rounds):
+        for side, tree in sides.items():
+            wall, peak = label(tree, args.data, args.model, work / f"{side}-{r}")
+            walls[side].append(wall)
+            peaks[side].append(peak)
+            print(f"round {r} {side}: {wall:.1f} s, {peak:.0f} MB", flush=True)
+    before, after = labels(work / "before-0"), labels(work / "after-0")
+    n = len(after)
+    report = {
+        "model": args.model,
+        "data": args.data,
+        "before": args.before,
+        "utterances": n,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "sides": {
+            s: {
+                "wall_s": walls[s],
+                "utterances_per_s": n / statistics.median(walls[s]),
+                "peak_rss_mb": max(peaks[s]),
+            }
+            for s in sides
+        },
+        "speedup": statistics.median(walls["before"]) / statistics.median(walls["after"]),
+        "same_labels": sum(before.get(k) == v for k, v in after.items()),
+        "same_rows": sorted(before) == sorted(after),
+    }
+    emit(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
