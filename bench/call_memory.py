@@ -43,19 +43,26 @@ def write_call(path: Path, turns: int, seed: int = 0) -> None:
     path.write_text(json.dumps({"schema_version": 1, "id": f"call-{turns}", "utterances": utterances}) + "\n")
 
 
-def label_peak(inputs: Path, out: Path, model: str, tree: str | None) -> dict:
+def run_label(tree: str | None, inputs: str, out: Path, model: str) -> tuple[int, float, float]:
+    """`bioserc label INPUTS -o OUT --no-bios --model MODEL` in a child process (`tree`'s code first on PYTHONPATH);
+    returns its exit code, wall seconds and peak RSS in MB (its log: OUT.log)."""
     env = {**os.environ, "PYTHONPATH": tree} if tree else dict(os.environ)
-    argv = [sys.executable, "-m", "bioserc.cli", "label", str(inputs), "-o", str(out), "--no-bios"]
+    argv = [sys.executable, "-m", "bioserc.cli", "label", os.path.abspath(inputs), "-o", str(out), "--no-bios"]
     argv += ["--report-calls", "0", "--model", model]
     start = time.perf_counter()
-    with open(out.with_suffix(".log"), "w") as log:
+    with open(f"{out}.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=tempfile.gettempdir())
         _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def label_peak(inputs: Path, out: Path, model: str, tree: str | None) -> dict:
+    code, wall, peak = run_label(tree, str(inputs), out, model)
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     return {
-        "exit": os.waitstatus_to_exitcode(status),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024),
-        "wall_s": round(time.perf_counter() - start, 1),
+        "exit": code,
+        "peak_rss_mb": round(peak),
+        "wall_s": round(wall, 1),
         "utterances_labeled": run.get("counters", {}).get("utterances_labeled"),
     }
 

@@ -15,26 +15,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from call_memory import run_label
 from report_io import emit
 
 
 def label(tree: str | None, data: str, model: str, out: Path) -> tuple[float, float]:
-    env = {**os.environ, "PYTHONPATH": tree} if tree else dict(os.environ)
-    argv = [sys.executable, "-m", "bioserc.cli", "label", os.path.abspath(data), "-o", str(out), "--no-bios"]
-    argv += ["--report-calls", "0", "--model", model]
-    start = time.perf_counter()
-    with open(str(out) + ".log", "w") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=tempfile.gettempdir())
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    code, wall, peak = run_label(tree, data, out, model)
+    if code != 0:
         raise SystemExit(f"bioserc label failed ({tree or 'this checkout'}): see {out}.log")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    return wall, peak
 
 
 def labels(out: Path) -> dict[tuple[str, int], str]:

@@ -30,10 +30,11 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from export_bench import agreement, max_prob_diff, sgemm_gflops, useful_encoder_gflop
+from export_bench import agreement, in_file_order, max_prob_diff, sgemm_gflops, useful_encoder_gflop
 from report_io import emit
 
 from bioserc.artifacts import artifact_file
+from bioserc.export.onnx_classifier import dynamic_int8
 from bioserc.export.weight_only import dequantize_weights
 from bioserc.metrics import weighted_f1
 from bioserc.models import onnx_classifier
@@ -48,21 +49,6 @@ def int8_compute_session(path: str, threads: int):
     options = session_options(threads)
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "4")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
-def dynamic_int8(fp32: str, target: str) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(fp32, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
-
-
-def in_calls_of(classifier: OnnxClassifier, calls: int) -> Callable:
-    """Predict `calls` conversations at a time, in file order: what one pipeline batch hands the model."""
-
-    def run(convs):
-        return [p for i in range(0, len(convs), calls) for p in classifier.predict(convs[i : i + calls], None, calls)]
-
-    return run
 
 
 def main() -> None:
@@ -86,19 +72,19 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="serving-variants-")
     fp32, dyn = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "dynamic.onnx")
     dequantize_weights(shipped, fp32)
-    dynamic_int8(fp32, dyn)
+    dynamic_int8(fp32, dyn, per_channel=True)
     sessions = {
         "fp32": make_session(fp32, None, args.threads),
         "shipped": clf.encoder,
         "int8 compute": int8_compute_session(shipped, args.threads),
         "int8 dynamic": make_session(dyn, None, args.threads),
     }
-    by_calls = in_calls_of(clf, 16)
+    by_calls = in_file_order(clf, 16)  # 16 calls a predict, in file order: one pipeline batch
 
     def with_encoder(name: str, tokens: int = onnx_classifier.ENCODE_TOKENS, run: Callable = by_calls) -> Callable:
         def go(c):
             clf.encoder, onnx_classifier.ENCODE_TOKENS = sessions[name], tokens
-            return run(c)
+            return run(c, None)
 
         return go
 
@@ -106,7 +92,7 @@ def main() -> None:
     variants["shipped, no token budget (before)"] = with_encoder("shipped", tokens=10**9)
     for tokens in args.token_budgets:
         variants[f"shipped, {tokens} tokens a call"] = with_encoder("shipped", tokens=tokens)
-    variants["shipped, 64 calls a predict"] = with_encoder("shipped", run=in_calls_of(clf, 64))
+    variants["shipped, 64 calls a predict"] = with_encoder("shipped", run=in_file_order(clf, 64))
     report: dict = {
         "model": args.model,
         "data": args.data,

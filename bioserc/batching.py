@@ -10,26 +10,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
-    """Indices of `lengths` in ascending length order (ties keep input order), cut into batches of `size`."""
+def length_sorted_chunks(lengths: Sequence[int], size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices of `lengths` in ascending length order (ties keep input order), cut into batches of `size`.
+
+    With `max_tokens`, a batch also ends before its padded size (items x longest length) would pass it: what an
+    encoder call holds in activations follows the tokens, not the number of sequences. A single item longer than
+    `max_tokens` still gets a batch of its own.
+    """
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[start : start + size] for start in range(0, len(order), size)]
-
-
-def token_budget_chunks(lengths: Sequence[int], size: int, max_tokens: int) -> list[list[int]]:
-    """As `length_sorted_chunks`, but a batch also ends before its padded size (items x longest length) would pass
-    `max_tokens`: what an encoder call holds in activations follows the tokens, not the number of sequences.
-
-    A single item longer than `max_tokens` still gets a batch of its own.
-    """
-    if size < 1 or max_tokens < 1:
-        raise ValueError(f"batch size and token budget must be at least 1, got {size} and {max_tokens}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"token budget must be at least 1, got {max_tokens}")
     chunks: list[list[int]] = []
     current: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if current and (len(current) == size or (len(current) + 1) * max(lengths[i], 1) > max_tokens):
+        full = len(current) == size or (
+            max_tokens is not None and (len(current) + 1) * max(lengths[i], 1) > max_tokens
+        )
+        if current and full:
             chunks.append(current)
             current = []
         current.append(i)

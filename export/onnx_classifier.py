@@ -324,19 +324,19 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def _quantize(path: str, per_channel: bool) -> None:
+def dynamic_int8(source: str, target: str, per_channel: bool) -> None:
+    """`quantize_dynamic` of the encoder graph at `source` into `target` (what `--quantize dynamic` ships): int8
+    MatMul/Attention weights, activations quantized per tensor on every call."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32 = path + ".fp32"
-    os.replace(path, fp32)
     advice = _DropMessage("pre-processing before quantization")  # logged on every call; the graph is exported fresh
     logging.getLogger().addFilter(advice)
     try:
         # DefaultTensorType: shape inference cannot type the outputs of the optimizer's fused com.microsoft ops
         quantize_dynamic(
-            fp32,
-            path,
+            source,
+            target,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             op_types_to_quantize=QUANT_OPS,
@@ -344,6 +344,14 @@ def _quantize(path: str, per_channel: bool) -> None:
         )
     finally:
         logging.getLogger().removeFilter(advice)
+
+
+def _quantize(path: str, per_channel: bool) -> None:
+    fp32 = path + ".fp32"
+    os.replace(path, fp32)
+    try:
+        dynamic_int8(fp32, path, per_channel)
+    finally:
         os.remove(fp32)
 
 

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from bioserc.batching import length_sorted_chunks, token_budget_chunks
+from bioserc.batching import length_sorted_chunks
 from bioserc.devices import resolve_device
 from bioserc.fsutil import replace_dir, staging_dir
 
@@ -75,14 +75,14 @@ def test_length_sorted_chunks_orders_by_length_and_keeps_ties_in_input_order():
         length_sorted_chunks([1], 0)
 
 
-def test_token_budget_chunks_cut_on_padded_tokens_as_well_as_on_count():
+def test_length_sorted_chunks_cut_on_padded_tokens_as_well_as_on_count():
     # sorted: 1(i1) 1(i3) 3(i2) 5(i0) 9(i4); budget 6 padded tokens: [1,1,3] would be 3x3=9 > 6
-    assert token_budget_chunks([5, 1, 3, 1, 9], 8, 6) == [[1, 3], [2], [0], [4]]
-    assert token_budget_chunks([5, 1, 3, 1, 9], 2, 1000) == length_sorted_chunks([5, 1, 3, 1, 9], 2)
+    assert length_sorted_chunks([5, 1, 3, 1, 9], 8, max_tokens=6) == [[1, 3], [2], [0], [4]]
+    assert length_sorted_chunks([5, 1, 3, 1, 9], 2, max_tokens=1000) == length_sorted_chunks([5, 1, 3, 1, 9], 2)
     lengths = [17, 3, 64, 12, 12, 40, 5] * 30
-    chunks = token_budget_chunks(lengths, 16, 128)
+    chunks = length_sorted_chunks(lengths, 16, max_tokens=128)
     assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))  # every sequence once
     assert all(len(c) * max(lengths[i] for i in c) <= 128 for c in chunks)
-    assert token_budget_chunks([500], 4, 128) == [[0]]  # one over-long sequence still gets its call
+    assert length_sorted_chunks([500], 4, max_tokens=128) == [[0]]  # one over-long sequence still gets its call
     with pytest.raises(ValueError):
-        token_budget_chunks([1], 4, 0)
+        length_sorted_chunks([1], 4, max_tokens=0)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bioserc.artifacts import artifact_file, manifest_id, verify_artifact
-from bioserc.batching import token_budget_chunks
+from bioserc.batching import length_sorted_chunks
 from bioserc.models.bioserc_bert import CONFIG_FILE, BiosercBertConfig
 from bioserc.models.collate import Bio, BioKey, Collator
 from bioserc.models.predict import Prediction, predict_conversations
@@ -86,8 +86,8 @@ class OnnxClassifier:
         pad_id = self.tokenizer.pad_token_id or 0
         pooled: np.ndarray | None = None
         sizes = [width or int(n) for n in lengths.tolist()]
-        for rows in token_budget_chunks(sizes, ENCODE_CHUNK, ENCODE_TOKENS):
-            size = width or max(int(lengths[rows].max()), 1)
+        for rows in length_sorted_chunks(sizes, ENCODE_CHUNK, ENCODE_TOKENS):
+            size = max(max(sizes[i] for i in rows), 1)
             used = min(size, input_ids.shape[1])
             ids = np.full((len(rows), size), pad_id, dtype=np.int64)
             mask, pool = np.zeros((len(rows), size), dtype=np.int64), np.zeros((len(rows), size), dtype=np.float32)
