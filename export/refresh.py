@@ -1,12 +1,13 @@
-"""Bring an exported classifier up to date without its training checkpoint: graphs sharded under the file cap,
-model card and manifest written again, seed results replaced when more seeds have finished.
+"""Bring an exported classifier up to date without its training checkpoint: embedding tables gathered before they
+are dequantized, graphs sharded under the file cap, model card and manifest written again, seed results replaced
+when more seeds have finished.
 
     bioserc export refresh serving_artifacts/default --seed-results runs/sweeps/meld_profiles/results.json \\
         --seed-variant meld/mpnet
 
 Checkpoints live in runs/, which a fresh machine does not have; the shipped artifacts do. The weights are not
-touched (sharding moves their bytes, it does not change them), so the parity, metrics and source checkpoint the
-export measured stay in the manifest, which is written again with every file's new checksum.
+touched (sharding moves their bytes, and a table gathered first gives the same floats), so the parity, metrics and
+source checkpoint the export measured stay in the manifest, which is written again with every file's new checksum.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bioserc.artifacts import verify_artifact, write_manifest
 from bioserc.export._staging import publish
 from bioserc.export.model_card import load_seed_results, write_model_card
 from bioserc.export.sharding import shard_graph
+from bioserc.export.weight_only import gather_rows_first
 from bioserc.fsutil import staging_dir
 
 
@@ -47,9 +49,10 @@ def refresh_classifier(
     try:
         shutil.copytree(directory, tmp, dirs_exist_ok=True)
         fields = {key: value for key, value in manifest.items() if key not in WRITTEN}  # the card reads what it needs
-        fields["external_data"] = [
-            shard for graph in manifest["graphs"].values() for shard in shard_graph(os.path.join(tmp, graph))
-        ]
+        graphs = [os.path.join(tmp, graph) for graph in manifest["graphs"].values()]
+        for graph in graphs:
+            gather_rows_first(graph)
+        fields["external_data"] = [shard for graph in graphs for shard in shard_graph(graph)]
         fields["seed_results"] = seeds
         write_model_card(
             tmp,

@@ -19,6 +19,10 @@ Gather (its MatMulNBits quantizer handles MatMul only and needs the extra onnx_i
 the same way) for encoders whose int8 graph is too big to ship: mpnet's is 115 MB, over GitHub's 100 MB per file.
 Embedding tables stay int8 per row: on mpnet MELD seed 1 (valid W-F1 fp32 61.62, int8 61.37) 4-bit MatMuls with
 int8 tables scored 61.18 (74 MiB), 4-bit tables too (blocks of 32 along the row) 60.81 (66 MiB).
+
+A table is gathered before it is dequantized (`gather_rows_first`): `DequantizeLinear -> Gather` would rebuild the
+whole fp32 table on every call (mpnet's 30,527 x 768 words: 94 MB and 23M multiplies per encoder call), when a call
+needs only its tokens' rows. `Gather(int8) -> Cast`, times `Gather(row scales)`, gives the same floats.
 """
 
 from __future__ import annotations
@@ -41,9 +45,13 @@ def _weight_kind(uses: list[tuple[onnx.NodeProto, int]]) -> str | None:
     """ "matmul" for a weight used only as MatMul's right operand, "table" for a Gather table only; else None."""
     if all(node.op_type == "MatMul" and slot == 1 for node, slot in uses):
         return "matmul"
-    if all(node.op_type == "Gather" and slot == 0 for node, slot in uses):
+    if all(node.op_type == "Gather" and slot == 0 and _gather_axis(node) == 0 for node, slot in uses):
         return "table"
     return None
+
+
+def _gather_axis(node: onnx.NodeProto) -> int:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
 
 
 def _symmetric(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +107,75 @@ def quantize_weights(
         done.append(name)
     for node in reversed(dequantize):  # producers first keeps the graph topologically sorted
         graph.node.insert(0, node)
+    _gather_rows_first(graph)
     onnx.checker.check_model(model)
     onnx.save(model, path)
+    return done
+
+
+def gather_rows_first(path: str) -> list[str]:
+    """Rewrite the ONNX file at `path` (external data read and written back inline) so that its per-row int8 tables
+    are gathered before they are dequantized; return the tables changed (none for a graph already in that form).
+
+    For graphs exported before `quantize_weights` did this itself: `bioserc export refresh` applies it."""
+    model = onnx.load(path)
+    done = _gather_rows_first(model.graph)
+    if done:
+        onnx.checker.check_model(model)
+        onnx.save(model, path)
+    return done
+
+
+def _gather_rows_first(graph: onnx.GraphProto) -> list[str]:
+    """Replace each `DequantizeLinear(int8 table, row scales, axis 0) -> Gather(ids)` in `graph` by
+    `Mul(Cast(Gather(table, ids)), Gather(row scales as [rows, 1], ids))`; return the tables' names."""
+    initializers = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    done = []
+    for node in list(graph.node):
+        if (
+            node.op_type != "DequantizeLinear"
+            or len(node.input) != 2
+            or not all(i in initializers for i in node.input)
+        ):
+            continue
+        table, scale = (initializers[i] for i in node.input)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        users = consumers.get(node.output[0], [])
+        if (
+            table.data_type != onnx.TensorProto.INT8
+            or len(table.dims) != 2
+            or list(scale.dims) != [table.dims[0]]
+            or attrs.get("axis", 1) != 0
+            or "block_size" in attrs
+            or not users
+            or not all(u.op_type == "Gather" and list(u.input).index(node.output[0]) == 0 for u in users)
+            or any(_gather_axis(u) != 0 for u in users)
+        ):
+            continue
+        rows = numpy_helper.to_array(scale).reshape(-1, 1)  # [rows, 1]: gathered rows broadcast over the width
+        graph.initializer.remove(scale)
+        graph.initializer.append(numpy_helper.from_array(rows, scale.name))
+        graph.node.remove(node)
+        for gather in users:
+            ids, out = gather.input[1], gather.output[0]
+            stem = gather.name or out
+            at = list(graph.node).index(gather)
+            graph.node.remove(gather)
+            new = [
+                helper.make_node("Gather", [table.name, ids], [f"{stem}_int8_rows"], name=f"{stem}_int8_rows"),
+                helper.make_node("Gather", [scale.name, ids], [f"{stem}_row_scales"], name=f"{stem}_row_scales"),
+                helper.make_node(
+                    "Cast", [f"{stem}_int8_rows"], [f"{stem}_rows"], name=f"{stem}_rows", to=onnx.TensorProto.FLOAT
+                ),
+                helper.make_node("Mul", [f"{stem}_rows", f"{stem}_row_scales"], [out], name=f"{stem}_dequantize"),
+            ]
+            for offset, n in enumerate(new):
+                graph.node.insert(at + offset, n)
+        done.append(node.output[0])
     return done
 
 
@@ -109,7 +184,8 @@ def dequantize_weights(source: str, target: str) -> list[str]:
     (weights stored beside it in `target`.data); return the folded tensors' names.
 
     The inverse of `quantize_weights` for a shipped artifact whose fp32 checkpoint is gone: the fp32 graph of the
-    weights it actually ships, the reference that other precisions of the same model are compared with.
+    weights it actually ships, the reference that other precisions of the same model are compared with. Tables
+    gathered first (`gather_rows_first`) stay as they are: their rows are dequantized to the same floats already.
     """
     model = onnx.load(source)
     graph = model.graph

@@ -54,6 +54,12 @@ def test_shipped_models_verify_state_their_seeds_and_label_the_demo_calls(
     assert len(preds) == sum(len(c.utterances) for c in convs)
     assert all(p.label in manifest["labels"] and abs(sum(p.probs) - 1) < 1e-4 for p in preds)
     assert len({p.label for p in preds}) > 1  # a real model, not a constant
+    # quantized tables are gathered before they are dequantized: no call rebuilds a whole fp32 word table
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(folder / "encoder.onnx"), load_external_data=False).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert not [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in dequantized]
+    assert any(n.op_type == "Gather" and n.input[0].endswith("_int8") for n in graph.node)
 
 
 def test_the_default_model_is_found_from_any_directory(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from bioserc.export.weight_only import dequantize_weights, quantize_weights  # noqa: E402
+from bioserc.export.weight_only import dequantize_weights, gather_rows_first, quantize_weights  # noqa: E402
 
 
 def embed_and_project(path: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -54,16 +54,19 @@ def test_weights_become_int8_and_outputs_stay_close(tmp_path):
     stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert stored["table_int8"].dtype == np.int8 and stored["w_int8"].dtype == np.int8
     # a scale per table row; per column of each block of 32 input rows of w (48 rows: one full block, one partial)
-    assert stored["table_scale"].shape == (200,) and stored["w_scale"].shape == (2, 64)
+    assert stored["table_scale"].shape == (200, 1) and stored["w_scale"].shape == (2, 64)
     assert (tmp_path / "g.onnx").stat().st_size < size / 3
     assert not stored["w_int8"][:, 5].any()
     # each weight is off by at most half a step of its block's scale
     step = np.repeat(stored["w_scale"], 32, axis=0)[:48]
     assert np.all(np.abs(stored["w_int8"] * step - weights["w"]) <= step / 2 + 1e-6)
     assert np.all(
-        np.abs(stored["table_int8"] * stored["table_scale"][:, None] - weights["table"])
-        <= stored["table_scale"][:, None] / 2 + 1e-6
+        np.abs(stored["table_int8"] * stored["table_scale"] - weights["table"]) <= stored["table_scale"] / 2 + 1e-6
     )
+    # the table is gathered as int8, then its rows dequantized: no call rebuilds the whole fp32 table
+    gathers = [n.input[0] for n in model.graph.node if n.op_type == "Gather"]
+    assert sorted(gathers) == ["table_int8", "table_scale"]
+    assert [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"] == ["w_int8"]
     after = run(path, ids)
     assert np.abs(after - before).max() < 0.02 * np.abs(before).max()
     # ORT's fused kernel quantizes activations in blocks by default: a zero channel is zero up to that rounding
@@ -83,7 +86,7 @@ def test_four_bit_matmul_weights_are_packed_and_tables_stay_int8(tmp_path):
         assert sorted(quantize_weights(path, bits)) == ["table", "w"]
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(paths[4]).graph.initializer}
     assert stored["w_int4"].dtype == ml_dtypes.int4 and stored["table_int8"].dtype == np.int8
-    assert stored["w_scale"].shape == (2, 64) and stored["table_scale"].shape == (200,)
+    assert stored["w_scale"].shape == (2, 64) and stored["table_scale"].shape == (200, 1)
     values = stored["w_int4"].astype(np.int8)
     assert values.min() >= -7 and values.max() <= 7 and not values[:, 5].any()
     step = np.repeat(stored["w_scale"], 32, axis=0)[:48]
@@ -131,15 +134,56 @@ def test_dequantize_folds_the_stored_weights_back_to_fp32(tmp_path, bits):
     quantize_weights(path, bits=bits)
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
 
-    assert sorted(dequantize_weights(path, flat)) == ["table", "w"]
+    # the MatMul weight is folded; the table stays int8, dequantized row by row after the gather (the same floats)
+    assert dequantize_weights(path, flat) == ["w"]
     model = onnx.load(flat)
     assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     folded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    assert sorted(folded) == ["bias", "table", "w"] and all(v.dtype == np.float32 for v in folded.values())
+    assert sorted(folded) == ["bias", "table_int8", "table_scale", "w"] and folded["w"].dtype == np.float32
     q = stored[f"w_int{bits}"].astype(np.float32)
     assert np.array_equal(folded["w"], q * np.repeat(stored["w_scale"], 32, axis=0)[:48])
-    assert np.array_equal(folded["table"], stored["table_int8"] * stored["table_scale"][:, None])
     assert np.abs(folded["w"] - weights["w"]).max() > 0  # it is the quantized model, not the original
     ids = rng.integers(0, 200, 30)
-    flat_out = run(flat, ids)
-    assert np.allclose(flat_out, folded["table"][ids] @ folded["w"] + weights["bias"], atol=1e-4)
+    table = stored["table_int8"] * stored["table_scale"]
+    assert np.allclose(run(flat, ids), table[ids] @ folded["w"] + weights["bias"], atol=1e-4)
+
+
+def test_graphs_that_dequantize_whole_tables_are_rewritten_with_the_same_outputs(tmp_path):
+    """An artifact exported before tables were gathered first: `gather_rows_first` changes its form, not its
+    outputs, and leaves a graph already in the new form alone."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(-127, 128, (200, 48)).astype(np.int8)
+    scale = rng.uniform(0.001, 0.01, 200).astype(np.float32)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["table_int8", "table_scale"], ["table"], axis=0),
+        helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+        helper.make_node("Gather", ["table", "more_ids"], ["emb2"]),  # a second user of the same table
+        helper.make_node("Add", ["emb", "emb2"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "t"]) for n in ("ids", "more_ids")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "t", 48])],
+        [numpy_helper.from_array(q, "table_int8"), numpy_helper.from_array(scale, "table_scale")],
+    )
+    path = str(tmp_path / "old.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
+    feeds = {"ids": rng.integers(0, 200, (3, 7)), "more_ids": rng.integers(0, 200, (3, 7))}
+
+    def outputs() -> np.ndarray:
+        return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+    before = outputs()
+    assert gather_rows_first(path) == ["table"]
+    model = onnx.load(path)
+    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert sorted(n.input[0] for n in model.graph.node if n.op_type == "Gather") == [
+        "table_int8",
+        "table_int8",
+        "table_scale",
+        "table_scale",
+    ]
+    assert np.array_equal(outputs(), before)
+    assert np.array_equal(before, (q * scale[:, None])[feeds["ids"]] + (q * scale[:, None])[feeds["more_ids"]])
+    assert gather_rows_first(path) == []
