@@ -1,12 +1,15 @@
-"""`bioserc label` of this checkout against another checkout's code, side by side in one run (issue 32's speed bar).
+"""`bioserc label` of this checkout against another checkout's code, or of one model against another, side by side
+in one run (issue 32's speed bar).
 
     git worktree add /tmp/before <commit>
     python bench/label_speedup.py --before /tmp/before --data ../shared/data/raw/meld/meld.valid.json \
         --model default --rounds 2 --out docs/bench/label_speedup.json
+    python bench/label_speedup.py --before-model default --model fast --data ../shared/data/raw/meld/meld.valid.json
 
 Both sides run the real CLI (`--no-bios`, default threads and batching) in a child process with this venv, the
-other side's code first on PYTHONPATH, in alternating rounds; reported per side: median wall, utterances/s and peak
-RSS, and how many rows carry the same label on both sides.
+"before" side with the other checkout's code first on PYTHONPATH (`--before`) and/or its own model
+(`--before-model`), in alternating rounds; reported per side: median wall, utterances/s and peak RSS, and how many
+rows carry the same label on both sides.
 """
 
 from __future__ import annotations
@@ -36,20 +39,23 @@ def labels(out: Path) -> dict[tuple[str, int], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", required=True, help="the other checkout (e.g. a git worktree of the old commit)")
+    parser.add_argument("--before", help="the other checkout (e.g. a git worktree of the old commit)")
+    parser.add_argument("--before-model", help="the before side's model (default: --model)")
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", default="default")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", help="write the report here (JSON)")
     args = parser.parse_args()
+    if not (args.before or args.before_model):
+        parser.error("give --before (another checkout), --before-model (another model), or both")
     work = Path(tempfile.mkdtemp(prefix="label-speedup-"))
-    sides = {"before": args.before, "after": None}
+    sides = {"before": (args.before, args.before_model or args.model), "after": (None, args.model)}
     walls: dict[str, list[float]] = {s: [] for s in sides}
     peaks: dict[str, list[float]] = {s: [] for s in sides}
     load_before = os.getloadavg()
     for r in range(args.rounds):
-        for side, tree in sides.items():
-            wall, peak = label(tree, args.data, args.model, work / f"{side}-{r}")
+        for side, (tree, model) in sides.items():
+            wall, peak = label(tree, args.data, model, work / f"{side}-{r}")
             walls[side].append(wall)
             peaks[side].append(peak)
             print(f"round {r} {side}: {wall:.1f} s, {peak:.0f} MB", flush=True)
@@ -59,6 +65,7 @@ def main() -> None:
         "model": args.model,
         "data": args.data,
         "before": args.before,
+        "before_model": args.before_model or args.model,
         "utterances": n,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),

@@ -38,6 +38,9 @@ CONFIG_FILE, LABELS_FILE = "config.json", "labels.txt"  # a classifier's own sta
 PATH_FIELDS = ("graphs", "quantized", "optimized", "external_data", "tokenizer_files_copied")
 DEFAULT_MODEL_ENV = "BIOSERC_DEFAULT_MODEL"
 DEFAULT_PACKAGE = "bioserc.serving_artifacts"  # the repository's serving_artifacts/ folder, installed with bioserc
+# Names for a shipped folder by what it is for. `fast`: the quickest MELD model at the best W-F1 for its speed; a
+# MiniLM student distilled from the default tied the plain MiniLM recipe, so it is that one (docs/BENCHMARKS.md).
+SHIPPED_ALIASES = {"fast": "meld-minilm"}
 
 
 class ArtifactError(RuntimeError):
@@ -73,18 +76,23 @@ def default_model_dir() -> str:
 
 def shipped_models() -> dict[str, str]:
     """The classifiers shipped with bioserc, name -> folder: every folder of the installed serving_artifacts that
-    holds a manifest.json, `default` first, then by name; empty when the package is not installed."""
+    holds a manifest.json, `default` first, then by name, then the `SHIPPED_ALIASES` whose folder is there; empty
+    when the package is not installed."""
     try:
         root = shipped_root()
     except ArtifactError:
         return {}
     names = [entry.name for entry in root.iterdir() if entry.is_dir() and (entry / MANIFEST).is_file()]
-    return {name: str(root / name) for name in sorted(names, key=lambda name: (name != "default", name))}
+    models = {name: str(root / name) for name in sorted(names, key=lambda name: (name != "default", name))}
+    aliases = {alias: models[target] for alias, target in SHIPPED_ALIASES.items() if target in models}
+    return {**models, **{alias: path for alias, path in aliases.items() if alias not in models}}
 
 
 def shipped_names() -> str:
     """The shipped classifiers' names, for the `--help` of every classifier `--model`."""
-    return ", ".join(shipped_models()) or "none installed"
+    models = shipped_models()
+    target = {alias: name for alias, name in SHIPPED_ALIASES.items() if models.get(alias) == models.get(name)}
+    return ", ".join(f"{n} (= {target[n]})" if n in target else n for n in models) or "none installed"
 
 
 def resolve_model_arg(value: str) -> str:

@@ -57,6 +57,17 @@ def test_shipped_names_default_first_then_sorted(shipped):
     assert artifacts.default_model_dir() == str(shipped / "default")
 
 
+def test_an_alias_names_a_shipped_folder_only_while_it_is_there(shipped, monkeypatch):
+    monkeypatch.setattr(artifacts, "SHIPPED_ALIASES", {"fast": "other", "gone": "nosuch", "other": "default"})
+    models = shipped_models()
+    assert models["fast"] == str(shipped / "other") and "gone" not in models
+    assert models["other"] == str(shipped / "other")  # a real folder is never shadowed by an alias of that name
+    assert list(models)[-1] == "fast" and resolve_model_arg("fast") == str(shipped / "other")
+    assert artifacts.shipped_names() == "default, other, fast (= other)"
+    Path("fast").mkdir()
+    assert resolve_model_arg("fast") == "fast"  # a local folder still wins
+
+
 def test_a_local_folder_wins_and_anything_else_is_unchanged(shipped):
     assert resolve_model_arg("other") == str(shipped / "other")
     assert resolve_model_arg("nosuch") == "nosuch"
