@@ -62,6 +62,13 @@ def test_shipped_models_verify_state_their_seeds_and_label_the_demo_calls(
     assert any(n.op_type == "Gather" and n.input[0].endswith("_int8") for n in graph.node)
 
 
+def test_fast_names_the_shipped_minilm_model_from_any_directory(tmp_path, monkeypatch):
+    from bioserc.artifacts import resolve_model_arg
+
+    monkeypatch.chdir(tmp_path)
+    assert Path(resolve_model_arg("fast")) == ROOT / "serving_artifacts" / "meld-minilm"
+
+
 def test_the_default_model_is_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
