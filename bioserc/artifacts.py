@@ -84,8 +84,8 @@ def shipped_models() -> dict[str, str]:
         return {}
     names = [entry.name for entry in root.iterdir() if entry.is_dir() and (entry / MANIFEST).is_file()]
     models = {name: str(root / name) for name in sorted(names, key=lambda name: (name != "default", name))}
-    aliases = {alias: models[target] for alias, target in SHIPPED_ALIASES.items() if target in models}
-    return {**models, **{alias: path for alias, path in aliases.items() if alias not in models}}
+    aliases = {a: models[t] for a, t in SHIPPED_ALIASES.items() if t in models and a not in models}
+    return {**models, **aliases}
 
 
 def shipped_names() -> str:

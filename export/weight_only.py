@@ -152,8 +152,7 @@ def _gather_rows_first(graph: onnx.GraphProto) -> list[str]:
             or attrs.get("axis", 1) != 0
             or "block_size" in attrs
             or not users
-            or not all(u.op_type == "Gather" and list(u.input).index(node.output[0]) == 0 for u in users)
-            or any(_gather_axis(u) != 0 for u in users)
+            or not all(u.op_type == "Gather" and u.input[0] == node.output[0] and _gather_axis(u) == 0 for u in users)
         ):
             continue
         rows = numpy_helper.to_array(scale).reshape(-1, 1)  # [rows, 1]: gathered rows broadcast over the width
