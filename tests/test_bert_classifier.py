@@ -20,7 +20,8 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from bioserc.labels import LABEL_SETS
 from bioserc.metrics import classification_report, weighted_f1
-from bioserc.models import BiosercBert, BiosercBertConfig, Collator, load_bios, predict
+from bioserc.models import BiosercBert, BiosercBertConfig, Collator, load_bios
+from bioserc.models.predict import predict
 from bioserc.schema import Conversation, Utterance
 from bioserc.training import train_bert
 from bioserc.training.evaluate import evaluate

@@ -20,8 +20,9 @@ import torch
 from tiny_llm import CHAT_TEMPLATE, tiny_llama
 
 from bioserc.artifacts import ArtifactError, manifest_id, verify_artifact, write_manifest
-from bioserc.models import BiosercBert, BiosercBertConfig, Collator, predict
+from bioserc.models import BiosercBert, BiosercBertConfig, Collator
 from bioserc.models.classifier import load_classifier
+from bioserc.models.predict import predict
 from bioserc.schema import Conversation, Utterance
 
 

@@ -16,7 +16,8 @@ import torch
 from test_bert_classifier import MELD, make_corpus, make_encoder, write_jsonl
 
 from bioserc.errors import RecordError
-from bioserc.models import BiosercBert, BiosercBertConfig, Collator, load_bios, predict
+from bioserc.models import BiosercBert, BiosercBertConfig, Collator, load_bios
+from bioserc.models.predict import predict
 from bioserc.training.checkpoint import save_best
 from bioserc.training.evaluate import evaluate
 from bioserc.training.train_bert import load_config, train

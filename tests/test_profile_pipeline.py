@@ -22,8 +22,9 @@ from tiny_llm import tiny_llama
 from bioserc.artifacts import profile_of, verify_artifact, write_manifest
 from bioserc.errors import RecordError
 from bioserc.jsonio import read_jsonl
-from bioserc.models import BiosercBert, BiosercBertConfig, Collator, load_bios, predict
+from bioserc.models import BiosercBert, BiosercBertConfig, Collator, load_bios
 from bioserc.models.classifier import load_classifier
+from bioserc.models.predict import predict
 from bioserc.schema import Conversation, Utterance
 
 

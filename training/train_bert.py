@@ -44,10 +44,10 @@ from bioserc.models import (
     length_sorted_batches,
     load_bios,
     missing_bios,
-    predict,
 )
 from bioserc.models.bioserc_bert import HEAD_PROFILES
 from bioserc.models.collate import IGNORE, Bio, BioKey
+from bioserc.models.predict import predict
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training import config_files

@@ -5,7 +5,8 @@ with the target wrapped in the tokenizer's separator token before and after it, 
 tokenised once per conversation and windows are assembled from token ids, so truncation trims the far context first
 and never cuts a target marker (string-level truncation, as in the reference code, can drop the second `</s>`).
 Speaker profiles are bio texts (tokenised here, encoded by the model) or, for the scores/latent profiles, vectors
-passed as they are.
+passed as they are. Batches are built as numpy arrays and handed over as torch tensors (training, PyTorch serving)
+or as they are (`tensors="np"`: the ONNX runtime, which then never imports torch).
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from bioserc.bios.profiles import PROFILES, VECTOR_PROFILES
 from bioserc.errors import RecordError
 from bioserc.jsonio import open_text
 from bioserc.schema import Conversation
 
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +171,8 @@ class Batch:
 
     conversation_ids: list[str]
     utterance_indices: list[list[int]]  # Utterance.index of each real position, per conversation
-    inputs: dict[str, torch.Tensor]  # keyword arguments of BiosercBert.forward
-    labels: torch.Tensor  # (B, L) label ids, IGNORE for padding and unlabelled utterances
+    inputs: dict[str, Any]  # keyword arguments of BiosercBert.forward: torch tensors, or numpy arrays ("np")
+    labels: Any  # (B, L) label ids, IGNORE for padding and unlabelled utterances
     bio_missing: list[BioKey]  # speakers of this batch encoded with an empty bio (or a zero profile vector)
 
     def to(self, device: torch.device | str) -> Batch:
@@ -177,9 +181,13 @@ class Batch:
 
 
 class Collator:
-    """Builds `Batch`es for one tokenizer and model config (window, lengths, bio mode, profile, label order)."""
+    """Builds `Batch`es for one tokenizer and model config (window, lengths, bio mode, profile, label order), of
+    torch tensors (`tensors="pt"`) or numpy arrays ("np")."""
 
-    def __init__(self, tokenizer, config) -> None:
+    def __init__(self, tokenizer, config, tensors: str = "pt") -> None:
+        if tensors not in ("pt", "np"):
+            raise ValueError(f"tensors must be 'pt' or 'np', got {tensors!r}")
+        self.tensors = tensors
         self.tokenizer, self.window = tokenizer, config.window
         self.max_length, self.bio_max_length = config.max_length, config.bio_max_length
         self.use_bios = config.bio_mode != "none"
@@ -219,9 +227,9 @@ class Collator:
         n_conv, n_utt = len(conversations), max(len(c.utterances) for c in conversations)
         windows: list[tuple[list[int], int, int]] = []
         positions: list[int] = []
-        utt_mask = torch.zeros(n_conv, n_utt, dtype=torch.bool)
-        utt_speaker = torch.zeros(n_conv, n_utt, dtype=torch.long)
-        labels = torch.full((n_conv, n_utt), IGNORE, dtype=torch.long)
+        utt_mask = np.zeros((n_conv, n_utt), dtype=bool)
+        utt_speaker = np.zeros((n_conv, n_utt), dtype=np.int64)
+        labels = np.full((n_conv, n_utt), IGNORE, dtype=np.int64)
         for b, conv in enumerate(conversations):
             slot = {s: k for k, s in enumerate(conv.speakers)}
             texts = [f" {u.speaker}: {u.text}" for u in conv.utterances]  # leading space: BPE pieces as in the paper
@@ -240,18 +248,18 @@ class Collator:
             utt_mask[b, : len(conv.utterances)] = True
 
         width = max(len(ids) for ids, _, _ in windows)
-        input_ids = torch.full((len(windows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        attention_mask = torch.zeros(len(windows), width, dtype=torch.long)
-        target_mask = torch.zeros(len(windows), width)
+        input_ids = np.full((len(windows), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        attention_mask = np.zeros((len(windows), width), dtype=np.int64)
+        target_mask = np.zeros((len(windows), width), dtype=np.float32)
         for n, (ids, start, end) in enumerate(windows):
-            input_ids[n, : len(ids)] = torch.tensor(ids)
+            input_ids[n, : len(ids)] = ids
             attention_mask[n, : len(ids)] = 1
             target_mask[n, start:end] = 1.0
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "target_mask": target_mask,
-            "utt_position": torch.tensor(positions),
+            "utt_position": np.asarray(positions, dtype=np.int64),
             "utt_mask": utt_mask,
             "utt_speaker": utt_speaker,
         }
@@ -260,6 +268,10 @@ class Collator:
             inputs.update(self.profile_inputs(conversations, bios or {}, missing))
         elif self.use_bios:
             inputs.update(self.bio_inputs(conversations, bios or {}, missing))
+        if self.tensors == "pt":
+            import torch
+
+            inputs, labels = {k: torch.from_numpy(v) for k, v in inputs.items()}, torch.from_numpy(labels)
         return Batch(
             [c.id for c in conversations],
             [[u.index for u in c.utterances] for c in conversations],
@@ -270,12 +282,12 @@ class Collator:
 
     def bio_inputs(
         self, conversations: Sequence[Conversation], bios: Mapping[BioKey, str], missing: list[BioKey]
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, np.ndarray]:
         """Each distinct bio text of the batch is tokenised (and later encoded) once; speakers index into them."""
         unique: dict[str, int] = {}
         n_spk = max(len(c.speakers) for c in conversations)
-        speaker_bio = torch.zeros(len(conversations), n_spk, dtype=torch.long)
-        speaker_mask = torch.zeros(len(conversations), n_spk, dtype=torch.bool)
+        speaker_bio = np.zeros((len(conversations), n_spk), dtype=np.int64)
+        speaker_mask = np.zeros((len(conversations), n_spk), dtype=bool)
         for b, conv in enumerate(conversations):
             for k, speaker in enumerate(conv.speakers):
                 text = bios.get((conv.id, speaker))
@@ -285,7 +297,7 @@ class Collator:
                 speaker_bio[b, k] = unique.setdefault(text, len(unique))
                 speaker_mask[b, k] = True
         enc = self.tokenizer(
-            list(unique), padding=True, truncation=True, max_length=self.bio_max_length, return_tensors="pt"
+            list(unique), padding=True, truncation=True, max_length=self.bio_max_length, return_tensors="np"
         )
         return {
             "bio_input_ids": enc["input_ids"],
@@ -296,11 +308,11 @@ class Collator:
 
     def profile_inputs(
         self, conversations: Sequence[Conversation], bios: Mapping[BioKey, Bio], missing: list[BioKey]
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, np.ndarray]:
         """Each speaker's profile vector, zeros for a speaker without one (as a missing text bio is encoded empty)."""
         n_spk = max(len(c.speakers) for c in conversations)
-        speaker_profile = torch.zeros(len(conversations), n_spk, self.profile_dim)
-        speaker_mask = torch.zeros(len(conversations), n_spk, dtype=torch.bool)
+        speaker_profile = np.zeros((len(conversations), n_spk, self.profile_dim), dtype=np.float32)
+        speaker_mask = np.zeros((len(conversations), n_spk), dtype=bool)
         for b, conv in enumerate(conversations):
             for k, speaker in enumerate(conv.speakers):
                 vector = bios.get((conv.id, speaker))
@@ -313,6 +325,6 @@ class Collator:
                         f"profiles of {self.profile_dim} numbers, got {got}"
                     )
                 else:
-                    speaker_profile[b, k] = torch.as_tensor(vector, dtype=speaker_profile.dtype)
+                    speaker_profile[b, k] = np.asarray(vector, dtype=np.float32)
                 speaker_mask[b, k] = True
         return {"speaker_profile": speaker_profile, "speaker_mask": speaker_mask}

@@ -9,19 +9,18 @@ vectors go to the head as they are (it projects them).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from bioserc.artifacts import artifact_file, manifest_id, verify_artifact
+from bioserc.artifacts import CONFIG_FILE, artifact_file, manifest_id, verify_artifact
 from bioserc.batching import length_sorted_chunks
-from bioserc.models.bioserc_bert import CONFIG_FILE, BiosercBertConfig
 from bioserc.models.collate import Bio, BioKey, Collator
+from bioserc.models.folder_tokenizer import FolderTokenizer
 from bioserc.models.predict import Prediction, predict_conversations
+from bioserc.models.settings import ClassifierSettings
 from bioserc.runtime import make_session, ort_providers
 from bioserc.schema import Conversation
 
@@ -54,19 +53,15 @@ class OnnxClassifier:
         manifest: dict[str, Any] | None = None,
     ):
         manifest = manifest or verify_artifact(directory, "onnx-classifier")  # given = already verified by the caller
-        from transformers import AutoTokenizer
-
-        with open(artifact_file(directory, manifest, CONFIG_FILE), encoding="utf-8") as fh:
-            meta = json.load(fh)
-        meta.pop("encoder_config", None)
-        self.config = BiosercBertConfig.from_dict(meta)  # labels and bio_mode: checked against the manifest's
+        # labels and bio_mode: checked against the manifest's by verify_artifact
+        self.config = ClassifierSettings.from_file(artifact_file(directory, manifest, CONFIG_FILE))
         self.labels = list(self.config.labels)
         self.bio_mode = self.config.bio_mode
         self.model_id = manifest_id(directory)
         self.manifest = manifest
         self.pad_to_max = pad_to_max
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        self.collator = Collator(self.tokenizer, self.config)
+        self.tokenizer = FolderTokenizer(directory)
+        self.collator = Collator(self.tokenizer, self.config, tensors="np")
         graphs = manifest.get("graphs") or {"encoder": "encoder.onnx", "head": "head.onnx"}
         providers = ort_providers(provider)
         self.encoder = make_session(artifact_file(directory, manifest, graphs["encoder"]), providers, threads)
@@ -103,9 +98,10 @@ class OnnxClassifier:
         assert pooled is not None, "encode needs at least one sequence"
         return pooled
 
-    def logits(self, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
-        """(B, L, C) logits for one `Collator` batch (the keyword arguments `BiosercBert.forward` takes)."""
-        x = {k: v.numpy() for k, v in inputs.items()}
+    def logits(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """(B, L, C) logits for one `Collator` batch (the keyword arguments `BiosercBert.forward` takes, as numpy
+        arrays or CPU torch tensors)."""
+        x = {k: np.asarray(v) for k, v in inputs.items()}
         pooled = self.encode(
             x["input_ids"], x["attention_mask"], x["target_mask"], self.config.max_length if self.pad_to_max else None
         )
@@ -145,7 +141,7 @@ class OnnxClassifier:
             bios,
             self.collator,
             self.labels,
-            lambda batch: torch.from_numpy(self.logits(batch.inputs)),
+            lambda batch: self.logits(batch.inputs),
             batch_size,
             max_utterances,
             progress,

@@ -2,7 +2,8 @@
 
 `predict_conversations` is the one batching loop of the PyTorch and the ONNX classifier: long calls are cut into
 overlapping pieces, pieces are batched by length under a conversation and an utterance budget, and each runtime only
-supplies its logits function. Memory therefore follows `max_utterances` and `MAX_CONTEXT`, never the call length.
+supplies its logits function (numpy out: the ONNX runtime labels without importing torch). Memory therefore follows
+`max_utterances` and `MAX_CONTEXT`, never the call length.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
-from bioserc.models.bioserc_bert import BiosercBert
 from bioserc.models.collate import Batch, Bio, BioKey, Collator, length_sorted_batches, missing_bios
 from bioserc.schema import Conversation
 
+
+if TYPE_CHECKING:
+    from bioserc.models.bioserc_bert import BiosercBert
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def predict_conversations(
     bios: Mapping[BioKey, Bio] | None,
     collator: Collator,
     labels: Sequence[str],
-    logits: Callable[[Batch], torch.Tensor],
+    logits: Callable[[Batch], np.ndarray],
     batch_size: int = 8,
     max_utterances: int | None = None,
     progress: bool = False,
@@ -91,7 +94,7 @@ def predict_conversations(
     found: dict[int, list[tuple[int, Prediction]]] = {i: [] for i in range(len(conversations))}
     batches = length_sorted_batches([p.conversation for p in parts], batch_size, max_utterances=max_utterances)
     for idx in tqdm(batches, desc="predicting", unit="batch", disable=not progress):
-        probs = logits(collator([parts[i].conversation for i in idx], bios)).float().softmax(-1).cpu()
+        probs = softmax(logits(collator([parts[i].conversation for i in idx], bios)))
         for b, i in enumerate(idx):
             piece = parts[i]
             for k in piece.keep:
@@ -108,7 +111,13 @@ def predict_conversations(
     return [p for i in range(len(conversations)) for _, p in sorted(found[i], key=lambda kp: kp[0])]
 
 
-@torch.inference_mode()
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, in float32 (as the models compute)."""
+    x = logits.astype(np.float32, copy=False)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def predict(
     model: BiosercBert,
     conversations: Sequence[Conversation],
@@ -126,10 +135,17 @@ def predict(
             bios,
             Collator(model.tokenizer, model.config),
             model.config.labels,
-            lambda batch: model(**batch.to(model.device).inputs),
+            lambda batch: _torch_logits(model, batch),
             batch_size,
             max_utterances,
             progress,
         )
     finally:
         model.train(was_training)
+
+
+def _torch_logits(model: BiosercBert, batch: Batch) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(**batch.to(model.device).inputs).float().cpu().numpy()
