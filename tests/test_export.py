@@ -258,8 +258,11 @@ def test_optimized_export_stays_exact_and_quantizes(exported, tmp_path):
     )
     assert manifest["optimized"] == ["encoder.onnx"] and manifest["quantization"]["per_channel"] is True
     assert manifest["parity"]["optimized_logits_max_abs_diff"] <= 1e-4  # measured before quantizing
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / "encoder.onnx")).graph.node}
+    graph = onnx.load(str(tmp_path / "opt" / "encoder.onnx")).graph
+    ops = {n.op_type for n in graph.node}
     assert "SkipLayerNormalization" in ops and "MatMulInteger" in ops  # fused, then int8
+    int8 = [onnx.numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8 and all(w.min() >= -64 and w.max() <= 64 for w in int8)  # 7 bits: 2 x 255 x 64 fits int16 (AVX2)
     convs = conversations()
     got = load_classifier(str(tmp_path / "opt")).predict(convs, bios_for(convs))
     assert len(got) == sum(len(c.utterances) for c in convs)
