@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,12 @@ def test_numpy_batches_equal_torch_batches():
         np.testing.assert_array_equal(value.numpy(), np_batch.inputs[key])
         assert value.numpy().dtype == np_batch.inputs[key].dtype, key
     np.testing.assert_array_equal(torch_batch.labels.numpy(), np_batch.labels)
+
+
+def test_settings_are_fields_of_the_pytorch_config():
+    from bioserc.models.bioserc_bert import BiosercBertConfig
+
+    assert {f.name for f in fields(ClassifierSettings)} <= set(BiosercBertConfig.FIELDS)
 
 
 def test_missing_config_field_names_the_file(tmp_path):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, fields
 class ClassifierSettings:
     """The fields of `BiosercBertConfig.FIELDS` that batching and serving read (every saved config.json has them)."""
 
-    label_set: str
     labels: list[str]
     window: int
     bio_mode: str
@@ -22,7 +21,6 @@ class ClassifierSettings:
     profile_dim: int
     max_length: int
     bio_max_length: int
-    encode_chunk: int
 
     @classmethod
     def from_file(cls, path: str) -> ClassifierSettings:
