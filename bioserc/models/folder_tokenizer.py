@@ -51,25 +51,20 @@ class FolderTokenizer:
         max_length: int | None = None,
         return_tensors: str | None = None,
     ) -> dict[str, Any]:
-        """input_ids and attention_mask of one text (lists) or of several (lists of lists, or int64 arrays with
-        return_tensors="np", which needs padding)."""
+        """input_ids of one text (a list) or of several (lists), or int64 input_ids and attention_mask arrays with
+        return_tensors="np", which needs padding (the bios' call)."""
         single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
         if truncation:
             self.backend.enable_truncation(max_length or self.model_max_length)
         try:
-            encodings = self.backend.encode_batch(
-                [texts] if single else list(texts), add_special_tokens=add_special_tokens
-            )
+            encodings = self.backend.encode_batch(batch, add_special_tokens=add_special_tokens)
         finally:
-            self.backend.no_truncation()
+            if truncation:
+                self.backend.no_truncation()
         ids = [e.ids for e in encodings]
-        if return_tensors is None:
-            masks = [[1] * len(row) for row in ids]
-            return (
-                {"input_ids": ids[0], "attention_mask": masks[0]}
-                if single
-                else {"input_ids": ids, "attention_mask": masks}
-            )
+        if return_tensors is None:  # the per-conversation call: Collator reads only the ids
+            return {"input_ids": ids[0] if single else ids}
         if return_tensors != "np" or not padding:
             raise ValueError("FolderTokenizer returns arrays only as return_tensors='np' with padding=True")
         width = max((len(row) for row in ids), default=0)
