@@ -76,7 +76,7 @@ from bioserc.export.model_card import load_seed_results, write_model_card
 from bioserc.export.sharding import shard_graph
 from bioserc.export.weight_only import BITS, BLOCK_SIZE, OPSET, quantize_weights
 from bioserc.fsutil import staging_dir
-from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean, sinusoid
+from bioserc.models.bioserc_bert import CONFIG_FILE, LABELS_FILE, BiosercBert, masked_mean
 from bioserc.models.collate import Bio
 from bioserc.schema import Conversation, Utterance
 
@@ -121,8 +121,7 @@ class HeadGraph(nn.Module):
         # PyTorch scatters projected vectors into zeros; here padding rows are projected too, then zeroed.
         utt = torch.tanh(m.utt_proj(utterances)) * utterance_mask.unsqueeze(-1).to(utterances.dtype)
         hidden = utt.shape[-1]
-        n_utt = utterance_mask.shape[1]
-        ctx = m.context(utt + sinusoid(n_utt, hidden, utt.device, utt.dtype), src_key_padding_mask=~utterance_mask)
+        ctx = m.contextualize(utt, utterance_mask)
         same = utterance_speaker.unsqueeze(2) == utterance_speaker.unsqueeze(1)
         intra = self.speaker_attention(m.intra, m.intra_proj(ctx), same, utterance_mask)
         inter = self.speaker_attention(m.inter, m.inter_proj(ctx), ~same, utterance_mask)

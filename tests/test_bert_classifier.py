@@ -282,10 +282,11 @@ def test_old_config_keys_are_patched_on_load():
     assert config.window == 2 and config.labels == list(LABEL_SETS["emorynlp"].labels) and config.num_labels == 7
 
 
-@pytest.mark.parametrize("bio_mode", ["mlp", "attn"])
-def test_padding_does_not_change_a_conversation(corpus, bio_mode):
-    """Eval-mode logits of a conversation are the same alone or padded beside a longer one with more speakers."""
-    model = make_model(corpus, bio_mode=bio_mode).eval()
+@pytest.mark.parametrize(("bio_mode", "context"), [("mlp", "transformer"), ("attn", "transformer"), ("mlp", "gru")])
+def test_padding_does_not_change_a_conversation(corpus, bio_mode, context):
+    """Eval-mode logits of a conversation are the same alone or padded beside a longer one with more speakers (the
+    BiGRU's backward direction must not read the padding)."""
+    model = make_model(corpus, bio_mode=bio_mode, context=context).eval()
     short = Conversation("solo", [Utterance(i, "SPEAKER_0", f"{CUE['joy']} fine", label="joy") for i in range(3)])
     long = max(corpus["convs"], key=lambda c: (len(c.speakers), len(c.utterances)))
     assert len(long.speakers) == 3 and len(long.utterances) > 3
@@ -300,9 +301,9 @@ def test_padding_does_not_change_a_conversation(corpus, bio_mode):
         torch.testing.assert_close(model(**collator([long], bios).inputs)[0], batched[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("bio_mode", ["mlp", "attn", "none"])
-def test_every_parameter_gets_a_gradient_and_is_optimised(corpus, bio_mode):
-    model = make_model(corpus, bio_mode=bio_mode).train()
+@pytest.mark.parametrize(("bio_mode", "context"), [("mlp", "transformer"), ("attn", "transformer"), ("none", "gru")])
+def test_every_parameter_gets_a_gradient_and_is_optimised(corpus, bio_mode, context):
+    model = make_model(corpus, bio_mode=bio_mode, context=context).train()
     batch = Collator(model.tokenizer, model.config)(corpus["convs"][:3], corpus["bios"])
     assert ("bio_input_ids" in batch.inputs) == (bio_mode != "none")
     logits = model(**batch.inputs)

@@ -109,10 +109,12 @@ def bios_for(convs: list[Conversation]) -> dict[tuple[str, str], str]:
     return bios
 
 
-def save_checkpoint(encoder: str, out: Path, bio_mode: str) -> str:
+def save_checkpoint(encoder: str, out: Path, bio_mode: str, context: str = "transformer") -> str:
     torch.manual_seed(1)
     model = BiosercBert.from_encoder(
-        BiosercBertConfig(encoder=encoder, bio_mode=bio_mode, max_length=48, bio_max_length=24, heads=2)
+        BiosercBertConfig(
+            encoder=encoder, bio_mode=bio_mode, max_length=48, bio_max_length=24, heads=2, context=context
+        )
     ).eval()
     model.save_pretrained(str(out))
     write_manifest(
@@ -186,11 +188,11 @@ def test_fp32_export_matches_pytorch_and_writes_a_manifest(exported):
     assert max(manifest["parity"].values()) <= 1e-4
 
 
-@pytest.mark.parametrize("bio_mode", ["attn", "none"])
-def test_other_bio_modes_export_exactly(encoder, tmp_path, bio_mode):
+@pytest.mark.parametrize(("bio_mode", "context"), [("attn", "transformer"), ("none", "transformer"), ("none", "gru")])
+def test_other_bio_modes_export_exactly(encoder, tmp_path, bio_mode, context):
     from bioserc.export.onnx_classifier import export_classifier
 
-    source = save_checkpoint(encoder, tmp_path / "torch", bio_mode)
+    source = save_checkpoint(encoder, tmp_path / "torch", bio_mode, context)
     export_classifier(source, str(tmp_path / "onnx"))
     convs = conversations()
     check_parity(source, str(tmp_path / "onnx"), convs, bios_for(convs))

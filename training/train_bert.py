@@ -90,6 +90,10 @@ class TrainBertConfig:
             "--profile`); ignored with bio_mode none"
         },
     )
+    context: str = field(
+        default="transformer",
+        metadata={"help": "the conversation-level layer: transformer (the paper's) | gru (a BiGRU, for long calls)"},
+    )
     max_length: int = field(default=256, metadata={"help": "tokens per utterance window"})
     bio_max_length: int = field(default=128, metadata={"help": "tokens per bio"})
     freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers"})
@@ -162,6 +166,7 @@ class TrainBertConfig:
             bio_mode=self.bio_mode,
             profile=profile,
             profile_dim=profile_dim,
+            context=self.context,
             dropout=self.dropout,
             max_length=self.max_length,
             bio_max_length=self.bio_max_length,

@@ -1,7 +1,7 @@
 """BERT-based BiosERC: the AccumWR classifier (paper-notes section 4) plus a speaker-bio head, on any HF encoder.
 
     encoder(±window, target marked) -> masked mean over the target span -> Linear+tanh  = utterance vectors
-    + sinusoidal positions -> 1 conversation-level Transformer layer                      = context vectors
+    + sinusoidal positions -> 1 conversation-level Transformer layer (or a BiGRU, `context`)  = context vectors
     intra-speaker / inter-speaker masked multi-head attention over the context vectors
     logits = W_ctx(ctx) + W_utt(utt) + W_intra(intra) + W_inter(inter) [+ bio head]
 
@@ -33,9 +33,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 
 from bioserc.bios.profiles import VECTOR_PROFILES
 from bioserc.labels import get_label_set
+from bioserc.models.bigru import BiGRU
 
 
 HEAD_BIO_MODES = ("mlp", "attn", "none")
+CONTEXTS = ("transformer", "gru")
 HEAD_PROFILES = ("text", *VECTOR_PROFILES)  # what the bio head reads; "text" also covers emotion bios (text too)
 CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE = "config.json", "model.safetensors", "labels.txt"
 MODEL_TYPE = "bioserc-bert"
@@ -53,6 +55,8 @@ class BiosercBertConfig(PretrainedConfig):
         profile: the speaker profiles the bio head reads: "text" (bio text, encoded by the encoder) or "scores" /
             "latent" (a vector per speaker, projected); ignored with bio_mode none.
         profile_dim: entries of each profile vector (set from the train data); 0 for text.
+        context: the conversation-level layer: "transformer" (the paper's one Transformer layer) or "gru" (a
+            bidirectional GRU added to its input, for long calls: IEMOCAP in docs/BENCHMARKS.md).
         speaker_hidden: intra/inter attention width; None = half the encoder width (paper: 512).
         ctx_ffn: FFN width of the context Transformer; None = twice the encoder width (paper: 2048).
         heads: attention heads of the context layer and the speaker/bio attentions.
@@ -75,6 +79,7 @@ class BiosercBertConfig(PretrainedConfig):
         "bio_mode",
         "profile",
         "profile_dim",
+        "context",
         "speaker_hidden",
         "ctx_ffn",
         "heads",
@@ -95,6 +100,7 @@ class BiosercBertConfig(PretrainedConfig):
         bio_mode: str = "mlp",
         profile: str = "text",
         profile_dim: int = 0,
+        context: str = "transformer",
         speaker_hidden: int | None = None,
         ctx_ffn: int | None = None,
         heads: int = 8,
@@ -111,6 +117,8 @@ class BiosercBertConfig(PretrainedConfig):
             raise ValueError(f"bio_mode must be one of {HEAD_BIO_MODES}, got {bio_mode!r}")
         if profile not in HEAD_PROFILES:
             raise ValueError(f"profile must be one of {HEAD_PROFILES}, got {profile!r}")
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
         if profile in VECTOR_PROFILES and bio_mode != "none" and profile_dim < 1:
             raise ValueError(f"profile {profile} needs profile_dim, the size of its vectors, got {profile_dim}")
         if encode_chunk < 1:
@@ -121,7 +129,7 @@ class BiosercBertConfig(PretrainedConfig):
         super().__init__(id2label=dict(enumerate(labels)), label2id={y: i for i, y in enumerate(labels)}, **kwargs)
         self.encoder, self.label_set, self.labels, self.window = encoder, label_set, labels, window
         self.bio_mode, self.speaker_hidden, self.ctx_ffn, self.heads = bio_mode, speaker_hidden, ctx_ffn, heads
-        self.profile, self.profile_dim = profile, profile_dim
+        self.profile, self.profile_dim, self.context = profile, profile_dim, context
         self.dropout, self.ctx_dropout, self.freeze_layers = dropout, ctx_dropout, freeze_layers
         self.max_length, self.bio_max_length, self.encode_chunk = max_length, bio_max_length, encode_chunk
         if isinstance(encoder_config, dict):
@@ -202,10 +210,13 @@ class BiosercBert(PreTrainedModel):
             if width % config.heads:
                 raise ValueError(f"{name} {width} is not divisible by heads={config.heads}")
         self.utt_proj = nn.Linear(hidden, hidden)
-        layer = nn.TransformerEncoderLayer(
-            hidden, config.heads, config.ctx_ffn or 2 * hidden, config.ctx_dropout, batch_first=True
-        )
-        self.context = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        if config.context == "gru":
+            self.context = BiGRU(hidden)
+        else:
+            layer = nn.TransformerEncoderLayer(
+                hidden, config.heads, config.ctx_ffn or 2 * hidden, config.ctx_dropout, batch_first=True
+            )
+            self.context = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.intra_proj, self.inter_proj = nn.Linear(hidden, spk), nn.Linear(hidden, spk)
         self.intra = nn.MultiheadAttention(spk, config.heads, dropout=config.dropout, batch_first=True)
         self.inter = nn.MultiheadAttention(spk, config.heads, dropout=config.dropout, batch_first=True)
@@ -262,6 +273,14 @@ class BiosercBert(PreTrainedModel):
             ]
         )
 
+    def contextualize(self, utt: torch.Tensor, utt_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) utterance vectors -> context vectors: sinusoidal positions, then the Transformer layer, or the
+        BiGRU's states added to its input."""
+        x = utt + sinusoid(utt.shape[1], utt.shape[2], utt.device, utt.dtype)
+        if self.config.context == "gru":
+            return x + self.context(x, utt_mask)
+        return self.context(x, src_key_padding_mask=~utt_mask)
+
     def speaker_attention(
         self, attn: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor, utt_mask: torch.Tensor
     ) -> torch.Tensor:
@@ -293,7 +312,7 @@ class BiosercBert(PreTrainedModel):
         utt = torch.tanh(self.utt_proj(self.encode(input_ids, attention_mask, target_mask)))  # (N, H)
         hidden = utt.shape[-1]
         utt = utt.new_zeros(n_conv * n_utt, hidden).index_copy(0, utt_position, utt).view(n_conv, n_utt, hidden)
-        ctx = self.context(utt + sinusoid(n_utt, hidden, utt.device, utt.dtype), src_key_padding_mask=~utt_mask)
+        ctx = self.contextualize(utt, utt_mask)
         same = utt_speaker.unsqueeze(2) == utt_speaker.unsqueeze(1)  # (B, L, L)
         intra = self.speaker_attention(self.intra, self.intra_proj(ctx), same, utt_mask)
         inter = self.speaker_attention(self.inter, self.inter_proj(ctx), ~same, utt_mask)
