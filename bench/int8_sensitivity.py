@@ -1,16 +1,21 @@
-"""Which int8 dynamic graph of a shipped classifier keeps its labels: 7-bit weights, MatMuls left in fp32, smoothing.
+"""Which int8 graph of a shipped classifier keeps its labels: 7-bit weights, MatMuls left in fp32, smoothing,
+outlier channels apart, per-token scales, uint8 weights.
 
     python bench/int8_sensitivity.py --model serving_artifacts/default --data ../shared/data/raw/meld/meld.valid.json \
-        --calibration ../shared/data/raw/meld/meld.train.json --rounds 2 --out docs/bench/int8_sensitivity.json
+        --calibration ../shared/data/raw/meld/meld.train.json --rounds 2 --out docs/bench/int8_sensitivity.json \
+        [--only VARIANT ...] [--timed VARIANT ...]
 
-The reference is the shipped weights dequantized to fp32 (the default's PyTorch checkpoint was not kept). Variants:
-`quantize_dynamic` per channel with 8-bit or 7-bit (`reduce_range`) weights; the FFN output MatMuls
-(`output/dense`, whose input is the GELU output) or also the attention output MatMuls left in fp32; and SmoothQuant
-(Xiao et al., 2023): each weight MatMul's input channel j is divided by s_j = max|x_j|^a / max|W_j|^(1-a) (a Mul
-before it) and W's row j multiplied by it, so activation outliers move into the per-channel weight scales. The
-activation maxima come from every `--calibration-every`-th train conversation. Each variant labels --data once
-(label agreement with fp32, W-F1); then fp32, the shipped graph and `--timed` variants run in interleaved rounds
-(median wall) on `--threads`.
+The reference is the shipped weights dequantized to fp32 (the default's PyTorch checkpoint was not kept). Variants
+(`VARIANTS`): `quantize_dynamic` per channel with 8-bit or 7-bit (`reduce_range`) int8 weights or uint8 weights;
+the FFN output MatMuls (`output/dense`, whose input is the GELU output) or also the attention output MatMuls left in
+fp32; SmoothQuant (Xiao et al., 2023): each weight MatMul's input channel j is divided by s_j = max|x_j|^a /
+max|W_j|^(1-a) (a Mul before it) and W's row j multiplied by it, so activation outliers move into the per-channel
+weight scales; LLM.int8()-style decomposition (`decomposed`): each MatMul's largest input channels computed apart in
+fp32; per-row (per-token) activation scales (`scaled_per_row`); our own int8 MatMuls with 8-bit weights and 7-bit
+per-token activations (`integer_per_row`); and the weights alone rounded (fp32 compute), to split the error between
+weights and activations. Activation maxima come from every `--calibration-every`-th train conversation. Each
+variant labels --data once (label agreement with fp32, W-F1); then fp32, the shipped graph and `--timed` variants run
+in interleaved rounds (median wall) on `--threads`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import platform
 import statistics
 import tempfile
 import time
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -38,16 +44,53 @@ from bioserc.runtime import make_session
 
 
 FFN_OUT, ATTN_OUT = "output/dense", "attn/o/"
-# name: (smoothing alpha for most MatMuls, alpha for FFN_OUT, 7-bit weights, MatMul names containing these stay fp32)
+OUTLIERS = "/outliers"  # the fp32 MatMul of a decomposed MatMul's outlier channels
+
+
+class Spec(NamedTuple):
+    alpha: float = 0.0  # SmoothQuant's alpha for most weight MatMuls (0: no smoothing)
+    ffn_alpha: float = 0.0  # ... and for the FFN output MatMuls
+    seven_bit: bool = True  # reduce_range weights
+    keep: tuple[str, ...] = ()  # MatMuls whose names contain one of these stay fp32
+    outliers: float = 0.0  # share of each MatMul's input channels (largest calibration maxima) computed apart in fp32
+    per_row: bool = False  # scale each row (token) of a MatMul's input to max |x| = 1 before it, and back after
+    unsigned: bool = False  # uint8 weights (ONNX Runtime's u8 x u8 kernel) instead of int8
+    weights_only: int = 0  # > 0: no int8 compute, only the weights rounded to this many bits per channel (fp32)
+    row_int8: bool = False  # own int8 MatMuls instead of quantize_dynamic's: 8-bit weights, 7-bit activations per row
+
+
 VARIANTS = {
-    "int8, 8-bit weights": (0.0, 0.0, False, ()),
-    "int8, 7-bit weights (--quantize dynamic)": (0.0, 0.0, True, ()),
-    "7-bit, FFN output fp32": (0.0, 0.0, True, (FFN_OUT,)),
-    "7-bit, FFN + attention output fp32": (0.0, 0.0, True, (FFN_OUT, ATTN_OUT)),
-    "smoothed a=0.5, 7-bit": (0.5, 0.5, True, ()),
-    "smoothed a=0.5 (FFN output a=0.8), 7-bit": (0.5, 0.8, True, ()),
-    "smoothed a=0.5, 7-bit, FFN output fp32": (0.5, 0.0, True, (FFN_OUT,)),
-    "smoothed a=0.6, 7-bit, FFN output fp32": (0.6, 0.0, True, (FFN_OUT,)),
+    "int8, 8-bit weights": Spec(seven_bit=False),
+    "int8, 7-bit weights (--quantize dynamic)": Spec(),
+    "7-bit, FFN output fp32": Spec(keep=(FFN_OUT,)),
+    "7-bit, FFN + attention output fp32": Spec(keep=(FFN_OUT, ATTN_OUT)),
+    "smoothed a=0.5, 7-bit": Spec(0.5, 0.5),
+    "smoothed a=0.5 (FFN output a=0.8), 7-bit": Spec(0.5, 0.8),
+    "smoothed a=0.5, 7-bit, FFN output fp32": Spec(0.5, keep=(FFN_OUT,)),
+    "smoothed a=0.6, 7-bit, FFN output fp32": Spec(0.6, keep=(FFN_OUT,)),
+    "7-bit, 1% outlier channels fp32": Spec(outliers=0.01),
+    "7-bit, 2% outlier channels fp32": Spec(outliers=0.02),
+    "7-bit, 4% outlier channels fp32": Spec(outliers=0.04),
+    "7-bit, scaled per row": Spec(per_row=True),
+    "7-bit, 1% outlier channels fp32, scaled per row": Spec(outliers=0.01, per_row=True),
+    "smoothed a=0.3, 7-bit, 1% outlier channels fp32, scaled per row": Spec(0.3, 0.3, outliers=0.01, per_row=True),
+    "smoothed a=0.5, 7-bit, 1% outlier channels fp32, scaled per row": Spec(0.5, 0.5, outliers=0.01, per_row=True),
+    "7-bit, 1% outlier channels fp32, scaled per row, layer 0 fp32": Spec(
+        keep=("layer.0/",), outliers=0.01, per_row=True
+    ),
+    "7-bit, 1% outlier channels fp32, scaled per row, layer 11 fp32": Spec(
+        keep=("layer.11/",), outliers=0.01, per_row=True
+    ),
+    "uint8 weights": Spec(seven_bit=False, unsigned=True),
+    "uint8 weights, scaled per row": Spec(seven_bit=False, per_row=True, unsigned=True),
+    "uint8 weights, 1% outlier channels fp32": Spec(seven_bit=False, outliers=0.01, unsigned=True),
+    "uint8 weights, 1% outlier channels fp32, scaled per row": Spec(
+        seven_bit=False, outliers=0.01, per_row=True, unsigned=True
+    ),
+    "int8 weights, 7-bit activations per row": Spec(row_int8=True),
+    "int8 weights, 7-bit activations per row, 1% outlier channels fp32": Spec(outliers=0.01, row_int8=True),
+    "fp32 compute, weights rounded to 7 bits": Spec(weights_only=7),
+    "fp32 compute, weights rounded to 8 bits": Spec(weights_only=8),
 }
 
 
@@ -82,6 +125,7 @@ def activation_maxima(fp32: str, clf: OnnxClassifier, convs: list, tmp: str) -> 
 
 
 def smoothed(fp32: str, maxima: dict[str, np.ndarray], alpha: float, ffn_alpha: float) -> onnx.ModelProto:
+    """SmoothQuant; `maxima` gains the maxima of each smoothed input (for a decomposition after it)."""
     model = onnx.load(fp32)
     weights = {t.name: t for t in model.graph.initializer}
     targets = {n.name for n in weight_matmuls(model)}
@@ -96,6 +140,7 @@ def smoothed(fp32: str, maxima: dict[str, np.ndarray], alpha: float, ffn_alpha: 
             )
             model.graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), node.name + "/inv_s"))
             nodes.append(helper.make_node("Mul", [node.input[0], node.name + "/inv_s"], [node.name + "/x_s"]))
+            maxima[node.name + "/x_s"] = maxima[node.input[0]] / s
             node.input[0] = node.name + "/x_s"
         nodes.append(node)
     del model.graph.node[:]
@@ -103,21 +148,190 @@ def smoothed(fp32: str, maxima: dict[str, np.ndarray], alpha: float, ffn_alpha: 
     return model
 
 
-def build(fp32: str, maxima: dict, spec: tuple, target: str, tmp: str) -> None:
-    alpha, ffn_alpha, seven_bit, keep = spec
-    source = fp32
-    if alpha or ffn_alpha:
-        source = os.path.join(tmp, "smoothed.onnx")
-        if os.path.exists(source + ".data"):
-            os.remove(source + ".data")  # onnx appends external data to an existing file
-        onnx.save(
-            smoothed(fp32, maxima, alpha, ffn_alpha), source, save_as_external_data=True, location="smoothed.onnx.data"
+def decomposed(model: onnx.ModelProto, maxima: dict[str, np.ndarray], fraction: float) -> onnx.ModelProto:
+    """LLM.int8()-style (Dettmers et al., 2022): each weight MatMul y = x W becomes (x * m) W' + x[:, o] W[o] with o
+    its input's largest channels (calibration maxima), m zero on them and W' = W with rows o zeroed. The first
+    MatMul no longer sees the outliers, so its per-tensor int8 scale fits the other channels; the second, k rows
+    deep, is named `OUTLIERS` and stays fp32. Inputs shared by several MatMuls (Q, K, V) are masked once."""
+    weights = {t.name: t for t in model.graph.initializer}
+    targets = {n.name for n in weight_matmuls(model)}
+    split: dict[str, tuple[str, str, np.ndarray]] = {}  # input -> (masked input, outlier input, outlier channels)
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in targets:
+            nodes.append(node)
+            continue
+        x, y = node.input[0], node.output[0]
+        if x not in split:
+            peak = maxima[x]
+            channels = np.sort(np.argsort(peak)[-max(1, round(fraction * len(peak))) :])
+            mask = np.ones(len(peak), np.float32)
+            mask[channels] = 0
+            model.graph.initializer.append(numpy_helper.from_array(mask, x + "/inlier_mask"))
+            model.graph.initializer.append(numpy_helper.from_array(channels.astype(np.int64), x + "/outlier_idx"))
+            nodes.append(helper.make_node("Mul", [x, x + "/inlier_mask"], [x + "/inliers"]))
+            nodes.append(helper.make_node("Gather", [x, x + "/outlier_idx"], [x + OUTLIERS], axis=-1))
+            split[x] = (x + "/inliers", x + OUTLIERS, channels)
+        inliers, outliers, channels = split[x]
+        w = numpy_helper.to_array(weights[node.input[1]])
+        model.graph.initializer.append(numpy_helper.from_array(w[channels], node.name + OUTLIERS + "/W"))
+        rest = w.copy()
+        rest[channels] = 0
+        weights[node.input[1]].CopyFrom(numpy_helper.from_array(rest, node.input[1]))
+        node.input[0], node.output[0] = inliers, y + "/inliers"
+        nodes.append(node)
+        nodes.append(
+            helper.make_node(
+                "MatMul", [outliers, node.name + OUTLIERS + "/W"], [y + OUTLIERS], name=node.name + OUTLIERS
+            )
         )
+        nodes.append(helper.make_node("Add", [y + "/inliers", y + OUTLIERS], [y]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def row_maxima(model: onnx.ModelProto, x: str, out: str) -> list[onnx.NodeProto]:
+    """Nodes computing `out` = max(max |x| over the last axis, 1e-6), kept as (..., 1)."""
+    names = {t.name for t in model.graph.initializer}
+    if "rows/eps" not in names:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "rows/eps"))
+        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "rows/axes"))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    reduce = (
+        helper.make_node("ReduceMax", [x + "/abs", "rows/axes"], [x + "/rmax"], keepdims=1)
+        if opset >= 18
+        else helper.make_node("ReduceMax", [x + "/abs"], [x + "/rmax"], axes=[-1], keepdims=1)
+    )
+    return [
+        helper.make_node("Abs", [x], [x + "/abs"]),
+        reduce,
+        helper.make_node("Max", [x + "/rmax", "rows/eps"], [out]),
+    ]
+
+
+def scaled_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.ModelProto:
+    """Each quantized weight MatMul y = x W becomes ((x / r) W) * r with r = max |x| of each row (token): the
+    per-tensor int8 scale of x / r then fits every token, i.e. per-token activation scales, which
+    `quantize_dynamic` does not offer. Inputs shared by several MatMuls are scaled once."""
+    targets = {n.name for n in weight_matmuls(model) if not any(k in n.name for k in keep)}
+    scaled: dict[str, str] = {}  # input -> its row maxima
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in targets:
+            nodes.append(node)
+            continue
+        x, y = node.input[0], node.output[0]
+        if x not in scaled:
+            nodes += row_maxima(model, x, x + "/r")
+            nodes.append(helper.make_node("Div", [x, x + "/r"], [x + "/rows"]))
+            scaled[x] = x + "/r"
+        node.input[0], node.output[0] = x + "/rows", y + "/rows"
+        nodes += [node, helper.make_node("Mul", [y + "/rows", scaled[x]], [y])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def rounded_weights(fp32: str, bits: int) -> onnx.ModelProto:
+    """The fp32 graph with every weight MatMul's weights rounded to `bits` per output channel (symmetric): the
+    weights' share of an int8 graph's error, without any activation quantization."""
+    model = onnx.load(fp32)
+    weights = {t.name: t for t in model.graph.initializer}
+    top = 2 ** (bits - 1) - 1
+    for node in weight_matmuls(model):
+        w = numpy_helper.to_array(weights[node.input[1]])
+        scale = np.maximum(np.abs(w).max(0), 1e-12) / top
+        weights[node.input[1]].CopyFrom(
+            numpy_helper.from_array((np.round(w / scale) * scale).astype(np.float32), node.input[1])
+        )
+    return model
+
+
+ROW_LEVELS = 126  # x / max|x| in [-1, 1] -> uint8 0..126: 2 x 126 x 128 fits the int16 pair sums of AVX2's u8 x s8
+
+
+def integer_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.ModelProto:
+    """Each weight MatMul y = x W (names not in `keep`) becomes MatMulIntegerToFloat(q(x / r), Wq) * r: r = max |x|
+    per row, q a fixed 7-bit grid (no per-call min/max), Wq the weights in 8 bits per output channel. AVX2 without
+    VNNI adds pairs of u8 x s8 products in int16: 8-bit activations must pair with 7-bit weights to fit (what
+    `--quantize dynamic` does); here 7-bit activations, scaled per token, pair with 8-bit weights instead."""
+    weights = {t.name: t for t in model.graph.initializer}
+    targets = [n for n in weight_matmuls(model) if not any(k in n.name for k in keep)]
+    add = model.graph.initializer.append
+    add(numpy_helper.from_array(np.array(2 / ROW_LEVELS, np.float32), "rows/scale"))
+    add(numpy_helper.from_array(np.array(ROW_LEVELS // 2, np.uint8), "rows/zero"))
+    rows: dict[str, tuple[str, str]] = {}  # input -> (its uint8 codes, its row maxima)
+    replaced = {n.name for n in targets}
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in replaced:
+            nodes.append(node)
+            continue
+        x, y, name = node.input[0], node.output[0], node.name
+        if x not in rows:
+            nodes += row_maxima(model, x, x + "/r")
+            nodes += [
+                helper.make_node("Div", [x, x + "/r"], [x + "/rows"]),
+                helper.make_node("QuantizeLinear", [x + "/rows", "rows/scale", "rows/zero"], [x + "/q"]),
+            ]
+            rows[x] = (x + "/q", x + "/r")
+        w = numpy_helper.to_array(weights[node.input[1]])
+        scale = (np.maximum(np.abs(w).max(0), 1e-12) / 127).astype(np.float32)
+        add(numpy_helper.from_array(np.clip(np.round(w / scale), -127, 127).astype(np.int8), name + "/Wq"))
+        add(numpy_helper.from_array(scale, name + "/Ws"))
+        add(numpy_helper.from_array(np.zeros(len(scale), np.int8), name + "/Wz"))
+        codes, r = rows[x]
+        nodes += [
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [codes, name + "/Wq", "rows/scale", name + "/Ws", "rows/zero", name + "/Wz"],
+                [y + "/rows"],
+                name=name + "/int8",
+                domain="com.microsoft",
+            ),
+            helper.make_node("Mul", [y + "/rows", r], [y]),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for name in {n.input[1] for n in targets}:
+        model.graph.initializer.remove(weights[name])
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def save(model: onnx.ModelProto, target: str) -> None:
+    if os.path.exists(target + ".data"):
+        os.remove(target + ".data")  # onnx appends external data to an existing file
+    onnx.save(model, target, save_as_external_data=True, location=os.path.basename(target) + ".data")
+
+
+def build(fp32: str, maxima: dict, spec: Spec, target: str, tmp: str) -> None:
+    alpha, ffn_alpha, seven_bit, keep, outliers, per_row, unsigned, weights_only, row_int8 = spec
+    if weights_only:
+        save(rounded_weights(fp32, weights_only), target)
+        return
+    if row_int8:
+        model = decomposed(onnx.load(fp32), maxima, outliers) if outliers else onnx.load(fp32)
+        save(integer_per_row(model, (*keep, OUTLIERS)), target)
+        return
+    source = fp32
+    if alpha or ffn_alpha or outliers or per_row:
+        maxima = dict(maxima)
+        model = smoothed(fp32, maxima, alpha, ffn_alpha) if alpha or ffn_alpha else onnx.load(fp32)
+        if outliers:
+            model = decomposed(model, maxima, outliers)
+            keep = (*keep, OUTLIERS)
+        if per_row:
+            model = scaled_per_row(model, keep)
+        source = os.path.join(tmp, "rewritten.onnx")
+        save(model, source)
     names = [n.name for n in weight_matmuls(onnx.load(source, load_external_data=False))]
     quantize_dynamic(
         source,
         target,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
         per_channel=True,
         reduce_range=seven_bit,
         op_types_to_quantize=["MatMul"],
@@ -139,6 +353,7 @@ def main() -> None:
         nargs="*",
         default=["int8, 7-bit weights (--quantize dynamic)", "smoothed a=0.5, 7-bit, FFN output fp32"],
     )
+    parser.add_argument("--only", nargs="*", help="label with these variants only (default: all)")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -160,6 +375,8 @@ def main() -> None:
         clf.encoder = session
         preds[name] = run(convs, None)
     for i, (name, spec) in enumerate(VARIANTS.items()):
+        if args.only and name not in args.only and name not in args.timed:
+            continue
         path = os.path.join(tmp, f"variant-{i}.onnx")
         build(fp32, maxima, spec, path, tmp)
         sessions[name] = clf.encoder = make_session(path, None, args.threads)
