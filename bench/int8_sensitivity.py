@@ -124,28 +124,34 @@ def activation_maxima(fp32: str, clf: OnnxClassifier, convs: list, tmp: str) -> 
     return maxima
 
 
+def rewrite(model: onnx.ModelProto, keep: tuple[str, ...], replace) -> onnx.ModelProto:
+    """Replace each weight MatMul whose name contains none of `keep` by the nodes `replace(node)` returns."""
+    targets = {n.name for n in weight_matmuls(model) if not any(k in n.name for k in keep)}
+    nodes = [new for node in model.graph.node for new in (replace(node) if node.name in targets else [node])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def smoothed(fp32: str, maxima: dict[str, np.ndarray], alpha: float, ffn_alpha: float) -> onnx.ModelProto:
     """SmoothQuant; `maxima` gains the maxima of each smoothed input (for a decomposition after it)."""
     model = onnx.load(fp32)
     weights = {t.name: t for t in model.graph.initializer}
-    targets = {n.name for n in weight_matmuls(model)}
-    nodes = []
-    for node in model.graph.node:
+
+    def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
         a = ffn_alpha if FFN_OUT in node.name else alpha
-        if node.name in targets and a > 0:
-            w = numpy_helper.to_array(weights[node.input[1]])
-            s = np.maximum(maxima[node.input[0]], 1e-5) ** a / np.maximum(np.abs(w).max(1), 1e-5) ** (1 - a)
-            weights[node.input[1]].CopyFrom(
-                numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1])
-            )
-            model.graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), node.name + "/inv_s"))
-            nodes.append(helper.make_node("Mul", [node.input[0], node.name + "/inv_s"], [node.name + "/x_s"]))
-            maxima[node.name + "/x_s"] = maxima[node.input[0]] / s
-            node.input[0] = node.name + "/x_s"
-        nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
+        if a <= 0:
+            return [node]
+        w = numpy_helper.to_array(weights[node.input[1]])
+        s = np.maximum(maxima[node.input[0]], 1e-5) ** a / np.maximum(np.abs(w).max(1), 1e-5) ** (1 - a)
+        weights[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1]))
+        model.graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), node.name + "/inv_s"))
+        scale = helper.make_node("Mul", [node.input[0], node.name + "/inv_s"], [node.name + "/x_s"])
+        maxima[node.name + "/x_s"] = maxima[node.input[0]] / s
+        node.input[0] = node.name + "/x_s"
+        return [scale, node]
+
+    return rewrite(model, (), replace)
 
 
 def decomposed(model: onnx.ModelProto, maxima: dict[str, np.ndarray], fraction: float) -> onnx.ModelProto:
@@ -154,14 +160,10 @@ def decomposed(model: onnx.ModelProto, maxima: dict[str, np.ndarray], fraction: 
     MatMul no longer sees the outliers, so its per-tensor int8 scale fits the other channels; the second, k rows
     deep, is named `OUTLIERS` and stays fp32. Inputs shared by several MatMuls (Q, K, V) are masked once."""
     weights = {t.name: t for t in model.graph.initializer}
-    targets = {n.name for n in weight_matmuls(model)}
     split: dict[str, tuple[str, str, np.ndarray]] = {}  # input -> (masked input, outlier input, outlier channels)
-    nodes = []
-    for node in model.graph.node:
-        if node.name not in targets:
-            nodes.append(node)
-            continue
-        x, y = node.input[0], node.output[0]
+
+    def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        x, y, nodes = node.input[0], node.output[0], []
         if x not in split:
             peak = maxima[x]
             channels = np.sort(np.argsort(peak)[-max(1, round(fraction * len(peak))) :])
@@ -179,16 +181,16 @@ def decomposed(model: onnx.ModelProto, maxima: dict[str, np.ndarray], fraction: 
         rest[channels] = 0
         weights[node.input[1]].CopyFrom(numpy_helper.from_array(rest, node.input[1]))
         node.input[0], node.output[0] = inliers, y + "/inliers"
-        nodes.append(node)
-        nodes.append(
+        return [
+            *nodes,
+            node,
             helper.make_node(
                 "MatMul", [outliers, node.name + OUTLIERS + "/W"], [y + OUTLIERS], name=node.name + OUTLIERS
-            )
-        )
-        nodes.append(helper.make_node("Add", [y + "/inliers", y + OUTLIERS], [y]))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
+            ),
+            helper.make_node("Add", [y + "/inliers", y + OUTLIERS], [y]),
+        ]
+
+    return rewrite(model, (), replace)
 
 
 def row_maxima(model: onnx.ModelProto, x: str, out: str) -> list[onnx.NodeProto]:
@@ -214,23 +216,18 @@ def scaled_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.ModelP
     """Each quantized weight MatMul y = x W becomes ((x / r) W) * r with r = max |x| of each row (token): the
     per-tensor int8 scale of x / r then fits every token, i.e. per-token activation scales, which
     `quantize_dynamic` does not offer. Inputs shared by several MatMuls are scaled once."""
-    targets = {n.name for n in weight_matmuls(model) if not any(k in n.name for k in keep)}
     scaled: dict[str, str] = {}  # input -> its row maxima
-    nodes = []
-    for node in model.graph.node:
-        if node.name not in targets:
-            nodes.append(node)
-            continue
-        x, y = node.input[0], node.output[0]
+
+    def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        x, y, nodes = node.input[0], node.output[0], []
         if x not in scaled:
             nodes += row_maxima(model, x, x + "/r")
             nodes.append(helper.make_node("Div", [x, x + "/r"], [x + "/rows"]))
             scaled[x] = x + "/r"
         node.input[0], node.output[0] = x + "/rows", y + "/rows"
-        nodes += [node, helper.make_node("Mul", [y + "/rows", scaled[x]], [y])]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
+        return [*nodes, node, helper.make_node("Mul", [y + "/rows", scaled[x]], [y])]
+
+    return rewrite(model, keep, replace)
 
 
 def rounded_weights(fp32: str, bits: int) -> onnx.ModelProto:
@@ -257,18 +254,14 @@ def integer_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.Model
     VNNI adds pairs of u8 x s8 products in int16: 8-bit activations must pair with 7-bit weights to fit (what
     `--quantize dynamic` does); here 7-bit activations, scaled per token, pair with 8-bit weights instead."""
     weights = {t.name: t for t in model.graph.initializer}
-    targets = [n for n in weight_matmuls(model) if not any(k in n.name for k in keep)]
     add = model.graph.initializer.append
     add(numpy_helper.from_array(np.array(2 / ROW_LEVELS, np.float32), "rows/scale"))
     add(numpy_helper.from_array(np.array(ROW_LEVELS // 2, np.uint8), "rows/zero"))
     rows: dict[str, tuple[str, str]] = {}  # input -> (its uint8 codes, its row maxima)
-    replaced = {n.name for n in targets}
-    nodes = []
-    for node in model.graph.node:
-        if node.name not in replaced:
-            nodes.append(node)
-            continue
-        x, y, name = node.input[0], node.output[0], node.name
+    replaced: list[str] = []  # the fp32 weights no node reads any more
+
+    def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        x, y, name, nodes = node.input[0], node.output[0], node.name, []
         if x not in rows:
             nodes += row_maxima(model, x, x + "/r")
             nodes += [
@@ -277,12 +270,14 @@ def integer_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.Model
             ]
             rows[x] = (x + "/q", x + "/r")
         w = numpy_helper.to_array(weights[node.input[1]])
+        replaced.append(node.input[1])
         scale = (np.maximum(np.abs(w).max(0), 1e-12) / 127).astype(np.float32)
         add(numpy_helper.from_array(np.clip(np.round(w / scale), -127, 127).astype(np.int8), name + "/Wq"))
         add(numpy_helper.from_array(scale, name + "/Ws"))
         add(numpy_helper.from_array(np.zeros(len(scale), np.int8), name + "/Wz"))
         codes, r = rows[x]
-        nodes += [
+        return [
+            *nodes,
             helper.make_node(
                 "MatMulIntegerToFloat",
                 [codes, name + "/Wq", "rows/scale", name + "/Ws", "rows/zero", name + "/Wz"],
@@ -292,9 +287,9 @@ def integer_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.Model
             ),
             helper.make_node("Mul", [y + "/rows", r], [y]),
         ]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    for name in {n.input[1] for n in targets}:
+
+    rewrite(model, keep, replace)
+    for name in set(replaced):
         model.graph.initializer.remove(weights[name])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
