@@ -9,11 +9,14 @@ training recipe's class weights, label smoothing, clipping), for every variant a
 dev W-F1 over `--epochs` and its curve. Variants: `transformer` and `gru` (the model's `context` settings), `gru,
 no positions` (without the sinusoidal positions added before it) and `gru + transformer` (the BiGRU's output read
 by the Transformer layer). A frozen encoder ranks the layers; the fine-tuned numbers come from `bench/sweep.py`.
+`--out` is written after every run and read back on the next call, so an interrupted probe resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import statistics
 import time
@@ -158,18 +161,26 @@ def main() -> None:
     train = features(list(read_conversations(args.train)), tokenizer, encoder, args.max_length)
     dev = features(list(read_conversations(args.dev)), tokenizer, encoder, args.max_length)
     report = {"train": args.train, "dev": args.dev, "encoder": args.encoder, "epochs": args.epochs, "variants": {}}
+    if args.out and os.path.exists(args.out):  # resume: keep the runs an earlier, interrupted call finished
+        with open(args.out, encoding="utf-8") as fh:
+            report["variants"] = json.load(fh)["variants"]
     report["features_s"] = round(time.perf_counter() - start, 1)
     for variant in args.variants:
-        runs = {}
+        runs = report["variants"].get(variant, {}).get("seeds", {})
         for seed in args.seeds:
-            runs[seed] = train_one(variant, seed, train, dev, path, args)
-            print(variant, seed, runs[seed]["best"], flush=True)
-        best = [r["best"] for r in runs.values()]
-        report["variants"][variant] = {
-            "mean": round(statistics.mean(best), 2),
-            "std": round(statistics.stdev(best), 2) if len(best) > 1 else 0.0,
-            "seeds": runs,
-        }
+            if str(seed) in runs:
+                continue
+            runs[str(seed)] = train_one(variant, seed, train, dev, path, args)
+            print(variant, seed, runs[str(seed)]["best"], flush=True)
+            best = [r["best"] for r in runs.values()]
+            report["variants"][variant] = {
+                "mean": round(statistics.mean(best), 2),
+                "std": round(statistics.stdev(best), 2) if len(best) > 1 else 0.0,
+                "seeds": runs,
+            }
+            if args.out:  # after every run, so a killed probe loses one run at most
+                with open(args.out, "w", encoding="utf-8") as fh:
+                    json.dump(report, fh, indent=2)
     emit(report, args.out)
 
 
