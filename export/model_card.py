@@ -25,6 +25,10 @@ CARD_FILE = "README.md"
 # Hub ids of the embedded encoders (bioserc.embedded), for `base_model`; a local encoder folder has none to name.
 BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2"}
 DATASET_NAMES = {"meld": "MELD", "emorynlp": "EmoryNLP", "iemocap": "IEMOCAP"}
+CONTEXT_LAYERS = {  # manifests written before `context` existed have the Transformer layer
+    "transformer": "one Transformer layer over the call (sinusoidal positions)",
+    "gru": "a bidirectional GRU over the call (sinusoidal positions), added to its input",
+}
 
 
 def _read_json(directory: str, name: str) -> dict[str, Any]:
@@ -276,6 +280,7 @@ def write_model_card(
     lines += [
         f"- context window: ±{fields['window']} utterances; max tokens {fields['max_length']}"
         + ("" if vector else f" (bios {fields['bio_max_length']})"),
+        f"- conversation-level layer: {CONTEXT_LAYERS[fields.get('context', 'transformer')]}",
         f"- graphs: `encoder.onnx` (encoder + pooling, {precision}), "
         f"`head.onnx` (conversation head, {'int8 weights' if 'head.onnx' in quantized else 'fp32'})",
     ]

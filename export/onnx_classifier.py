@@ -13,7 +13,7 @@ The export boundary (why two graphs, and where the cut is):
                    speaker_bios [B, S, H] + speaker_mask [B, S] bool (only when bio_mode != "none"), or for a
                    scores/latent profile model speaker_profiles [B, S, D] float32 (the profile vectors) in place
                    of speaker_bios
-                   -> logits [B, L, C]: utterance MLP (Linear+tanh), positions, the context Transformer,
+                   -> logits [B, L, C]: utterance MLP (Linear+tanh), positions, the context Transformer (or BiGRU),
                    intra/inter-speaker attention, every head, the profile projection and the bio head
 
   * One encoder graph serves both inputs the model encodes: utterance windows (pool_mask = the marked target span)
@@ -516,6 +516,7 @@ def export_classifier(
             label_set=config.label_set,
             labels=list(config.labels),
             window=config.window,
+            context=config.context,
             bio_mode=config.bio_mode,
             profile=config.profile,
             profile_dim=config.profile_dim,

@@ -196,6 +196,9 @@ def test_other_bio_modes_export_exactly(encoder, tmp_path, bio_mode, context):
     export_classifier(source, str(tmp_path / "onnx"))
     convs = conversations()
     check_parity(source, str(tmp_path / "onnx"), convs, bios_for(convs))
+    assert verify_artifact(str(tmp_path / "onnx"), "onnx-classifier")["context"] == context
+    card = (tmp_path / "onnx" / "README.md").read_text(encoding="utf-8")
+    assert ("bidirectional GRU" in card) == (context == "gru")
 
 
 def test_onnx_predictions_equal_pytorch_predictions(exported):
