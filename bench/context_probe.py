@@ -46,11 +46,6 @@ class FrozenFeatures(BiosercBert):
         return input_ids
 
 
-class NoPositions(FrozenFeatures):
-    def contextualize(self, utt: torch.Tensor, utt_mask: torch.Tensor) -> torch.Tensor:
-        return utt + self.context(utt, utt_mask)
-
-
 class GruThenTransformer(FrozenFeatures):
     def __init__(self, config: BiosercBertConfig, encoder: nn.Module) -> None:
         super().__init__(config, encoder)
@@ -60,11 +55,11 @@ class GruThenTransformer(FrozenFeatures):
         return super().contextualize(utt + self.gru(utt, utt_mask), utt_mask)
 
 
-VARIANTS = {
-    "transformer": (FrozenFeatures, "transformer"),
-    "gru": (FrozenFeatures, "gru"),
-    "gru, no positions": (NoPositions, "gru"),
-    "gru + transformer": (GruThenTransformer, "transformer"),
+VARIANTS = {  # name: (model class, context, positions)
+    "transformer": (FrozenFeatures, "transformer", True),
+    "gru": (FrozenFeatures, "gru", True),
+    "gru, no positions": (FrozenFeatures, "gru", False),
+    "gru + transformer": (GruThenTransformer, "transformer", True),
 }
 
 
@@ -99,7 +94,7 @@ def logits(model: BiosercBert, call: Call) -> torch.Tensor:
 
 
 def train_one(variant: str, seed: int, train: list[Call], dev: list[Call], encoder_path: str, args) -> dict:
-    cls, context = VARIANTS[variant]
+    cls, context, positions = VARIANTS[variant]
     torch.manual_seed(seed)
     rng = random.Random(seed)
     config = BiosercBertConfig(
@@ -108,6 +103,7 @@ def train_one(variant: str, seed: int, train: list[Call], dev: list[Call], encod
         window=0,
         bio_mode="none",
         context=context,
+        positions=positions,
         encoder_config=AutoConfig.from_pretrained(encoder_path),
     )
     model = cls(config, AutoModel.from_config(config.encoder_config))

@@ -26,8 +26,8 @@ CARD_FILE = "README.md"
 BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2"}
 DATASET_NAMES = {"meld": "MELD", "emorynlp": "EmoryNLP", "iemocap": "IEMOCAP"}
 CONTEXT_LAYERS = {  # manifests written before `context` existed have the Transformer layer
-    "transformer": "one Transformer layer over the call (sinusoidal positions)",
-    "gru": "a bidirectional GRU over the call (sinusoidal positions), added to its input",
+    "transformer": "one Transformer layer over the call",
+    "gru": "a bidirectional GRU over the call, added to its input",
 }
 
 
@@ -280,7 +280,8 @@ def write_model_card(
     lines += [
         f"- context window: ±{fields['window']} utterances; max tokens {fields['max_length']}"
         + ("" if vector else f" (bios {fields['bio_max_length']})"),
-        f"- conversation-level layer: {CONTEXT_LAYERS[fields.get('context', 'transformer')]}",
+        f"- conversation-level layer: {CONTEXT_LAYERS[fields.get('context', 'transformer')]}"
+        + (" (sinusoidal utterance positions first)" if fields.get("positions", True) else ""),
         f"- graphs: `encoder.onnx` (encoder + pooling, {precision}), "
         f"`head.onnx` (conversation head, {'int8 weights' if 'head.onnx' in quantized else 'fp32'})",
     ]

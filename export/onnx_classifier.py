@@ -517,6 +517,7 @@ def export_classifier(
             labels=list(config.labels),
             window=config.window,
             context=config.context,
+            positions=config.positions,
             bio_mode=config.bio_mode,
             profile=config.profile,
             profile_dim=config.profile_dim,

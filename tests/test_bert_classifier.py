@@ -282,11 +282,14 @@ def test_old_config_keys_are_patched_on_load():
     assert config.window == 2 and config.labels == list(LABEL_SETS["emorynlp"].labels) and config.num_labels == 7
 
 
-@pytest.mark.parametrize(("bio_mode", "context"), [("mlp", "transformer"), ("attn", "transformer"), ("mlp", "gru")])
-def test_padding_does_not_change_a_conversation(corpus, bio_mode, context):
+@pytest.mark.parametrize(
+    ("bio_mode", "context", "positions"),
+    [("mlp", "transformer", True), ("attn", "transformer", True), ("mlp", "gru", True), ("none", "gru", False)],
+)
+def test_padding_does_not_change_a_conversation(corpus, bio_mode, context, positions):
     """Eval-mode logits of a conversation are the same alone or padded beside a longer one with more speakers (the
     BiGRU's backward direction must not read the padding)."""
-    model = make_model(corpus, bio_mode=bio_mode, context=context).eval()
+    model = make_model(corpus, bio_mode=bio_mode, context=context, positions=positions).eval()
     short = Conversation("solo", [Utterance(i, "SPEAKER_0", f"{CUE['joy']} fine", label="joy") for i in range(3)])
     long = max(corpus["convs"], key=lambda c: (len(c.speakers), len(c.utterances)))
     assert len(long.speakers) == 3 and len(long.utterances) > 3

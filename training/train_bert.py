@@ -94,6 +94,9 @@ class TrainBertConfig:
         default="transformer",
         metadata={"help": "the conversation-level layer: transformer (the paper's) | gru (a BiGRU, for long calls)"},
     )
+    positions: bool = field(
+        default=True, metadata={"help": "add sinusoidal utterance positions before the conversation-level layer"}
+    )
     max_length: int = field(default=256, metadata={"help": "tokens per utterance window"})
     bio_max_length: int = field(default=128, metadata={"help": "tokens per bio"})
     freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers"})
@@ -167,6 +170,7 @@ class TrainBertConfig:
             profile=profile,
             profile_dim=profile_dim,
             context=self.context,
+            positions=self.positions,
             dropout=self.dropout,
             max_length=self.max_length,
             bio_max_length=self.bio_max_length,

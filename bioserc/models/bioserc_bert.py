@@ -57,6 +57,8 @@ class BiosercBertConfig(PretrainedConfig):
         profile_dim: entries of each profile vector (set from the train data); 0 for text.
         context: the conversation-level layer: "transformer" (the paper's one Transformer layer) or "gru" (a
             bidirectional GRU added to its input, for long calls: IEMOCAP in docs/BENCHMARKS.md).
+        positions: add sinusoidal utterance positions before the conversation-level layer (a GRU knows the order
+            without them).
         speaker_hidden: intra/inter attention width; None = half the encoder width (paper: 512).
         ctx_ffn: FFN width of the context Transformer; None = twice the encoder width (paper: 2048).
         heads: attention heads of the context layer and the speaker/bio attentions.
@@ -80,6 +82,7 @@ class BiosercBertConfig(PretrainedConfig):
         "profile",
         "profile_dim",
         "context",
+        "positions",
         "speaker_hidden",
         "ctx_ffn",
         "heads",
@@ -101,6 +104,7 @@ class BiosercBertConfig(PretrainedConfig):
         profile: str = "text",
         profile_dim: int = 0,
         context: str = "transformer",
+        positions: bool = True,
         speaker_hidden: int | None = None,
         ctx_ffn: int | None = None,
         heads: int = 8,
@@ -129,7 +133,7 @@ class BiosercBertConfig(PretrainedConfig):
         super().__init__(id2label=dict(enumerate(labels)), label2id={y: i for i, y in enumerate(labels)}, **kwargs)
         self.encoder, self.label_set, self.labels, self.window = encoder, label_set, labels, window
         self.bio_mode, self.speaker_hidden, self.ctx_ffn, self.heads = bio_mode, speaker_hidden, ctx_ffn, heads
-        self.profile, self.profile_dim, self.context = profile, profile_dim, context
+        self.profile, self.profile_dim, self.context, self.positions = profile, profile_dim, context, positions
         self.dropout, self.ctx_dropout, self.freeze_layers = dropout, ctx_dropout, freeze_layers
         self.max_length, self.bio_max_length, self.encode_chunk = max_length, bio_max_length, encode_chunk
         if isinstance(encoder_config, dict):
@@ -274,9 +278,9 @@ class BiosercBert(PreTrainedModel):
         )
 
     def contextualize(self, utt: torch.Tensor, utt_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, H) utterance vectors -> context vectors: sinusoidal positions, then the Transformer layer, or the
-        BiGRU's states added to its input."""
-        x = utt + sinusoid(utt.shape[1], utt.shape[2], utt.device, utt.dtype)
+        """(B, L, H) utterance vectors -> context vectors: sinusoidal positions (`positions`), then the Transformer
+        layer, or the BiGRU's states added to its input."""
+        x = utt + sinusoid(utt.shape[1], utt.shape[2], utt.device, utt.dtype) if self.config.positions else utt
         if self.config.context == "gru":
             return x + self.context(x, utt_mask)
         return self.context(x, src_key_padding_mask=~utt_mask)
