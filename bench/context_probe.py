@@ -4,11 +4,11 @@
         --dev ../shared/data/raw/iemocap/iemocap.valid.json --label-set iemocap --out docs/bench/context_probe.json
 
 Fine-tuning the encoder takes ~1 h a seed here; this takes ~1 min. Each utterance is encoded once by the frozen
-encoder (mean-pooled, `--max-length` tokens), and only the classifier above it is trained (one call a step, the
-training recipe's class weights, label smoothing, clipping), for every variant and seed; reported is each run's best
-dev W-F1 over `--epochs` and its curve. Variants: `transformer` and `gru` (the model's `context` settings), `gru,
-no positions` (without the sinusoidal positions added before it) and `gru + transformer` (the BiGRU's output read
-by the Transformer layer). A frozen encoder ranks the layers; the fine-tuned numbers come from `bench/sweep.py`.
+encoder (mean-pooled, `--max-length` tokens), and only the classifier above it is trained (one call a step,
+inverse-frequency class weights N / (K N_c), label smoothing, clipping), for every variant and seed; reported is
+each run's best dev W-F1 over `--epochs` and its curve. Variants: `transformer` and `gru` (the model's `context`
+settings), `gru, no positions` (`positions: false`) and `gru + transformer` (the BiGRU's output read by the
+Transformer layer). A frozen encoder ranks the layers; the fine-tuned numbers come from `bench/sweep.py`.
 `--out` is written after every run and read back on the next call, so an interrupted probe resumes.
 """
 
@@ -114,12 +114,12 @@ def train_one(variant: str, seed: int, train: list[Call], dev: list[Call], encod
     gold = [y for *_, ys in train for y in ys if y in labels]
     counts = torch.tensor([max(gold.count(y), 1) for y in labels], dtype=torch.float)
     loss_fn = nn.CrossEntropyLoss(weight=len(gold) / (len(labels) * counts), ignore_index=-100, label_smoothing=0.1)
+    targets = [torch.tensor([labels.index(y) if y in labels else -100 for y in ys]) for *_, ys in train]
     curve = []
     for _ in range(args.epochs):
         model.train()
         for i in rng.sample(range(len(train)), len(train)):
-            target = torch.tensor([labels.index(y) if y in labels else -100 for y in train[i][2]])
-            loss = loss_fn(logits(model, train[i]), target)
+            loss = loss_fn(logits(model, train[i]), targets[i])
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)

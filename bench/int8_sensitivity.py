@@ -193,12 +193,14 @@ def decomposed(model: onnx.ModelProto, maxima: dict[str, np.ndarray], fraction: 
     return rewrite(model, (), replace)
 
 
-def row_maxima(model: onnx.ModelProto, x: str, out: str) -> list[onnx.NodeProto]:
-    """Nodes computing `out` = max(max |x| over the last axis, 1e-6), kept as (..., 1)."""
-    names = {t.name for t in model.graph.initializer}
-    if "rows/eps" not in names:
-        model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "rows/eps"))
-        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "rows/axes"))
+def add_row_constants(model: onnx.ModelProto) -> None:
+    """The constants `row_normalized` reads, added once per graph."""
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "rows/eps"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "rows/axes"))
+
+
+def row_normalized(model: onnx.ModelProto, x: str) -> list[onnx.NodeProto]:
+    """Nodes computing `x/r` = max(max |x| over the last axis, 1e-6), kept as (..., 1), and `x/rows` = x / `x/r`."""
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     reduce = (
         helper.make_node("ReduceMax", [x + "/abs", "rows/axes"], [x + "/rmax"], keepdims=1)
@@ -208,7 +210,8 @@ def row_maxima(model: onnx.ModelProto, x: str, out: str) -> list[onnx.NodeProto]
     return [
         helper.make_node("Abs", [x], [x + "/abs"]),
         reduce,
-        helper.make_node("Max", [x + "/rmax", "rows/eps"], [out]),
+        helper.make_node("Max", [x + "/rmax", "rows/eps"], [x + "/r"]),
+        helper.make_node("Div", [x, x + "/r"], [x + "/rows"]),
     ]
 
 
@@ -216,16 +219,16 @@ def scaled_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.ModelP
     """Each quantized weight MatMul y = x W becomes ((x / r) W) * r with r = max |x| of each row (token): the
     per-tensor int8 scale of x / r then fits every token, i.e. per-token activation scales, which
     `quantize_dynamic` does not offer. Inputs shared by several MatMuls are scaled once."""
-    scaled: dict[str, str] = {}  # input -> its row maxima
+    add_row_constants(model)
+    scaled: set[str] = set()  # inputs already normalized
 
     def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
         x, y, nodes = node.input[0], node.output[0], []
         if x not in scaled:
-            nodes += row_maxima(model, x, x + "/r")
-            nodes.append(helper.make_node("Div", [x, x + "/r"], [x + "/rows"]))
-            scaled[x] = x + "/r"
+            nodes += row_normalized(model, x)
+            scaled.add(x)
         node.input[0], node.output[0] = x + "/rows", y + "/rows"
-        return [*nodes, node, helper.make_node("Mul", [y + "/rows", scaled[x]], [y])]
+        return [*nodes, node, helper.make_node("Mul", [y + "/rows", x + "/r"], [y])]
 
     return rewrite(model, keep, replace)
 
@@ -257,35 +260,32 @@ def integer_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.Model
     add = model.graph.initializer.append
     add(numpy_helper.from_array(np.array(2 / ROW_LEVELS, np.float32), "rows/scale"))
     add(numpy_helper.from_array(np.array(ROW_LEVELS // 2, np.uint8), "rows/zero"))
-    rows: dict[str, tuple[str, str]] = {}  # input -> (its uint8 codes, its row maxima)
+    add_row_constants(model)
+    rows: set[str] = set()  # inputs already normalized and quantized
     replaced: list[str] = []  # the fp32 weights no node reads any more
 
     def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
         x, y, name, nodes = node.input[0], node.output[0], node.name, []
         if x not in rows:
-            nodes += row_maxima(model, x, x + "/r")
-            nodes += [
-                helper.make_node("Div", [x, x + "/r"], [x + "/rows"]),
-                helper.make_node("QuantizeLinear", [x + "/rows", "rows/scale", "rows/zero"], [x + "/q"]),
-            ]
-            rows[x] = (x + "/q", x + "/r")
+            nodes += row_normalized(model, x)
+            nodes.append(helper.make_node("QuantizeLinear", [x + "/rows", "rows/scale", "rows/zero"], [x + "/q"]))
+            rows.add(x)
         w = numpy_helper.to_array(weights[node.input[1]])
         replaced.append(node.input[1])
         scale = (np.maximum(np.abs(w).max(0), 1e-12) / 127).astype(np.float32)
         add(numpy_helper.from_array(np.clip(np.round(w / scale), -127, 127).astype(np.int8), name + "/Wq"))
         add(numpy_helper.from_array(scale, name + "/Ws"))
         add(numpy_helper.from_array(np.zeros(len(scale), np.int8), name + "/Wz"))
-        codes, r = rows[x]
         return [
             *nodes,
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [codes, name + "/Wq", "rows/scale", name + "/Ws", "rows/zero", name + "/Wz"],
+                [x + "/q", name + "/Wq", "rows/scale", name + "/Ws", "rows/zero", name + "/Wz"],
                 [y + "/rows"],
                 name=name + "/int8",
                 domain="com.microsoft",
             ),
-            helper.make_node("Mul", [y + "/rows", r], [y]),
+            helper.make_node("Mul", [y + "/rows", x + "/r"], [y]),
         ]
 
     rewrite(model, keep, replace)
