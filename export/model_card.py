@@ -277,6 +277,8 @@ def write_model_card(
     ]
     if fields["bio_mode"] != "none":
         lines.append(f"- speaker profile: {reads.format(dim=fields.get('profile_dim'))}")
+    if fields.get("encoder_layers"):
+        lines.append(f"- encoder depth: its bottom {fields['encoder_layers']} pretrained layers (the rest dropped)")
     lines += [
         f"- context window: ±{fields['window']} utterances; max tokens {fields['max_length']}"
         + ("" if vector else f" (bios {fields['bio_max_length']})"),

@@ -518,6 +518,7 @@ def export_classifier(
             window=config.window,
             context=config.context,
             positions=config.positions,
+            encoder_layers=config.encoder_layers,
             bio_mode=config.bio_mode,
             profile=config.profile,
             profile_dim=config.profile_dim,

@@ -328,6 +328,22 @@ def test_freeze_layers_freezes_embeddings_and_bottom_layers(corpus):
         make_model(corpus, freeze_layers=3)
 
 
+def test_encoder_layers_keeps_the_bottom_pretrained_layers_and_reloads(corpus, tmp_path):
+    from transformers import AutoModel
+
+    full = AutoModel.from_pretrained(corpus["encoder12"])
+    model = make_model(corpus, encoder=corpus["encoder12"], encoder_layers=3)
+    assert model.encoder.config.num_hidden_layers == 3 and len(model.encoder.encoder.layer) == 3
+    kept, pretrained = model.encoder.state_dict(), full.state_dict()
+    for name, tensor in kept.items():
+        torch.testing.assert_close(tensor, pretrained[name], msg=name)  # the bottom layers, not a fresh init
+    model.save_pretrained(tmp_path / "m")
+    again = BiosercBert.from_pretrained(tmp_path / "m")
+    assert again.config.encoder_layers == 3 and len(again.encoder.encoder.layer) == 3
+    with pytest.raises(ValueError, match="encoder_layers=13 but .* has 12"):
+        make_model(corpus, encoder=corpus["encoder12"], encoder_layers=13)
+
+
 def test_missing_bios_are_flagged_and_loaded_bios_skip_errors(corpus, tmp_path):
     path = write_jsonl(
         tmp_path / "bios.jsonl",

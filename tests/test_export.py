@@ -109,13 +109,12 @@ def bios_for(convs: list[Conversation]) -> dict[tuple[str, str], str]:
     return bios
 
 
-def save_checkpoint(encoder: str, out: Path, bio_mode: str, context: str = "transformer") -> str:
+def save_checkpoint(
+    encoder: str, out: Path, bio_mode: str, context: str = "transformer", encoder_layers: int = 0
+) -> str:
     torch.manual_seed(1)
-    model = BiosercBert.from_encoder(
-        BiosercBertConfig(
-            encoder=encoder, bio_mode=bio_mode, max_length=48, bio_max_length=24, heads=2, context=context
-        )
-    ).eval()
+    settings = dict(max_length=48, bio_max_length=24, heads=2, context=context, encoder_layers=encoder_layers)
+    model = BiosercBert.from_encoder(BiosercBertConfig(encoder=encoder, bio_mode=bio_mode, **settings)).eval()
     model.save_pretrained(str(out))
     write_manifest(
         str(out),
@@ -188,17 +187,21 @@ def test_fp32_export_matches_pytorch_and_writes_a_manifest(exported):
     assert max(manifest["parity"].values()) <= 1e-4
 
 
-@pytest.mark.parametrize(("bio_mode", "context"), [("attn", "transformer"), ("none", "transformer"), ("none", "gru")])
-def test_other_bio_modes_export_exactly(encoder, tmp_path, bio_mode, context):
+@pytest.mark.parametrize(
+    ("bio_mode", "context", "layers"), [("attn", "transformer", 0), ("none", "transformer", 0), ("none", "gru", 1)]
+)
+def test_other_bio_modes_export_exactly(encoder, tmp_path, bio_mode, context, layers):
     from bioserc.export.onnx_classifier import export_classifier
 
-    source = save_checkpoint(encoder, tmp_path / "torch", bio_mode, context)
+    source = save_checkpoint(encoder, tmp_path / "torch", bio_mode, context, encoder_layers=layers)
     export_classifier(source, str(tmp_path / "onnx"))
     convs = conversations()
     check_parity(source, str(tmp_path / "onnx"), convs, bios_for(convs))
-    assert verify_artifact(str(tmp_path / "onnx"), "onnx-classifier")["context"] == context
+    manifest = verify_artifact(str(tmp_path / "onnx"), "onnx-classifier")
+    assert (manifest["context"], manifest["encoder_layers"]) == (context, layers)
     card = (tmp_path / "onnx" / "README.md").read_text(encoding="utf-8")
     assert ("bidirectional GRU" in card) == (context == "gru")
+    assert ("its bottom 1 pretrained layers" in card) == (layers == 1)
 
 
 def test_onnx_predictions_equal_pytorch_predictions(exported):

@@ -100,6 +100,9 @@ class TrainBertConfig:
     max_length: int = field(default=256, metadata={"help": "tokens per utterance window"})
     bio_max_length: int = field(default=128, metadata={"help": "tokens per bio"})
     freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers"})
+    encoder_layers: int = field(
+        default=0, metadata={"help": "keep only the encoder's bottom N pretrained layers (0: all): faster to serve"}
+    )
     dropout: float = field(default=0.2, metadata={"help": "dropout before every head and in the speaker attentions"})
     # optimisation (AdamW betas 0.9/0.98, eps 1e-6 as in the paper)
     epochs: int = field(default=3, metadata={"help": "passes over the train data (unless max_steps ends sooner)"})
@@ -175,6 +178,7 @@ class TrainBertConfig:
             max_length=self.max_length,
             bio_max_length=self.bio_max_length,
             freeze_layers=self.freeze_layers,
+            encoder_layers=self.encoder_layers,
         )
 
 

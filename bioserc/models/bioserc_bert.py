@@ -67,6 +67,8 @@ class BiosercBertConfig(PretrainedConfig):
         max_length: tokens per utterance window (the paper allows 512).
         bio_max_length: tokens per bio.
         freeze_layers: embeddings + this many bottom encoder layers are frozen (paper: 10 of roberta-large's 24).
+        encoder_layers: keep only the encoder's bottom N layers (0: all): a shallower, faster encoder that starts
+            from the pretrained weights (top layers dropped, Sajjad et al. 2020).
         encode_chunk: at inference, at most this many windows (or bios) per encoder call, so a call of thousands of
             turns does not hold the activations of all its windows at once.
         encoder_config: the encoder's `PretrainedConfig` (or its dict); set by `BiosercBert.from_encoder`.
@@ -91,6 +93,7 @@ class BiosercBertConfig(PretrainedConfig):
         "max_length",
         "bio_max_length",
         "freeze_layers",
+        "encoder_layers",
         "encode_chunk",
     )
 
@@ -113,6 +116,7 @@ class BiosercBertConfig(PretrainedConfig):
         max_length: int = 256,
         bio_max_length: int = 128,
         freeze_layers: int = 0,
+        encoder_layers: int = 0,
         encode_chunk: int = 256,
         encoder_config: PretrainedConfig | dict[str, Any] | None = None,
         **kwargs: Any,
@@ -125,6 +129,8 @@ class BiosercBertConfig(PretrainedConfig):
             raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
         if profile in VECTOR_PROFILES and bio_mode != "none" and profile_dim < 1:
             raise ValueError(f"profile {profile} needs profile_dim, the size of its vectors, got {profile_dim}")
+        if encoder_layers < 0:
+            raise ValueError(f"encoder_layers must be 0 (all) or a layer count, got {encoder_layers}")
         if encode_chunk < 1:
             raise ValueError(f"encode_chunk must be at least 1, got {encode_chunk}")
         labels = list(labels or get_label_set(label_set).labels)
@@ -135,6 +141,7 @@ class BiosercBertConfig(PretrainedConfig):
         self.bio_mode, self.speaker_hidden, self.ctx_ffn, self.heads = bio_mode, speaker_hidden, ctx_ffn, heads
         self.profile, self.profile_dim, self.context, self.positions = profile, profile_dim, context, positions
         self.dropout, self.ctx_dropout, self.freeze_layers = dropout, ctx_dropout, freeze_layers
+        self.encoder_layers = encoder_layers
         self.max_length, self.bio_max_length, self.encode_chunk = max_length, bio_max_length, encode_chunk
         if isinstance(encoder_config, dict):
             encoder_config = AutoConfig.for_model(**encoder_config)
@@ -352,7 +359,7 @@ class BiosercBert(PreTrainedModel):
         path = resolve_model(config.encoder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            encoder = AutoModel.from_pretrained(path, local_files_only=True)
+            encoder_config = AutoConfig.from_pretrained(path, local_files_only=True)
         except OSError as err:
             raise ValueError(
                 f"encoder {config.encoder!r} is neither an embedded model ({', '.join(MODELS)}) nor a "
@@ -360,6 +367,13 @@ class BiosercBert(PreTrainedModel):
                 "(e.g. `hf download FacebookAI/roberta-large --local-dir models/roberta-large`) "
                 "and pass the folder"
             ) from err
+        if config.encoder_layers:
+            available = encoder_config.num_hidden_layers
+            if config.encoder_layers > available:
+                raise ValueError(f"encoder_layers={config.encoder_layers} but {config.encoder!r} has {available}")
+            # The config's smaller layer count makes from_pretrained build and load only the bottom layers.
+            encoder_config.num_hidden_layers = config.encoder_layers
+        encoder = AutoModel.from_pretrained(path, config=encoder_config, local_files_only=True)
         return cls(config, encoder, tokenizer)
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
