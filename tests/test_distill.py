@@ -11,12 +11,13 @@ import json
 
 import pytest
 import torch
-from test_bert_classifier import MELD, corpus, train_config  # noqa: F401 (corpus: a fixture)
+from test_bert_classifier import MELD, corpus, make_corpus, train_config, write_jsonl  # noqa: F401 (corpus: a fixture)
 
 from bioserc.models.classifier import load_classifier
 from bioserc.readers import read_conversations
+from bioserc.schema import Conversation, Utterance
 from bioserc.training import distill
-from bioserc.training.distill import TEACHER_FILE, distill_loss
+from bioserc.training.distill import TEACHER_FILE, distill_loss, unlabelled_conversations
 from bioserc.training.train_bert import train
 
 
@@ -78,16 +79,55 @@ def test_the_student_learns_from_the_teachers_mean_and_resumes_and_seeds_reuse_i
     assert other_seed["steps"] == 1 and not (tmp_path / "seed-2" / TEACHER_FILE).exists()
 
 
-def test_soft_loss_is_weighted_cross_entropy_and_skips_unlabelled_rows():
+def test_soft_loss_is_weighted_cross_entropy_skips_padding_and_weights_unlabelled_rows_by_the_teachers_top_class():
     torch.manual_seed(0)
     logits, labels = torch.randn(5, 3), torch.tensor([0, 2, -100, 1, 2])
     one_hot = torch.nn.functional.one_hot(labels.clamp(min=0), 3).float()
+    one_hot[2] = 0.0  # padding: no gold label and no teacher target
     weight = torch.tensor([0.5, 1.0, 2.0])
     hard = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-100)(logits, labels)
     assert distill_loss(logits, one_hot, labels, -100, weight) == pytest.approx(hard.item(), rel=1e-6)
     soft = torch.softmax(torch.randn(5, 3), -1)
-    unweighted = -(soft[labels != -100] * logits[labels != -100].log_softmax(-1)).sum(-1).mean()
-    assert distill_loss(logits, soft, labels, -100) == pytest.approx(unweighted.item(), rel=1e-6)
+    soft[1] = 0.0
+    kept = [0, 2, 3, 4]
+    per_row = -(soft[kept] * logits[kept].log_softmax(-1)).sum(-1)
+    assert distill_loss(logits, soft, labels, -100) == pytest.approx(per_row.mean().item(), rel=1e-6)
+    w = weight[torch.tensor([0, soft[2].argmax().item(), 1, 2])]  # row 2 has no gold label: its teacher's top class
+    weighted = (w * per_row).sum() / w.sum()
+    assert distill_loss(logits, soft, labels, -100, weight) == pytest.approx(weighted.item(), rel=1e-6)
+
+
+def test_unlabelled_conversations_lose_their_labels_get_their_own_ids_and_leave_out_the_dev_text(tmp_path):
+    dev = [Conversation("d0", [Utterance(0, "A", "Oh my God, I can't believe it!", label="surprise")])]
+    kept = Conversation("0", [Utterance(0, "A", "I can't believe it", label="Joyful"), Utterance(1, "B", "ok")])
+    shares = Conversation("1", [Utterance(0, "A", "no"), Utterance(1, "B", "oh my god... i CAN'T believe it")])
+    first = write_jsonl(tmp_path / "a.jsonl", [kept.to_dict(), shares.to_dict()])
+    second = write_jsonl(tmp_path / "b.jsonl", [kept.to_dict()])
+    out = unlabelled_conversations([first, second], dev)
+    assert [c.id for c in out] == ["unlabelled0/0", "unlabelled1/0"]  # "1" shares a 7-word utterance with dev
+    assert [u.text for u in out[0].utterances] == ["I can't believe it", "ok"]  # 4 words in common: kept
+    assert all(u.label is None for c in out for u in c.utterances)
+
+
+def test_the_student_learns_the_teachers_probabilities_on_unlabelled_data(corpus, teachers, tmp_path):  # noqa: F811
+    other = make_corpus(n=4, seed=7)  # ids conv0..conv3, as in the train data
+    for c in other:
+        for u in c.utterances:
+            u.label = "Joyful"  # another corpus's labels: ignored
+    unlabelled = write_jsonl(tmp_path / "other.jsonl", (c.to_dict() for c in other))
+    config = dict(bio_mode="none", epochs=1, teachers=teachers, unlabelled_data=[unlabelled])
+    report = train(train_config(corpus, tmp_path / "s", **config))
+    assert report["steps"] == (14 + 4) // 2  # 14 train + 4 unlabelled conversations, 2 a batch
+    with gzip.open(tmp_path / "s" / TEACHER_FILE, "rt") as fh:
+        header, *rows = map(json.loads, fh)
+    assert header["train_data"] == [corpus["train"], unlabelled]
+    ids = {r["conversation_id"] for r in rows}
+    assert {f"unlabelled0/{c.id}" for c in other} <= ids and {c.id for c in other} <= ids  # apart from the train ids
+    assert len(rows) == sum(len(c.utterances) for c in corpus["convs"][:14] + other)
+    with pytest.raises(ValueError, match="set teachers"):
+        train_config(corpus, tmp_path / "t", bio_mode="none", unlabelled_data=[unlabelled])
+    with pytest.raises(ValueError, match="bio_mode none"):
+        train_config(corpus, tmp_path / "t", bio_mode="mlp", teachers=teachers, unlabelled_data=[unlabelled])
 
 
 def test_teachers_must_share_the_labels_and_get_their_profiles_and_the_weight_is_checked(corpus, teachers, tmp_path):  # noqa: F811

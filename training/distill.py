@@ -5,6 +5,10 @@ An ensemble of classifiers beats its members (`bench/seed_ensemble.py`: +1.1 W-F
 probabilities as well as on the gold labels keeps the single-model cost. The teachers label the train data once,
 before training; the result is cached (by default TEACHER_FILE in the run's folder), keyed by the teacher list, the
 train data and the label order, so a resumed run, or another seed given the same cache, does not label it again.
+
+`unlabelled_conversations` adds text without gold labels (another corpus of the same domain): on it the student
+learns the teachers' probabilities only, which gives a small student more of the teacher to imitate than the labelled
+train data alone.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import gzip
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 
 from bioserc.artifacts import CLASSIFIER_KINDS, read_manifest
 from bioserc.models import load_bios
 from bioserc.models.classifier import load_classifier
+from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training.evaluate import bio_profile
 
@@ -28,6 +35,35 @@ logger = logging.getLogger(__name__)
 
 TEACHER_FILE = "teacher_probs.jsonl.gz"
 UtteranceKey = tuple[str, int]  # (conversation_id, Utterance.index)
+UNLABELLED_PREFIX = "unlabelled"  # ids of unlabelled conversations: `unlabelled{file}/{id}`, apart from the train ids
+OVERLAP_WORDS = 5  # an utterance this long found in the dev data marks its conversation as the dev data's text
+
+
+def _normalized(text: str) -> str:
+    return " ".join(re.sub(r"[^\w']+", " ", text.lower()).split())
+
+
+def unlabelled_conversations(paths: Sequence[str], dev: Sequence[Conversation]) -> list[Conversation]:
+    """The conversations of `paths` (any format `read_conversations` takes) without their labels, ids prefixed so
+    they never meet a train id. A conversation that shares an utterance of >= OVERLAP_WORDS words with `dev` is
+    left out: the best checkpoint is chosen on dev, so the student must not have learnt the teachers' labels of that
+    text (corpora cut from the same show, like MELD and EmoryNLP, share scenes)."""
+    dev_texts = {t for c in dev for u in c.utterances if len((t := _normalized(u.text)).split()) >= OVERLAP_WORDS}
+    kept: list[Conversation] = []
+    for k, path in enumerate(paths):
+        conversations = read_conversations([path])
+        clean = [c for c in conversations if not any(_normalized(u.text) in dev_texts for u in c.utterances)]
+        logger.info(
+            "unlabelled data %s: %d conversations, %d left out for sharing an utterance with the dev data",
+            path,
+            len(conversations),
+            len(conversations) - len(clean),
+        )
+        kept += [
+            replace(c, id=f"{UNLABELLED_PREFIX}{k}/{c.id}", utterances=[replace(u, label=None) for u in c.utterances])
+            for c in clean
+        ]
+    return kept
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -121,9 +157,12 @@ def soft_targets(
 def distill_loss(
     logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, ignore: int, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Cross-entropy of (N, C) logits against (N, C) soft targets over the rows whose gold label is not `ignore`,
-    each row weighted by its gold class's weight as the hard loss is (a weighted mean)."""
-    keep = labels != ignore
+    """Cross-entropy of (N, C) logits against (N, C) soft targets over the rows that have one (all-zero rows are
+    padding), each row weighted as the hard loss weights its gold class, or, without a gold label (`ignore`), the
+    teachers' top class (a weighted mean)."""
+    keep = targets.sum(-1) > 0
     per_row = -(targets[keep] * logits[keep].log_softmax(-1)).sum(-1)
-    w = weight[labels[keep]] if weight is not None else torch.ones_like(per_row)
+    if weight is None:
+        return per_row.mean() if per_row.numel() else per_row.sum()
+    w = weight[torch.where(labels != ignore, labels, targets.argmax(-1))[keep]]
     return (w * per_row).sum() / w.sum().clamp(min=1e-12)

@@ -59,6 +59,7 @@ from bioserc.training.distill import (
     distill_loss,
     soft_targets,
     teacher_probs,
+    unlabelled_conversations,
 )
 from bioserc.training.evaluate import score
 from bioserc.training.plots import plot_confusion, plot_training_curve
@@ -66,7 +67,7 @@ from bioserc.training.plots import plot_confusion, plot_training_curve
 
 logger = logging.getLogger(__name__)
 
-LIST_FIELDS = ("train_data", "dev_data", "train_bios", "dev_bios", "teachers")
+LIST_FIELDS = ("train_data", "dev_data", "train_bios", "dev_bios", "teachers", "unlabelled_data")
 DONE_MARKER = "done.json"  # written last: its presence means the run ended (budget spent or early stop)
 
 
@@ -143,6 +144,14 @@ class TrainBertConfig:
             "runs with the same teachers and train data (a sweep's seeds) can share one"
         },
     )
+    unlabelled_data: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "with teachers: more conversations (any format bioserc reads; their own labels are ignored) on "
+            "which the student learns the teachers' probabilities only; those sharing an utterance of 5+ words "
+            "with the dev data are left out"
+        },
+    )
     # evaluation, checkpoints
     eval_every: int = field(default=0, metadata={"help": "evaluate on dev every N optimiser steps (0: per epoch)"})
     patience: int = field(default=3, metadata={"help": "stop after N evaluations without a better dev F1 (0: off)"})
@@ -160,6 +169,10 @@ class TrainBertConfig:
             raise ValueError(f"profile must be one of {HEAD_PROFILES}, got {self.profile!r}")
         if self.teachers and not 0.0 < self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in (0, 1] with teachers, got {self.distill_weight}")
+        if self.unlabelled_data and not self.teachers:
+            raise ValueError("unlabelled_data is learnt from the teachers' probabilities: set teachers too")
+        if self.unlabelled_data and self.bio_mode != "none":
+            raise ValueError("unlabelled_data has no speaker bios: use it with bio_mode none")
 
     def model_config(self, profile_dim: int = 0) -> BiosercBertConfig:
         """The model's settings; `profile_dim` is the train bios' vector size (scores/latent profiles). A bio_mode
@@ -286,9 +299,10 @@ class Run:
         batch = self.collator(conversations, bios).to(self.device)
         logits = self.model(**batch.inputs)
         flat, labels = logits.flatten(0, 1), batch.labels.flatten()
-        loss = self.loss_fn(flat, labels)
         if self.teacher is None:
-            return loss
+            return self.loss_fn(flat, labels)
+        # a batch of unlabelled conversations only (unlabelled_data) has no gold term: its mean would be 0 / 0
+        loss = self.loss_fn(flat, labels) if bool((labels != IGNORE).any()) else flat.sum() * 0.0
         targets = soft_targets(batch.conversation_ids, batch.utterance_indices, self.teacher, *logits.shape[1:])
         soft = distill_loss(flat, targets.to(self.device).flatten(0, 1), labels, IGNORE, self.loss_fn.weight)
         return (1 - self.config.distill_weight) * loss + self.config.distill_weight * soft
@@ -333,6 +347,7 @@ def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
     check_teachers(config.teachers, model.config.labels)
     weights = class_weights(train_convs, model.config.labels).to(device) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE, label_smoothing=config.label_smoothing)
+    train_convs += unlabelled_conversations(config.unlabelled_data, dev_convs)
     steps_per_epoch = math.ceil(math.ceil(len(train_convs) / config.batch_size) / config.grad_accum)
     total = config.max_steps or steps_per_epoch * config.epochs
     optimizer, scheduler = make_optimizer(model, config, total)
@@ -394,9 +409,8 @@ def begin(run: Run) -> None:
     _write_history(run.metrics_path, run.history)
     if run.config.teachers:
         cache = run.config.teacher_cache or os.path.join(out, TEACHER_FILE)
-        run.teacher = teacher_probs(
-            run.config.teachers, run.config.train_data, run.train_convs, run.model.config.labels, cache
-        )
+        data = run.config.train_data + run.config.unlabelled_data
+        run.teacher = teacher_probs(run.config.teachers, data, run.train_convs, run.model.config.labels, cache)
     run.start = time.monotonic()
 
 
