@@ -87,3 +87,17 @@ def test_onnx_classifier_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_bioserc_label_with_an_onnx_model_never_imports_torch(tmp_path):
+    """Beam's RunInference would import torch through its model manager (`pipelines/__init__.py` keeps it out)."""
+    code = (
+        "import sys\n"
+        "from bioserc.cli import main\n"
+        f"code = main(['label', {str(ROOT / 'examples' / 'transcripts')!r}, '-o', {str(tmp_path / 'out')!r}, "
+        "'--no-bios', '--model', 'meld-minilm'])\n"
+        "print(code, sorted(m for m in ('torch', 'transformers', 'scipy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    assert (tmp_path / "out" / "utterances.jsonl").read_text().count("\n") == 76  # every demo utterance labelled

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 from bioserc.artifacts import CLASSIFIER_KINDS, LABEL_KINDS, artifact_file, manifest_id, verify_artifact
 from bioserc.devices import resolve_device
 from bioserc.models.collate import Bio, BioKey
-from bioserc.models.llm_scoring import TORCH_LLM_KINDS, LlmClassifier
 from bioserc.models.predict import Prediction
 from bioserc.schema import Conversation
 
@@ -91,6 +90,8 @@ def load_classifier(
         import torch
 
         torch.set_num_threads(threads)
-    if kind in TORCH_LLM_KINDS:
-        return LlmClassifier.from_pretrained(directory, device=device, **llm_options)
-    return TorchClassifier(directory, resolve_device(device), manifest)
+    if kind == "pytorch-classifier":
+        return TorchClassifier(directory, resolve_device(device), manifest)
+    from bioserc.models.llm_scoring import LlmClassifier  # imports torch: only for the PyTorch LLM kinds
+
+    return LlmClassifier.from_pretrained(directory, device=device, **llm_options)
