@@ -162,7 +162,6 @@ def distill_loss(
     teachers' top class (a weighted mean)."""
     keep = targets.sum(-1) > 0
     per_row = -(targets[keep] * logits[keep].log_softmax(-1)).sum(-1)
-    if weight is None:
-        return per_row.mean() if per_row.numel() else per_row.sum()
-    w = weight[torch.where(labels != ignore, labels, targets.argmax(-1))[keep]]
+    classes = torch.where(labels != ignore, labels, targets.argmax(-1))[keep]
+    w = weight[classes] if weight is not None else torch.ones_like(per_row)
     return (w * per_row).sum() / w.sum().clamp(min=1e-12)
