@@ -9,15 +9,26 @@ from __future__ import annotations
 import gzip
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_bert_classifier import MELD, corpus, make_corpus, train_config, write_jsonl  # noqa: F401 (corpus: a fixture)
 
+from bioserc.models import BiosercBert
 from bioserc.models.classifier import load_classifier
+from bioserc.models.collate import Collator
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation, Utterance
 from bioserc.training import distill
-from bioserc.training.distill import TEACHER_FILE, distill_loss, unlabelled_conversations
+from bioserc.training.distill import (
+    STATES_FILE,
+    TEACHER_FILE,
+    distill_loss,
+    hidden_loss,
+    pooled_utterances,
+    read_states,
+    unlabelled_conversations,
+)
 from bioserc.training.train_bert import train
 
 
@@ -144,3 +155,56 @@ def test_teachers_must_share_the_labels_and_get_their_profiles_and_the_weight_is
     with_its_bios = f"{with_bios}={corpus['train_bios']}"
     report = train(train_config(corpus, tmp_path / "s", bio_mode="none", teachers=[with_its_bios]), dry_run=True)
     assert report["dry_run"]
+
+
+def test_hidden_loss_is_one_minus_cosine_over_the_utterances_the_teacher_has():
+    pooled = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    # conversation "a" has utterances 0 and 5 in slots 0 and 1; "b" has utterance 0 in slot 2 (n_utt = 2)
+    ids, indices, positions = ["a", "b"], [[0, 5], [0]], torch.tensor([0, 1, 2])
+    same = {("a", 0): np.array([2.0, 0.0]), ("a", 5): np.array([0.0, 1.0]), ("b", 0): np.array([1.0, 1.0])}
+    assert hidden_loss(pooled, ids, indices, positions, 2, same).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
+    opposite = {("a", 0): np.array([-1.0, 0.0]), ("a", 5): np.array([1.0, 0.0])}  # "b" 0 has no state: skipped
+    assert hidden_loss(pooled, ids, indices, positions, 2, opposite).item() == pytest.approx((2.0 + 1.0) / 2)
+    assert hidden_loss(pooled.requires_grad_(), ids, indices, positions, 2, {}).item() == 0.0
+
+
+def test_the_student_matches_the_teachers_pooled_states_from_a_cache_the_seeds_share(
+    corpus,  # noqa: F811
+    teachers,
+    tmp_path,
+    monkeypatch,
+):
+    config = dict(bio_mode="none", max_steps=2, eval_every=2, teachers=teachers[:1], distill_hidden_weight=1.0)
+    report = train(train_config(corpus, tmp_path / "s", **config))
+    assert report["steps"] == 2 and np.isfinite(report["history"][-1]["train_loss"])
+    _, cached = read_states(str(tmp_path / "s" / STATES_FILE))
+    train_convs = read_conversations(corpus["train"])
+    assert set(cached) == {(c.id, u.index) for c in train_convs for u in c.utterances}
+    teacher = BiosercBert.from_pretrained(teachers[0]).eval()
+    conv = train_convs[3]  # alone in its batch here, with 7 others in the cache's
+    batch = Collator(teacher.tokenizer, teacher.config)([conv])
+    with torch.no_grad(), pooled_utterances(teacher) as pooled:
+        teacher(**batch.inputs)
+    expected = pooled[0].numpy()
+    np.testing.assert_allclose(np.stack([cached[conv.id, u.index] for u in conv.utterances]), expected, atol=2e-3)
+
+    def encode_again(*_):
+        raise AssertionError("a seed given the cache encoded the train data again")
+
+    monkeypatch.setattr(distill, "_pooled_encoder", encode_again)
+    shared = dict(
+        teacher_states_cache=str(tmp_path / "s" / STATES_FILE), teacher_cache=str(tmp_path / "s" / TEACHER_FILE)
+    )
+    assert train(train_config(corpus, tmp_path / "seed-2", seed=2, **config, **shared))["steps"] == 2
+
+    narrow = tmp_path / "narrow.npz"  # the same key, but states of another width
+    with np.load(tmp_path / "s" / STATES_FILE, allow_pickle=False) as saved:
+        np.savez(
+            narrow, **{k: saved[k] for k in ("key", "conversation_ids", "indices")}, states=saved["states"][:, :3]
+        )
+    with pytest.raises(ValueError, match="of the teacher's width"):
+        train(train_config(corpus, tmp_path / "seed-3", **config, teacher_states_cache=str(narrow)))
+    with pytest.raises(ValueError, match="exactly one teacher"):
+        train_config(corpus, tmp_path / "t", **config | {"teachers": teachers})
+    with pytest.raises(ValueError, match=">= 0"):
+        train_config(corpus, tmp_path / "t", **config | {"distill_hidden_weight": -1.0})

@@ -9,6 +9,10 @@ train data and the label order, so a resumed run, or another seed given the same
 `unlabelled_conversations` adds text without gold labels (another corpus of the same domain): on it the student
 learns the teachers' probabilities only, which gives a small student more of the teacher to imitate than the labelled
 train data alone.
+
+`teacher_states` and `hidden_loss` add DistilBERT's cosine loss for a student of the teacher's family (mpnet's bottom
+layers under the default): the student's pooled utterance vector (what its head reads) is pulled towards the
+teacher's, which passes on more than 7 probabilities per utterance. The states are cached beside the probabilities.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bioserc.artifacts import CLASSIFIER_KINDS, read_manifest
 from bioserc.models import load_bios
-from bioserc.models.classifier import load_classifier
+from bioserc.models.classifier import TorchClassifier, load_classifier
+from bioserc.models.collate import Collator
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training.evaluate import bio_profile
@@ -34,6 +42,7 @@ from bioserc.training.evaluate import bio_profile
 logger = logging.getLogger(__name__)
 
 TEACHER_FILE = "teacher_probs.jsonl.gz"
+STATES_FILE = "teacher_states.npz"
 UtteranceKey = tuple[str, int]  # (conversation_id, Utterance.index)
 UNLABELLED_PREFIX = "unlabelled"  # ids of unlabelled conversations: `unlabelled{file}/{id}`, apart from the train ids
 OVERLAP_WORDS = 5  # an utterance this long found in the dev data marks its conversation as the dev data's text
@@ -165,3 +174,99 @@ def distill_loss(
     classes = torch.where(labels != ignore, labels, targets.argmax(-1))[keep]
     w = weight[classes] if weight is not None else torch.ones_like(per_row)
     return (w * per_row).sum() / w.sum().clamp(min=1e-12)
+
+
+def _pooled_encoder(model_dir: str) -> tuple[Collator, Callable[..., np.ndarray]]:
+    """The collator and the (N, T) windows -> (N, H) pooled-state function of a BERT-based classifier folder."""
+    classifier = load_classifier(model_dir)
+    if isinstance(classifier, TorchClassifier):
+        model = classifier.model.eval()
+
+        def encode(input_ids: np.ndarray, attention_mask: np.ndarray, pool_mask: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                args = (torch.from_numpy(a).to(model.device) for a in (input_ids, attention_mask, pool_mask))
+                return model.encode(*args).float().cpu().numpy()
+
+        return Collator(model.tokenizer, model.config, tensors="np"), encode
+    from bioserc.models.onnx_classifier import OnnxClassifier
+
+    if isinstance(classifier, OnnxClassifier):
+        return classifier.collator, classifier.encode
+    raise ValueError(
+        f"teacher {model_dir}: matching pooled states needs a BERT-based classifier (pytorch- or onnx-classifier)"
+    )
+
+
+def read_states(path: str) -> tuple[str, dict[UtteranceKey, np.ndarray]]:
+    """A `teacher_states` cache: the JSON key it was made for, and the state of each utterance."""
+    with np.load(path, allow_pickle=False) as saved:
+        rows = zip(saved["conversation_ids"].tolist(), saved["indices"].tolist(), saved["states"], strict=True)
+        return str(saved["key"]), {(c, i): v for c, i, v in rows}
+
+
+def teacher_states(
+    spec: str, train_data: Sequence[str], conversations: Sequence[Conversation], cache: str, batch_size: int = 8
+) -> dict[UtteranceKey, np.ndarray]:
+    """The teacher's pooled state (N-dim, float16) of every utterance of `conversations`: from the `cache` .npz when
+    the same teacher made it from the same data, else computed (with a progress bar) and written there."""
+    from tqdm import tqdm
+
+    key = json.dumps({"teacher": spec, "train_data": list(train_data)})
+    if os.path.exists(cache):
+        made_by, states = read_states(cache)
+        if made_by == key:
+            return states
+        logger.warning("%s was made by another teacher or data: encoding again", cache)
+    collator, encode = _pooled_encoder(split_spec(spec)[0])
+    keys: list[UtteranceKey] = []
+    states: list[np.ndarray] = []
+    for start in tqdm(range(0, len(conversations), batch_size), desc="teacher states", unit="batch", mininterval=10):
+        batch = collator(conversations[start : start + batch_size])
+        x = batch.inputs
+        states.append(encode(x["input_ids"], x["attention_mask"], x["target_mask"]).astype(np.float16))
+        n_utt = x["utt_mask"].shape[1]
+        keys += [
+            (batch.conversation_ids[b], batch.utterance_indices[b][i])
+            for b, i in map(lambda p: divmod(int(p), n_utt), x["utt_position"])
+        ]
+    os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+    with open(f"{cache}.tmp", "wb") as fh:  # renamed into place: never a half-written cache
+        np.savez(
+            fh,
+            key=np.array(key),
+            conversation_ids=np.array([c for c, _ in keys]),
+            indices=np.array([i for _, i in keys], dtype=np.int64),
+            states=np.concatenate(states),
+        )
+    os.replace(f"{cache}.tmp", cache)
+    return dict(zip(keys, np.concatenate(states), strict=True))
+
+
+@contextmanager
+def pooled_utterances(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collects the (N, H) pooled utterance vectors of the `BiosercBert` forwards run inside the block: the input of
+    its `utt_proj`, in `utt_position` order."""
+    seen: list[torch.Tensor] = []
+    handle = model.utt_proj.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def hidden_loss(
+    pooled: torch.Tensor,
+    conversation_ids: Sequence[str],
+    utterance_indices: Sequence[Sequence[int]],
+    utt_position: torch.Tensor,
+    n_utt: int,
+    states: Mapping[UtteranceKey, np.ndarray],
+) -> torch.Tensor:
+    """Mean (1 - cosine) between the student's (N, H) pooled utterance vectors and the teacher's states of the same
+    utterances (rows without one are skipped)."""
+    keys = [(conversation_ids[b], utterance_indices[b][i]) for b, i in (divmod(int(p), n_utt) for p in utt_position)]
+    rows = [n for n, k in enumerate(keys) if k in states]
+    if not rows:
+        return pooled.sum() * 0.0
+    target = torch.from_numpy(np.stack([states[keys[n]] for n in rows]).astype(np.float32)).to(pooled.device)
+    return (1 - F.cosine_similarity(pooled[rows], target, dim=-1)).mean()

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -53,12 +54,16 @@ from bioserc.schema import Conversation
 from bioserc.training import config_files
 from bioserc.training.checkpoint import TrainState, load_dev_report, load_last, save_best, save_last
 from bioserc.training.distill import (
+    STATES_FILE,
     TEACHER_FILE,
     UtteranceKey,
     check_teachers,
     distill_loss,
+    hidden_loss,
+    pooled_utterances,
     soft_targets,
     teacher_probs,
+    teacher_states,
     unlabelled_conversations,
 )
 from bioserc.training.evaluate import score
@@ -152,6 +157,21 @@ class TrainBertConfig:
             "with the dev data are left out"
         },
     )
+    distill_hidden_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "with one teacher of the student's hidden size (e.g. mpnet's bottom layers under the default): "
+            "adds this weight x (1 - cosine) between the student's and the teacher's pooled utterance vectors "
+            "(DistilBERT's cosine loss; 0: off)"
+        },
+    )
+    teacher_states_cache: str = field(
+        default="",
+        metadata={
+            "help": "with distill_hidden_weight: file caching the teacher's pooled train states (default: "
+            "output_dir/teacher_states.npz); a sweep's seeds can share one"
+        },
+    )
     # evaluation, checkpoints
     eval_every: int = field(default=0, metadata={"help": "evaluate on dev every N optimiser steps (0: per epoch)"})
     patience: int = field(default=3, metadata={"help": "stop after N evaluations without a better dev F1 (0: off)"})
@@ -169,6 +189,11 @@ class TrainBertConfig:
             raise ValueError(f"profile must be one of {HEAD_PROFILES}, got {self.profile!r}")
         if self.teachers and not 0.0 < self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in (0, 1] with teachers, got {self.distill_weight}")
+        if self.distill_hidden_weight < 0 or self.distill_hidden_weight and len(self.teachers) != 1:
+            raise ValueError(
+                f"distill_hidden_weight must be >= 0, and > 0 only with exactly one teacher; got "
+                f"{self.distill_hidden_weight} with {len(self.teachers)} teachers"
+            )
         if self.unlabelled_data and not self.teachers:
             raise ValueError("unlabelled_data is learnt from the teachers' probabilities: set teachers too")
         if self.unlabelled_data and self.bio_mode != "none":
@@ -278,6 +303,7 @@ class Run:
     start: float = 0.0
     ema: AveragedModel | None = None  # the weights evaluated and saved when `ema_decay` is set
     teacher: dict[UtteranceKey, list[float]] | None = None  # the teachers' mean train probabilities (`begin`)
+    states: dict[UtteranceKey, np.ndarray] | None = None  # the teacher's pooled train states (distill_hidden_weight)
 
     @property
     def eval_model(self) -> BiosercBert:
@@ -297,7 +323,8 @@ class Run:
 
     def loss(self, conversations: Sequence[Conversation], bios: dict[BioKey, Bio]) -> torch.Tensor:
         batch = self.collator(conversations, bios).to(self.device)
-        logits = self.model(**batch.inputs)
+        with pooled_utterances(self.model) as pooled:
+            logits = self.model(**batch.inputs)
         flat, labels = logits.flatten(0, 1), batch.labels.flatten()
         if self.teacher is None:
             return self.loss_fn(flat, labels)
@@ -305,7 +332,11 @@ class Run:
         loss = self.loss_fn(flat, labels) if bool((labels != IGNORE).any()) else flat.sum() * 0.0
         targets = soft_targets(batch.conversation_ids, batch.utterance_indices, self.teacher, *logits.shape[1:])
         soft = distill_loss(flat, targets.to(self.device).flatten(0, 1), labels, IGNORE, self.loss_fn.weight)
-        return (1 - self.config.distill_weight) * loss + self.config.distill_weight * soft
+        loss = (1 - self.config.distill_weight) * loss + self.config.distill_weight * soft
+        if self.states is None:
+            return loss
+        where = (batch.conversation_ids, batch.utterance_indices, batch.inputs["utt_position"], logits.shape[1])
+        return loss + self.config.distill_hidden_weight * hidden_loss(pooled[0], *where, self.states)
 
 
 def setup(config: TrainBertConfig, dry_run: bool = False) -> Run:
@@ -411,6 +442,15 @@ def begin(run: Run) -> None:
         cache = run.config.teacher_cache or os.path.join(out, TEACHER_FILE)
         data = run.config.train_data + run.config.unlabelled_data
         run.teacher = teacher_probs(run.config.teachers, data, run.train_convs, run.model.config.labels, cache)
+    if run.config.distill_hidden_weight:
+        cache = run.config.teacher_states_cache or os.path.join(out, STATES_FILE)
+        run.states = teacher_states(run.config.teachers[0], data, run.train_convs, cache)
+        width, hidden = len(next(iter(run.states.values()))), run.model.config.encoder_config.hidden_size
+        if width != hidden:
+            raise ValueError(
+                f"teacher {run.config.teachers[0]} pools {width}-dim states but the student's encoder is "
+                f"{hidden}-dim: distill_hidden_weight needs a student of the teacher's width"
+            )
     run.start = time.monotonic()
 
 
