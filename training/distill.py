@@ -197,6 +197,14 @@ def _pooled_encoder(model_dir: str) -> tuple[Collator, Callable[..., np.ndarray]
     )
 
 
+def position_keys(
+    conversation_ids: Sequence[str], utterance_indices: Sequence[Sequence[int]], utt_position, n_utt: int
+) -> list[UtteranceKey]:
+    """The utterance of each encoded window of a `Collator` batch: window n sits in slot utt_position[n] of the
+    (conversations x n_utt) grid."""
+    return [(conversation_ids[b], utterance_indices[b][i]) for b, i in (divmod(int(p), n_utt) for p in utt_position)]
+
+
 def read_states(path: str) -> tuple[str, dict[UtteranceKey, np.ndarray]]:
     """A `teacher_states` cache: the JSON key it was made for, and the state of each utterance."""
     with np.load(path, allow_pickle=False) as saved:
@@ -224,11 +232,10 @@ def teacher_states(
         batch = collator(conversations[start : start + batch_size])
         x = batch.inputs
         states.append(encode(x["input_ids"], x["attention_mask"], x["target_mask"]).astype(np.float16))
-        n_utt = x["utt_mask"].shape[1]
-        keys += [
-            (batch.conversation_ids[b], batch.utterance_indices[b][i])
-            for b, i in map(lambda p: divmod(int(p), n_utt), x["utt_position"])
-        ]
+        keys += position_keys(
+            batch.conversation_ids, batch.utterance_indices, x["utt_position"], x["utt_mask"].shape[1]
+        )
+    stacked = np.concatenate(states)
     os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
     with open(f"{cache}.tmp", "wb") as fh:  # renamed into place: never a half-written cache
         np.savez(
@@ -236,10 +243,10 @@ def teacher_states(
             key=np.array(key),
             conversation_ids=np.array([c for c, _ in keys]),
             indices=np.array([i for _, i in keys], dtype=np.int64),
-            states=np.concatenate(states),
+            states=stacked,
         )
     os.replace(f"{cache}.tmp", cache)
-    return dict(zip(keys, np.concatenate(states), strict=True))
+    return dict(zip(keys, stacked, strict=True))
 
 
 @contextmanager
@@ -264,7 +271,7 @@ def hidden_loss(
 ) -> torch.Tensor:
     """Mean (1 - cosine) between the student's (N, H) pooled utterance vectors and the teacher's states of the same
     utterances (rows without one are skipped)."""
-    keys = [(conversation_ids[b], utterance_indices[b][i]) for b, i in (divmod(int(p), n_utt) for p in utt_position)]
+    keys = position_keys(conversation_ids, utterance_indices, utt_position, n_utt)
     rows = [n for n, k in enumerate(keys) if k in states]
     if not rows:
         return pooled.sum() * 0.0

@@ -28,6 +28,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -323,7 +324,7 @@ class Run:
 
     def loss(self, conversations: Sequence[Conversation], bios: dict[BioKey, Bio]) -> torch.Tensor:
         batch = self.collator(conversations, bios).to(self.device)
-        with pooled_utterances(self.model) as pooled:
+        with pooled_utterances(self.model) if self.states is not None else nullcontext([]) as pooled:
             logits = self.model(**batch.inputs)
         flat, labels = logits.flatten(0, 1), batch.labels.flatten()
         if self.teacher is None:
