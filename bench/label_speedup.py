@@ -5,6 +5,8 @@ in one run (issue 32's speed bar).
     python bench/label_speedup.py --before /tmp/before --data ../shared/data/raw/meld/meld.valid.json \
         --model default --rounds 2 --out docs/bench/label_speedup.json
     python bench/label_speedup.py --before-model default --model fast --data ../shared/data/raw/meld/meld.valid.json
+    python bench/label_speedup.py --before /tmp/before --data ../shared/data/raw/meld/meld.train.json \
+        --utterances 2610 --model default     # the issue's "held-out-size MELD test": its 2,610 utterances
 
 Both sides run the real CLI (`--no-bios`, default threads and batching) in a child process with this venv, the
 "before" side with the other checkout's code first on PYTHONPATH (`--before`) and/or its own model
@@ -32,6 +34,23 @@ def label(tree: str | None, data: str, model: str, out: Path) -> tuple[float, fl
     return wall, peak
 
 
+def held_out_size(data: str, utterances: int, work: Path) -> str:
+    """The first dialogues of a BiosERC JSON file that hold `utterances` or more, as a file in `work`: the speed bar
+    is set on MELD test's size, which is not shipped, and start-up weighs more in a smaller input."""
+    with open(data, encoding="utf-8") as fh:
+        dialogues = json.load(fh)
+    taken, total = {}, 0
+    for key, dialogue in dialogues.items():
+        if total >= utterances:
+            break
+        taken[key], total = dialogue, total + len(dialogue["sentences"])
+    if total < utterances:
+        raise SystemExit(f"{data}: {total} utterances, fewer than --utterances {utterances}")
+    path = work / f"first-{utterances}.json"
+    path.write_text(json.dumps(taken), encoding="utf-8")
+    return str(path)
+
+
 def labels(out: Path) -> dict[tuple[str, int], str]:
     rows = (json.loads(line) for line in (out / "utterances.jsonl").read_text(encoding="utf-8").split("\n") if line)
     return {(r["conversation_id"], r["index"]): r["label"] for r in rows}
@@ -43,19 +62,23 @@ def main() -> None:
     parser.add_argument("--before-model", help="the before side's model (default: --model)")
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", default="default")
+    parser.add_argument(
+        "--utterances", type=int, help="label only the first dialogues of a BiosERC JSON --data holding this many"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", help="write the report here (JSON)")
     args = parser.parse_args()
     if not (args.before or args.before_model):
         parser.error("give --before (another checkout), --before-model (another model), or both")
     work = Path(tempfile.mkdtemp(prefix="label-speedup-"))
+    data = held_out_size(args.data, args.utterances, work) if args.utterances else args.data
     sides = {"before": (args.before, args.before_model or args.model), "after": (None, args.model)}
     walls: dict[str, list[float]] = {s: [] for s in sides}
     peaks: dict[str, list[float]] = {s: [] for s in sides}
     load_before = os.getloadavg()
     for r in range(args.rounds):
         for side, (tree, model) in sides.items():
-            wall, peak = label(tree, args.data, model, work / f"{side}-{r}")
+            wall, peak = label(tree, data, model, work / f"{side}-{r}")
             walls[side].append(wall)
             peaks[side].append(peak)
             print(f"round {r} {side}: {wall:.1f} s, {peak:.0f} MB", flush=True)
@@ -64,6 +87,7 @@ def main() -> None:
     report = {
         "model": args.model,
         "data": args.data,
+        "first_utterances": args.utterances,
         "before": args.before,
         "before_model": args.before_model or args.model,
         "utterances": n,
