@@ -46,7 +46,7 @@ def held_out_size(data: str, utterances: int, work: Path) -> str:
         taken[key], total = dialogue, total + len(dialogue["sentences"])
     if total < utterances:
         raise SystemExit(f"{data}: {total} utterances, fewer than --utterances {utterances}")
-    path = work / f"first-{utterances}.json"
+    path = work / f"{Path(data).stem}.first-{utterances}.json"  # the reader tells MELD from the name
     path.write_text(json.dumps(taken), encoding="utf-8")
     return str(path)
 
