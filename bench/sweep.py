@@ -337,6 +337,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def selected(cell: Cell, only: Sequence[str]) -> bool:
+    """The cell's DATASET/VARIANT/seed-S key matches one of the `only` globs (every cell when there are none)."""
+    return not only or any(fnmatch.fnmatchcase(cell.key, pattern) for pattern in only)
+
+
 def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, only: Sequence[str] = ()) -> list[str]:
     """Train every cell that is not done (resuming partial ones) and whose key matches one of the `only` patterns
     (all when none); returns the keys of the cells that failed."""
@@ -349,7 +354,7 @@ def run_sweep(grid: Grid, threads: int = 0, runner: Runner = subprocess_runner, 
     try:
         logger.info("sweep %s: %d cells in %s", grid.path, len(grid.cells), grid.root)
         for i, cell in enumerate(grid.cells, 1):
-            if only and not any(fnmatch.fnmatchcase(cell.key, pattern) for pattern in only):
+            if not selected(cell, only):
                 continue
             status = cell_status(cell)
             before = describe(status)
@@ -584,7 +589,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
         default=[],
         metavar="PATTERN",
         help="train only the cells whose DATASET/VARIANT/seed-S key matches this glob, e.g. "
-        "'meld/*' or '*/scores/*'; repeatable (the table still covers every cell)",
+        "'meld/*' or '*/scores/*'; repeatable (--dry-run lists only these; the table still covers every cell)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the cells, their status and command; train nothing")
@@ -597,7 +602,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
         print(f"sweep: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for cell in grid.cells:
+        for cell in (cell for cell in grid.cells if selected(cell, args.only)):
             print(
                 f"{cell.key:<32} {describe(cell_status(cell)):<28} "
                 f"{shlex.join(['python', '-m', TRAINER, *cell.argv(args.threads)])}"

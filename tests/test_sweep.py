@@ -109,6 +109,7 @@ def test_sweep_trains_all_cells_resumes_a_stopped_one_and_skips_done_ones(tiny, 
     root = tmp_path / "sweep"
     keys = ["meld/nobio/seed-1", "meld/text/seed-1", "meld/nobio/seed-2", "meld/text/seed-2"]  # seed by seed
     assert statuses(capsys, argv) == dict.fromkeys(keys, "todo") and not root.exists()
+    assert statuses(capsys, [*argv, "--only", "*/text/*"]) == dict.fromkeys(keys[1::2], "todo")
 
     original_eval = train_bert.evaluate_and_checkpoint
 
