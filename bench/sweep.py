@@ -602,7 +602,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
         print(f"sweep: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for cell in (cell for cell in grid.cells if selected(cell, args.only)):
+        for cell in grid.cells:
+            if not selected(cell, args.only):
+                continue
             print(
                 f"{cell.key:<32} {describe(cell_status(cell)):<28} "
                 f"{shlex.join(['python', '-m', TRAINER, *cell.argv(args.threads)])}"
