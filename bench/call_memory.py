@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from report_io import emit
@@ -43,12 +44,14 @@ def write_call(path: Path, turns: int, seed: int = 0) -> None:
     path.write_text(json.dumps({"schema_version": 1, "id": f"call-{turns}", "utterances": utterances}) + "\n")
 
 
-def run_label(tree: str | None, inputs: str, out: Path, model: str) -> tuple[int, float, float]:
-    """`bioserc label INPUTS -o OUT --no-bios --model MODEL` in a child process (`tree`'s code first on PYTHONPATH);
-    returns its exit code, wall seconds and peak RSS in MB (its log: OUT.log)."""
+def run_label(
+    tree: str | None, inputs: str, out: Path, model: str, extra: Sequence[str] = ()
+) -> tuple[int, float, float]:
+    """`bioserc label INPUTS -o OUT --no-bios --model MODEL [EXTRA...]` in a child process (`tree`'s code first on
+    PYTHONPATH); returns its exit code, wall seconds and peak RSS in MB (its log: OUT.log)."""
     env = {**os.environ, "PYTHONPATH": tree} if tree else dict(os.environ)
     argv = [sys.executable, "-m", "bioserc.cli", "label", os.path.abspath(inputs), "-o", str(out), "--no-bios"]
-    argv += ["--report-calls", "0", "--model", model]
+    argv += ["--report-calls", "0", "--model", model, *extra]
     start = time.perf_counter()
     with open(f"{out}.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=tempfile.gettempdir())

@@ -36,15 +36,24 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from report_io import emit
 
 from bioserc.artifacts import artifact_file
+from bioserc.export.int8_calibration import activation_maxima, outlier_channels
 from bioserc.export.weight_only import dequantize_weights
 from bioserc.metrics import weighted_f1
+from bioserc.models.int8_graph import (
+    OUTLIERS,
+    add_row_constants,
+    rewrite_matmuls,
+    row_normalized,
+    scale_rows,
+    split_outliers,
+    weight_matmuls,
+)
 from bioserc.models.onnx_classifier import OnnxClassifier
 from bioserc.readers import read_conversations
 from bioserc.runtime import make_session
 
 
 FFN_OUT, ATTN_OUT = "output/dense", "attn/o/"
-OUTLIERS = "/outliers"  # the fp32 MatMul of a decomposed MatMul's outlier channels
 
 
 class Spec(NamedTuple):
@@ -81,6 +90,9 @@ VARIANTS = {
     "7-bit, 1% outlier channels fp32, scaled per row, layer 11 fp32": Spec(
         keep=("layer.11/",), outliers=0.01, per_row=True
     ),
+    "8-bit weights, scaled per row": Spec(seven_bit=False, per_row=True),
+    "8-bit weights, 1% outlier channels fp32": Spec(seven_bit=False, outliers=0.01),
+    "8-bit weights, 1% outlier channels fp32, scaled per row": Spec(seven_bit=False, outliers=0.01, per_row=True),
     "uint8 weights": Spec(seven_bit=False, unsigned=True),
     "uint8 weights, scaled per row": Spec(seven_bit=False, per_row=True, unsigned=True),
     "uint8 weights, 1% outlier channels fp32": Spec(seven_bit=False, outliers=0.01, unsigned=True),
@@ -92,45 +104,6 @@ VARIANTS = {
     "fp32 compute, weights rounded to 7 bits": Spec(weights_only=7),
     "fp32 compute, weights rounded to 8 bits": Spec(weights_only=8),
 }
-
-
-def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    weights = {t.name for t in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-
-
-def activation_maxima(fp32: str, clf: OnnxClassifier, convs: list, tmp: str) -> dict[str, np.ndarray]:
-    """max |x_j| per input channel of every weight MatMul, over the encoder calls that labelling `convs` makes."""
-    model = onnx.load(fp32)
-    inputs = sorted({n.input[0] for n in weight_matmuls(model)})
-    model.graph.output.extend(helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in inputs)
-    path = os.path.join(tmp, "calibration.onnx")
-    onnx.save(model, path, save_as_external_data=True, location="calibration.onnx.data")
-    session, maxima = make_session(path, None, 1), {}
-
-    class Recorder:
-        def run(self, _, feed):
-            first, *rest = session.run(None, feed)
-            for name, value in zip(inputs, rest, strict=True):
-                m = np.abs(value.reshape(-1, value.shape[-1])).max(0)
-                maxima[name] = np.maximum(maxima.get(name, m), m)
-            return [first]
-
-    encoder, clf.encoder = clf.encoder, Recorder()
-    try:
-        in_file_order(clf, 16)(convs, None)
-    finally:
-        clf.encoder = encoder
-    return maxima
-
-
-def rewrite(model: onnx.ModelProto, keep: tuple[str, ...], replace) -> onnx.ModelProto:
-    """Replace each weight MatMul whose name contains none of `keep` by the nodes `replace(node)` returns."""
-    targets = {n.name for n in weight_matmuls(model) if not any(k in n.name for k in keep)}
-    nodes = [new for node in model.graph.node for new in (replace(node) if node.name in targets else [node])]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
 
 
 def smoothed(fp32: str, maxima: dict[str, np.ndarray], alpha: float, ffn_alpha: float) -> onnx.ModelProto:
@@ -151,86 +124,19 @@ def smoothed(fp32: str, maxima: dict[str, np.ndarray], alpha: float, ffn_alpha: 
         node.input[0] = node.name + "/x_s"
         return [scale, node]
 
-    return rewrite(model, (), replace)
+    rewrite_matmuls(model, (), replace)
+    return model
 
 
 def decomposed(model: onnx.ModelProto, maxima: dict[str, np.ndarray], fraction: float) -> onnx.ModelProto:
-    """LLM.int8()-style (Dettmers et al., 2022): each weight MatMul y = x W becomes (x * m) W' + x[:, o] W[o] with o
-    its input's largest channels (calibration maxima), m zero on them and W' = W with rows o zeroed. The first
-    MatMul no longer sees the outliers, so its per-tensor int8 scale fits the other channels; the second, k rows
-    deep, is named `OUTLIERS` and stays fp32. Inputs shared by several MatMuls (Q, K, V) are masked once."""
-    weights = {t.name: t for t in model.graph.initializer}
-    split: dict[str, tuple[str, str, np.ndarray]] = {}  # input -> (masked input, outlier input, outlier channels)
-
-    def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
-        x, y, nodes = node.input[0], node.output[0], []
-        if x not in split:
-            peak = maxima[x]
-            channels = np.sort(np.argsort(peak)[-max(1, round(fraction * len(peak))) :])
-            mask = np.ones(len(peak), np.float32)
-            mask[channels] = 0
-            model.graph.initializer.append(numpy_helper.from_array(mask, x + "/inlier_mask"))
-            model.graph.initializer.append(numpy_helper.from_array(channels.astype(np.int64), x + "/outlier_idx"))
-            nodes.append(helper.make_node("Mul", [x, x + "/inlier_mask"], [x + "/inliers"]))
-            nodes.append(helper.make_node("Gather", [x, x + "/outlier_idx"], [x + OUTLIERS], axis=-1))
-            split[x] = (x + "/inliers", x + OUTLIERS, channels)
-        inliers, outliers, channels = split[x]
-        w = numpy_helper.to_array(weights[node.input[1]])
-        model.graph.initializer.append(numpy_helper.from_array(w[channels], node.name + OUTLIERS + "/W"))
-        rest = w.copy()
-        rest[channels] = 0
-        weights[node.input[1]].CopyFrom(numpy_helper.from_array(rest, node.input[1]))
-        node.input[0], node.output[0] = inliers, y + "/inliers"
-        return [
-            *nodes,
-            node,
-            helper.make_node(
-                "MatMul", [outliers, node.name + OUTLIERS + "/W"], [y + OUTLIERS], name=node.name + OUTLIERS
-            ),
-            helper.make_node("Add", [y + "/inliers", y + OUTLIERS], [y]),
-        ]
-
-    return rewrite(model, (), replace)
-
-
-def add_row_constants(model: onnx.ModelProto) -> None:
-    """The constants `row_normalized` reads, added once per graph."""
-    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "rows/eps"))
-    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "rows/axes"))
-
-
-def row_normalized(model: onnx.ModelProto, x: str) -> list[onnx.NodeProto]:
-    """Nodes computing `x/r` = max(max |x| over the last axis, 1e-6), kept as (..., 1), and `x/rows` = x / `x/r`."""
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    reduce = (
-        helper.make_node("ReduceMax", [x + "/abs", "rows/axes"], [x + "/rmax"], keepdims=1)
-        if opset >= 18
-        else helper.make_node("ReduceMax", [x + "/abs"], [x + "/rmax"], axes=[-1], keepdims=1)
-    )
-    return [
-        helper.make_node("Abs", [x], [x + "/abs"]),
-        reduce,
-        helper.make_node("Max", [x + "/rmax", "rows/eps"], [x + "/r"]),
-        helper.make_node("Div", [x, x + "/r"], [x + "/rows"]),
-    ]
+    """LLM.int8()-style: each MatMul's `fraction` largest input channels in a fp32 MatMul (`split_outliers`)."""
+    split_outliers(model, outlier_channels(maxima, fraction))
+    return model
 
 
 def scaled_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.ModelProto:
-    """Each quantized weight MatMul y = x W becomes ((x / r) W) * r with r = max |x| of each row (token): the
-    per-tensor int8 scale of x / r then fits every token, i.e. per-token activation scales, which
-    `quantize_dynamic` does not offer. Inputs shared by several MatMuls are scaled once."""
-    add_row_constants(model)
-    scaled: set[str] = set()  # inputs already normalized
-
-    def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
-        x, y, nodes = node.input[0], node.output[0], []
-        if x not in scaled:
-            nodes += row_normalized(model, x)
-            scaled.add(x)
-        node.input[0], node.output[0] = x + "/rows", y + "/rows"
-        return [*nodes, node, helper.make_node("Mul", [y + "/rows", x + "/r"], [y])]
-
-    return rewrite(model, keep, replace)
+    scale_rows(model, keep)
+    return model
 
 
 def rounded_weights(fp32: str, bits: int) -> onnx.ModelProto:
@@ -288,7 +194,7 @@ def integer_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.Model
             helper.make_node("Mul", [y + "/rows", x + "/r"], [y]),
         ]
 
-    rewrite(model, keep, replace)
+    rewrite_matmuls(model, keep, replace)
     for name in set(replaced):
         model.graph.initializer.remove(weights[name])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -335,6 +241,17 @@ def build(fp32: str, maxima: dict, spec: Spec, target: str, tmp: str) -> None:
     )
 
 
+def int8_dot_product() -> list[str]:
+    """The CPU's exact int8 dot-product instructions (VNNI, AMX): without them ONNX Runtime's u8 x s8 kernel sums
+    pairs of products in int16, which 8-bit weights overflow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in set(flags) if "vnni" in f or f.startswith("amx"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="serving_artifacts/default")
@@ -354,7 +271,7 @@ def main() -> None:
 
     convs = list(read_conversations(args.data))
     gold = [u.label for c in convs for u in c.utterances]
-    clf = OnnxClassifier(args.model, provider="cpu", threads=args.threads)
+    clf = OnnxClassifier(args.model, provider="cpu", threads=args.threads, int8="off")  # the shipped graph
     shipped = artifact_file(
         args.model, clf.manifest, (clf.manifest.get("graphs") or {}).get("encoder", "encoder.onnx")
     )
@@ -362,7 +279,7 @@ def main() -> None:
     fp32 = os.path.join(tmp, "fp32.onnx")
     dequantize_weights(shipped, fp32)
     calibration = list(read_conversations(args.calibration))[:: args.calibration_every]
-    maxima = activation_maxima(fp32, clf, calibration, tmp)
+    maxima = activation_maxima(clf, shipped, calibration, 1)
     run = in_file_order(clf, 16)
     sessions = {"fp32": make_session(fp32, None, args.threads), "shipped": clf.encoder}
     preds = {}
@@ -392,6 +309,7 @@ def main() -> None:
         "calibration_conversations": len(calibration),
         "threads": args.threads,
         "machine": platform.machine(),
+        "int8_dot_product": int8_dot_product(),
         "loadavg_after": os.getloadavg(),
         "variants": {
             name: {

@@ -7,11 +7,13 @@ in one run (issue 32's speed bar).
     python bench/label_speedup.py --before-model default --model fast --data ../shared/data/raw/meld/meld.valid.json
     python bench/label_speedup.py --before /tmp/before --data ../shared/data/raw/meld/meld.train.json \
         --utterances 2610 --model default     # the issue's "held-out-size MELD test": its 2,610 utterances
+    python bench/label_speedup.py ... --also "--int8 off"   # a third side: this checkout with these options
 
 Both sides run the real CLI (`--no-bios`, default threads and batching) in a child process with this venv, the
 "before" side with the other checkout's code first on PYTHONPATH (`--before`) and/or its own model
-(`--before-model`), in alternating rounds; reported per side: median wall, utterances/s and peak RSS, and how many
-rows carry the same label on both sides.
+(`--before-model`), and with `--also ARGS` a third side (this checkout and model, with those `bioserc label`
+options), in alternating rounds; reported per side: median wall, utterances/s, peak RSS and speed-up over "before",
+and how many rows carry the same label as the "after" side.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import tempfile
 from pathlib import Path
@@ -27,8 +30,8 @@ from call_memory import run_label
 from report_io import emit
 
 
-def label(tree: str | None, data: str, model: str, out: Path) -> tuple[float, float]:
-    code, wall, peak = run_label(tree, data, out, model)
+def label(tree: str | None, data: str, model: str, out: Path, extra: list[str]) -> tuple[float, float]:
+    code, wall, peak = run_label(tree, data, out, model, extra)
     if code != 0:
         raise SystemExit(f"bioserc label failed ({tree or 'this checkout'}): see {out}.log")
     return wall, peak
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument(
         "--utterances", type=int, help="label only the first dialogues of a BiosERC JSON --data holding this many"
     )
+    parser.add_argument("--also", metavar="ARGS", help='a third side: --model with these options (e.g. "--int8 off")')
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", help="write the report here (JSON)")
     args = parser.parse_args()
@@ -72,18 +76,27 @@ def main() -> None:
         parser.error("give --before (another checkout), --before-model (another model), or both")
     work = Path(tempfile.mkdtemp(prefix="label-speedup-"))
     data = held_out_size(args.data, args.utterances, work) if args.utterances else args.data
-    sides = {"before": (args.before, args.before_model or args.model), "after": (None, args.model)}
+    sides = {"before": (args.before, args.before_model or args.model, []), "after": (None, args.model, [])}
+    if args.also:
+        sides[f"after {args.also}"] = (None, args.model, shlex.split(args.also))
     walls: dict[str, list[float]] = {s: [] for s in sides}
     peaks: dict[str, list[float]] = {s: [] for s in sides}
     load_before = os.getloadavg()
     for r in range(args.rounds):
-        for side, (tree, model) in sides.items():
-            wall, peak = label(tree, data, model, work / f"{side}-{r}")
+        for i, (side, (tree, model, extra)) in enumerate(sides.items()):
+            wall, peak = label(tree, data, model, work / f"side{i}-{r}", extra)
             walls[side].append(wall)
             peaks[side].append(peak)
             print(f"round {r} {side}: {wall:.1f} s, {peak:.0f} MB", flush=True)
-    before, after = labels(work / "before-0"), labels(work / "after-0")
+    after = labels(work / "side1-0")
     n = len(after)
+    same = {}
+    for i, side in enumerate(sides):
+        other = labels(work / f"side{i}-0")
+        same[side] = {
+            "same_labels": sum(other.get(k) == v for k, v in after.items()),
+            "same_rows": other.keys() == after.keys(),
+        }
     report = {
         "model": args.model,
         "data": args.data,
@@ -98,12 +111,14 @@ def main() -> None:
                 "wall_s": walls[s],
                 "utterances_per_s": n / statistics.median(walls[s]),
                 "peak_rss_mb": max(peaks[s]),
+                "speedup": statistics.median(walls["before"]) / statistics.median(walls[s]),
+                **same[s],
             }
             for s in sides
         },
         "speedup": statistics.median(walls["before"]) / statistics.median(walls["after"]),
-        "same_labels": sum(before.get(k) == v for k, v in after.items()),
-        "same_rows": sorted(before) == sorted(after),
+        "same_labels": same["before"]["same_labels"],
+        "same_rows": same["before"]["same_rows"],
     }
     emit(report, args.out)
 

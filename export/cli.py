@@ -4,9 +4,11 @@
     bioserc export onnx-llm --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-onnx
     bioserc export trtllm   --model runs/meld-smollm2-merged -o serving_artifacts/smollm2-trt [--serve-only]
     bioserc export refresh  serving_artifacts/default [--seed-results RESULTS.json --seed-variant meld/mpnet]
+    bioserc export int8     serving_artifacts/default --calibration meld.train.json [--check meld.valid.json]
 
 `onnx` exports the BERT-based classifier (encoder + conversation head graphs; --quantize = int8 weights),
 `refresh` rewrites an exported classifier's card and manifest in place (more seeds finished, a newer layout),
+`int8` calibrates an exported classifier for int8 compute on CPUs with VNNI/AMX (`bioserc label --int8`),
 `onnx-llm` the merged LLM with a KV cache for `bioserc bios --backend onnx`, and `trtllm` builds a TensorRT-LLM
 engine (Python 3.12 NVIDIA container with a GPU only) or, with --serve-only, writes the `trtllm-serve`
 instructions for TensorRT-LLM's engine-free PyTorch backend.
@@ -87,6 +89,25 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     manifest = refresh_classifier(args.model, seed_results=args.seed_results, seed_variant=args.seed_variant)
     print(summarize(args.model, manifest))
+    return 0
+
+
+def cmd_int8(args: argparse.Namespace) -> int:
+    from bioserc.export.int8_calibration import calibrate_int8
+
+    manifest = calibrate_int8(
+        args.model, args.calibration, args.every, args.outliers, args.check, args.threads or None
+    )
+    check = manifest["int8_compute"].get("check")
+    extra = (
+        {
+            "int8 check": f"{100 * check['labels_equal_shipped']:.2f}% of {check['utterances']} labels as the "
+            f"shipped graph's; W-F1 {check['weighted_f1_shipped']:.2f} -> {check['weighted_f1_int8']:.2f}"
+        }
+        if check
+        else None
+    )
+    print(summarize(args.model, manifest, extra))
     return 0
 
 
@@ -215,6 +236,37 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     )
     p.add_argument("--seed-variant", metavar="DATASET/VARIANT", help="with --seed-results: this model's row")
     p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser(
+        "int8",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="an exported classifier, in place: calibrate its encoder for int8 compute on CPUs with VNNI/AMX "
+        "(`bioserc label --int8`; weights unchanged)",
+    )
+    p.add_argument("model", metavar="ARTIFACT", help="an exported classifier folder (bioserc export onnx)")
+    p.add_argument(
+        "--calibration",
+        required=True,
+        metavar="DATA",
+        help="conversations to measure the encoder's activations on, any supported format (the training set; "
+        "labels not needed)",
+    )
+    p.add_argument("--every", type=int, default=8, metavar="N", help="use every N-th calibration conversation")
+    p.add_argument(
+        "--outliers",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="share of each encoder MatMul's input channels (the largest activations) kept in fp32",
+    )
+    p.add_argument(
+        "--check",
+        metavar="DATA",
+        help="gold-labelled conversations (the valid set): record how many labels the int8 graph keeps and "
+        "both weighted F1s in the manifest (needs a CPU with VNNI or AMX)",
+    )
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads; 0: automatic")
+    p.set_defaults(func=cmd_int8)
 
     p = sub.add_parser(
         "onnx-llm",

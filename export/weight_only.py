@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
+from bioserc.models.int8_graph import fold_dequantize
+
 
 MIN_ELEMENTS = 1024  # smaller 2-D tensors (token-type embeddings) are not worth a node each; 1-D ones never are
 BLOCK_SIZE = 32
@@ -180,41 +182,12 @@ def _gather_rows_first(graph: onnx.GraphProto) -> list[str]:
 
 def dequantize_weights(source: str, target: str) -> list[str]:
     """Write `source`'s graph to `target` with every constant `DequantizeLinear` folded into an fp32 initializer
-    (weights stored beside it in `target`.data); return the folded tensors' names.
+    (weights stored beside it in `target`.data); return the folded tensors' names (`int8_graph.fold_dequantize`).
 
     The inverse of `quantize_weights` for a shipped artifact whose fp32 checkpoint is gone: the fp32 graph of the
-    weights it actually ships, the reference that other precisions of the same model are compared with. Tables
-    gathered first (`gather_rows_first`) stay as they are: their rows are dequantized to the same floats already.
+    weights it actually ships, the reference that other precisions of the same model are compared with.
     """
     model = onnx.load(source)
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    folded, kept = [], []
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or not all(i in initializers for i in node.input if i):
-            kept.append(node)
-            continue
-        q = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
-        scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
-        zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32) if len(node.input) > 2 else 0.0
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        axis, block = attrs.get("axis", 1) % max(q.ndim, 1), attrs.get("block_size", 0)
-        if block:  # one scale per `block` entries along `axis`
-            scale, zero = (
-                np.take(np.repeat(v, block, axis=axis), range(q.shape[axis]), axis=axis) if np.ndim(v) else v
-                for v in (scale, zero)
-            )
-        elif q.ndim > 1:  # one scale per slice along `axis`
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale, zero = (np.reshape(v, shape) if np.ndim(v) else v for v in (scale, zero))
-        graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), node.output[0]))
-        folded.append(node.output[0])
-    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
-    stored = [init for init in graph.initializer if init.name in used]
-    graph.ClearField("node")
-    graph.node.extend(kept)
-    graph.ClearField("initializer")
-    graph.initializer.extend(stored)
+    folded = fold_dequantize(model)
     onnx.save(model, target, save_as_external_data=True, location=os.path.basename(target) + ".data")
     return folded

@@ -96,6 +96,8 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
         batch upstream instead (`pipelines.records.BatchedModelHandler`): the reader cuts batches of
         --conversations-per-batch.
     threads: CPU threads of the model per worker process (None: all this process may use).
+    int8: as `load_classifier`: "auto" (the int8-compute encoder where the artifact and the worker's CPU allow),
+        "on", "off".
     llm_options: `load_classifier` options for LLM artifacts (e.g. scoring); refused for BERT classifiers.
     progress_total: utterances to expect, for a progress bar (None: no bar, 0: unknown total; shown by
         in-process runners only).
@@ -110,11 +112,18 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
         progress_total: int | None = None,
         threads: int | None = None,
         llm_options: dict[str, Any] | None = None,
+        int8: str = "auto",
     ):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
         self.manifest = check_model(model_dir)
         self.model_dir, self.device, self.batch_utterances = model_dir, device, batch_utterances
         self.threads = threads or None  # None: the runtime's default (every CPU this process may use)
+        if int8 == "on" and not self.manifest.get("int8_compute"):  # the CPU is each worker's to check
+            raise ArtifactError(
+                f"--int8 on: {model_dir!r} has no int8 calibration (add one with `bioserc export int8 "
+                f"{model_dir} --calibration TRAIN.json`)"
+            )
+        self.int8 = int8
         self.llm_options = llm_options or {}
         if self.llm_options and self.manifest["kind"] not in LLM_KINDS:
             raise ArtifactError(
@@ -126,7 +135,7 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
 
     def load_model(self) -> UtteranceClassifier:
         local = fetch_model(self.model_dir) if "://" in self.model_dir else self.model_dir
-        model = load_classifier(local, self.device, self.threads, **self.llm_options)
+        model = load_classifier(local, self.device, self.threads, self.int8, **self.llm_options)
         logger.info("loaded classifier %s (%s, labels %s) on %s", local, model.model_id, model.labels, self.device)
         if self.progress_total is not None:
             from tqdm import tqdm

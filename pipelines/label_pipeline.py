@@ -174,6 +174,15 @@ def make_parser() -> argparse.ArgumentParser:
         help="CPU threads per worker process (default: 0 = choose automatically)",
     )
     g.add_argument(
+        "--int8",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: where the model is calibrated for it (the default is) and the CPU has exact int8 dot "
+        "products (AVX-512 VNNI, AVX-VNNI, AMX), the encoder computes in int8: 2.4x the default's speed, 99%% "
+        "of its labels on MELD valid (its graph is built once per machine, ~15 s, under $BIOSERC_CACHE/int8); "
+        "on: the same, or an error where it cannot; off: the shipped graph (the same labels on every CPU)",
+    )
+    g.add_argument(
         "--batch-utterances",
         type=at_least(1),
         default=256,
@@ -370,6 +379,7 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace, progress: bool = Fa
         args.conversations_per_batch,
         threads=args.threads,
         llm_options=llm_options,
+        int8=args.int8,
     )
     bios = _bio_source(args, handler.manifest)
     if missing := unmapped(handler.manifest.get("labels") or []):
@@ -518,6 +528,7 @@ def finish(plan: Plan, args: argparse.Namespace, argv: Sequence[str], started: f
         "model_id": plan.model_id,
         "labels": labels,
         "bios": plan.bios,
+        "int8": args.int8,
         "counters": totals,
         "written": asdict(written),
         "problems": problems,

@@ -151,3 +151,26 @@ def test_label_and_evaluate_with_the_iemocap_model_by_name_from_any_directory(tm
     assert main(["evaluate", "--model", "iemocap", "--data", str(data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["labels"] == iemocap and report["n"] == 10 and 0 <= report["weighted_f1"] <= 100
+
+
+def test_the_default_is_calibrated_for_int8_compute_within_the_label_bar():
+    check = verify_artifact(str(DEFAULT), "onnx-classifier")["int8_compute"]["check"]
+    assert check["data"] == "meld.valid.json" and check["utterances"] == 1109
+    assert check["labels_equal_shipped"] >= 0.99  # the serving bar: >= 99% of the shipped graph's labels
+    assert abs(check["weighted_f1_int8"] - check["weighted_f1_shipped"]) < 0.5
+
+
+def test_the_default_in_int8_labels_the_demo_calls_as_the_shipped_graph(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from bioserc.models.classifier import load_classifier
+    from bioserc.models.int8_graph import exact_int8_flags
+
+    if not exact_int8_flags():
+        pytest.skip("int8 compute runs only on CPUs with VNNI or AMX; this one has neither")
+    monkeypatch.setenv("BIOSERC_CACHE", str(tmp_path))  # a fresh build, as on a new machine
+    convs = read_conversations(str(ROOT / "examples" / "transcripts"))
+    shipped = load_classifier(str(DEFAULT), int8="off").predict(convs)
+    int8 = load_classifier(str(DEFAULT), int8="on")
+    assert int8.int8 and len(list((tmp_path / "int8").iterdir())) == 1
+    same = [a.label == b.label for a, b in zip(shipped, int8.predict(convs), strict=True)]
+    assert len(same) == 76 and sum(same) >= 74  # 75 of 76 on the machine that measured it

@@ -107,7 +107,7 @@ def member_probs(
     """One classifier's ("DIR" or "DIR=BIOS", `check_teachers`-checked) probabilities, in `labels` order, for every
     utterance of `conversations`; also what `bench/seed_ensemble.py` averages."""
     model_dir, bios_path = split_spec(spec)
-    classifier = load_classifier(model_dir)
+    classifier = load_classifier(model_dir, int8="off")  # the shipped graph: the same targets on every CPU
     order = [list(classifier.labels).index(y) for y in labels]
     bios = load_bios([bios_path], *bio_profile(model_dir, read_manifest(model_dir))) if bios_path else None
     logger.info("teacher %s: labelling %d train conversations", model_dir, len(conversations))
@@ -178,7 +178,7 @@ def distill_loss(
 
 def _pooled_encoder(model_dir: str) -> tuple[Collator, Callable[..., np.ndarray]]:
     """The collator and the (N, T) windows -> (N, H) pooled-state function of a BERT-based classifier folder."""
-    classifier = load_classifier(model_dir)
+    classifier = load_classifier(model_dir, int8="off")
     if isinstance(classifier, TorchClassifier):
         model = classifier.model.eval()
 

@@ -96,6 +96,7 @@ def evaluate(
     base_model: str | None = None,
     threads: int | None = None,
     scoring: str = "sum",
+    int8: str = "auto",
 ) -> dict:
     """Load `model_dir` (verified against its manifest), predict `data` and return the report.
 
@@ -109,6 +110,7 @@ def evaluate(
         base_model: LLM adapters only: the base model folder, if not the one its manifest names.
         threads: CPU threads for inference (`load_classifier`); None: every CPU this process may use.
         scoring: LLMs in score mode: "sum", "mean" or "first" (`bioserc.models.llm_scoring`).
+        int8: ONNX BERT classifiers: "auto", "on" or "off" (`load_classifier`).
     Returns:
         `bioserc.metrics.classification_report` plus `model_dir`, `mode`, `scoring` (None for a BERT classifier)
         and `bios_missing` (speakers scored with no bio); generate mode adds `invalid` and `invalid_rate`.
@@ -133,7 +135,7 @@ def evaluate(
     llm_options = {"mode": mode, "scoring": scoring} if llm else {}
     if base_model:  # LoRA adapters only: load_classifier refuses it for an onnx-llm export
         llm_options["base_model"] = base_model
-    classifier = load_classifier(model_dir, device, threads, **llm_options)
+    classifier = load_classifier(model_dir, device, threads, int8, **llm_options)
     if isinstance(data, str) or (data and isinstance(data[0], str)):
         data = read_conversations(data)
     if isinstance(bios, str) or (isinstance(bios, Sequence) and not isinstance(bios, Mapping)):
@@ -150,6 +152,7 @@ def evaluate(
         "model_dir": model_dir,
         "mode": mode,
         "scoring": scoring if llm else None,
+        "int8_compute": getattr(classifier, "int8", False),
         "bios_missing": len(missing_bios(data, bios)) if uses_bios else 0,
     }
 
@@ -157,7 +160,8 @@ def evaluate(
 def render(report: dict) -> str:
     """The report for a person: the model, per-class table, summary scores, confusion grid and any warnings."""
     scoring = f", scoring {report['scoring']}" if report.get("scoring") and report["mode"] == "score" else ""
-    lines = [f"model: {report['model_dir']} (mode {report['mode']}{scoring})", "", render_report(report)]
+    int8 = ", int8 compute" if report.get("int8_compute") else ""
+    lines = [f"model: {report['model_dir']} (mode {report['mode']}{scoring}{int8})", "", render_report(report)]
     if "invalid" in report:
         lines.append(
             f"\n{report['invalid']} generated answers were no label ({100 * report['invalid_rate']:.1f}%); "
@@ -210,6 +214,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="LLMs, score mode: a label's score is its answer's summed token log-probs (favours short "
         "labels), their mean, or its first token's (labels must start with different tokens)",
     )
+    parser.add_argument(
+        "--int8",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ONNX BERT classifiers: auto = the int8-compute encoder where the model is calibrated for it and "
+        "the CPU has exact int8 dot products (VNNI, AMX); on = insist; off = the shipped graph",
+    )
     parser.add_argument("--base-model", help="LLM adapters: base model folder, if not the one in the manifest")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     parser.add_argument("--output", help="also write the JSON report to this file")
@@ -234,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base_model=args.base_model,
             threads=args.threads or None,
             scoring=args.scoring,
+            int8=args.int8,
         )
         text = json.dumps(report, indent=2)
         if args.output:

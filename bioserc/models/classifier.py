@@ -54,7 +54,7 @@ class TorchClassifier:
 
 
 def load_classifier(
-    directory: str, device: str = "cpu", threads: int | None = None, **llm_options: Any
+    directory: str, device: str = "cpu", threads: int | None = None, int8: str = "auto", **llm_options: Any
 ) -> UtteranceClassifier:
     """The classifier in `directory`, verified against its manifest before anything is loaded.
 
@@ -63,6 +63,8 @@ def load_classifier(
     (an onnx-llm export: "cpu", "cuda" or "auto").
     `threads` caps the CPU threads: the ONNX sessions' intra-op threads, or for PyTorch artifacts
     `torch.set_num_threads` (process-wide); None leaves each runtime's default (every CPU this process may use).
+    `int8` ("auto", "on", "off") picks an onnx-classifier's int8-compute encoder (`OnnxClassifier`); "on" is
+    refused for other kinds.
     `llm_options` go to LLM artifacts and are refused for others: mode, scoring and max_new_tokens
     (`LlmClassifier`), and for PyTorch ones base_model and dtype (`LlmClassifier.from_pretrained`).
     """
@@ -70,6 +72,8 @@ def load_classifier(
         raise ValueError(f"threads must be at least 1 (or None for automatic), got {threads}")
     manifest = verify_artifact(directory, LABEL_KINDS)
     kind = manifest["kind"]
+    if int8 == "on" and kind != "onnx-classifier":
+        raise ValueError(f"--int8 on applies to ONNX BERT classifiers only; {directory!r} holds a {kind} artifact")
     if llm_options and kind in CLASSIFIER_KINDS:
         raise ValueError(f"{sorted(llm_options)} apply to LLM artifacts only; {directory!r} holds a {kind} artifact")
     if kind == "onnx-llm":
@@ -85,7 +89,8 @@ def load_classifier(
     if kind == "onnx-classifier":
         from bioserc.models.onnx_classifier import OnnxClassifier
 
-        return OnnxClassifier(directory, provider=device.split(":", 1)[0], threads=threads, manifest=manifest)
+        provider = device.split(":", 1)[0]
+        return OnnxClassifier(directory, provider=provider, threads=threads, manifest=manifest, int8=int8)
     if threads is not None:
         import torch
 
