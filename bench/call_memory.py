@@ -12,6 +12,7 @@ Memory is not time: a loaded machine changes the wall, not the peak.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -44,12 +45,35 @@ def write_call(path: Path, turns: int, seed: int = 0) -> None:
     path.write_text(json.dumps({"schema_version": 1, "id": f"call-{turns}", "utterances": utterances}) + "\n")
 
 
+SUBPACKAGES = ("training", "export", "pipelines", "serving_artifacts")  # bioserc.* from the repository root
+
+
+def package_view(tree: str) -> str:
+    """A folder to put on PYTHONPATH so that `import bioserc` and all of `bioserc.*` come from checkout `tree`.
+
+    The editable install maps bioserc.pipelines (and training, export, serving_artifacts) to this checkout's
+    root folders; with only `tree` on PYTHONPATH those subpackages, and the models shipped in them, would still
+    come from here. The view is `bioserc/` of symlinks: tree/bioserc's entries plus the four root folders.
+    """
+    key = hashlib.sha256(os.path.abspath(tree).encode()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / f"bioserc-view-{key}"
+    package = root / "bioserc"
+    if not package.is_dir():
+        package.mkdir(parents=True)
+        for entry in Path(tree, "bioserc").iterdir():
+            (package / entry.name).symlink_to(entry.resolve())
+        for name in SUBPACKAGES:
+            if Path(tree, name).is_dir():
+                (package / name).symlink_to(Path(tree, name).resolve())
+    return str(root)
+
+
 def run_label(
     tree: str | None, inputs: str, out: Path, model: str, extra: Sequence[str] = ()
 ) -> tuple[int, float, float]:
-    """`bioserc label INPUTS -o OUT --no-bios --model MODEL [EXTRA...]` in a child process (`tree`'s code first on
-    PYTHONPATH); returns its exit code, wall seconds and peak RSS in MB (its log: OUT.log)."""
-    env = {**os.environ, "PYTHONPATH": tree} if tree else dict(os.environ)
+    """`bioserc label INPUTS -o OUT --no-bios --model MODEL [EXTRA...]` in a child process (all of `tree`'s code
+    and shipped models, `package_view`); returns its exit code, wall seconds and peak RSS in MB (its log: OUT.log)."""
+    env = {**os.environ, "PYTHONPATH": package_view(tree)} if tree else dict(os.environ)
     argv = [sys.executable, "-m", "bioserc.cli", "label", os.path.abspath(inputs), "-o", str(out), "--no-bios"]
     argv += ["--report-calls", "0", "--model", model, *extra]
     start = time.perf_counter()
