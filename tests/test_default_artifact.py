@@ -171,6 +171,6 @@ def test_the_default_in_int8_labels_the_demo_calls_as_the_shipped_graph(tmp_path
     convs = read_conversations(str(ROOT / "examples" / "transcripts"))
     shipped = load_classifier(str(DEFAULT), int8="off").predict(convs)
     int8 = load_classifier(str(DEFAULT), int8="on")
-    assert int8.int8 and len(list((tmp_path / "int8").iterdir())) == 1
+    assert int8.int8 and len([p for p in (tmp_path / "int8").iterdir() if p.is_dir()]) == 1
     same = [a.label == b.label for a, b in zip(shipped, int8.predict(convs), strict=True)]
     assert len(same) == 76 and sum(same) >= 74  # 75 of 76 on the machine that measured it

@@ -4,6 +4,9 @@ per-machine cache, and the `--int8` switches of `bioserc label` / `bioserc evalu
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_export import conversations, make_encoder, save_checkpoint
 
-from bioserc.artifacts import verify_artifact
+from bioserc.artifacts import verify_artifact, write_manifest
 from bioserc.models import int8_graph
 from bioserc.models.int8_graph import OUTLIERS, exact_int8_flags, scale_rows, split_outliers, use_int8
 from bioserc.runtime import CPU, CUDA, make_session
@@ -134,7 +137,7 @@ def test_the_int8_graph_is_built_once_cached_and_rebuilt_when_altered(calibrated
     shipped = OnnxClassifier(calibrated["artifact"], provider="cpu", int8="off")
     fast = OnnxClassifier(calibrated["artifact"], provider="cpu", int8="auto")
     assert not shipped.int8 and fast.int8
-    (folder,) = (tmp_path / "int8").iterdir()
+    (folder,) = [p for p in (tmp_path / "int8").iterdir() if p.is_dir()]  # beside it: the build's lock file
     graph = folder / "encoder.onnx"
     ops = {n.op_type for n in onnx.load(str(graph)).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops and "DequantizeLinear" not in ops
@@ -169,7 +172,12 @@ def test_label_and_evaluate_take_int8_switches(calibrated, tmp_path, monkeypatch
     assert main([*argv, "--int8", "off"]) == 0
     assert json.loads((out / "run.json").read_text())["int8"] == "off"
     assert not (tmp_path / "cache" / "int8").exists()
-    uncalibrated = ["label", calibrated["data"], "-o", str(tmp_path / "x"), "--model", "fast", "--int8", "on"]
+    plain = tmp_path / "plain"  # the same model without its calibration
+    shutil.copytree(calibrated["artifact"], plain)
+    fields = verify_artifact(str(plain), "onnx-classifier")
+    written = ("manifest_version", "kind", "created", "files", "int8_compute")
+    write_manifest(str(plain), "onnx-classifier", **{k: v for k, v in fields.items() if k not in written})
+    uncalibrated = ["label", calibrated["data"], "-o", str(tmp_path / "x"), "--model", str(plain), "--int8", "on"]
     assert main(uncalibrated) == 2
     assert "has no int8 calibration" in capsys.readouterr().err
     code = main(
@@ -188,3 +196,20 @@ def test_label_and_evaluate_take_int8_switches(calibrated, tmp_path, monkeypatch
         == 0
     )
     assert json.loads(capsys.readouterr().out)["int8_compute"] is True
+
+
+def test_concurrent_workers_build_the_graph_once(calibrated, tmp_path, monkeypatch):
+    manifest = verify_artifact(calibrated["artifact"], "onnx-classifier")
+    source = str(Path(calibrated["artifact"]) / "encoder.onnx")
+    builds = []
+    real = int8_graph.build_int8_encoder
+
+    def counted(*args):
+        builds.append(1)
+        time.sleep(0.3)  # long enough for the other worker to reach the lock
+        real(*args)
+
+    monkeypatch.setattr(int8_graph, "build_int8_encoder", counted)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: int8_graph.int8_encoder(source, manifest, str(tmp_path)), range(2)))
+    assert len(builds) == 1 and paths[0] == paths[1] and Path(paths[0]).is_file()
