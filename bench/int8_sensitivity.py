@@ -39,15 +39,7 @@ from bioserc.artifacts import artifact_file
 from bioserc.export.int8_calibration import activation_maxima, outlier_channels
 from bioserc.export.weight_only import dequantize_weights
 from bioserc.metrics import weighted_f1
-from bioserc.models.int8_graph import (
-    OUTLIERS,
-    add_row_constants,
-    rewrite_matmuls,
-    row_normalized,
-    scale_rows,
-    split_outliers,
-    weight_matmuls,
-)
+from bioserc.models.int8_graph import OUTLIERS, integer_rows, rewrite_matmuls, split_outliers, weight_matmuls
 from bioserc.models.onnx_classifier import OnnxClassifier
 from bioserc.readers import read_conversations
 from bioserc.runtime import make_session
@@ -66,6 +58,7 @@ class Spec(NamedTuple):
     unsigned: bool = False  # uint8 weights (ONNX Runtime's u8 x u8 kernel) instead of int8
     weights_only: int = 0  # > 0: no int8 compute, only the weights rounded to this many bits per channel (fp32)
     row_int8: bool = False  # own int8 MatMuls instead of quantize_dynamic's: 8-bit weights, 7-bit activations per row
+    shipped_rows: bool = False  # bioserc's int8 graph (`int8_graph.integer_rows`): per-token asymmetric, fixed grid
 
 
 VARIANTS = {
@@ -101,6 +94,9 @@ VARIANTS = {
     ),
     "int8 weights, 7-bit activations per row": Spec(row_int8=True),
     "int8 weights, 7-bit activations per row, 1% outlier channels fp32": Spec(outliers=0.01, row_int8=True),
+    "8-bit weights, 1% outlier channels fp32, uint8 rows on a fixed grid (bioserc --int8)": Spec(
+        outliers=0.01, shipped_rows=True
+    ),
     "fp32 compute, weights rounded to 7 bits": Spec(weights_only=7),
     "fp32 compute, weights rounded to 8 bits": Spec(weights_only=8),
 }
@@ -134,8 +130,44 @@ def decomposed(model: onnx.ModelProto, maxima: dict[str, np.ndarray], fraction: 
     return model
 
 
+def add_row_constants(model: onnx.ModelProto) -> None:
+    """The constants `row_normalized` reads, added once per graph."""
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "rows/eps"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "rows/axes"))
+
+
+def row_normalized(model: onnx.ModelProto, x: str) -> list[onnx.NodeProto]:
+    """Nodes computing `x/r` = max(max |x| over the last axis, 1e-6), kept as (..., 1), and `x/rows` = x / `x/r`."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    reduce = (
+        helper.make_node("ReduceMax", [x + "/abs", "rows/axes"], [x + "/rmax"], keepdims=1)
+        if opset >= 18
+        else helper.make_node("ReduceMax", [x + "/abs"], [x + "/rmax"], axes=[-1], keepdims=1)
+    )
+    return [
+        helper.make_node("Abs", [x], [x + "/abs"]),
+        reduce,
+        helper.make_node("Max", [x + "/rmax", "rows/eps"], [x + "/r"]),
+        helper.make_node("Div", [x, x + "/r"], [x + "/rows"]),
+    ]
+
+
 def scaled_per_row(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.ModelProto:
-    scale_rows(model, keep)
+    """Each weight MatMul (names without `keep`) y = x W becomes ((x / r) W) * r (in place), r = max(max |x| of
+    the row, 1e-6): per-token activation scales under `quantize_dynamic`'s one scale per tensor. An input shared
+    by several MatMuls is scaled once."""
+    add_row_constants(model)
+    scaled: set[str] = set()
+
+    def replace(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        x, y, nodes = node.input[0], node.output[0], []
+        if x not in scaled:
+            nodes += row_normalized(model, x)
+            scaled.add(x)
+        node.input[0], node.output[0] = x + "/rows", y + "/rows"
+        return [*nodes, node, helper.make_node("Mul", [y + "/rows", x + "/r"], [y])]
+
+    rewrite_matmuls(model, keep, replace)
     return model
 
 
@@ -209,9 +241,14 @@ def save(model: onnx.ModelProto, target: str) -> None:
 
 
 def build(fp32: str, maxima: dict, spec: Spec, target: str, tmp: str) -> None:
-    alpha, ffn_alpha, seven_bit, keep, outliers, per_row, unsigned, weights_only, row_int8 = spec
+    alpha, ffn_alpha, seven_bit, keep, outliers, per_row, unsigned, weights_only, row_int8, shipped_rows = spec
     if weights_only:
         save(rounded_weights(fp32, weights_only), target)
+        return
+    if shipped_rows:
+        model = decomposed(onnx.load(fp32), maxima, outliers)
+        integer_rows(model, (*keep, OUTLIERS))
+        save(model, target)
         return
     if row_int8:
         model = decomposed(onnx.load(fp32), maxima, outliers) if outliers else onnx.load(fp32)

@@ -173,4 +173,4 @@ def test_the_default_in_int8_labels_the_demo_calls_as_the_shipped_graph(tmp_path
     int8 = load_classifier(str(DEFAULT), int8="on")
     assert int8.int8 and len([p for p in (tmp_path / "int8").iterdir() if p.is_dir()]) == 1
     same = [a.label == b.label for a, b in zip(shipped, int8.predict(convs), strict=True)]
-    assert len(same) == 76 and sum(same) >= 74  # 75 of 76 on the machine that measured it
+    assert len(same) == 76 and sum(same) >= 74  # 76 of 76 on the machine that measured it

@@ -166,9 +166,9 @@ def test_threads_reach_the_model(tmp_path, monkeypatch):
 
     seen, real = [], classifier_handler.load_classifier
 
-    def spy(path, device="cpu", threads=None):
+    def spy(path, device="cpu", threads=None, int8="auto"):
         seen.append(threads)
-        return real(path, device, threads)
+        return real(path, device, threads, int8)
 
     monkeypatch.setattr(classifier_handler, "load_classifier", spy)
     assert label([DEMO / "tca-billing-overcharge-2211.json"], tmp_path / "out", "--threads", "1") == 0

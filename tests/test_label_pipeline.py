@@ -177,7 +177,7 @@ def faulty(monkeypatch, conversation_id: str) -> None:
     monkeypatch.setattr(
         classifier_handler,
         "load_classifier",
-        lambda path, device="cpu", threads=None: Faulty(real(path, device, threads)),
+        lambda path, device="cpu", threads=None, int8="auto": Faulty(real(path, device, threads, int8)),
     )
 
 

@@ -1,27 +1,29 @@
 """An int8-compute encoder graph, built once on the CPU that runs it from the shipped (weight-only) graph.
 
 Why: on a CPU with exact int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX) ONNX Runtime's int8 MatMuls run the
-default's encoder at 2.4x its shipped fp32-compute graph, and keep 99.0% of its labels on MELD valid
-(docs/BENCHMARKS.md, "int8 compute on a VNNI CPU"). Plain `quantize_dynamic` keeps only 82%; three changes make the
+default's encoder at about 2.3x its shipped fp32-compute graph and keep 99.1% of its labels on MELD valid
+(docs/BENCHMARKS.md, "int8 compute on a VNNI CPU"). Plain `quantize_dynamic` keeps only 82%; three things make the
 difference, all here:
 
-- **8-bit weights, one scale per output channel** (`quantize_dynamic`, int8): exact on VNNI. Without VNNI, ORT's
-  u8 x s8 kernel sums pairs of products in int16, which 8-bit weights overflow, so the graph is only built where the
-  CPU has those instructions (`exact_int8_flags`).
+- **8-bit weights, one scale per output column**: exact on VNNI. Without VNNI, ORT's u8 x s8 kernel sums pairs of
+  products in int16, which 8-bit weights overflow, so the graph is only used where the CPU has those instructions
+  (`exact_int8_flags`).
 - **Outlier channels apart** (LLM.int8(), Dettmers et al., 2022): the ~1% of each MatMul's input channels with the
   largest activations (chosen on calibration data at export: `bioserc export int8`, stored in the manifest under
-  `int8_compute`) go through a small fp32 MatMul, so the int8 scale fits the rest.
-- **Per-token scales**: each MatMul input row is divided by its max |x| before the int8 MatMul and multiplied back
-  after, which `quantize_dynamic`'s one scale per tensor cannot do.
+  `int8_compute`) go through a small fp32 MatMul, so the int8 grid fits the rest.
+- **Per-token grids** (`integer_rows`): each token's input is quantized over its own range on a fixed uint8 grid,
+  which also makes a token's result independent of the other tokens in the encoder call, so labels do not depend
+  on batching (`quantize_dynamic` takes one range per call).
 
-The graph is derived, never shipped (it would add ~110 MB to every artifact): `int8_encoder` builds it in ~12 s (mpnet)
-into `$BIOSERC_CACHE/int8/<key>/` (the key covers the artifact's checksums, the calibration and onnxruntime's
-version) and checks its sha256 each time it is loaded.
+The graph is derived, never shipped (it would add ~110 MB to every artifact): `int8_encoder` builds it (~4 s for
+mpnet) into `$BIOSERC_CACHE/int8/<key>/` (the key covers the artifact's checksums, the calibration, the recipe and
+onnxruntime's version; the folder can be deleted at any time) and checks its sha256 each time it is loaded.
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -40,7 +42,8 @@ from bioserc.runtime import CPU
 
 logger = logging.getLogger(__name__)
 
-RECIPE = "int8 s8 per-channel weights, outlier input channels fp32, per-row input scales, v1"
+RECIPE = "int8 per-channel weights, outlier input channels fp32, uint8 rows on a fixed grid, v2"
+ROW_LEVELS = 254  # x / max|x| in [-1, 1] -> uint8 0..254 around 127: the whole 8-bit grid for every token
 EXACT_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of exact u8 x s8 dot products
 MODES = ("auto", "on", "off")
 OUTLIERS = "/outliers"  # suffix of the fp32 MatMul that takes a split MatMul's outlier channels
@@ -174,81 +177,103 @@ def split_outliers(model: Any, channels: Mapping[str, Sequence[int]]) -> None:
     rewrite_matmuls(model, (), replace)
 
 
-def add_row_constants(model: Any) -> None:
-    """The constants `row_normalized` reads, added once per graph."""
-    from onnx import numpy_helper
-
-    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "rows/eps"))
-    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "rows/axes"))
-
-
-def row_normalized(model: Any, x: str) -> list[Any]:
-    """Nodes computing `x/r` = max(max |x| over the last axis, 1e-6), kept as (..., 1), and `x/rows` = x / `x/r`."""
+def _reduce(model: Any, op: str, x: str, out: str) -> Any:
+    """`op` (ReduceMax / ReduceMin) over the last axis, kept, in the graph's opset's form."""
     from onnx import helper
 
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    reduce = (
-        helper.make_node("ReduceMax", [x + "/abs", "rows/axes"], [x + "/rmax"], keepdims=1)
-        if opset >= 18
-        else helper.make_node("ReduceMax", [x + "/abs"], [x + "/rmax"], axes=[-1], keepdims=1)
-    )
-    return [
-        helper.make_node("Abs", [x], [x + "/abs"]),
-        reduce,
-        helper.make_node("Max", [x + "/rmax", "rows/eps"], [x + "/r"]),
-        helper.make_node("Div", [x, x + "/r"], [x + "/rows"]),
-    ]
+    if opset >= 18:
+        return helper.make_node(op, [x, "rows/axes"], [out], keepdims=1)
+    return helper.make_node(op, [x], [out], axes=[-1], keepdims=1)
 
 
-def scale_rows(model: Any, keep: tuple[str, ...]) -> None:
-    """Each weight MatMul (names without `keep`) y = x W becomes ((x / r) W) * r (in place), r = max(max |x| of
-    the row, 1e-6): per-token activation scales under `quantize_dynamic`'s one scale per tensor. An input shared
-    by several MatMuls is scaled once."""
-    from onnx import helper
+def integer_rows(model: Any, keep: tuple[str, ...], levels: int = ROW_LEVELS) -> None:
+    """Each weight MatMul y = x W (names without `keep`) becomes, in place,
 
-    add_row_constants(model)
-    scaled: set[str] = set()
+        y = h * MatMulIntegerToFloat(q((x - m) / h), Wq) + m * colsum(Wq)
+
+    with h the half-range of each row (token) of x and m its midpoint (rounded so that 0 is on the grid), q a
+    fixed grid of `levels` steps over [-1, 1] (uint8), Wq the weights in int8 with one scale per output column. Every
+    token uses the whole 8-bit grid (per-token asymmetric quantization), and the grid is fixed, so a token's result
+    does not depend on the other tokens of the encoder call (`quantize_dynamic` takes one range per call): labels do
+    not depend on batching. An input shared by several MatMuls (Q, K, V) is quantized once."""
+    from onnx import helper, numpy_helper
+
+    weights = {t.name: t for t in model.graph.initializer}
+    add = model.graph.initializer.append
+    constants = {
+        "rows/axes": np.array([-1], np.int64),
+        "rows/half": np.array(0.5, np.float32),
+        "rows/eps": np.array(1e-6, np.float32),
+        "rows/scale": np.array(2 / levels, np.float32),
+        "rows/zero": np.array(levels // 2, np.uint8),
+    }
+    for name, value in constants.items():
+        add(numpy_helper.from_array(value, name))
+    quantized: set[str] = set()  # inputs already normalized and quantized
+    replaced: set[str] = set()  # fp32 weights that no node reads any more
 
     def replace(node: Any) -> list[Any]:
-        x, y, nodes = node.input[0], node.output[0], []
-        if x not in scaled:
-            nodes += row_normalized(model, x)
-            scaled.add(x)
-        node.input[0], node.output[0] = x + "/rows", y + "/rows"
-        return [*nodes, node, helper.make_node("Mul", [y + "/rows", x + "/r"], [y])]
+        x, y, name, nodes = node.input[0], node.output[0], node.name, []
+        if x not in quantized:
+            make = helper.make_node
+            nodes += [
+                _reduce(model, "ReduceMax", x, x + "/max"),
+                _reduce(model, "ReduceMin", x, x + "/min"),
+                make("Sub", [x + "/max", x + "/min"], [x + "/range"]),
+                make("Mul", [x + "/range", "rows/half"], [x + "/h0"]),
+                make("Max", [x + "/h0", "rows/eps"], [x + "/h"]),
+                make("Add", [x + "/max", x + "/min"], [x + "/sum"]),
+                make("Mul", [x + "/sum", "rows/half"], [x + "/mid"]),
+                # the midpoint moved onto the grid, so that 0 is exactly a grid point: the many near-zero inputs
+                # (GELU outputs, masked outlier channels) then add nothing, instead of one shared rounding error
+                make("Mul", [x + "/h", "rows/scale"], [x + "/step"]),
+                make("Div", [x + "/mid", x + "/step"], [x + "/steps"]),
+                make("Round", [x + "/steps"], [x + "/k"]),
+                make("Mul", [x + "/k", x + "/step"], [x + "/m"]),
+                make("Sub", [x, x + "/m"], [x + "/centred"]),
+                make("Div", [x + "/centred", x + "/h"], [x + "/rows"]),
+                make("QuantizeLinear", [x + "/rows", "rows/scale", "rows/zero"], [x + "/q"]),
+            ]
+            quantized.add(x)
+        w = numpy_helper.to_array(weights[node.input[1]])
+        replaced.add(node.input[1])
+        scale = (np.maximum(np.abs(w).max(0), 1e-12) / 127).astype(np.float32)
+        wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        add(numpy_helper.from_array(wq, name + "/Wq"))
+        add(numpy_helper.from_array(scale, name + "/Ws"))
+        add(numpy_helper.from_array(np.zeros(len(scale), np.int8), name + "/Wz"))
+        # colsum of the int8 weights, not of W: y is then exactly x_q Wq, so inputs near m (most of a GELU row)
+        # carry no weight-rounding error; with W's colsum that error would add up over every such channel
+        colsum = (wq.astype(np.int64).sum(0) * scale.astype(np.float64)).astype(np.float32)
+        add(numpy_helper.from_array(colsum, name + "/colsum"))
+        inputs = [x + "/q", name + "/Wq", "rows/scale", name + "/Ws", "rows/zero", name + "/Wz"]
+        return [
+            *nodes,
+            helper.make_node(
+                "MatMulIntegerToFloat", inputs, [y + "/int8"], name=name + "/int8", domain="com.microsoft"
+            ),
+            helper.make_node("Mul", [y + "/int8", x + "/h"], [y + "/scaled"]),
+            helper.make_node("Mul", [x + "/m", name + "/colsum"], [y + "/offset"]),
+            helper.make_node("Add", [y + "/scaled", y + "/offset"], [y]),
+        ]
 
     rewrite_matmuls(model, keep, replace)
+    for name in replaced:
+        model.graph.initializer.remove(weights[name])
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def build_int8_encoder(source: str, channels: Mapping[str, Sequence[int]], target: str) -> None:
     """Write the int8-compute graph of the encoder graph `source` to `target` (one file)."""
     import onnx
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(source)
     fold_dequantize(model)
     split_outliers(model, channels)
-    scale_rows(model, (OUTLIERS,))
-    with tempfile.TemporaryDirectory(prefix="bioserc-int8-") as tmp:
-        rewritten = os.path.join(tmp, "rewritten.onnx")
-        onnx.save(model, rewritten, save_as_external_data=True, location="rewritten.onnx.data")
-        names = [n.name for n in weight_matmuls(model)]
-        quiet = logging.getLogger().level
-        logging.getLogger().setLevel(max(quiet, logging.ERROR))  # its "consider pre-processing" warning
-        try:
-            quantize_dynamic(
-                rewritten,
-                target,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                reduce_range=False,
-                op_types_to_quantize=["MatMul"],
-                nodes_to_exclude=[n for n in names if n.endswith(OUTLIERS)],
-                extra_options={"DefaultTensorType": TensorProto.FLOAT},
-            )
-        finally:
-            logging.getLogger().setLevel(quiet)
+    integer_rows(model, (OUTLIERS,))
+    onnx.save(model, target)
 
 
 def cache_key(manifest: Mapping[str, Any]) -> str:
@@ -290,7 +315,10 @@ def int8_encoder(source: str, manifest: Mapping[str, Any], root: str | None = No
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _cached(folder):  # built while this process waited
             return graph
-        logger.info("building the int8-compute encoder graph once for this machine (~12 s for mpnet) into %s", folder)
+        for stale in glob.glob(glob.escape(folder) + ".*"):  # a build killed half-way (the lock is ours now)
+            if os.path.isdir(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+        logger.info("building the int8-compute encoder graph once for this machine (~4 s for mpnet) into %s", folder)
         tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".", dir=parent)
         try:
             build_int8_encoder(source, manifest["int8_compute"]["outlier_channels"], os.path.join(tmp, "encoder.onnx"))

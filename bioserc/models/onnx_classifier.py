@@ -43,7 +43,7 @@ class OnnxClassifier:
     pad_to_max: pad every encoder call to the model's max_length / bio_max_length instead of to the longest
         window of the batch: slower on CPU, but a fixed shape spares the TensorRT EP engine rebuilds.
     manifest: the manifest `verify_artifact` already returned for `directory` (skips hashing twice).
-    int8: "auto" runs the encoder's int8-compute graph (`bioserc.models.int8_graph`: 2.4x the default's speed,
+    int8: "auto" runs the encoder's int8-compute graph (`bioserc.models.int8_graph`: 2.3x the shipped graph,
         99% of its labels) where the artifact is calibrated for it, the session is CPU-only and the CPU has exact
         int8 dot products (VNNI, AMX); "on" insists (an error where it cannot); "off" runs the shipped graph.
     """
