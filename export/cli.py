@@ -174,6 +174,15 @@ def cmd_trtllm(args: argparse.Namespace) -> int:
     return 0
 
 
+def in_place(sub: Any, name: str, what: str) -> argparse.ArgumentParser:
+    """A subcommand that rewrites an exported classifier in place (its one positional argument)."""
+    p = sub.add_parser(
+        name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, help=f"an exported classifier, in place: {what}"
+    )
+    p.add_argument("model", metavar="ARTIFACT", help="an exported classifier folder (bioserc export onnx)")
+    return p
+
+
 def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,13 +230,11 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_onnx)
 
-    p = sub.add_parser(
+    p = in_place(
+        sub,
         "refresh",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="an exported classifier, in place: graphs sharded, card and manifest rewritten (no "
-        "checkpoint needed; weights unchanged)",
+        "graphs sharded, card and manifest rewritten (no checkpoint needed; weights unchanged)",
     )
-    p.add_argument("model", metavar="ARTIFACT", help="an exported classifier folder (bioserc export onnx)")
     p.add_argument(
         "--seed-results",
         metavar="RESULTS.json",
@@ -237,13 +244,11 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
     p.add_argument("--seed-variant", metavar="DATASET/VARIANT", help="with --seed-results: this model's row")
     p.set_defaults(func=cmd_refresh)
 
-    p = sub.add_parser(
+    p = in_place(
+        sub,
         "int8",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="an exported classifier, in place: calibrate its encoder for int8 compute on CPUs with VNNI/AMX "
-        "(`bioserc label --int8`; weights unchanged)",
+        "its encoder calibrated for int8 compute on CPUs with VNNI/AMX (`bioserc label --int8`; weights unchanged)",
     )
-    p.add_argument("model", metavar="ARTIFACT", help="an exported classifier folder (bioserc export onnx)")
     p.add_argument(
         "--calibration",
         required=True,
