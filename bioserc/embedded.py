@@ -353,7 +353,8 @@ def _size(path: Path) -> int:
 
 def classifier_row(name: str, path: Path, source: str) -> dict:
     """A classifier artifact's `models list` row: where it is, whether its files still match their checksums
-    (verified / MODIFIED / missing, with the problem) and its dev weighted-F1 from the manifest."""
+    (verified / MODIFIED / missing, with the problem), its dev weighted-F1 from the manifest and whether this CPU
+    runs its encoder in int8."""
     manifest: dict = {}
     try:
         manifest = artifacts.read_manifest(str(path))
@@ -362,6 +363,8 @@ def classifier_row(name: str, path: Path, source: str) -> dict:
     except artifacts.ArtifactError as err:
         status, problem = ("MODIFIED" if (path / artifacts.MANIFEST).is_file() else "missing"), str(err)
     f1 = (manifest.get("metrics") or {}).get("dev_weighted_f1")
+    from bioserc.models.int8_graph import int8_summary  # imports this module
+
     row = {
         "name": name,
         "kind": manifest.get("kind", "classifier"),
@@ -372,6 +375,7 @@ def classifier_row(name: str, path: Path, source: str) -> dict:
         "size_mb": round(_size(path) / 2**20, 1),
         "label_set": manifest.get("label_set"),
         "weighted_f1": round(f1, 2) if isinstance(f1, float) else f1,
+        "int8": int8_summary(manifest),
         "status": status,
     }
     return {**row, "problem": problem} if problem else row

@@ -93,6 +93,8 @@ def test_models_list_shows_the_default_with_its_checksum_status(tmp_path, monkey
     f1 = round(json.loads((DEFAULT / "manifest.json").read_text())["metrics"]["dev_weighted_f1"], 2)
     assert row["status"] == "verified" and row["kind"] == "onnx-classifier" and row["installed"]
     assert row["weighted_f1"] == f1 > 50 and row["label_set"] == "meld" and "problem" not in row
+    kept = json.loads((DEFAULT / "manifest.json").read_text())["int8_compute"]["check"]["labels_equal_shipped"]
+    assert row["int8"].startswith(f"{100 * kept:.2f}% of labels; ")  # and whether this CPU uses it
 
     copy = tmp_path / "copy"  # never the real artifact
     shutil.copytree(DEFAULT, copy)

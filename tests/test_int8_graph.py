@@ -222,3 +222,12 @@ def test_concurrent_workers_build_the_graph_once_and_clear_interrupted_builds(ca
     with ThreadPoolExecutor(2) as pool:
         paths = list(pool.map(lambda _: int8_graph.int8_encoder(source, manifest, str(tmp_path)), range(2)))
     assert len(builds) == 1 and paths[0] == paths[1] and Path(paths[0]).is_file() and not stale.exists()
+
+
+def test_models_list_says_whether_this_cpu_uses_int8(monkeypatch):
+    monkeypatch.setattr(int8_graph, "exact_int8_flags", lambda: ["amx_int8"])
+    checked = {"int8_compute": {"check": {"labels_equal_shipped": 0.991}}}
+    assert int8_graph.int8_summary(checked) == "99.10% of labels; used here (amx_int8)"
+    assert int8_graph.int8_summary({}) == "not calibrated"
+    monkeypatch.setattr(int8_graph, "exact_int8_flags", lambda: [])
+    assert int8_graph.int8_summary(CALIBRATED) == "unchecked; not used here (no VNNI/AMX)"

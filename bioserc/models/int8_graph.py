@@ -86,6 +86,18 @@ def use_int8(mode: str, manifest: Mapping[str, Any], providers: Sequence[str], f
     return not reasons
 
 
+def int8_summary(manifest: Mapping[str, Any]) -> str:
+    """For `bioserc models list`: whether the artifact is calibrated, what its check kept, and whether `--int8
+    auto` uses it on this CPU."""
+    section = manifest.get("int8_compute")
+    if not section:
+        return "not calibrated"
+    check = section.get("check")
+    kept = f"{100 * check['labels_equal_shipped']:.2f}% of labels" if check else "unchecked"
+    flags = exact_int8_flags()
+    return f"{kept}; {'used here (' + ', '.join(flags) + ')' if flags else 'not used here (no VNNI/AMX)'}"
+
+
 def weight_matmuls(model: Any) -> list[Any]:
     """The MatMul nodes whose second input is a stored weight."""
     weights = {t.name for t in model.graph.initializer}
