@@ -63,6 +63,8 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         raise ValueError("--per-channel only applies with --quantize dynamic (--quantize weights has finer scales)")
     if args.bits != 8 and args.quantize != "weights":
         raise ValueError(f"--bits {args.bits} only applies with --quantize weights (dynamic int8 is 8-bit)")
+    if args.int8_check and not args.int8_calibration:
+        raise ValueError("--int8-check needs --int8-calibration (the data the outlier channels are measured on)")
     if (args.seed_results is None) != (args.seed_variant is None):
         missing = "--seed-variant" if args.seed_results else "--seed-results"
         raise ValueError(
@@ -80,6 +82,10 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         seed_results=args.seed_results,
         seed_variant=args.seed_variant,
     )
+    if args.int8_calibration:
+        from bioserc.export.int8_calibration import calibrate_int8
+
+        manifest = calibrate_int8(args.output, args.int8_calibration, check=args.int8_check)
     print(summarize(args.output, manifest))
     return 0
 
@@ -227,6 +233,15 @@ def make_parser(prog: str = "bioserc export") -> argparse.ArgumentParser:
         "--seed-variant",
         metavar="DATASET/VARIANT",
         help="with --seed-results: the row of the settings this checkpoint was trained with (e.g. meld/scores)",
+    )
+    p.add_argument(
+        "--int8-calibration",
+        metavar="DATA",
+        help="also calibrate the export for int8 compute on VNNI/AMX CPUs, as `bioserc export int8 OUT "
+        "--calibration DATA` (the training set)",
+    )
+    p.add_argument(
+        "--int8-check", metavar="DATA", help="with --int8-calibration: as `bioserc export int8 --check DATA`"
     )
     p.set_defaults(func=cmd_onnx)
 

@@ -114,7 +114,7 @@ def calibrated(tmp_path_factory) -> dict:
     convs = [c for seed in range(4) for c in conversations(seed)]
     data.write_text("".join(c.to_json() + "\n" for c in convs))
     manifest = calibrate_int8(artifact, str(data), every=1, check=str(data) if VNNI else None)
-    return {"artifact": artifact, "data": str(data), "manifest": manifest, "convs": convs}
+    return {"artifact": artifact, "data": str(data), "manifest": manifest, "convs": convs, "source": source}
 
 
 def test_calibration_goes_into_the_manifest_and_keeps_it_verified(calibrated):
@@ -231,3 +231,15 @@ def test_models_list_says_whether_this_cpu_uses_int8(monkeypatch):
     assert int8_graph.int8_summary({}) == "not calibrated"
     monkeypatch.setattr(int8_graph, "exact_int8_flags", lambda: [])
     assert int8_graph.int8_summary(CALIBRATED) == "unchecked; not used here (no VNNI/AMX)"
+
+
+def test_export_onnx_can_calibrate_in_the_same_command(calibrated, tmp_path, capsys):
+    from bioserc.cli import main
+
+    out = tmp_path / "onnx"
+    argv = ["export", "onnx", "--model", calibrated["source"], "-o", str(out), "--quantize", "--bits", "4"]
+    assert main([*argv, "--int8-check", calibrated["data"]]) == 1  # export errors exit 1
+    assert "--int8-check needs --int8-calibration" in capsys.readouterr().err
+    assert main([*argv, "--int8-calibration", calibrated["data"]]) == 0
+    section = verify_artifact(str(out), "onnx-classifier")["int8_compute"]
+    assert section["calibration"]["data"] == "calls.jsonl" and "check" not in section
