@@ -39,7 +39,14 @@ from bioserc.artifacts import artifact_file
 from bioserc.export.int8_calibration import activation_maxima, outlier_channels
 from bioserc.export.weight_only import dequantize_weights
 from bioserc.metrics import weighted_f1
-from bioserc.models.int8_graph import OUTLIERS, integer_rows, rewrite_matmuls, split_outliers, weight_matmuls
+from bioserc.models.int8_graph import (
+    OUTLIERS,
+    exact_int8_flags,
+    integer_rows,
+    rewrite_matmuls,
+    split_outliers,
+    weight_matmuls,
+)
 from bioserc.models.onnx_classifier import OnnxClassifier
 from bioserc.readers import read_conversations
 from bioserc.runtime import make_session
@@ -278,17 +285,6 @@ def build(fp32: str, maxima: dict, spec: Spec, target: str, tmp: str) -> None:
     )
 
 
-def int8_dot_product() -> list[str]:
-    """The CPU's exact int8 dot-product instructions (VNNI, AMX): without them ONNX Runtime's u8 x s8 kernel sums
-    pairs of products in int16, which 8-bit weights overflow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return sorted(f for f in set(flags) if "vnni" in f or f.startswith("amx"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="serving_artifacts/default")
@@ -346,7 +342,7 @@ def main() -> None:
         "calibration_conversations": len(calibration),
         "threads": args.threads,
         "machine": platform.machine(),
-        "int8_dot_product": int8_dot_product(),
+        "int8_dot_product": exact_int8_flags(),
         "loadavg_after": os.getloadavg(),
         "variants": {
             name: {

@@ -21,6 +21,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from bioserc.artifacts import LLM_KINDS, ArtifactError, check_label_model, fetch_artifact, manifest_id
 from bioserc.models.classifier import UtteranceClassifier, load_classifier
 from bioserc.models.collate import Bio
+from bioserc.models.int8_graph import UNCALIBRATED
 from bioserc.models.predict import Prediction
 from bioserc.schema import Conversation
 
@@ -119,10 +120,7 @@ class ClassifierModelHandler(ModelHandler[LabelRequest, LabelOutcome, UtteranceC
         self.model_dir, self.device, self.batch_utterances = model_dir, device, batch_utterances
         self.threads = threads or None  # None: the runtime's default (every CPU this process may use)
         if int8 == "on" and not self.manifest.get("int8_compute"):  # the CPU is each worker's to check
-            raise ArtifactError(
-                f"--int8 on: {model_dir!r} has no int8 calibration (add one with `bioserc export int8 "
-                f"{model_dir} --calibration TRAIN.json`)"
-            )
+            raise ArtifactError(f"--int8 on: {model_dir!r} {UNCALIBRATED}")
         self.int8 = int8
         self.llm_options = llm_options or {}
         if self.llm_options and self.manifest["kind"] not in LLM_KINDS:

@@ -83,6 +83,7 @@ from bioserc.bios.base import GenerationConfig
 from bioserc.bios.profiles import PREFILL_OUTPUTS, check_profile
 from bioserc.errors import RecordError
 from bioserc.flags import add_input_args, at_least, max_file_bytes
+from bioserc.models.int8_graph import MODES as INT8_MODES
 from bioserc.pipelines.analytics import archive_problems, assemble_analytics
 from bioserc.pipelines.bio_steps import BioModelHandler
 from bioserc.pipelines.classifier_handler import ClassifierModelHandler, model_bio_mode, model_id
@@ -175,7 +176,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--int8",
-        choices=("auto", "on", "off"),
+        choices=INT8_MODES,
         default="auto",
         help="auto: where the model is calibrated for it (every shipped one is) and the CPU has exact int8 dot "
         "products (AVX-512 VNNI, AVX-VNNI, AMX), the encoder computes in int8: about 2x the default's speed "

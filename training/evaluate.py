@@ -39,6 +39,7 @@ from bioserc.models import Prediction, load_bios, missing_bios
 from bioserc.models.bioserc_bert import CONFIG_FILE
 from bioserc.models.classifier import load_classifier
 from bioserc.models.collate import Bio, BioKey
+from bioserc.models.int8_graph import MODES as INT8_MODES
 from bioserc.readers import read_conversations
 from bioserc.schema import Conversation
 from bioserc.training.config_files import HelpFormatter
@@ -216,7 +217,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--int8",
-        choices=("auto", "on", "off"),
+        choices=INT8_MODES,
         default="auto",
         help="ONNX BERT classifiers: auto = the int8-compute encoder where the model is calibrated for it and "
         "the CPU has exact int8 dot products (VNNI, AMX); on = insist; off = the shipped graph",

@@ -46,6 +46,7 @@ RECIPE = "int8 per-channel weights, outlier input channels fp32, uint8 rows on a
 ROW_LEVELS = 254  # x / max|x| in [-1, 1] -> uint8 0..254 around 127: the whole 8-bit grid for every token
 EXACT_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of exact u8 x s8 dot products
 MODES = ("auto", "on", "off")
+UNCALIBRATED = "has no int8 calibration (add one with `bioserc export int8 ARTIFACT --calibration TRAIN.json`)"
 OUTLIERS = "/outliers"  # suffix of the fp32 MatMul that takes a split MatMul's outlier channels
 
 
@@ -70,10 +71,7 @@ def use_int8(mode: str, manifest: Mapping[str, Any], providers: Sequence[str], f
     flags = list(flags)
     reasons = []
     if not manifest.get("int8_compute"):
-        reasons.append(
-            "the artifact has no int8 calibration (add one with `bioserc export int8 ARTIFACT "
-            "--calibration TRAIN.json`)"
-        )
+        reasons.append(f"the artifact {UNCALIBRATED}")
     if list(providers) != [CPU]:
         reasons.append(f"the session runs on {providers[0]}, and int8 compute is CPU-only")
     if not flags:
